@@ -1,0 +1,91 @@
+"""A real Docker engine for the tests, and small busybox images built FROM scratch.
+
+No image can be pulled on the test machines, so every test image is built from the host's
+static busybox. Containers are labelled ``model-fleet.test=<run id>`` so teardown removes
+exactly what this test run created.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+
+BUSYBOX_IMAGE = "model-fleet-test/busybox:latest"
+TEST_LABEL = "model-fleet.test"
+RUN_ID = uuid.uuid4().hex[:12]
+
+
+def busybox_binary() -> Path:
+    """Return the host's static busybox, which test images are built from."""
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.exists(candidate):
+            return Path(candidate)
+    raise RuntimeError("busybox not found: install Debian's busybox-static (scripts/bootstrap does)")
+
+
+def docker_client() -> docker.DockerClient:
+    """Return a client for the local engine, or raise with what to do."""
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise RuntimeError(
+            f"no Docker engine answers ({exc}); scripts/bootstrap starts dockerd"
+        ) from exc
+    return client
+
+
+def build_busybox_image(client: docker.DockerClient, tag: str = BUSYBOX_IMAGE) -> str:
+    """Build a FROM-scratch image holding busybox and its applets; return the tag."""
+    with tempfile.TemporaryDirectory(prefix="mf-busybox-") as ctx:
+        shutil.copy2(busybox_binary(), Path(ctx) / "busybox")
+        (Path(ctx) / "Dockerfile").write_text(
+            "FROM scratch\n"
+            "COPY busybox /bin/busybox\n"
+            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+            'CMD ["/bin/sh"]\n'
+        )
+        client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
+    return tag
+
+
+def remove_test_containers(client: docker.DockerClient, run_id: str = RUN_ID) -> None:
+    """Force-remove every container this test run created."""
+    for container in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={run_id}"}):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def run_busybox(
+    client: docker.DockerClient,
+    script: str,
+    *,
+    name: str | None = None,
+    labels: dict[str, str] | None = None,
+    **kwargs: object,
+) -> docker.models.containers.Container:
+    """Start a detached busybox container running ``sh -c script``, labelled for cleanup."""
+    all_labels = {TEST_LABEL: RUN_ID, **(labels or {})}
+    return client.containers.run(
+        BUSYBOX_IMAGE,
+        ["sh", "-c", script],
+        name=name or f"mf-test-{uuid.uuid4().hex[:10]}",
+        labels=all_labels,
+        detach=True,
+        **kwargs,
+    )
+
+
+def iter_log_lines(container: docker.models.containers.Container) -> Iterator[str]:
+    """Yield the container's log lines so far (stdout and stderr)."""
+    for line in container.logs(stdout=True, stderr=True).decode().splitlines():
+        yield line
