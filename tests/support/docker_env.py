@@ -7,6 +7,7 @@ exactly what this test run created.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ def busybox_binary() -> Path:
     for candidate in ("/bin/busybox", "/usr/bin/busybox"):
         if os.path.exists(candidate):
             return Path(candidate)
-    raise RuntimeError("busybox not found: install Debian's busybox-static (scripts/bootstrap does)")
+    raise RuntimeError("busybox not found: install Debian's busybox-static (scripts/bootstrap)")
 
 
 def docker_client() -> docker.DockerClient:
@@ -59,10 +60,8 @@ def build_busybox_image(client: docker.DockerClient, tag: str = BUSYBOX_IMAGE) -
 def remove_test_containers(client: docker.DockerClient, run_id: str = RUN_ID) -> None:
     """Force-remove every container this test run created."""
     for container in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={run_id}"}):
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def run_busybox(
@@ -87,5 +86,4 @@ def run_busybox(
 
 def iter_log_lines(container: docker.models.containers.Container) -> Iterator[str]:
     """Yield the container's log lines so far (stdout and stderr)."""
-    for line in container.logs(stdout=True, stderr=True).decode().splitlines():
-        yield line
+    yield from container.logs(stdout=True, stderr=True).decode().splitlines()

@@ -1,0 +1,242 @@
+"""``model-fleet``: status, history, manual switches, config check, and the HTTP service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from remediator.config import Config, ConfigError, config_warnings, effective_config, load_config
+from remediator.state import LockTimeout, StateError, StateStore
+from remediator.status import build_status
+from remediator.switching import Actions, Outcome, Remediator, StateOnlyActions
+
+log = logging.getLogger("model-fleet")
+
+# Exit codes, documented in README.
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1  # a switch was attempted and rolled back
+EXIT_USAGE: Final = 2  # bad arguments or invalid configuration
+EXIT_UNKNOWN_FLEET: Final = 3
+EXIT_NOTHING_TO_DO: Final = 4  # at the smallest/largest model, cooldown, ...
+EXIT_LOCKED: Final = 5  # the state lock was not obtained in time
+EXIT_STATE: Final = 6  # the state file could not be read or written
+EXIT_UNREACHABLE: Final = 7  # --url: the remediator did not answer
+
+URL_ENV: Final = "MODEL_FLEET_URL"
+TOKEN_ENV: Final = "MODEL_FLEET_TOKEN"
+TOKEN_FILE_ENV: Final = "MODEL_FLEET_TOKEN_FILE"
+
+# The original system's flags, kept working as aliases of the subcommands.
+LEGACY_FLAGS: Final = {
+    "--status": "status",
+    "--reset": "reset",
+    "--downgrade": "downgrade",
+    "--upgrade": "upgrade",
+}
+
+
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS lets the same options appear before or after the subcommand.
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="model-fleet.yaml (default: $MODEL_FLEET_CONFIG, else ./model-fleet.yaml)",
+    )
+    p.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"act through a running remediator at this URL (default: ${URL_ENV})",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="model-fleet",
+        description="Step a local LLM fleet down (or up) a ladder of models when VRAM runs short.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("status", parents=[common], help="print the status JSON")
+    p.add_argument("--fleet", help="only this fleet")
+    for name, what in (
+        ("downgrade", "step one fleet down its ladder"),
+        ("upgrade", "step one fleet up one rung"),
+        ("reset", "go back to the top of the ladder"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=what)
+        p.add_argument("--fleet", help="the fleet (default: the only one)")
+        p.add_argument("--reason", default="", help="recorded in the history")
+        p.add_argument(
+            "--dry-run", action="store_true", help="say what would happen, change nothing"
+        )
+    p = sub.add_parser("history", parents=[common], help="print the switch history")
+    p.add_argument("--fleet", help="only this fleet")
+    p.add_argument("--limit", type=int, default=20, help="newest N entries (default 20)")
+    sub.add_parser("check-config", parents=[common], help="validate and print the configuration")
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP service under gunicorn")
+    p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--workers", type=int, default=None, help="gunicorn workers (default 3)")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without a bearer token (only on a trusted network)",
+    )
+    return parser
+
+
+def _translate_legacy(argv: list[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        if arg in LEGACY_FLAGS:
+            return [*argv[:i], LEGACY_FLAGS[arg], *argv[i + 1 :]]
+    return argv
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _err(message: str) -> None:
+    print(f"model-fleet: {message}", file=sys.stderr)
+
+
+def _local_actions(config: Config) -> Callable[..., Actions]:
+    """The real actions when the remediator's adapters are installed, else state only."""
+    try:
+        from remediator.actions import FleetActions
+    except ImportError:  # pragma: no cover - only while the adapters are being built
+        return lambda fleet: StateOnlyActions()
+    return FleetActions.for_fleet
+
+
+def _switch_exit(outcome: Outcome) -> int:
+    if outcome.failure is not None:
+        return EXIT_FAILED
+    if outcome.decision.target is None:
+        return EXIT_NOTHING_TO_DO
+    return EXIT_OK
+
+
+def _run_local(args: argparse.Namespace, config: Config) -> int:
+    store = StateStore(config)
+    if args.command == "status":
+        try:
+            config.fleet(args.fleet) if args.fleet else None
+        except KeyError as exc:
+            _err(str(exc.args[0]))
+            return EXIT_UNKNOWN_FLEET
+        _print(build_status(config, store.read(), args.fleet))
+        return EXIT_OK
+    if args.command == "history":
+        if args.fleet and args.fleet not in config.fleets:
+            _err(f"unknown fleet {args.fleet!r} (configured: {', '.join(config.fleets)})")
+            return EXIT_UNKNOWN_FLEET
+        state = store.read()
+        records = [
+            r.to_dict()
+            for name, fs in state.fleets.items()
+            if args.fleet in (None, name)
+            for r in fs.history
+        ]
+        records.sort(key=lambda r: float(r["time"]))
+        _print(records[-args.limit :] if args.limit > 0 else records)
+        return EXIT_OK
+    direction = {"downgrade": "down", "upgrade": "up", "reset": "reset"}[args.command]
+    remediator = Remediator(config, store, _local_actions(config))
+    outcome = remediator.request(
+        args.fleet, direction, trigger="manual", reason=args.reason, dry_run=args.dry_run
+    )
+    _print(outcome.to_dict())
+    if outcome.decision.target is None:
+        _err(f"nothing to do: {outcome.decision.detail}")
+    elif outcome.failure is not None:
+        _err(str(outcome.failure))
+    return _switch_exit(outcome)
+
+
+def _run_remote(args: argparse.Namespace, url: str) -> int:
+    from remediator.client import RemediatorClient, RemoteError
+
+    client = RemediatorClient(url, token=_token_from_env())
+    try:
+        if args.command == "status":
+            _print(client.status(args.fleet))
+            return EXIT_OK
+        if args.command == "history":
+            _print(client.history(args.fleet, args.limit))
+            return EXIT_OK
+        result = client.switch(args.command, args.fleet, args.reason, args.dry_run)
+    except RemoteError as exc:
+        _err(str(exc))
+        return exc.exit_code
+    _print(result)
+    if result.get("error"):
+        return EXIT_FAILED
+    return EXIT_OK if result.get("switched") or result.get("dry_run") else EXIT_NOTHING_TO_DO
+
+
+def _token_from_env() -> str | None:
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``model-fleet``."""
+    raw = _translate_legacy(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(raw)
+    for name, default in (("config", None), ("url", None), ("verbose", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    url = args.url or os.environ.get(URL_ENV)
+    if url and args.command not in ("check-config", "serve"):
+        return _run_remote(args, url)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _err(f"invalid configuration: {exc}")
+        return EXIT_USAGE
+    if args.command == "check-config":
+        _print(effective_config(config))
+        for warning in config_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
+        return EXIT_OK
+    if args.command == "serve":
+        from remediator.serve import serve
+
+        return serve(config, args)
+    try:
+        return _run_local(args, config)
+    except KeyError as exc:
+        _err(str(exc.args[0]))
+        return EXIT_UNKNOWN_FLEET
+    except LockTimeout as exc:
+        _err(str(exc))
+        return EXIT_LOCKED
+    except StateError as exc:
+        _err(str(exc))
+        return EXIT_STATE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The status JSON of DESIGN.md (the original system's shape, with extras)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remediator.config import Config, FleetConfig
+from remediator.state import FleetState, State
+
+
+def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:
+    """One fleet's status: the seed's keys first, then model-fleet's extras."""
+    rung = fleet.ladder[fs.index]
+    last = fs.history[-1].to_dict() if fs.history else None
+    return {
+        "current_model": {
+            "name": rung.name,
+            "size_mb": rung.size_mb,
+            "description": rung.description,
+            "index": fs.index,
+        },
+        "vram_error_count": fs.vram_error_count,
+        "max_vram_errors": fleet.max_vram_errors,
+        "available_models": fleet.ladder.names,
+        "fleet_size": len(fleet.ladder),
+        "can_downgrade": fs.index < len(fleet.ladder) - 1,
+        "fleet": fleet.name,
+        "can_upgrade": fs.index > 0,
+        "policy": fleet.policy,
+        "dry_run": fleet.dry_run,
+        "last_switch": last,
+        "last_failure": fs.last_failure,
+    }
+
+
+def build_status(config: Config, state: State, fleet: str | None = None) -> dict[str, Any]:
+    """The status of one fleet (seed shape), or of all fleets when several are configured.
+
+    With one fleet, or with ``fleet`` named, the result is that fleet's status object; with
+    several, ``{"fleets": {name: status}}``. Problems with the state file appear as ``notices``.
+    """
+    notices = [n.to_dict() for n in state.notices]
+    if fleet is not None or len(config.fleets) == 1:
+        fc = config.fleet(fleet)
+        result = fleet_status(fc, state.fleets[fc.name])
+    else:
+        result = {
+            "fleets": {
+                name: fleet_status(fc, state.fleets[name]) for name, fc in config.fleets.items()
+            }
+        }
+    result["notices"] = notices
+    return result

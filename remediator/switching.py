@@ -1,0 +1,269 @@
+"""A model switch as one transaction: decide under the state lock, act, then commit or roll back.
+
+The decision is pure (:mod:`remediator.decisions`); the actions (pull, unload, rewrite configs,
+restart) are behind the :class:`Actions` protocol so that the CLI, the service and the tests
+share this one path. A fleet's switch lock is held from decision to commit, so two switches
+of one fleet never overlap, whether they come from threads, gunicorn workers or the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from remediator import decisions
+from remediator.config import Config, FleetConfig, Rung
+from remediator.decisions import AlertRef, Decision
+from remediator.state import FleetState, StateStore, SwitchRecord
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("down", "up", "reset")
+
+
+@dataclass(frozen=True)
+class SwitchPlan:
+    """What a switch will do: the fleet, the two rungs and why."""
+
+    fleet: FleetConfig
+    from_rung: Rung
+    to_rung: Rung
+    direction: str
+    trigger: str
+    reason: str
+    alert_key: str | None = None
+
+
+class SwitchFailed(RuntimeError):
+    """A step of a switch failed; everything done before it was rolled back."""
+
+    def __init__(self, step: str, cause: str, rollback_errors: list[str] | None = None) -> None:
+        self.step = step
+        self.cause = cause
+        self.rollback_errors = rollback_errors or []
+        extra = f"; rollback problems: {'; '.join(self.rollback_errors)}" if rollback_errors else ""
+        super().__init__(f"switch failed at step '{step}': {cause}{extra}")
+
+
+class Actions(Protocol):
+    """Carries out a planned switch in the outside world, or raises SwitchFailed after rollback."""
+
+    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+        """Perform the plan; return the steps taken (or that would be taken, in a dry run)."""
+        ...
+
+
+class StateOnlyActions:
+    """No outside actions: the switch changes the state file only."""
+
+    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+        """Nothing to do outside the state file."""
+        return [f"state only: {plan.from_rung.name} -> {plan.to_rung.name}"]
+
+
+@dataclass
+class Outcome:
+    """The result of one switch request."""
+
+    fleet: str
+    direction: str
+    decision: Decision
+    switched: bool = False
+    dry_run: bool = False
+    record: SwitchRecord | None = None
+    failure: SwitchFailed | None = None
+    steps: list[str] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True unless the switch was attempted and failed."""
+        return self.failure is None
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form returned by the HTTP API and printed by the CLI."""
+        return {
+            "fleet": self.fleet,
+            "direction": self.direction,
+            "switched": self.switched,
+            "dry_run": self.dry_run,
+            "reason": self.decision.reason,
+            "detail": self.decision.detail,
+            "from": self.record.from_model if self.record else None,
+            "to": self.record.to_model if self.record else None,
+            "steps": self.steps,
+            "error": str(self.failure) if self.failure else None,
+            "failed_step": self.failure.step if self.failure else None,
+            "duration_seconds": round(self.duration_seconds, 3),
+        }
+
+
+class SwitchObserver(Protocol):
+    """Told about switches and failures (the service counts them as metrics)."""
+
+    def switched(self, fleet: str, direction: str, trigger: str) -> None:
+        """A switch was committed."""
+        ...
+
+    def failed(self, fleet: str, step: str) -> None:
+        """A switch failed at ``step``."""
+        ...
+
+
+class _NullObserver:
+    def switched(self, fleet: str, direction: str, trigger: str) -> None:
+        pass
+
+    def failed(self, fleet: str, step: str) -> None:
+        pass
+
+
+class Remediator:
+    """Decides and performs switches for all fleets of a config."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        actions_for: Callable[[FleetConfig], Actions],
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: SwitchObserver | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._actions_for = actions_for
+        self._clock = clock
+        self.observer: SwitchObserver = observer or _NullObserver()
+
+    def decide(
+        self,
+        fleet: FleetConfig,
+        fs: FleetState,
+        direction: str,
+        trigger: str,
+        alert: AlertRef | None = None,
+    ) -> Decision:
+        """The pure decision for this request, at this moment."""
+        now = self._clock()
+        if direction == "down":
+            return decisions.choose_downgrade(fleet, fs, now, trigger=trigger, alert=alert)
+        if direction == "up" and trigger == "auto":
+            return decisions.choose_auto_upgrade(fleet, fs, now, alert=alert)
+        if direction == "up":
+            return decisions.choose_upgrade(fleet, fs, now, trigger=trigger)
+        return decisions.choose_reset(fleet, fs)
+
+    def request(
+        self,
+        fleet_name: str | None,
+        direction: str,
+        *,
+        trigger: str = "manual",
+        reason: str = "",
+        dry_run: bool = False,
+        alert: AlertRef | None = None,
+    ) -> Outcome:
+        """Decide and, if the decision is to switch, perform the switch as one transaction.
+
+        Raises KeyError for an unknown fleet and LockTimeout when the locks are held too long.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
+        fleet = self.config.fleet(fleet_name)
+        dry_run = dry_run or fleet.dry_run
+        started = time.monotonic()
+        with self.store.switch_lock(fleet.name):
+            with self.store.transaction() as state:
+                fs = state.fleets[fleet.name]
+                decision = self.decide(fleet, fs, direction, trigger, alert)
+                if not decision.switch and alert is not None and not dry_run:
+                    # Remember the alert so that its redeliveries are duplicates, not retries.
+                    fs.processed_alerts.setdefault(alert.key, self._clock())
+                from_rung = fleet.ladder[fs.index]
+            outcome = Outcome(fleet.name, direction, decision, dry_run=dry_run)
+            if decision.target is None:
+                log.info(
+                    "fleet %s: no %s switch (%s): %s",
+                    fleet.name,
+                    direction,
+                    decision.reason,
+                    decision.detail,
+                )
+                return outcome
+            plan = SwitchPlan(
+                fleet=fleet,
+                from_rung=from_rung,
+                to_rung=fleet.ladder[decision.target],
+                direction=direction,
+                trigger=trigger,
+                reason=reason or decision.detail,
+                alert_key=alert.key if alert else None,
+            )
+            log.info(
+                "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
+                fleet.name,
+                plan.from_rung.name,
+                plan.to_rung.name,
+                direction,
+                trigger,
+                decision.reason,
+                ", dry run" if dry_run else "",
+            )
+            try:
+                outcome.steps = self._actions_for(fleet).execute(plan, dry_run)
+            except SwitchFailed as exc:
+                outcome.failure = exc
+                outcome.duration_seconds = time.monotonic() - started
+                log.error("fleet %s: %s", fleet.name, exc)
+                self.observer.failed(fleet.name, exc.step)
+                if not dry_run:
+                    self._record_failure(fleet, plan, exc)
+                return outcome
+            if dry_run:
+                outcome.duration_seconds = time.monotonic() - started
+                log.info(
+                    "fleet %s: dry run, nothing changed: %s", fleet.name, "; ".join(outcome.steps)
+                )
+                return outcome
+            with self.store.transaction() as state:
+                fs = state.fleets[fleet.name]
+                now = self._clock()
+                failed_up = direction == "down" and decisions.upgrade_failed(fleet, fs, now)
+                outcome.record = fs.apply_switch(
+                    fleet,
+                    decision.target,
+                    direction=direction,
+                    trigger=trigger,
+                    reason=plan.reason,
+                    now=now,
+                    alert_key=plan.alert_key,
+                    upgrade_failed=failed_up,
+                )
+            outcome.switched = True
+            outcome.duration_seconds = time.monotonic() - started
+            self.observer.switched(fleet.name, direction, trigger)
+            log.info(
+                "fleet %s: now on %s (%.2f s)",
+                fleet.name,
+                plan.to_rung.name,
+                outcome.duration_seconds,
+            )
+            return outcome
+
+    def _record_failure(self, fleet: FleetConfig, plan: SwitchPlan, exc: SwitchFailed) -> None:
+        with self.store.transaction() as state:
+            fs = state.fleets[fleet.name]
+            now = self._clock()
+            fs.last_failure = {
+                "time": now,
+                "step": exc.step,
+                "message": str(exc),
+                "from": plan.from_rung.name,
+                "to": plan.to_rung.name,
+            }
+            if plan.alert_key is not None:
+                fs.processed_alerts[plan.alert_key] = now

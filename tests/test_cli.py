@@ -1,0 +1,177 @@
+"""The ``model-fleet`` command: subcommands, the original flags, messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from remediator import cli
+from remediator.config import parse_config
+from remediator.state import StateStore, file_lock
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for var in ("MODEL_FLEET_CONFIG", "MODEL_FLEET_STATE_FILE", "MODEL_FLEET_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_prints_the_original_shape(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "status")
+    assert code == cli.EXIT_OK
+    status = json.loads(out)
+    assert status["current_model"] == {
+        "name": "llama3.2:3b",
+        "size_mb": 2048,
+        "description": "Large model - 3B parameters",
+        "index": 0,
+    }
+    assert status["vram_error_count"] == 0
+    assert status["max_vram_errors"] == 3
+    assert status["available_models"] == [
+        "llama3.2:3b",
+        "phi3:mini",
+        "tinyllama:1.1b",
+        "qwen2.5:0.5b",
+    ]
+    assert status["fleet_size"] == 4
+    assert status["can_downgrade"] is True
+
+
+def test_downgrade_walks_the_ladder_then_stops_at_the_smallest(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = []
+    for _ in range(3):
+        code, out, _ = run(capsys, "downgrade", "--reason", "testing")
+        assert code == cli.EXIT_OK
+        seen.append(json.loads(out)["to"])
+    assert seen == ["phi3:mini", "tinyllama:1.1b", "qwen2.5:0.5b"]
+    code, _, err = run(capsys, "downgrade")
+    assert code == cli.EXIT_NOTHING_TO_DO
+    assert "qwen2.5:0.5b is the smallest model" in err
+    code, out, _ = run(capsys, "status")
+    assert json.loads(out)["can_downgrade"] is False
+    code, out, _ = run(capsys, "history")
+    history = json.loads(out)
+    assert [h["to"] for h in history] == seen
+    assert [h["reason"] for h in history] == ["testing"] * 3
+    assert all(h["trigger"] == "manual" and h["direction"] == "down" for h in history)
+
+
+def test_upgrade_reset_and_the_ends_of_the_ladder(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "upgrade")
+    assert code == cli.EXIT_NOTHING_TO_DO and "largest model" in err
+    code, _, err = run(capsys, "reset")
+    assert code == cli.EXIT_NOTHING_TO_DO and "already at llama3.2:3b" in err
+    run(capsys, "downgrade")
+    run(capsys, "downgrade")
+    code, out, _ = run(capsys, "upgrade")
+    assert (code, json.loads(out)["to"]) == (cli.EXIT_OK, "phi3:mini")
+    code, out, _ = run(capsys, "reset", "--reason", "new GPU")
+    assert (code, json.loads(out)["to"]) == (cli.EXIT_OK, "llama3.2:3b")
+    code, out, _ = run(capsys, "history", "--limit", "1")
+    assert json.loads(out)[0]["direction"] == "reset"
+
+
+def test_dry_run_changes_nothing(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "downgrade", "--dry-run")
+    result = json.loads(out)
+    assert code == cli.EXIT_OK
+    assert result["dry_run"] is True and result["switched"] is False
+    assert not (workdir / "model_fleet_state.json").exists()
+    _, out, _ = run(capsys, "status")
+    assert json.loads(out)["current_model"]["index"] == 0
+
+
+def test_several_fleets_and_unknown_fleet(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "model-fleet.yaml").write_text("fleets:\n  gpu0: {}\n  gpu1: {}\n")
+    code, out, _ = run(capsys, "status")
+    assert code == cli.EXIT_OK
+    assert set(json.loads(out)["fleets"]) == {"gpu0", "gpu1"}
+    code, out, _ = run(capsys, "status", "--fleet", "gpu1")
+    assert json.loads(out)["fleet"] == "gpu1"
+    code, _, err = run(capsys, "downgrade")
+    assert code == cli.EXIT_UNKNOWN_FLEET and "several fleets" in err
+    code, _, err = run(capsys, "downgrade", "--fleet", "gpu9")
+    assert code == cli.EXIT_UNKNOWN_FLEET and "unknown fleet 'gpu9'" in err
+    code, _, err = run(capsys, "status", "--fleet", "gpu9")
+    assert code == cli.EXIT_UNKNOWN_FLEET
+    code, out, _ = run(capsys, "downgrade", "--fleet", "gpu1")
+    assert code == cli.EXIT_OK
+    _, out, _ = run(capsys, "status")
+    fleets = json.loads(out)["fleets"]
+    assert (fleets["gpu0"]["current_model"]["index"], fleets["gpu1"]["current_model"]["index"]) == (
+        0,
+        1,
+    )
+
+
+def test_invalid_config_exits_2_with_file_and_key(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "bad.yaml").write_text("fleets:\n  a:\n    policy: biggest\n")
+    code, _, err = run(capsys, "--config", "bad.yaml", "status")
+    assert code == cli.EXIT_USAGE
+    assert "bad.yaml: fleets.a.policy: must be one of" in err
+    code, _, err = run(capsys, "check-config", "--config", "bad.yaml")
+    assert code == cli.EXIT_USAGE
+
+
+def test_check_config_prints_effective_config_and_warnings(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "check-config")
+    assert code == cli.EXIT_OK
+    assert json.loads(out)["fleets"]["default"]["ladder"][1]["name"] == "phi3:mini"
+    assert "phi3:mini (2200 MB) is larger than llama3.2:3b (2048 MB)" in err
+
+
+def test_lock_not_obtained_in_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "model-fleet.yaml").write_text("lock_timeout_seconds: 0.2\n")
+    store = StateStore(parse_config({"lock_timeout_seconds": 0.2}))
+    with file_lock(store.lock_path, 1.0):
+        code, _, err = run(capsys, "status")
+    assert code == cli.EXIT_LOCKED
+    assert "could not lock the state" in err
+
+
+def test_the_installed_command_and_the_original_flags(workdir: Path) -> None:
+    exe = Path(sys.executable).with_name("model-fleet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
+
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(exe), *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    r = call("--downgrade", "--reason", "legacy flag")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to"] == "phi3:mini"
+    r = call("--status")
+    assert json.loads(r.stdout)["current_model"]["name"] == "phi3:mini"
+    r = call("--reset")
+    assert r.returncode == 0 and json.loads(r.stdout)["to"] == "llama3.2:3b"
+    state = json.loads((workdir / "model_fleet_state.json").read_text())
+    assert state["fleets"]["default"]["history"][0]["reason"] == "legacy flag"
+    r = call()
+    assert r.returncode == cli.EXIT_USAGE
