@@ -10,10 +10,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from remediator.config import Config, ConfigError, config_warnings, effective_config, load_config
+from remediator.config import (
+    Config,
+    ConfigError,
+    FleetConfig,
+    config_warnings,
+    effective_config,
+    load_config,
+)
 from remediator.state import LockTimeout, StateError, StateStore
 from remediator.status import build_status
-from remediator.switching import Actions, Outcome, Remediator, StateOnlyActions
+from remediator.switching import Actions, Outcome, Remediator
 
 log = logging.getLogger("model-fleet")
 
@@ -109,12 +116,10 @@ def _err(message: str) -> None:
     print(f"model-fleet: {message}", file=sys.stderr)
 
 
-def _local_actions(config: Config) -> Callable[..., Actions]:
-    """The real actions when the remediator's adapters are installed, else state only."""
-    try:
-        from remediator.actions import FleetActions
-    except ImportError:  # pragma: no cover - only while the adapters are being built
-        return lambda fleet: StateOnlyActions()
+def _local_actions(config: Config) -> Callable[[FleetConfig], Actions]:
+    """The real actions (Ollama, Docker, app-config files) performed by this process."""
+    from remediator.actions import FleetActions
+
     return FleetActions.for_fleet
 
 

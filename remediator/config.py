@@ -139,6 +139,7 @@ class Config:
     history_limit: int = 100
     alert_key_limit: int = 1000
     alert_key_ttl_seconds: float = 7 * 24 * 3600.0
+    protect_reads: bool = False
     source: str = "<defaults>"
 
     def fleet(self, name: str | None) -> FleetConfig:
@@ -227,7 +228,14 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-_TOP_KEYS = {"state_file", "lock_timeout_seconds", "history_limit", "alert_keys", "fleets"}
+_TOP_KEYS = {
+    "state_file",
+    "lock_timeout_seconds",
+    "history_limit",
+    "alert_keys",
+    "protect_reads",
+    "fleets",
+}
 _FLEET_KEYS = {
     "ladder",
     "max_vram_errors",
@@ -401,6 +409,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         alert_key_ttl_seconds=r.number(
             alert_keys, "ttl_seconds", "alert_keys", d.alert_key_ttl_seconds, lo=1
         ),
+        protect_reads=r.boolean(top, "protect_reads", "", d.protect_reads),
         source=source,
     )
 
@@ -518,5 +527,6 @@ def effective_config(config: Config) -> dict[str, Any]:
         "lock_timeout_seconds": config.lock_timeout_seconds,
         "history_limit": config.history_limit,
         "alert_keys": {"max": config.alert_key_limit, "ttl_seconds": config.alert_key_ttl_seconds},
+        "protect_reads": config.protect_reads,
         "fleets": {name: fleet_dict(f) for name, f in config.fleets.items()},
     }

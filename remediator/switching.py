@@ -166,6 +166,7 @@ class Remediator:
         reason: str = "",
         dry_run: bool = False,
         alert: AlertRef | None = None,
+        lock_timeout: float | None = None,
     ) -> Outcome:
         """Decide and, if the decision is to switch, perform the switch as one transaction.
 
@@ -176,11 +177,16 @@ class Remediator:
         fleet = self.config.fleet(fleet_name)
         dry_run = dry_run or fleet.dry_run
         started = time.monotonic()
-        with self.store.switch_lock(fleet.name):
+        with self.store.switch_lock(fleet.name, lock_timeout):
             with self.store.transaction() as state:
                 fs = state.fleets[fleet.name]
                 decision = self.decide(fleet, fs, direction, trigger, alert)
-                if not decision.switch and alert is not None and not dry_run:
+                if (
+                    not decision.switch
+                    and alert is not None
+                    and not dry_run
+                    and decision.reason in decisions.FINAL_REASONS
+                ):
                     # Remember the alert so that its redeliveries are duplicates, not retries.
                     fs.processed_alerts.setdefault(alert.key, self._clock())
                 from_rung = fleet.ladder[fs.index]

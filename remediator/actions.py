@@ -1,0 +1,155 @@
+"""The real actions of a switch: pull, unload, rewrite configs, restart, verify; undo on failure.
+
+Order matters. Everything that can fail without side effects comes first (pull the new
+model, find the containers), so most failures leave nothing to undo. From the config rewrite
+on, a failure restores the files and restarts the containers already touched, which then
+read the old model again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from remediator import appconfig
+from remediator.appconfig import AppConfigError, AppConfigTarget, ConfigSnapshot
+from remediator.config import FleetConfig
+from remediator.containers import ContainerError, ContainerRef, ContainerRuntime
+from remediator.ollama import OllamaClient, OllamaError
+from remediator.switching import SwitchFailed, SwitchPlan
+
+log = logging.getLogger(__name__)
+
+
+class FleetActions:
+    """Carries out switches for one fleet through Ollama, Docker and the app-config files."""
+
+    def __init__(
+        self,
+        fleet: FleetConfig,
+        ollama: OllamaClient | None = None,
+        runtime: ContainerRuntime | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.ollama = ollama or OllamaClient(fleet.ollama_url)
+        self.runtime = runtime or ContainerRuntime()
+        self.targets = [AppConfigTarget(t.path, t.format, t.key) for t in fleet.app_config]
+
+    @classmethod
+    def for_fleet(cls, fleet: FleetConfig) -> FleetActions:
+        """Actions with clients built from the fleet's config."""
+        return cls(fleet)
+
+    # -- the transaction -----------------------------------------------------------------
+
+    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+        """Perform the plan, or raise SwitchFailed after putting everything back."""
+        if dry_run:
+            return self._dry_run(plan)
+        steps: list[str] = []
+        fleet, new, old = self.fleet, plan.to_rung.name, plan.from_rung.name
+
+        try:
+            pulled = self.ollama.ensure_pulled(new, timeout=fleet.pull_timeout_seconds)
+        except OllamaError as exc:
+            raise SwitchFailed("pull", str(exc)) from exc
+        steps.append(f"pulled {new}" if pulled else f"{new} already pulled")
+
+        try:
+            servers, apps = self._find()
+        except ContainerError as exc:
+            raise SwitchFailed("find_containers", str(exc)) from exc
+        if not servers and not apps:
+            log.warning(
+                "fleet %s: no container found; the config is rewritten and the application "
+                "reads it when it starts",
+                fleet.name,
+            )
+            steps.append("no containers found")
+
+        try:
+            freed = self.ollama.unload(old)
+        except OllamaError as exc:
+            raise SwitchFailed("unload", str(exc)) from exc
+        steps.append(f"unloaded {old}" if freed else f"{old} was not loaded")
+
+        try:
+            snap = appconfig.write_all(self.targets, new)
+        except AppConfigError as exc:
+            raise SwitchFailed("write_config", str(exc)) from exc
+        steps += [f"wrote {t.describe()}" for t in self.targets]
+
+        touched: list[ContainerRef] = []
+        step = "restart"
+        try:
+            # The model server first, then the applications that call it.
+            for group in (servers, apps):
+                step = "restart"
+                for ref in group:
+                    touched.append(ref)
+                    self.runtime.restart(ref, fleet.containers.stop_timeout_seconds)
+                step = "verify"
+                deadline = time.monotonic() + fleet.containers.ready_timeout_seconds
+                for ref in group:
+                    self.runtime.wait_ready(ref, deadline)
+                    steps.append(f"restarted {ref.name}")
+        except ContainerError as exc:
+            problems = self._roll_back(snap, touched)
+            raise SwitchFailed(step, str(exc), problems) from exc
+        return steps
+
+    def _find(self) -> tuple[list[ContainerRef], list[ContainerRef]]:
+        c = self.fleet.containers
+        servers = (
+            self.runtime.find(self.fleet.name, "ollama", c.ollama_names, use_labels=c.use_labels)
+            if c.restart_ollama
+            else []
+        )
+        apps = self.runtime.find(self.fleet.name, "app", c.app_names, use_labels=c.use_labels)
+        return servers, apps
+
+    def _roll_back(self, snap: ConfigSnapshot, touched: list[ContainerRef]) -> list[str]:
+        """Restore the configs and restart what was touched; return what could not be undone."""
+        problems: list[str] = []
+        try:
+            snap.restore()
+        except AppConfigError as exc:
+            problems.append(str(exc))
+        c = self.fleet.containers
+        deadline = time.monotonic() + c.ready_timeout_seconds
+        for ref in touched:
+            try:
+                self.runtime.restart(ref, c.stop_timeout_seconds)
+                self.runtime.wait_ready(ref, deadline)
+            except ContainerError as exc:
+                problems.append(str(exc))
+        log.warning(
+            "fleet %s: rolled back (configs restored, %d container(s) restarted on the old model)"
+            "%s",
+            self.fleet.name,
+            len(touched),
+            f"; could not undo: {'; '.join(problems)}" if problems else "",
+        )
+        return problems
+
+    def _dry_run(self, plan: SwitchPlan) -> list[str]:
+        """Every step the switch would take; only read-only lookups, nothing changes."""
+        new, old = plan.to_rung.name, plan.from_rung.name
+        steps = []
+        try:
+            have = self.ollama.has_model(new)
+            steps.append(f"would use {new} (already pulled)" if have else f"would pull {new}")
+        except OllamaError as exc:
+            steps.append(f"would pull {new} (could not check: {exc})")
+        steps.append(f"would unload {old}")
+        steps += [f"would write {new} to {t.describe()}" for t in self.targets]
+        try:
+            servers, apps = self._find()
+            steps += [f"would restart {ref.name} ({ref.role})" for ref in servers + apps]
+            if not servers and not apps:
+                steps.append("no containers found to restart")
+        except ContainerError as exc:
+            steps.append(f"would restart the fleet's containers (could not list them: {exc})")
+        for step in steps:
+            log.info("fleet %s: dry run: %s", self.fleet.name, step)
+        return steps

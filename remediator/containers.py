@@ -1,0 +1,248 @@
+"""Docker adapter: find a fleet's containers, restart them, wait until they are ready.
+
+The only module of the remediator that talks to the Docker engine. Containers are found by
+the labels of DESIGN.md (``model-fleet.fleet``, ``model-fleet.role``) and/or by explicit
+names. Every failure is a :class:`ContainerError` naming the step and the cause; both
+``docker.errors.DockerException`` and ``requests.exceptions.RequestException`` are caught,
+because a client pinned to an API version raises the latter when the socket is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import docker.client
+import docker.errors
+import requests
+
+log = logging.getLogger(__name__)
+
+FLEET_LABEL = "model-fleet.fleet"
+ROLE_LABEL = "model-fleet.role"
+DEFAULT_FLEET = "default"
+
+# What the engine may raise at us: its own errors, and the HTTP layer's when the socket is gone.
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+class ContainerError(RuntimeError):
+    """A Docker operation failed; ``step`` names it, ``container`` is the name if one applies."""
+
+    def __init__(self, step: str, cause: str, *, container: str | None = None) -> None:
+        self.step = step
+        self.cause = cause
+        self.container = container
+        what = f"docker {step}" + (f" of container {container!r}" if container else "")
+        super().__init__(f"{what} failed: {cause}")
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    """A container found for a fleet: its id, name and the role it plays."""
+
+    id: str
+    name: str
+    fleet: str
+    role: str
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What the engine says about a container right now."""
+
+    status: str
+    health: str | None
+    started_at: datetime | None
+    exit_code: int | None
+    restart_count: int
+    last_probe: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Running, and healthy when the container has a health check."""
+        return self.status == "running" and self.health in (None, "healthy")
+
+
+class ContainerRuntime:
+    """Finds, restarts and watches containers through the Docker engine API."""
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        base_url: str | None = None,
+        version: str | None = None,
+        timeout: float = 60.0,
+        poll_interval: float = 0.25,
+    ) -> None:
+        """Use ``client`` if given, else connect lazily (``base_url`` or the environment)."""
+        self._client = client
+        self._owns_client = client is None
+        self._base_url = base_url
+        self._version = version
+        self._timeout = timeout
+        self.poll_interval = poll_interval
+        self._client_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the client this runtime opened itself (a client passed in stays open)."""
+        with self._client_lock:
+            if self._client is not None and self._owns_client:
+                self._client.close()
+                self._client = None
+
+    def find(
+        self,
+        fleet: str,
+        role: str,
+        names: Iterable[str] = (),
+        *,
+        use_labels: bool = True,
+    ) -> list[ContainerRef]:
+        """The fleet's containers of ``role``: labelled ones (if ``use_labels``) and ``names``.
+
+        Stopped containers are included: restarting one starts it. A container without a
+        fleet label belongs to fleet ``default``. Names that match no container are logged
+        and skipped (the application may be down; it reads the new config when it starts).
+        """
+        client = self._engine("find")
+        found: dict[str, ContainerRef] = {}
+        try:
+            if use_labels:
+                # ignore_removed: a container removed between listing and inspecting is gone.
+                role_filter = {"label": f"{ROLE_LABEL}={role}"}
+                for c in client.containers.list(all=True, filters=role_filter, ignore_removed=True):
+                    labels = c.labels or {}
+                    if labels.get(FLEET_LABEL, DEFAULT_FLEET) == fleet:
+                        found[c.id] = ContainerRef(c.id, c.name, fleet, role)
+            for name in names:
+                try:
+                    c = client.containers.get(name)
+                except docker.errors.NotFound:
+                    log.warning("fleet %s: no container named %r (role %s)", fleet, name, role)
+                    continue
+                found[c.id] = ContainerRef(c.id, c.name, fleet, role)
+        except _ENGINE_ERRORS as exc:
+            raise ContainerError("find", _cause(exc)) from exc
+        return sorted(found.values(), key=lambda ref: ref.name)
+
+    def state(self, ref: ContainerRef) -> ContainerState:
+        """The container's status, health and start time."""
+        attrs = self._inspect("inspect", ref)
+        s = attrs.get("State") or {}
+        health = s.get("Health") if isinstance(s.get("Health"), dict) else None
+        probes = (health or {}).get("Log") or []
+        last_probe = str(probes[-1].get("Output", "")).strip() if probes else None
+        return ContainerState(
+            status=str(s.get("Status", "unknown")),
+            health=str(health.get("Status")) if health else None,
+            started_at=_parse_time(s.get("StartedAt")),
+            exit_code=s.get("ExitCode") if isinstance(s.get("ExitCode"), int) else None,
+            restart_count=int(attrs.get("RestartCount") or 0),
+            last_probe=last_probe or None,
+        )
+
+    def started_at(self, ref: ContainerRef) -> datetime | None:
+        """When the container last started (UTC), None if it never did."""
+        return self.state(ref).started_at
+
+    def restart(self, ref: ContainerRef, stop_timeout: int = 10) -> datetime | None:
+        """Restart (or start, if stopped) with ``stop_timeout`` s before SIGKILL; new start time."""
+        client = self._engine("restart", ref)
+        try:
+            container = client.containers.get(ref.id)
+            log.info("restarting container %s (stop timeout %d s)", ref.name, stop_timeout)
+            container.restart(timeout=stop_timeout)
+        except _ENGINE_ERRORS as exc:
+            raise ContainerError("restart", _cause(exc), container=ref.name) from exc
+        return self.started_at(ref)
+
+    def wait_ready(self, ref: ContainerRef, deadline: float) -> ContainerState:
+        """Wait until running (and healthy if it has a health check) by ``deadline``.
+
+        ``deadline`` is a ``time.monotonic()`` value, so several containers can share one.
+        """
+        while True:
+            state = self.state(ref)
+            if state.ready:
+                return state
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ContainerError(
+                    "wait_ready",
+                    f"not ready before the deadline: {self._describe(state)}",
+                    container=ref.name,
+                )
+            time.sleep(min(self.poll_interval, remaining))
+
+    @staticmethod
+    def _describe(state: ContainerState) -> str:
+        text = f"status={state.status}"
+        if state.health is not None:
+            text += f" health={state.health}"
+        if state.status in ("exited", "dead") and state.exit_code is not None:
+            text += f" exit_code={state.exit_code}"
+        if state.health not in (None, "healthy") and state.last_probe:
+            # The last probe's output usually says why (connection refused, HTTP 500 ...).
+            text += f" last_probe={state.last_probe[:200]!r}"
+        return text
+
+    def _inspect(self, step: str, ref: ContainerRef) -> dict[str, Any]:
+        client = self._engine(step, ref)
+        try:
+            attrs = client.api.inspect_container(ref.id)
+        except _ENGINE_ERRORS as exc:
+            raise ContainerError(step, _cause(exc), container=ref.name) from exc
+        return attrs if isinstance(attrs, dict) else {}
+
+    def _engine(self, step: str, ref: ContainerRef | None = None) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    if self._base_url is None:
+                        kwargs: dict[str, Any] = {"timeout": int(self._timeout)}
+                        if self._version is not None:
+                            kwargs["version"] = self._version
+                        self._client = docker.client.DockerClient.from_env(**kwargs)
+                    else:
+                        self._client = docker.client.DockerClient(
+                            base_url=self._base_url,
+                            version=self._version,
+                            timeout=int(self._timeout),
+                        )
+                except _ENGINE_ERRORS as exc:
+                    cause = f"cannot reach the Docker engine: {_cause(exc)}"
+                    raise ContainerError(step, cause, container=ref.name if ref else None) from exc
+            return self._client
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, requests.exceptions.RequestException):
+        return f"Docker engine unreachable: {type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _parse_time(value: object) -> datetime | None:
+    """Parse Docker's RFC 3339 time with nanoseconds; the zero time means never."""
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return None
+    text = value.rstrip("Z")
+    offset = "+00:00"
+    for sign in ("+", "-"):
+        idx = text.rfind(sign, 19)  # a sign after the seconds starts a UTC offset
+        if idx != -1:
+            text, offset = text[:idx], text[idx:]
+            break
+    if "." in text:
+        head, frac = text.split(".", 1)
+        text = f"{head}.{frac[:6].ljust(6, '0')}"  # datetime keeps microseconds only
+    try:
+        return datetime.fromisoformat(text + offset).astimezone(UTC)
+    except ValueError:
+        return None

@@ -1,0 +1,155 @@
+"""The remediator's metrics (DESIGN.md): state gauges read at scrape time, counters per process.
+
+Gauges that describe where a fleet stands are computed from the state file when Prometheus
+scrapes, so every gunicorn worker reports the same values without sharing memory. Counters
+use prometheus_client's multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set (``serve``
+sets it): each worker writes its own file and ``/metrics`` sums them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from remediator.config import Config
+from remediator.state import StateError, StateStore
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("down", "up", "reset")
+TRIGGERS = ("alert", "manual", "auto")
+STEPS = ("pull", "unload", "write_config", "find_containers", "restart", "verify", "state")
+WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ignored", "unauthorized", "invalid")
+
+
+class FleetStateCollector(Collector):
+    """Reads the state file at scrape time and yields the per-fleet gauges."""
+
+    def __init__(self, config: Config, store: StateStore) -> None:
+        self.config = config
+        self.store = store
+
+    def collect(self) -> Iterable[Metric]:
+        """One consistent read of the state, turned into gauges."""
+        try:
+            state = self.store.read()
+        except StateError as exc:
+            # A scrape must not fail because of the state file: the gauges go missing and
+            # ModelFleetRemediatorDown-style alerts on absent() notice.
+            log.error("metrics: cannot read the state: %s", exc)
+            return
+        info = GaugeMetricFamily(
+            "model_fleet_current_model_info",
+            "The model a fleet runs now.",
+            labels=["fleet", "model"],
+        )
+        index = GaugeMetricFamily(
+            "model_fleet_current_model_index",
+            "Rung of the current model (0 = largest).",
+            labels=["fleet"],
+        )
+        size = GaugeMetricFamily(
+            "model_fleet_ladder_size", "Rungs on the ladder.", labels=["fleet"]
+        )
+        can = GaugeMetricFamily(
+            "model_fleet_can_downgrade", "1 when a smaller rung remains.", labels=["fleet"]
+        )
+        rung_bytes = GaugeMetricFamily(
+            "model_fleet_ladder_model_bytes",
+            "Size of each rung's model.",
+            labels=["fleet", "model", "rung"],
+        )
+        next_larger = GaugeMetricFamily(
+            "model_fleet_next_larger_model_bytes",
+            "Size of the model one rung up: what a step up needs (0 at the top).",
+            labels=["fleet", "gpu"],
+        )
+        last = GaugeMetricFamily(
+            "model_fleet_last_switch_timestamp_seconds",
+            "When the fleet last switched (0: never).",
+            labels=["fleet"],
+        )
+        for name, fleet in self.config.fleets.items():
+            fs = state.fleets[name]
+            ladder = fleet.ladder
+            info.add_metric([name, fs.current_model], 1)
+            index.add_metric([name], fs.index)
+            size.add_metric([name], len(ladder))
+            can.add_metric([name], 1 if fs.index < len(ladder) - 1 else 0)
+            for i, rung in enumerate(ladder.rungs):
+                rung_bytes.add_metric([name, rung.name, str(i)], rung.size_bytes)
+            up = ladder[fs.index - 1].size_bytes if fs.index > 0 else 0
+            next_larger.add_metric([name, fleet.gpu], up)
+            last.add_metric([name], fs.last_switch_at or 0)
+        yield from (info, index, size, can, rung_bytes, next_larger, last)
+
+
+class RemediatorMetrics:
+    """The counters, registered on ``registry`` (a fresh one per app in tests)."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.switches = Counter(
+            "model_fleet_switches",
+            "Model switches committed.",
+            ["fleet", "direction", "trigger"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "model_fleet_remediation_failures",
+            "Switches that failed and were rolled back, by the step that failed.",
+            ["fleet", "step"],
+            registry=registry,
+        )
+        self.webhooks = Counter(
+            "model_fleet_webhook_requests",
+            "Alertmanager webhook deliveries, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        # Every label set exists at 0 from the start, so increase() sees the first event.
+        for fleet in config.fleets:
+            for direction in DIRECTIONS:
+                for trigger in TRIGGERS:
+                    self.switches.labels(fleet, direction, trigger)
+            for step in STEPS:
+                self.failures.labels(fleet, step)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome)
+
+    def switched(self, fleet: str, direction: str, trigger: str) -> None:
+        """Count a committed switch."""
+        self.switches.labels(fleet, direction, trigger).inc()
+
+    def failed(self, fleet: str, step: str) -> None:
+        """Count a failed switch."""
+        self.failures.labels(fleet, step).inc()
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when running under ``serve``, else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render(config: Config, store: StateStore, own_registry: CollectorRegistry) -> bytes:
+    """The /metrics body: counters (summed over workers when multiprocess) and state gauges."""
+    registry = CollectorRegistry()
+    if multiprocess_dir():
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Forward(own_registry))
+    registry.register(FleetStateCollector(config, store))
+    return generate_latest(registry)
+
+
+class _Forward(Collector):
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self.inner = inner
+
+    def collect(self) -> Iterable[Metric]:
+        return self.inner.collect()

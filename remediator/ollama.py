@@ -1,0 +1,307 @@
+"""Ollama HTTP adapter: list local models, pull with streamed progress, unload, read /api/ps.
+
+The only module of the remediator that talks to Ollama. Every failure is an
+:class:`OllamaError` that names the step (``list_models``, ``pull``, ``unload``, ``loaded``)
+and the cause, so a switch can report it and count it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:11434"
+
+
+class OllamaError(RuntimeError):
+    """An Ollama request failed; ``step`` names the operation and ``cause`` what went wrong."""
+
+    def __init__(self, step: str, cause: str, *, model: str | None = None) -> None:
+        self.step = step
+        self.cause = cause
+        self.model = model
+        what = f"ollama {step}" + (f" of {model!r}" if model else "")
+        super().__init__(f"{what} failed: {cause}")
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model present in Ollama's local store (``GET /api/tags``)."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model loaded in memory (``GET /api/ps``); ``size_vram`` is the part on the GPU."""
+
+    name: str
+    size: int
+    size_vram: int
+
+    @property
+    def offloaded_bytes(self) -> int:
+        """Bytes of the model that did not fit in VRAM and run from system memory."""
+        return max(0, self.size - self.size_vram)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a finished pull reported."""
+
+    model: str
+    seconds: float
+    completed_bytes: int
+    total_bytes: int
+    status_lines: int
+
+
+def canonical_name(name: str) -> str:
+    """Ollama's canonical form of a model name: ``llama3.2`` is ``llama3.2:latest``."""
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+def same_model(a: str, b: str) -> bool:
+    """True when two names denote the same model (tag ``latest`` is implied)."""
+    return canonical_name(a) == canonical_name(b)
+
+
+class OllamaClient:
+    """A small typed client for the Ollama endpoints a model switch needs."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        timeout: float = 10.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = session or requests.Session()
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._session.close()
+
+    def list_models(self) -> list[LocalModel]:
+        """Models in Ollama's local store."""
+        body = self._get_json("list_models", "/api/tags")
+        models = body.get("models")
+        if not isinstance(models, list):
+            raise OllamaError("list_models", f"unexpected /api/tags answer: {_short(body)}")
+        out = []
+        for item in models:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise OllamaError("list_models", f"unexpected model entry: {_short(item)}")
+            out.append(LocalModel(name=item["name"], size=_int(item.get("size"))))
+        return out
+
+    def has_model(self, model: str) -> bool:
+        """True when ``model`` is in the local store (``name`` and ``name:latest`` are one)."""
+        return any(same_model(m.name, model) for m in self.list_models())
+
+    def loaded(self) -> list[LoadedModel]:
+        """Models loaded in memory, with their total size and the part resident in VRAM."""
+        body = self._get_json("loaded", "/api/ps")
+        models = body.get("models")
+        if not isinstance(models, list):
+            raise OllamaError("loaded", f"unexpected /api/ps answer: {_short(body)}")
+        out = []
+        for item in models:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise OllamaError("loaded", f"unexpected model entry: {_short(item)}")
+            out.append(
+                LoadedModel(
+                    name=item["name"],
+                    size=_int(item.get("size")),
+                    size_vram=_int(item.get("size_vram")),
+                )
+            )
+        return out
+
+    def unload(self, model: str) -> bool:
+        """Unload ``model`` from memory (``keep_alive: 0``); False if Ollama does not know it."""
+        url = f"{self.base_url}/api/generate"
+        try:
+            resp = self._session.post(
+                url, json={"model": model, "keep_alive": 0, "stream": False}, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise OllamaError("unload", _unreachable(self.base_url, exc), model=model) from exc
+        if resp.status_code == 404:
+            # Not in the local store, hence not loaded either: nothing to free.
+            log.info("ollama unload of %r: not known to Ollama, nothing to unload", model)
+            return False
+        body = self._decode(resp, "unload", model)
+        if body.get("done") is not True:
+            raise OllamaError("unload", f"unexpected answer: {_short(body)}", model=model)
+        log.info("ollama: unloaded %s (done_reason=%s)", model, body.get("done_reason"))
+        return True
+
+    def pull(
+        self,
+        model: str,
+        *,
+        timeout: float = 1800.0,
+        stall_timeout: float = 60.0,
+        progress_interval: float = 5.0,
+    ) -> PullResult:
+        """Pull ``model``, logging the streamed progress; raise OllamaError on error or timeout.
+
+        ``timeout`` bounds the whole pull (checked as progress arrives); ``stall_timeout`` bounds
+        the wait for the next progress line, so a silent server fails within
+        ``timeout + min(timeout, stall_timeout)``.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        read_timeout = min(timeout, stall_timeout)
+        url = f"{self.base_url}/api/pull"
+        log.info("ollama: pulling %s (timeout %.0f s)", model, timeout)
+        try:
+            resp = self._session.post(
+                url,
+                json={"model": model, "stream": True},
+                stream=True,
+                timeout=(min(self.timeout, timeout), read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise OllamaError("pull", _unreachable(self.base_url, exc), model=model) from exc
+        with resp:
+            if resp.status_code >= 400:
+                raise OllamaError("pull", _http_cause(resp), model=model)
+            return self._follow_pull(
+                resp, model, started, deadline, read_timeout, progress_interval
+            )
+
+    def ensure_pulled(self, model: str, *, timeout: float = 1800.0) -> bool:
+        """Pull ``model`` unless it is already local; True when a pull was needed."""
+        if self.has_model(model):
+            log.info("ollama: %s is already pulled", model)
+            return False
+        self.pull(model, timeout=timeout)
+        return True
+
+    def _follow_pull(
+        self,
+        resp: requests.Response,
+        model: str,
+        started: float,
+        deadline: float,
+        stall_timeout: float,
+        progress_interval: float,
+    ) -> PullResult:
+        last_log = last_line = time.monotonic()
+        last_status = ""
+        layers: dict[str, tuple[int, int]] = {}
+        completed = total = lines = 0
+        try:
+            for raw in resp.iter_lines():
+                if time.monotonic() > deadline:
+                    raise OllamaError(
+                        "pull",
+                        f"timed out after {deadline - started:.1f} s (last status {last_status!r})",
+                        model=model,
+                    )
+                last_line = time.monotonic()
+                if not raw:
+                    continue
+                lines += 1
+                try:
+                    event = json.loads(raw)
+                except ValueError as exc:
+                    raise OllamaError(
+                        "pull", f"invalid progress line {_short(raw)}", model=model
+                    ) from exc
+                if not isinstance(event, dict):
+                    raise OllamaError("pull", f"invalid progress line {_short(raw)}", model=model)
+                if "error" in event:
+                    raise OllamaError("pull", f"Ollama reported: {event['error']}", model=model)
+                status = str(event.get("status", ""))
+                if "total" in event:
+                    total = _int(event.get("total"))
+                    completed = _int(event.get("completed"))
+                    layers[str(event.get("digest", status))] = (completed, total)
+                now = time.monotonic()
+                if status != last_status or now - last_log >= progress_interval:
+                    log.info("ollama pull %s: %s", model, _progress(status, completed, total))
+                    last_log = now
+                last_status = status
+                if status == "success":
+                    seconds = time.monotonic() - started
+                    log.info("ollama: pulled %s in %.1f s", model, seconds)
+                    done = sum(c for c, _ in layers.values())
+                    size = sum(t for _, t in layers.values())
+                    return PullResult(model, seconds, done, size, lines)
+        except requests.RequestException as exc:
+            silent = time.monotonic() - last_line
+            if silent >= stall_timeout * 0.9:
+                cause = f"stalled: no progress for {silent:.1f} s (last status {last_status!r})"
+            else:
+                cause = f"stream broke after status {last_status!r}: {exc}"
+            raise OllamaError("pull", cause, model=model) from exc
+        raise OllamaError(
+            "pull", f"stream ended before success (last status {last_status!r})", model=model
+        )
+
+    def _get_json(self, step: str, path: str) -> dict[str, Any]:
+        try:
+            resp = self._session.get(f"{self.base_url}{path}", timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise OllamaError(step, _unreachable(self.base_url, exc)) from exc
+        return self._decode(resp, step, None)
+
+    def _decode(self, resp: requests.Response, step: str, model: str | None) -> dict[str, Any]:
+        if resp.status_code >= 400:
+            raise OllamaError(step, _http_cause(resp), model=model)
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise OllamaError(step, f"invalid JSON: {_short(resp.text)}", model=model) from exc
+        if not isinstance(body, dict):
+            raise OllamaError(step, f"expected a JSON object, got {_short(body)}", model=model)
+        return body
+
+
+def _unreachable(base_url: str, exc: Exception) -> str:
+    return f"Ollama unreachable at {base_url}: {type(exc).__name__}: {exc}"
+
+
+def _http_cause(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        message = body.get("error") if isinstance(body, dict) else None
+    except ValueError:
+        message = None
+    return f"HTTP {resp.status_code}: {message or _short(resp.text)}"
+
+
+def _progress(status: str, completed: int, total: int) -> str:
+    if status.startswith("pulling ") and total > 0:
+        mib = 1024 * 1024
+        pct = 100.0 * completed / total
+        return f"{status} {pct:.0f}% ({completed / mib:.1f}/{total / mib:.1f} MiB)"
+    return status
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _short(value: object, limit: int = 200) -> str:
+    if isinstance(value, bytes):
+        text = value.decode(errors="replace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,77 @@
+"""``model-fleet serve``: the service under gunicorn with the project's gunicorn.conf.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from remediator.config import Config, effective_config
+from remediator.service import NO_AUTH_ENV, TOKEN_ENV, TOKEN_FILE_ENV, load_token
+
+log = logging.getLogger(__name__)
+
+GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
+
+
+def gunicorn_argv(bind: str, workers: int | None) -> list[str]:
+    """The gunicorn command line ``serve`` executes."""
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        str(GUNICORN_CONF),
+        "--bind",
+        bind,
+    ]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return [*argv, "remediator.service:create_app()"]
+
+
+def serve(config: Config, args: argparse.Namespace) -> int:
+    """Check what the service needs, then replace this process with gunicorn."""
+    try:
+        token = load_token()
+    except RuntimeError as exc:
+        print(f"model-fleet: {exc}", file=sys.stderr)
+        return 2
+    if token is None and not args.no_auth:
+        print(
+            f"model-fleet: no bearer token: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}); "
+            "--no-auth serves without one (only on a trusted network)",
+            file=sys.stderr,
+        )
+        return 2
+    if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
+        print("model-fleet: gunicorn is not installed", file=sys.stderr)
+        return 2
+    env = os.environ
+    if config.source != "<defaults>":
+        env["MODEL_FLEET_CONFIG"] = str(Path(config.source).resolve())
+    env["MODEL_FLEET_STATE_FILE"] = str(Path(config.state_file).resolve())
+    if args.no_auth:
+        env[NO_AUTH_ENV] = "1"
+        log.warning(
+            "serving WITHOUT authentication: anyone who reaches %s can switch models", args.bind
+        )
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-fleet-metrics-")
+    log.info("effective configuration: %s", json.dumps(effective_config(config), sort_keys=True))
+    argv = gunicorn_argv(args.bind, args.workers)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, dict(env))
+    return 0  # pragma: no cover - execve does not return
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

@@ -1,0 +1,371 @@
+"""A stand-in for the Ollama endpoints the remediator uses, on a real 127.0.0.1 HTTP port.
+
+It speaks ``GET /api/tags``, ``POST /api/pull`` (NDJSON progress in chunked encoding, shaped
+like Ollama's: ``pulling manifest``, ``pulling <digest>`` with ``total``/``completed``,
+``verifying sha256 digest``, ``writing manifest``, ``success``; errors as ``{"error": ...}``),
+``POST /api/generate`` (``keep_alive: 0`` unloads, an empty prompt loads), ``GET /api/ps``
+and ``GET /api/version``. It records every call and fails on demand: refuse a pull, break a
+pull mid-stream, stall a pull, answer any path with an HTTP error, or go down altogether.
+Every response closes its connection, so "down" means down for every client at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DEFAULT_SIZE = 400 * 1024 * 1024
+CREATED_AT = "2025-01-01T00:00:00.000000Z"
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    body: Any
+    at: float
+
+
+def canonical(name: str) -> str:
+    """Ollama's canonical model name (``name`` without a tag means ``name:latest``)."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _details() -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": "llama",
+        "families": ["llama"],
+        "parameter_size": "1B",
+        "quantization_level": "Q4_0",
+    }
+
+
+class FakeOllama:
+    """A threaded fake Ollama server; use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        models: dict[str, int] | None = None,
+        *,
+        registry: dict[str, int] | None = None,
+        progress_steps: int = 4,
+        line_delay: float = 0.01,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[RecordedCall] = []
+        # Local store and loaded models, keyed by canonical name.
+        self.models: dict[str, int] = {canonical(k): v for k, v in (models or {}).items()}
+        self.loaded: dict[str, tuple[int, int]] = {}
+        # None: any model can be pulled (with DEFAULT_SIZE); else only these.
+        self.registry = {canonical(k): v for k, v in registry.items()} if registry else None
+        self.progress_steps = progress_steps
+        self.line_delay = line_delay
+        self._failures: dict[str, tuple[int, str]] = {}
+        self._pull_error_after: tuple[int, str] | None = None
+        self._pull_stall_after: int | None = None
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:40123``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeOllama:
+        """Listen on an ephemeral 127.0.0.1 port (the same port again after go_down)."""
+        self._release.clear()
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), _make_handler(self))
+        server.daemon_threads = True
+        self.port = server.server_address[1]
+        self._server = server
+        # A short poll interval keeps stop() (and so every test's teardown) fast.
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.02,), name="fake-ollama", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and end stalled streams; connections are refused afterwards."""
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def go_down(self) -> None:
+        """Simulate Ollama going away: the port refuses connections until come_back()."""
+        self.stop()
+
+    def come_back(self) -> None:
+        """Listen again on the same port."""
+        self.start()
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # failures on demand ------------------------------------------------------------------------
+
+    def fail(self, path: str, status: int = 500, message: str = "internal error") -> None:
+        """Answer every request to ``path`` with HTTP ``status`` and ``{"error": message}``."""
+        with self._lock:
+            self._failures[path] = (status, message)
+
+    def refuse_pull(self, message: str = "pull refused", status: int = 500) -> None:
+        """Answer pulls at once with an HTTP error."""
+        self.fail("/api/pull", status, message)
+
+    def fail_pull_mid_stream(self, message: str = "download interrupted", after: int = 2) -> None:
+        """Stream ``after`` progress lines, then an ``{"error": ...}`` line, like Ollama does."""
+        with self._lock:
+            self._pull_error_after = (after, message)
+
+    def stall_pull(self, after: int = 2) -> None:
+        """Stream ``after`` progress lines, then go silent until stop() or go_down()."""
+        with self._lock:
+            self._pull_stall_after = after
+
+    def heal(self) -> None:
+        """Forget every failure set on demand."""
+        with self._lock:
+            self._failures.clear()
+            self._pull_error_after = None
+            self._pull_stall_after = None
+
+    # state helpers -----------------------------------------------------------------------------
+
+    def load(self, name: str, size_vram: int | None = None) -> None:
+        """Mark a local model as loaded, with ``size_vram`` of it on the GPU (default: all)."""
+        key = canonical(name)
+        with self._lock:
+            size = self.models.setdefault(key, DEFAULT_SIZE)
+            self.loaded[key] = (size, size if size_vram is None else size_vram)
+
+    @property
+    def calls(self) -> list[RecordedCall]:
+        """Every call so far, in arrival order."""
+        with self._lock:
+            return list(self._calls)
+
+    def calls_to(self, path: str, method: str | None = None) -> list[RecordedCall]:
+        """Calls to ``path`` (and ``method``, if given)."""
+        return [c for c in self.calls if c.path == path and (method is None or c.method == method)]
+
+    # request handling (called from handler threads) ------------------------------------------
+
+    def _record(self, method: str, path: str, body: Any) -> tuple[int, str] | None:
+        with self._lock:
+            self._calls.append(RecordedCall(method, path, body, time.time()))
+            return self._failures.get(path)
+
+    def _tags(self) -> dict[str, Any]:
+        with self._lock:
+            items = sorted(self.models.items())
+        return {
+            "models": [
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": CREATED_AT,
+                    "size": size,
+                    "digest": _digest(name),
+                    "details": _details(),
+                }
+                for name, size in items
+            ]
+        }
+
+    def _ps(self) -> dict[str, Any]:
+        with self._lock:
+            items = sorted(self.loaded.items())
+        return {
+            "models": [
+                {
+                    "name": name,
+                    "model": name,
+                    "size": size,
+                    "digest": _digest(name),
+                    "details": _details(),
+                    "expires_at": "2099-01-01T00:00:00Z",
+                    "size_vram": vram,
+                }
+                for name, (size, vram) in items
+            ]
+        }
+
+    def _generate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = canonical(str(body.get("model", "")))
+        with self._lock:
+            size = self.models.get(name)
+            if size is None:
+                return 404, {"error": f"model '{body.get('model')}' not found"}
+            reply: dict[str, Any] = {
+                "model": body.get("model"),
+                "created_at": CREATED_AT,
+                "response": "",
+                "done": True,
+            }
+            if body.get("keep_alive") in (0, "0", "0s", "0m"):
+                self.loaded.pop(name, None)
+                reply["done_reason"] = "unload"
+            elif not body.get("prompt"):
+                self.loaded[name] = (size, size)
+                reply["done_reason"] = "load"
+            else:
+                self.loaded[name] = (size, size)
+                reply["response"] = "ok"
+                reply["done_reason"] = "stop"
+        return 200, reply
+
+    def _pull_plan(self, name: str) -> tuple[int | None, tuple[int, str] | None, int | None]:
+        with self._lock:
+            size = DEFAULT_SIZE if self.registry is None else self.registry.get(name)
+            return size, self._pull_error_after, self._pull_stall_after
+
+    def _pull_lines(self, name: str, size: int) -> list[dict[str, Any]]:
+        digest = _digest(name)
+        layer = f"pulling {digest[:12]}"
+        lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+        lines.append({"status": layer, "digest": f"sha256:{digest}", "total": size})
+        for i in range(1, self.progress_steps + 1):
+            done = size * i // self.progress_steps
+            lines.append(
+                {"status": layer, "digest": f"sha256:{digest}", "total": size, "completed": done}
+            )
+        lines += [
+            {"status": "verifying sha256 digest"},
+            {"status": "writing manifest"},
+            {"status": "success"},
+        ]
+        return lines
+
+    def _pulled(self, name: str, size: int) -> None:
+        with self._lock:
+            self.models[name] = size
+
+
+def _make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output clean; the fake records calls instead
+
+        def do_GET(self) -> None:
+            failure = fake._record("GET", self.path, None)
+            if failure:
+                self._json(failure[0], {"error": failure[1]})
+            elif self.path == "/api/tags":
+                self._json(200, fake._tags())
+            elif self.path == "/api/ps":
+                self._json(200, fake._ps())
+            elif self.path == "/api/version":
+                self._json(200, {"version": "0.12.6"})
+            elif self.path == "/":
+                self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
+            else:
+                self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = None
+            failure = fake._record("POST", self.path, body)
+            if failure:
+                self._json(failure[0], {"error": failure[1]})
+            elif not isinstance(body, dict):
+                self._json(400, {"error": "invalid JSON body"})
+            elif self.path == "/api/generate":
+                self._json(*fake._generate(body))
+            elif self.path == "/api/pull":
+                self._pull(body)
+            else:
+                self._send(404, b"404 page not found", "text/plain; charset=utf-8")
+
+        def _pull(self, body: dict[str, Any]) -> None:
+            requested = body.get("model") or body.get("name")
+            if not isinstance(requested, str) or not requested:
+                self._json(400, {"error": "model is required"})
+                return
+            name = canonical(requested)
+            size, error_after, stall_after = fake._pull_plan(name)
+            if size is None:
+                lines: list[dict[str, Any]] = [
+                    {"status": "pulling manifest"},
+                    {"error": "pull model manifest: file does not exist"},
+                ]
+            else:
+                lines = fake._pull_lines(name, size)
+            if body.get("stream") is False:
+                last = lines[-1]
+                self._json(500 if "error" in last else 200, last)
+                if size is not None and "error" not in last:
+                    fake._pulled(name, size)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i, line in enumerate(lines):
+                if error_after is not None and i == error_after[0]:
+                    self._chunk({"error": error_after[1]})
+                    break
+                if stall_after is not None and i == stall_after:
+                    # Silent until released, then drop the connection without ending the stream.
+                    fake._release.wait()
+                    self.close_connection = True
+                    return
+                if line.get("status") == "success" and size is not None:
+                    fake._pulled(name, size)  # Ollama writes the manifest before it says so
+                self._chunk(line)
+                if "error" in line:
+                    break
+                time.sleep(fake.line_delay)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+        def _chunk(self, obj: dict[str, Any]) -> None:
+            data = json.dumps(obj).encode() + b"\n"
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        def _json(self, status: int, obj: dict[str, Any]) -> None:
+            self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
+
+        def _send(self, status: int, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+
+    return Handler

@@ -1,0 +1,233 @@
+"""The service under gunicorn with 3 workers: one switch per alert, metrics agree across workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from remediator.service import parse_time
+from tests.support.fake_ollama import FakeOllama
+
+DATA = Path(__file__).parent / "data"
+TOKEN = "gunicorn-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer in {timeout} s")
+        time.sleep(0.1)
+
+
+def start_service(
+    tmp_path: Path, ollama_url: str, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, Path]:
+    app_env = tmp_path / "app.env"
+    app_env.write_text("OLLAMA_MODEL=llama3.2:3b\n")
+    cfg = tmp_path / "model-fleet.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "state_file": str(tmp_path / "state.json"),
+                "fleets": {
+                    "default": {
+                        "ollama_url": ollama_url,
+                        "containers": {"use_labels": False},
+                        "app_config": [{"path": str(app_env), "format": "env"}],
+                    }
+                },
+            }
+        )
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_FLEET_", "PROMETHEUS_"))}
+    env.update({"MODEL_FLEET_TOKEN": TOKEN, **(extra_env or {})})
+    exe = Path(sys.executable).with_name("model-fleet")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--config", str(cfg), "--bind", f"127.0.0.1:{port}", "--workers", "3"],
+        cwd=tmp_path,
+        env=env,
+        stdout=open(tmp_path / "serve.log", "w"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz", proc=proc)
+    return proc, url, app_env
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, Path, FakeOllama, Path]]:
+    tmp = tmp_path_factory.mktemp("gunicorn")
+    with FakeOllama(models={"llama3.2:3b": 2048 << 20}) as ollama:
+        proc, url, app_env = start_service(tmp, ollama.url)
+        try:
+            yield url, app_env, ollama, tmp
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
+def samples(text: str, name: str) -> list[Any]:
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def test_fifty_concurrent_duplicates_across_three_workers_switch_once(
+    served: tuple[str, Path, FakeOllama, Path],
+) -> None:
+    url, app_env, ollama, _ = served
+    body = json.loads((DATA / "alertmanager_firing.json").read_text())
+    # A fresh startsAt: the alert started just now, after any earlier switch.
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+    body["alerts"][0]["startsAt"] = now
+    sent = time.time()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        responses = list(
+            pool.map(
+                lambda _: requests.post(
+                    url + "/webhook/alertmanager", json=body, headers=AUTH, timeout=30
+                ),
+                range(50),
+            )
+        )
+    assert [r.status_code for r in responses] == [202] * 50
+    outcomes = [r.json()["outcome"] for r in responses]
+    assert outcomes.count("accepted") >= 1
+
+    deadline = time.monotonic() + 30
+    while requests.get(url + "/status", timeout=5).json()["current_model"]["name"] != "phi3:mini":
+        assert time.monotonic() < deadline, "no switch happened"
+        time.sleep(0.05)
+    time.sleep(1.5)  # any second switch would have happened by now
+    history = requests.get(url + "/history", timeout=5).json()
+    assert len(history) == 1
+    assert history[0]["alert_key"] == f"3f2a9c1b8e7d6054@{now}"
+    assert app_env.read_text() == "OLLAMA_MODEL=phi3:mini\n"
+    assert len(ollama.calls_to("/api/pull")) == 1
+    assert parse_time(now) <= history[0]["time"]
+    print(f"webhook received -> switch committed: {history[0]['time'] - sent:.3f} s")
+
+    # Every worker answers /metrics with the same sums (multiprocess mode).
+    seen = set()
+    for _ in range(12):
+        text = requests.get(url + "/metrics", timeout=5).text
+        switches = [
+            s.value
+            for s in samples(text, "model_fleet_switches_total")
+            if s.labels == {"fleet": "default", "direction": "down", "trigger": "alert"}
+        ]
+        hooks = {
+            s.labels["outcome"]: s.value
+            for s in samples(text, "model_fleet_webhook_requests_total")
+        }
+        seen.add(
+            (
+                tuple(switches),
+                hooks.get("accepted", 0) + hooks.get("duplicate", 0) + hooks.get("ignored", 0),
+            )
+        )
+        assert [s.value for s in samples(text, "model_fleet_current_model_index")] == [1.0]
+    assert seen == {((1.0,), 50.0)}
+
+
+def test_a_redelivery_after_the_switch_is_a_duplicate(
+    served: tuple[str, Path, FakeOllama, Path],
+) -> None:
+    url, _, _, _ = served
+    history = requests.get(url + "/history", timeout=5).json()
+    key = history[-1]["alert_key"]
+    _, starts_at = key.split("@")
+    body = json.loads((DATA / "alertmanager_firing.json").read_text())
+    body["alerts"][0]["startsAt"] = starts_at
+    resp = requests.post(url + "/webhook/alertmanager", json=body, headers=AUTH, timeout=10)
+    assert resp.status_code == 202
+    assert resp.json()["ignored"][0]["reason"] == "duplicate"
+    assert requests.post(url + "/webhook/alertmanager", json=body, timeout=10).status_code == 401
+    assert len(requests.get(url + "/history", timeout=5).json()) == len(history)
+
+
+def test_serve_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
+    exe = Path(sys.executable).with_name("model-fleet")
+    r = subprocess.run(
+        [str(exe), "serve", "--bind", f"127.0.0.1:{free_port()}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "no bearer token" in r.stderr
+
+
+def test_the_cli_acts_through_a_running_remediator(
+    served: tuple[str, Path, FakeOllama, Path],
+) -> None:
+    url, app_env, _, tmp = served
+    exe = Path(sys.executable).with_name("model-fleet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
+    env.update({"MODEL_FLEET_URL": url})
+
+    def call(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+        e = dict(env)
+        if token:
+            e["MODEL_FLEET_TOKEN"] = token
+        return subprocess.run(
+            [str(exe), *args], env=e, cwd=tmp, capture_output=True, text=True, timeout=60
+        )
+
+    r = call("status")
+    assert r.returncode == 0 and json.loads(r.stdout)["current_model"]["name"] == "phi3:mini"
+    r = call("reset", "--reason", "from the CLI", token="wrong")
+    assert r.returncode == 2 and "refused the token" in r.stderr
+    r = call("reset", "--reason", "from the CLI")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to"] == "llama3.2:3b"
+    assert app_env.read_text() == "OLLAMA_MODEL=llama3.2:3b\n"
+    r = call("upgrade")
+    assert r.returncode == 4
+    r = call("history", "--limit", "1")
+    assert json.loads(r.stdout)[0]["reason"] == "from the CLI"
+    r = call("status", "--fleet", "nope")
+    assert r.returncode == 3
+    r = subprocess.run(
+        [str(exe), "--url", f"http://127.0.0.1:{free_port()}", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 7 and "cannot reach the remediator" in r.stderr
