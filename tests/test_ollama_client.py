@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from remediator.ollama import OllamaClient, OllamaError, canonical_name, same_model
-from tests.support.fake_ollama import FakeOllama
+from simulator.fake_ollama import FakeOllama
 
 MIB = 1024 * 1024
 

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from remediator.service import parse_time
-from tests.support.fake_ollama import FakeOllama
+from simulator.fake_ollama import FakeOllama
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "gunicorn-test-token"

@@ -26,7 +26,7 @@ from remediator.ollama import OllamaClient
 from remediator.state import StateStore
 from remediator.switching import Remediator
 from tests.support import docker_env
-from tests.support.fake_ollama import FakeOllama
+from simulator.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.docker
 

@@ -369,3 +369,39 @@ def _make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
     return Handler
+
+
+def main() -> None:
+    """Run the stand-in as a process: ``python -m simulator.fake_ollama --port 11434``."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(
+        description="A stand-in for the Ollama endpoints model-fleet uses."
+    )
+    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=MIB",
+        help="a model already pulled, with its size in MiB (repeatable)",
+    )
+    args = parser.parse_args()
+    models = {}
+    for item in args.model:
+        name, _, size = item.partition("=")
+        models[name] = int(size or 400) * 1024 * 1024
+    fake = FakeOllama(models, line_delay=0.05)
+    fake.port = args.port
+    fake.start()
+    print(f"fake ollama listening on {fake.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

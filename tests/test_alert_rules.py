@@ -1,0 +1,160 @@
+"""The alert rules: promtool check/test rules, and their agreement with the config and docs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from remediator.config import MIB, SHIPPED_ALERT_THRESHOLD, AutoUpgrade, FleetConfig
+from simulator.prom_env import (
+    BUILTIN_METRICS,
+    CONTRACT_METRICS,
+    REPO,
+    RULES_FILE,
+    promql_metric_names,
+)
+
+RULE_TESTS = sorted((REPO / "alert_rules" / "tests").glob("*.yml"))
+RUNBOOK_URL = re.compile(r"^https://github\.com/model-fleet/model-fleet#(runbook-[a-z0-9-]+)$")
+REMEDIATION_ALERTS = {"ModelFleetVRAMErrors": "downgrade", "ModelFleetCanStepUp": "upgrade"}
+EXPECTED_ALERTS = {
+    "ModelFleetVRAMErrors",
+    "ModelFleetAtSmallestModel",
+    "ModelFleetCanStepUp",
+    "ModelFleetRemediationFailed",
+    "ModelFleetSwitchFlapping",
+    "GPUVRAMNearlyFull",
+    "GPUVRAMFillingUp",
+    "ModelFleetExporterDown",
+    "ModelFleetRemediatorDown",
+    "ModelFleetNVMLDown",
+    "ModelFleetLogStreamDown",
+}
+
+
+def _rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(RULES_FILE.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def _alert(name: str) -> dict[str, Any]:
+    matches = [r for r in _rules() if r.get("alert") == name]
+    assert len(matches) == 1, f"expected one rule for {name}, found {len(matches)}"
+    return matches[0]
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    """Anchors GitHub derives from headings: lower case, punctuation dropped, spaces to '-'."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", markdown, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_promtool_check_rules_accepts_the_rule_file() -> None:
+    result = _promtool("check", "rules", str(RULES_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_rules())} rules found" in result.stdout
+
+
+def test_promtool_rule_unit_tests_pass() -> None:
+    assert RULE_TESTS, "no promtool rule tests under alert_rules/tests/"
+    result = _promtool("test", "rules", *map(str, RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    tested = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            tested |= {t["alertname"] for t in case.get("alert_rule_test", [])}
+    assert {r["alert"] for r in _rules() if "alert" in r} == EXPECTED_ALERTS
+    assert tested >= EXPECTED_ALERTS, f"alerts without a promtool test: {EXPECTED_ALERTS - tested}"
+
+
+def test_downgrade_threshold_is_the_default_max_vram_errors() -> None:
+    default = FleetConfig(name="any").max_vram_errors
+    assert default == SHIPPED_ALERT_THRESHOLD
+    for name in ("ModelFleetVRAMErrors", "ModelFleetAtSmallestModel"):
+        expr = _alert(name)["expr"]
+        found = re.findall(r"model_fleet_vram_errors_since_start\)\s*>=\s*(\d+)", expr)
+        assert found == [str(default)], f"{name}: threshold {found} in {expr!r}"
+
+
+def test_downgrade_alert_fires_without_delay_and_carries_the_contract_labels() -> None:
+    rule = _alert("ModelFleetVRAMErrors")
+    assert rule.get("for", "0s") in ("0s", "0m", 0), "the exact gauge needs no `for`"
+    assert rule["labels"]["remediation"] == "downgrade"
+    assert rule["labels"]["severity"]
+    assert "by (fleet)" in rule["expr"], "the alert must keep the fleet label"
+    assert rule["annotations"]["value"] == "{{ $value }}"
+    # The inhibiting alert must be firing no later than the alert it inhibits.
+    assert _alert("ModelFleetAtSmallestModel").get("for", "0s") in ("0s", "0m", 0)
+
+
+def test_only_the_remediation_alerts_carry_a_remediation_label() -> None:
+    found = {r["alert"]: r["labels"].get("remediation") for r in _rules() if "alert" in r}
+    assert {k: v for k, v in found.items() if v} == REMEDIATION_ALERTS
+
+
+def test_step_up_rule_mirrors_the_auto_upgrade_defaults() -> None:
+    expr = _alert("ModelFleetCanStepUp")["expr"]
+    defaults = AutoUpgrade()
+    assert str(defaults.headroom_mb * MIB) in expr, "headroom differs from auto_upgrade"
+    assert f"< {defaults.quiet_seconds:g}" in expr, "quiet period differs from auto_upgrade"
+    assert "[1h]" in expr and defaults.quiet_seconds == 3600
+
+
+@pytest.mark.parametrize("rule", [r for r in _rules() if "alert" in r], ids=lambda r: r["alert"])
+def test_rule_is_documented(rule: dict[str, Any]) -> None:
+    annotations = rule["annotations"]
+    assert annotations.get("summary"), "no summary"
+    assert "$value" in annotations.get("description", ""), "the description lacks the value"
+    match = RUNBOOK_URL.match(annotations.get("runbook_url", ""))
+    assert match, f"runbook_url {annotations.get('runbook_url')!r} is not a README anchor"
+    assert match.group(1) == f"runbook-{rule['alert'].lower()}"
+    docs = [p for p in (REPO / "README.md", REPO / "docs" / "runbook.md") if p.exists()]
+    anchors = set().union(*(_github_anchors(p.read_text()) for p in docs))
+    assert match.group(1) in anchors, f"no runbook section for #{match.group(1)} in {docs}"
+
+
+def test_rules_use_only_contract_metrics() -> None:
+    unknown = {
+        (rule.get("alert") or rule.get("record"), name)
+        for rule in _rules()
+        for name in promql_metric_names(rule["expr"])
+        if name not in CONTRACT_METRICS and name not in BUILTIN_METRICS
+    }
+    assert not unknown, f"metrics outside DESIGN.md's contract: {sorted(unknown)}"
+
+
+def test_rule_job_names_match_the_scrape_config() -> None:
+    jobs = {
+        s["job_name"]
+        for s in yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())[
+            "scrape_configs"
+        ]
+    }
+    used = set()
+    for rule in _rules():
+        used |= set(re.findall(r'job="([^"]+)"', rule["expr"]))
+    assert used and used <= jobs, f"rules name jobs {used}, prometheus.yml has {jobs}"
+
+
+def test_rule_files_glob_loads_rules_but_not_their_tests() -> None:
+    pattern = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())["rule_files"]
+    assert pattern == ["/etc/prometheus/rules/*.rules.yml"]
+    local = sorted(Path(REPO / "alert_rules").glob("*.rules.yml"))
+    assert local == [RULES_FILE]

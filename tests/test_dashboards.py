@@ -1,0 +1,245 @@
+"""grafana/: provisioning, and every dashboard query parsed by promtool, checked against the
+metric contract and the code, and evaluated by a real Prometheus that scraped the metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from remediator.config import SHIPPED_ALERT_THRESHOLD
+from simulator.prom_env import (
+    BUILTIN_METRICS,
+    CONTRACT_METRICS,
+    REPO,
+    RULES_FILE,
+    MetricsEndpoint,
+    Prometheus,
+    check_promql,
+    exporter_exposition,
+    promql_metric_names,
+    remediator_exposition,
+    render_prometheus_config,
+    start_prometheus,
+    wait_for,
+)
+
+GRAFANA = REPO / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "model-fleet.json"
+DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
+PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "model-fleet.yml"
+
+# What Grafana substitutes before it sends a query; the values select the test data.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "5s",
+    "$__range": "5m",
+    "$fleet": "default",
+    "$gpu": "0",
+}
+
+
+def _dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())  # type: ignore[no-any-return]
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for panel in dashboard["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))  # panels inside collapsed rows
+    return found
+
+
+def _queries() -> dict[str, str]:
+    """Every PromQL query of the dashboard, by where it is: panels, annotations, variables."""
+    dashboard = _dashboard()
+    queries: dict[str, str] = {}
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            queries[f"panel {panel['title']!r} {target['refId']}"] = target["expr"]
+    for annotation in dashboard["annotations"]["list"]:
+        if "expr" in annotation:
+            queries[f"annotation {annotation['name']!r}"] = annotation["expr"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]["query"]
+            # label_values(metric, label) asks for the metric's series: the metric is the query.
+            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query)
+            assert match, f"variable {variable['name']}: unexpected query {query!r}"
+            queries[f"variable {variable['name']!r}"] = match.group(1)
+    return queries
+
+
+def _substitute(expr: str) -> str:
+    # Longest names first: $__rate_interval before $__range.
+    for name in sorted(GRAFANA_VARIABLES, key=len, reverse=True):
+        expr = expr.replace(name, GRAFANA_VARIABLES[name])
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr
+
+
+def _code_metric_names() -> set[str]:
+    """Metric names written in the exporter's and remediator's code (string literals)."""
+    names: set[str] = set()
+    for package in ("exporter", "remediator"):
+        for path in (REPO / package).rglob("*.py"):
+            names |= set(re.findall(r"[\"'](model_fleet_\w+)[\"']", path.read_text()))
+    return names
+
+
+# --- static checks --------------------------------------------------------------------------
+
+
+def test_datasource_provisioning() -> None:
+    [source] = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["uid"] == "model-fleet-prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    prom = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())
+    assert source["jsonData"]["timeInterval"] == prom["global"]["scrape_interval"]
+
+
+def test_dashboard_provider_is_a_file_provider() -> None:
+    [provider] = yaml.safe_load(PROVIDERS.read_text())["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_every_query_names_the_provisioned_datasource() -> None:
+    uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    dashboard = _dashboard()
+    holders: list[dict[str, Any]] = [*dashboard["templating"]["list"]]
+    holders += [a for a in dashboard["annotations"]["list"] if "expr" in a]
+    for panel in _panels(dashboard):
+        if panel["type"] != "row":
+            holders += [panel, *panel["targets"]]
+    wrong = [h.get("title") or h.get("name") or h.get("expr") for h in holders if
+             h.get("datasource") != {"type": "prometheus", "uid": uid}]  # fmt: skip
+    assert not wrong, f"not on datasource {uid}: {wrong}"
+
+
+def test_dashboard_identity_variables_and_unique_panel_ids() -> None:
+    dashboard = _dashboard()
+    assert dashboard["title"] == "Model Fleet" and dashboard["uid"] == "model-fleet"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "fleet" in variables
+    assert variables["fleet"]["includeAll"] and variables["fleet"]["allValue"] == ".*"
+    ids = [p["id"] for p in _panels(dashboard)]
+    assert len(ids) == len(set(ids))
+
+
+def test_fleet_scoped_queries_follow_the_fleet_variable() -> None:
+    for where, expr in _queries().items():
+        if where.startswith("variable"):
+            continue
+        names = promql_metric_names(expr) - BUILTIN_METRICS
+        if names and all("fleet" in CONTRACT_METRICS[n][1] for n in names):
+            for name in names:
+                for selector in re.findall(rf"{name}(\{{[^}}]*\}})?", expr):
+                    assert 'fleet=~"$fleet"' in selector, f"{where}: {name} ignores $fleet"
+
+
+def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
+    dashboard = _dashboard()
+    by_metric: dict[str, list[dict[str, Any]]] = {}
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            for name in promql_metric_names(target["expr"]):
+                by_metric.setdefault(name, []).append(panel)
+    # The current model as a stat showing the model's name.
+    assert any(
+        p["type"] == "stat" and p["options"]["textMode"] == "name"
+        for p in by_metric["model_fleet_current_model_info"]
+    )
+    for name in (
+        "model_fleet_ladder_model_bytes",  # the ladder ...
+        "model_fleet_current_model_index",  # ... and the current rung
+        "model_fleet_gpu_memory_used_bytes",
+        "model_fleet_gpu_memory_total_bytes",
+        "model_fleet_gpu_process_memory_bytes",
+        "model_fleet_vram_errors_total",
+        "model_fleet_vram_errors_since_start",
+        "model_fleet_remediation_failures_total",
+        "ALERTS",
+    ):
+        assert name in by_metric, f"no panel shows {name}"
+    assert any(
+        "container" in t["expr"]
+        for p in by_metric["model_fleet_gpu_process_memory_bytes"]
+        for t in p["targets"]
+    ), "per-process VRAM is not by container"
+    assert any(
+        "kind" in t["expr"]
+        for p in by_metric["model_fleet_vram_errors_total"]
+        for t in p["targets"]
+    ), "the error rate is not by kind"
+    # Errors since start against the threshold of the rule: a threshold step at 3.
+    [errors] = by_metric["model_fleet_vram_errors_since_start"]
+    steps = errors["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps if s["value"] is not None] == [SHIPPED_ALERT_THRESHOLD]
+    annotations = [a.get("expr", "") for a in dashboard["annotations"]["list"]]
+    assert any("model_fleet_switches_total" in a for a in annotations), "no switch annotations"
+
+
+def test_queries_parse_with_promtool() -> None:
+    check_promql({where: _substitute(expr) for where, expr in _queries().items()})
+
+
+def test_queries_use_only_contract_metrics() -> None:
+    unknown = {
+        (where, name)
+        for where, expr in _queries().items()
+        for name in promql_metric_names(_substitute(expr))
+        if name not in CONTRACT_METRICS and name not in BUILTIN_METRICS
+    }
+    assert not unknown, f"metrics outside DESIGN.md's contract: {sorted(unknown)}"
+
+
+def test_queries_use_only_metrics_the_code_exports() -> None:
+    """Each name (or its base without prometheus_client's _total/_info) is a literal in code."""
+    in_code = _code_metric_names()
+    missing = set()
+    for expr in _queries().values():
+        for name in promql_metric_names(_substitute(expr)) - BUILTIN_METRICS:
+            base = re.sub(r"_(total|info)$", "", name)
+            if name not in in_code and base not in in_code:
+                missing.add(name)
+    assert not missing, f"the dashboard uses metrics no code defines: {sorted(missing)}"
+
+
+# --- against a real Prometheus ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> Iterator[Prometheus]:
+    """Prometheus with the compose config and rules, scraping the contract's metrics."""
+    with (
+        MetricsEndpoint(exporter_exposition) as exporter,
+        MetricsEndpoint(remediator_exposition) as remediator,
+    ):
+        config = render_prometheus_config(exporter=exporter.target, remediator=remediator.target)
+        with start_prometheus(config, [RULES_FILE]) as prom:
+            prom.wait_targets_up(timeout=30)
+            yield prom
+
+
+def test_every_query_returns_data_from_a_real_prometheus(prometheus: Prometheus) -> None:
+    queries = {where: _substitute(expr) for where, expr in _queries().items()}
+    results: dict[str, int] = {}
+
+    def all_answer() -> bool:
+        for where, expr in queries.items():
+            # An error answer (bad_data...) raises PromQLError: the test fails at once.
+            results[where] = len(prometheus.query_range(expr, seconds=60, step="5s"))
+        return all(results.values())
+
+    try:
+        wait_for(all_answer, 45, "every dashboard query to return data", interval=2)
+    except TimeoutError as exc:
+        empty = sorted(w for w, n in results.items() if not n)
+        pytest.fail(f"{exc}; empty: {empty}")
