@@ -235,6 +235,7 @@ _TOP_KEYS = {
     "alert_keys",
     "protect_reads",
     "fleets",
+    "exporter",  # read by the exporter itself; the remediator leaves it alone
 }
 _FLEET_KEYS = {
     "ladder",

@@ -214,3 +214,8 @@ def test_effective_config_round_trips_through_the_parser() -> None:
     eff = effective_config(config)
     again = parse_config({k: v for k, v in eff.items() if k != "source"}, "again")
     assert effective_config(again)["fleets"] == eff["fleets"]
+
+
+def test_the_exporter_section_belongs_to_the_exporter() -> None:
+    config = parse_config({"exporter": {"bind": "0.0.0.0:9842"}, "fleets": {"a": {}}}, "f")
+    assert list(config.fleets) == ["a"]
