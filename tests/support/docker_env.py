@@ -8,27 +8,16 @@ exactly what this test run created.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import docker.errors
 
-BUSYBOX_IMAGE = "model-fleet-test/busybox:latest"
+from simulator.images import BUSYBOX_IMAGE, build_busybox_image
+
 TEST_LABEL = "model-fleet.test"
 RUN_ID = uuid.uuid4().hex[:12]
-
-
-def busybox_binary() -> Path:
-    """Return the host's static busybox, which test images are built from."""
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        if os.path.exists(candidate):
-            return Path(candidate)
-    raise RuntimeError("busybox not found: install Debian's busybox-static (scripts/bootstrap)")
 
 
 def docker_client() -> docker.DockerClient:
@@ -41,20 +30,6 @@ def docker_client() -> docker.DockerClient:
             f"no Docker engine answers ({exc}); scripts/bootstrap starts dockerd"
         ) from exc
     return client
-
-
-def build_busybox_image(client: docker.DockerClient, tag: str = BUSYBOX_IMAGE) -> str:
-    """Build a FROM-scratch image holding busybox and its applets; return the tag."""
-    with tempfile.TemporaryDirectory(prefix="mf-busybox-") as ctx:
-        shutil.copy2(busybox_binary(), Path(ctx) / "busybox")
-        (Path(ctx) / "Dockerfile").write_text(
-            "FROM scratch\n"
-            "COPY busybox /bin/busybox\n"
-            'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
-            'CMD ["/bin/sh"]\n'
-        )
-        client.images.build(path=ctx, tag=tag, rm=True, forcerm=True)
-    return tag
 
 
 def remove_test_containers(client: docker.DockerClient, run_id: str = RUN_ID) -> None:
@@ -87,3 +62,12 @@ def run_busybox(
 def iter_log_lines(container: docker.models.containers.Container) -> Iterator[str]:
     """Yield the container's log lines so far (stdout and stderr)."""
     yield from container.logs(stdout=True, stderr=True).decode().splitlines()
+
+
+__all__ = [
+    "BUSYBOX_IMAGE",
+    "build_busybox_image",
+    "docker_client",
+    "remove_test_containers",
+    "run_busybox",
+]
