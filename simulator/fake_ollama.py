@@ -164,6 +164,13 @@ class FakeOllama:
             size = self.models.setdefault(key, DEFAULT_SIZE)
             self.loaded[key] = (size, size if size_vram is None else size_vram)
 
+    def forget(self, name: str) -> None:
+        """Remove a model from the local store (as ``ollama rm`` does)."""
+        key = canonical(name)
+        with self._lock:
+            self.models.pop(key, None)
+            self.loaded.pop(key, None)
+
     @property
     def calls(self) -> list[RecordedCall]:
         """Every call so far, in arrival order."""

@@ -1,0 +1,146 @@
+"""The live demo: VRAM fills up, the model server fails, model-fleet steps the fleet down.
+
+Runs the whole loop of simulator/loop.py on this machine (no GPU needed: the exporter reads a
+simulated GPU through the fake NVML library) and prints a timeline of what happened, with the
+seconds between each step. Then it leaves Prometheus, Alertmanager and the remediator up until
+Ctrl-C (or exits at once with --exit, as the tests run it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulator.loop import MODEL_MIB, Loop, LoopOptions
+
+
+@dataclass
+class Timeline:
+    """Timestamped events, printed as they happen."""
+
+    started: float = field(default_factory=time.monotonic)
+    last: float = field(default_factory=time.monotonic)
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+    def event(self, what: str) -> None:
+        """Print one line: seconds since start, seconds since the previous event, what."""
+        now = time.monotonic()
+        print(f"  t+{now - self.started:6.1f}s  (+{now - self.last:5.1f}s)  {what}", flush=True)
+        self.events.append((now - self.started, what))
+        self.last = now
+
+
+def run_demo(workdir: Path, *, exit_at_end: bool, max_seconds: float) -> int:
+    """Run the scenario; return 0 when the fleet settled on a model that fits."""
+    options = LoopOptions(
+        fleet="demo",
+        simulate_vram=True,
+        cooldown_seconds=5,
+        gpu_total_mib=4096,
+        other_used_mib=1024,
+    )
+    print("model-fleet demo: starting Docker containers, the exporter, the remediator,")
+    print("Prometheus and Alertmanager on 127.0.0.1 (about 20 s) ...", flush=True)
+    with Loop(workdir, options) as loop:
+        assert loop.prometheus is not None
+        print()
+        print(f"  Prometheus    {loop.prometheus.url}/alerts")
+        print(f"  Alertmanager  {loop.alertmanagers[0].url}")
+        print(f"  remediator    {loop.remediator_url}/status")
+        print(f"  exporter      {loop.exporter_url}/metrics")
+        print(f"  work dir      {workdir}")
+        print()
+        tl = Timeline()
+        other = options.other_used_mib
+        model = loop.current_model_in_config()
+        tl.event(
+            f"fleet on {model} ({MODEL_MIB[model]} MiB); simulated GPU: "
+            f"{options.gpu_total_mib} MiB, {other} MiB used by other work"
+        )
+        seen_errors = 0.0
+        switches = 0
+        alerts_seen: set[str] = set()
+        alert_on = False
+        third_error_at: float | None = None
+        settled_since: float | None = None
+        deadline = time.monotonic() + max_seconds
+        fill_at = time.monotonic() + 5
+        target_other = 2300  # leaves 1796 MiB: llama3.2:3b and phi3:mini no longer fit
+        while time.monotonic() < deadline:
+            if other < target_other and time.monotonic() >= fill_at:
+                other = min(target_other, other + 400)
+                fill_at = time.monotonic() + 2
+                left = options.gpu_total_mib - other
+                tl.event(f"other work now uses {other} MiB: {left} MiB left for the model")
+            loop.set_vram(other)
+            errors = loop.errors_since_start()
+            if errors > seen_errors:
+                tl.event(
+                    f"model server logged VRAM error #{errors:.0f} since it started (exporter)"
+                )
+                if errors >= 3 and third_error_at is None:
+                    third_error_at = time.monotonic()
+            seen_errors = max(errors, 0.0)
+            # One alert per fleet: a new one has a new activeAt.
+            firing = {a.get("activeAt", "") for a in loop.firing("ModelFleetVRAMErrors")}
+            for _ in sorted(firing - alerts_seen):
+                tl.event(f"alert ModelFleetVRAMErrors fired for fleet {loop.fleet} (Prometheus)")
+            alerts_seen |= firing
+            alert_on = bool(firing)
+            history = loop.history()
+            for record in history[switches:]:
+                took = ""
+                if third_error_at is not None:
+                    took = f", {time.monotonic() - third_error_at:.1f} s after the 3rd error"
+                tl.event(f"switched {record['from']} -> {record['to']} (remediator{took})")
+                third_error_at = None
+                seen_errors = 0.0
+            switches = len(history)
+            model = loop.current_model_in_config()
+            fits = MODEL_MIB.get(model, 10**6) <= options.gpu_total_mib - other
+            if other >= target_other and fits and switches and not alert_on:
+                settled_since = settled_since or time.monotonic()
+                if time.monotonic() - settled_since > 10:
+                    app = loop.app_log_tail()
+                    tl.event(f"settled: {model} fits and runs without errors; app: {app!r}")
+                    break
+            else:
+                settled_since = None
+            time.sleep(0.25)
+        else:
+            print("model-fleet demo: the fleet did not settle in time", file=sys.stderr)
+            print(loop.diagnostics(), file=sys.stderr)
+            return 1
+        print()
+        print("Timeline done. State:", loop.status()["current_model"])
+        if exit_at_end:
+            return 0
+        print(
+            "Prometheus, Alertmanager and the remediator stay up; press Ctrl-C to stop.", flush=True
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
+        print("stopping ...")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of scripts/demo."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--exit", action="store_true", help="exit after the timeline")
+    parser.add_argument("--max-seconds", type=float, default=240, help="give up after this long")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="model-fleet-demo-") as tmp:
+        return run_demo(Path(tmp), exit_at_end=args.exit, max_seconds=args.max_seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

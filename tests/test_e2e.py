@@ -1,0 +1,212 @@
+"""The whole loop end to end on real parts (see simulator/loop.py): detect, alert, switch, restart.
+
+Three VRAM error lines from a real container reach the exporter, Prometheus fires the shipped
+rule, Alertmanager (shipped config) calls the remediator under gunicorn with the bearer token,
+and the remediator rewrites the application's config and restarts both containers for real.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulator.loop import Loop, LoopOptions, sample_values, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+# Shipped intervals: 5 s scrape + 5 s evaluation + 1 s group_wait, plus restarts.
+ALERT_TIMEOUT = 45.0
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    # No cooldown: nothing but the alert contract keeps a stale or repeated alert from
+    # switching twice, so these tests would see a second switch if one slipped through.
+    with Loop(tmp_path_factory.mktemp("e2e"), LoopOptions(cooldown_seconds=0)) as running:
+        yield running
+
+
+def switch_to(loop: Loop, model: str, count: int) -> None:
+    wait_until(
+        lambda: len(loop.history()) >= count,
+        ALERT_TIMEOUT,
+        f"switch #{count} to {model}",
+        interval=0.2,
+        diagnose=loop.diagnostics,
+    )
+    assert loop.history()[count - 1]["to"] == model
+
+
+def one_round(loop: Loop, expect_model: str, switches_before: int) -> None:
+    """Three errors: the alert fires, the fleet moves one rung down, the alert resolves."""
+    server_started = loop.started_at(loop.server)
+    app_started = loop.started_at(loop.app)
+    loop.emit_errors(3)
+    wait_until(lambda: loop.errors_since_start() >= 3, 10, "the exporter to count 3 errors")
+    switch_to(loop, expect_model, switches_before + 1)
+    record = loop.history()[-1]
+    assert (record["direction"], record["trigger"]) == ("down", "alert")
+    assert record["alert_key"]
+    assert loop.current_model_in_config() == expect_model
+    # Both containers restarted for real, and the app runs on the new model.
+    wait_until(
+        lambda: loop.started_at(loop.server) > server_started, 30, "the model server restart"
+    )
+    wait_until(lambda: loop.started_at(loop.app) > app_started, 30, "the app restart")
+    wait_until(
+        lambda: loop.app_log_tail() == f"app running {expect_model}", 15, "the app on the new model"
+    )
+    # The restarted server starts from 0 errors; the alert resolves; no second switch.
+    wait_until(lambda: loop.errors_since_start() == 0, 15, "errors since start back to 0")
+    wait_until(
+        lambda: not loop.firing("ModelFleetVRAMErrors"), ALERT_TIMEOUT, "the alert to resolve"
+    )
+    assert loop.status()["current_model"]["name"] == expect_model
+
+
+def test_three_errors_step_down_one_rung_and_no_second_switch_follows(loop: Loop) -> None:
+    started = time.monotonic()
+    one_round(loop, "phi3:mini", 0)
+    first = time.monotonic() - started
+    time.sleep(12)  # two more evaluation rounds and a group_interval: still one switch
+    assert len(loop.history()) == 1
+    state = loop.status()
+    assert (state["current_model"]["index"], state["vram_error_count"]) == (1, 0)
+    print(f"round 1 (3 errors -> app on phi3:mini, alert resolved): {first:.1f} s")
+
+
+def test_three_more_errors_take_the_next_rung_then_the_smallest(loop: Loop) -> None:
+    one_round(loop, "tinyllama:1.1b", 1)
+    one_round(loop, "qwen2.5:0.5b", 2)
+    assert loop.status()["can_downgrade"] is False
+
+
+def test_at_the_smallest_model_a_person_is_paged_and_nothing_switches(loop: Loop) -> None:
+    before = loop.started_at(loop.server)
+    loop.emit_errors(3)
+    alert = wait_until(
+        lambda: loop.firing("ModelFleetAtSmallestModel"), ALERT_TIMEOUT, "the critical alert"
+    )
+    assert alert[0]["labels"]["severity"] == "critical"
+    assert "remediation" not in alert[0]["labels"]
+    # Alertmanager holds the downgrade alert back (inhibited) while the critical one fires.
+    am = loop.alertmanagers[0]
+    wait_until(
+        lambda: any(
+            a["status"]["state"] == "suppressed"
+            for a in am.alerts('alertname="ModelFleetVRAMErrors"', f'fleet="{loop.fleet}"')
+        ),
+        ALERT_TIMEOUT,
+        "the downgrade alert to be inhibited",
+    )
+    time.sleep(3)
+    assert len(loop.history()) == 3
+    assert loop.started_at(loop.server) == before
+    assert loop.current_model_in_config() == "qwen2.5:0.5b"
+
+
+def test_a_reset_through_the_http_api_brings_the_fleet_back_to_the_top(loop: Loop) -> None:
+    code, body = loop.post("/reset", {"reason": "new GPU installed"})
+    assert code == 200, body
+    assert (body["from"], body["to"]) == ("qwen2.5:0.5b", "llama3.2:3b")
+    assert loop.current_model_in_config() == "llama3.2:3b"
+    wait_until(
+        lambda: loop.app_log_tail() == "app running llama3.2:3b", 15, "the app back on llama3.2:3b"
+    )
+    wait_until(
+        lambda: not loop.firing("ModelFleetAtSmallestModel"), ALERT_TIMEOUT, "the page to resolve"
+    )
+    assert loop.history()[-1]["direction"] == "reset"
+
+
+def test_a_refused_pull_rolls_back_and_fires_the_failure_alert(loop: Loop) -> None:
+    # The next rung is not pulled, and the registry refuses it.
+    loop.ollama.forget("phi3:mini")
+    loop.ollama.refuse_pull("pull model manifest: file does not exist")
+    try:
+        app_started = loop.started_at(loop.app)
+        switches = len(loop.history())
+        loop.emit_errors(3)
+        alert = wait_until(
+            lambda: loop.firing("ModelFleetRemediationFailed"),
+            60,
+            "the failure alert",
+            diagnose=loop.diagnostics,
+        )
+        assert alert[0]["labels"]["fleet"] == loop.fleet
+        status = loop.status()
+        assert status["last_failure"]["step"] == "pull"
+        assert status["current_model"]["name"] == "llama3.2:3b"
+        assert loop.current_model_in_config() == "llama3.2:3b"
+        assert loop.started_at(loop.app) == app_started
+        assert len(loop.history()) == switches
+        failures = sample_values(
+            loop.remediator_metrics(),
+            "model_fleet_remediation_failures_total",
+            fleet=loop.fleet,
+            step="pull",
+        )
+        assert failures == [1.0]
+    finally:
+        loop.ollama.heal()
+
+
+def test_every_dashboard_query_returns_data_from_the_real_services(loop: Loop) -> None:
+    """The dashboard against a Prometheus that scraped the real exporter and remediator."""
+    import json
+
+    assert loop.prometheus is not None
+    dashboard = json.loads(
+        (Path(__file__).parents[1] / "grafana/dashboards/model-fleet.json").read_text()
+    )
+    exprs: list[tuple[str, str]] = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            exprs.append((panel.get("title", "?"), target["expr"]))
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if annotation.get("expr"):
+            exprs.append((annotation["name"], annotation["expr"]))
+    assert exprs
+    empty = []
+    for title, expr in exprs:
+        query = (
+            expr.replace("$fleet", loop.fleet)
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "15s")
+        )
+        query = query.replace("$gpu", ".*")
+        series = loop.prometheus.query_range(query, seconds=600, step="5s")
+        if not series:
+            empty.append(title)
+    assert empty == [], f"panels with no data from the real services: {empty}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    options = LoopOptions(cooldown_seconds=0, alertmanager_replicas=2)
+    with Loop(tmp_path_factory.mktemp("e2e-cluster"), options) as running:
+        yield running
+
+
+def test_two_alertmanager_replicas_still_switch_exactly_once(cluster: Loop) -> None:
+    cluster.emit_errors(3)
+    switch_to(cluster, "phi3:mini", 1)
+    # Both replicas know the alert; both may deliver; the remediator acts once.
+    for am in cluster.alertmanagers:
+        wait_until(
+            lambda am=am: am.alerts('alertname="ModelFleetVRAMErrors"', f'fleet="{cluster.fleet}"'),
+            ALERT_TIMEOUT,
+            f"the alert at {am.url}",
+        )
+    time.sleep(12)
+    assert len(cluster.history()) == 1
+    text = cluster.remediator_metrics()
+    switches = sample_values(
+        text, "model_fleet_switches_total", fleet=cluster.fleet, direction="down", trigger="alert"
+    )
+    assert switches == [1.0]
+    deliveries = sum(sample_values(text, "model_fleet_webhook_requests_total"))
+    print(f"webhook deliveries from 2 replicas: {deliveries:.0f}, switches: 1")
