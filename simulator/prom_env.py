@@ -50,6 +50,9 @@ EXPORTER_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "model_fleet_vram_errors_since_start": ("gauge", ("fleet", "container")),
     "model_fleet_log_lines_total": ("counter", ("fleet", "container")),
     "model_fleet_log_stream_up": ("gauge", ("fleet", "container")),
+    # An addition to DESIGN.md's table: names each start of a watched container, so that the
+    # downgrade alert of one start ends when the container restarts.
+    "model_fleet_container_start_info": ("gauge", ("fleet", "container", "started_at")),
 }
 REMEDIATOR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "model_fleet_current_model_info": ("gauge", ("fleet", "model")),
@@ -457,6 +460,7 @@ def exporter_exposition(scrape: int) -> str:
         ("model_fleet_vram_errors_since_start", ollama, 3),
         ("model_fleet_log_lines_total", ollama, 10 * scrape),
         ("model_fleet_log_stream_up", ollama, 1),
+        ("model_fleet_container_start_info", {**ollama, "started_at": "2026-11-27T10:00:00Z"}, 1),
     ]
     return exposition(samples)
 

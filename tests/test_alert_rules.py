@@ -89,7 +89,9 @@ def test_downgrade_threshold_is_the_default_max_vram_errors() -> None:
     assert default == SHIPPED_ALERT_THRESHOLD
     for name in ("ModelFleetVRAMErrors", "ModelFleetAtSmallestModel"):
         expr = _alert(name)["expr"]
-        found = re.findall(r"model_fleet_vram_errors_since_start\)\s*>=\s*(\d+)", expr)
+        # The threshold closes the aggregation over the errors-since-start gauge.
+        found = re.findall(r"\)\s*>=\s*(\d+)", expr)
+        assert "model_fleet_vram_errors_since_start" in expr
         assert found == [str(default)], f"{name}: threshold {found} in {expr!r}"
 
 
@@ -98,7 +100,9 @@ def test_downgrade_alert_fires_without_delay_and_carries_the_contract_labels() -
     assert rule.get("for", "0s") in ("0s", "0m", 0), "the exact gauge needs no `for`"
     assert rule["labels"]["remediation"] == "downgrade"
     assert rule["labels"]["severity"]
-    assert "by (fleet)" in rule["expr"], "the alert must keep the fleet label"
+    assert re.search(r"by \(fleet\b", rule["expr"]), "the alert must keep the fleet label"
+    # One alert per start of the model server (see the rule's comment).
+    assert "started_at" in rule["expr"]
     assert rule["annotations"]["value"] == "{{ $value }}"
     # The inhibiting alert must be firing no later than the alert it inhibits.
     assert _alert("ModelFleetAtSmallestModel").get("for", "0s") in ("0s", "0m", 0)

@@ -6,20 +6,46 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from remediator import cli
 from remediator.config import parse_config
 from remediator.state import StateStore, file_lock
+from simulator.fake_ollama import FakeOllama
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as fake:
+        yield fake
+
+
+def fleet_settings(ollama: FakeOllama, workdir: Path) -> dict[str, object]:
+    """A fleet that switches for real without containers: Ollama stand-in, one config file."""
+    return {
+        "ollama_url": ollama.url,
+        "containers": {"use_labels": False},
+        "app_config": [{"path": str(workdir / "app.env"), "format": "env"}],
+    }
+
+
+def write_config(workdir: Path, ollama: FakeOllama, *fleets: str, **top: object) -> None:
+    settings = fleet_settings(ollama, workdir)
+    data = {**top, "fleets": {name: settings for name in fleets}}
+    (workdir / "model-fleet.yaml").write_text(yaml.safe_dump(data))
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ollama: FakeOllama) -> Path:
+    """A working directory whose model-fleet.yaml has the default fleet, as the seed had."""
     monkeypatch.chdir(tmp_path)
     for var in ("MODEL_FLEET_CONFIG", "MODEL_FLEET_STATE_FILE", "MODEL_FLEET_URL"):
         monkeypatch.delenv(var, raising=False)
+    write_config(tmp_path, ollama, "default")
     return tmp_path
 
 
@@ -71,6 +97,8 @@ def test_downgrade_walks_the_ladder_then_stops_at_the_smallest(
     history = json.loads(out)
     assert [h["to"] for h in history] == seen
     assert [h["reason"] for h in history] == ["testing"] * 3
+    # The CLI performed the switch itself: the application's config names the model.
+    assert (workdir / "app.env").read_text() == "OLLAMA_MODEL=qwen2.5:0.5b\n"
     assert all(h["trigger"] == "manual" and h["direction"] == "down" for h in history)
 
 
@@ -102,9 +130,9 @@ def test_dry_run_changes_nothing(workdir: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_several_fleets_and_unknown_fleet(
-    workdir: Path, capsys: pytest.CaptureFixture[str]
+    workdir: Path, ollama: FakeOllama, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (workdir / "model-fleet.yaml").write_text("fleets:\n  gpu0: {}\n  gpu1: {}\n")
+    write_config(workdir, ollama, "gpu0", "gpu1")
     code, out, _ = run(capsys, "status")
     assert code == cli.EXIT_OK
     assert set(json.loads(out)["fleets"]) == {"gpu0", "gpu1"}
@@ -146,8 +174,10 @@ def test_check_config_prints_effective_config_and_warnings(
     assert "phi3:mini (2200 MB) is larger than llama3.2:3b (2048 MB)" in err
 
 
-def test_lock_not_obtained_in_time(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (workdir / "model-fleet.yaml").write_text("lock_timeout_seconds: 0.2\n")
+def test_lock_not_obtained_in_time(
+    workdir: Path, ollama: FakeOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_config(workdir, ollama, "default", lock_timeout_seconds=0.2)
     store = StateStore(parse_config({"lock_timeout_seconds": 0.2}))
     with file_lock(store.lock_path, 1.0):
         code, _, err = run(capsys, "status")

@@ -25,8 +25,8 @@ from remediator.containers import ContainerRuntime
 from remediator.ollama import OllamaClient
 from remediator.state import StateStore
 from remediator.switching import Remediator
-from tests.support import docker_env
 from simulator.fake_ollama import FakeOllama
+from tests.support import docker_env
 
 pytestmark = pytest.mark.docker
 

@@ -1,0 +1,55 @@
+"""All benchmarks in one command, printing one table (and writing BENCHMARKS.md with --write).
+
+    .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000]
+
+Everything runs on this machine against 127.0.0.1; nothing here is a pass/fail test, the
+figures are read against the targets in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bench import bench_exporter, bench_loop, bench_webhook
+from bench.common import Row, machine, table
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every benchmark and print the combined table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--write", action="store_true", help="also write BENCHMARKS.md")
+    parser.add_argument("--runs", type=int, default=5, help="time-to-remediation runs")
+    parser.add_argument("--lines", type=int, default=1_000_000, help="log lines for the exporter")
+    args = parser.parse_args(argv)
+    started = time.time()
+    rows: list[Row] = []
+    for name, bench in (
+        ("exporter", lambda: bench_exporter.run(lines=args.lines)),
+        ("webhook storm", bench_webhook.run),
+        ("time to remediation", lambda: bench_loop.run(args.runs)),
+    ):
+        print(f"running the {name} benchmark ...", file=sys.stderr, flush=True)
+        rows += bench()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    text = (
+        f"Machine: {machine()}\n\nRun: {when}, `.venv/bin/python -m bench.run --write` "
+        f"({time.time() - started:.0f} s)\n\n{table(rows)}\n"
+    )
+    print(text)
+    if args.write:
+        (REPO / "BENCHMARKS.md").write_text(
+            "# Benchmarks\n\nThe table `python -m bench.run` printed, committed as it came out. "
+            "Targets come from the issues; figures from a shared, noisy machine.\n\n" + text
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
