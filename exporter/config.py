@@ -1,0 +1,284 @@
+"""The exporter's configuration: the ``exporter:`` section of model-fleet.yaml, plus the fleets'
+container names, overridden by command-line flags. Errors name the file and the key.
+
+The exporter reads the file itself (it never imports the remediator). Of the ``fleets:``
+section it reads only what it needs, ``containers.ollama`` and ``containers.use_labels``, and
+leaves the rest to the remediator's own validation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from exporter.classifier import DEFAULT_PATTERNS, LogClassifier, PatternError
+
+CONFIG_ENV: Final = "MODEL_FLEET_CONFIG"
+DEFAULT_CONFIG_NAME: Final = "model-fleet.yaml"
+DEFAULT_PORT: Final = 9842
+DEFAULT_BIND: Final = f"0.0.0.0:{DEFAULT_PORT}"
+ROLE_LABEL: Final = "model-fleet.role"
+FLEET_LABEL: Final = "model-fleet.fleet"
+DEFAULT_FLEET: Final = "default"
+
+_EXPORTER_KEYS: Final = frozenset(
+    {
+        "bind",
+        "labels",
+        "use_labels",
+        "containers",
+        "fleet_label",
+        "default_fleet",
+        "patterns",
+        "default_patterns",
+        "case_sensitive",
+        "nvml",
+        "docker",
+        "proc_root",
+    }
+)
+_KIND_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the key."""
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:9842`` for IPv6); raise ValueError when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class ContainerSelection:
+    """Which containers' logs are watched, and the fleet each belongs to."""
+
+    labels: Mapping[str, str] = field(default_factory=lambda: {ROLE_LABEL: "ollama"})
+    use_labels: bool = True
+    names: Mapping[str, str] = field(default_factory=dict)  # container name -> fleet
+    fleet_label: str = FLEET_LABEL
+    default_fleet: str = DEFAULT_FLEET
+
+    def fleet_of(self, name: str, labels: Mapping[str, str]) -> str | None:
+        """The fleet of a container to watch, or None when it is not selected."""
+        if name in self.names:
+            return self.names[name]
+        if self.use_labels and all(labels.get(k) == v for k, v in self.labels.items()):
+            return labels.get(self.fleet_label) or self.default_fleet
+        return None
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    """The whole effective exporter configuration."""
+
+    bind: str = DEFAULT_BIND
+    selection: ContainerSelection = field(default_factory=ContainerSelection)
+    patterns: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PATTERNS))
+    case_sensitive: bool = False
+    nvml: bool = True
+    docker: bool = True
+    proc_root: str = "/proc"
+    source: str = "<defaults>"
+
+    def classifier(self) -> LogClassifier:
+        """The LogClassifier for these patterns."""
+        return LogClassifier(self.patterns, case_sensitive=self.case_sensitive)
+
+
+def effective_config(config: ExporterConfig) -> dict[str, Any]:
+    """The configuration as plain data, logged once at start-up."""
+    s = config.selection
+    return {
+        "source": config.source,
+        "bind": config.bind,
+        "containers": {
+            "labels": dict(s.labels) if s.use_labels else None,
+            "names": dict(s.names),
+            "fleet_label": s.fleet_label,
+            "default_fleet": s.default_fleet,
+        },
+        "patterns": {kind: list(p) for kind, p in config.patterns.items()},
+        "case_sensitive": config.case_sensitive,
+        "nvml": config.nvml,
+        "docker": config.docker,
+        "proc_root": config.proc_root,
+    }
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where}: {message}")
+
+    def mapping(
+        self, value: Any, where: str, allowed: frozenset[str] | None = None
+    ) -> dict[Any, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be a mapping, got {type(value).__name__}")
+        if allowed is not None:
+            unknown = sorted(str(k) for k in value if k not in allowed)
+            if unknown:
+                raise self.fail(
+                    where,
+                    f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})",
+                )
+        return value
+
+    def boolean(self, m: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = m.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{where}.{key}", f"must be true or false, got {value!r}")
+        return value
+
+    def string(self, m: Mapping[str, Any], key: str, where: str, default: str) -> str:
+        value = m.get(key, default)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{where}.{key}", f"must be a non-empty string, got {value!r}")
+        return value
+
+    def names(self, value: Any, where: str) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(where, f"must be a list of container names, got {value!r}")
+        return value
+
+
+def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
+    """Build the exporter's config from a parsed model-fleet.yaml; raise ConfigError."""
+    r = _Reader(source)
+    top = r.mapping(data, "top level")
+    ex = r.mapping(top.get("exporter"), "exporter", _EXPORTER_KEYS)
+    d = ExporterConfig()
+    ds = d.selection
+
+    bind = r.string(ex, "bind", "exporter", d.bind)
+    try:
+        parse_bind(bind)
+    except ValueError as exc:
+        raise r.fail("exporter.bind", str(exc)) from exc
+
+    names: dict[str, str] = {}
+    fleets_use_labels: list[bool] = []
+    fleets = r.mapping(top.get("fleets"), "fleets")
+    for fleet, settings in fleets.items():
+        where = f"fleets.{fleet}"
+        m = r.mapping(settings, where)
+        containers = r.mapping(m.get("containers"), f"{where}.containers")
+        for name in r.names(containers.get("ollama"), f"{where}.containers.ollama"):
+            names[name] = str(fleet)
+        use = containers.get("use_labels", True)
+        if not isinstance(use, bool):
+            raise r.fail(f"{where}.containers.use_labels", f"must be true or false, got {use!r}")
+        fleets_use_labels.append(use)
+
+    default_fleet = r.string(ex, "default_fleet", "exporter", ds.default_fleet)
+    extra = ex.get("containers")
+    if isinstance(extra, dict):
+        for name, fleet in extra.items():
+            if not isinstance(name, str) or not isinstance(fleet, str) or not fleet:
+                raise r.fail(
+                    f"exporter.containers.{name}", f"must map a name to a fleet, got {fleet!r}"
+                )
+            names[name] = fleet
+    else:
+        for name in r.names(extra, "exporter.containers"):
+            names[name] = default_fleet
+
+    labels_raw = ex.get("labels", dict(ds.labels))
+    labels = r.mapping(labels_raw, "exporter.labels")
+    for k, v in labels.items():
+        if not isinstance(k, str) or not isinstance(v, str | int | bool):
+            raise r.fail(f"exporter.labels.{k}", f"must map a label to a value, got {v!r}")
+    # Labels are on by default; fleets that all turned them off turn them off here too.
+    labels_default = not fleets_use_labels or any(fleets_use_labels)
+    selection = ContainerSelection(
+        labels={
+            str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in labels.items()
+        },
+        use_labels=r.boolean(ex, "use_labels", "exporter", labels_default),
+        names=names,
+        fleet_label=r.string(ex, "fleet_label", "exporter", ds.fleet_label),
+        default_fleet=default_fleet,
+    )
+
+    patterns = _parse_patterns(
+        r, ex.get("patterns"), keep_defaults=r.boolean(ex, "default_patterns", "exporter", True)
+    )
+    config = ExporterConfig(
+        bind=bind,
+        selection=selection,
+        patterns=patterns,
+        case_sensitive=r.boolean(ex, "case_sensitive", "exporter", d.case_sensitive),
+        nvml=r.boolean(ex, "nvml", "exporter", d.nvml),
+        docker=r.boolean(ex, "docker", "exporter", d.docker),
+        proc_root=r.string(ex, "proc_root", "exporter", d.proc_root),
+        source=source,
+    )
+    try:
+        config.classifier()
+    except PatternError as exc:
+        raise r.fail("exporter.patterns", f"invalid regular expression {exc}") from exc
+    return config
+
+
+def _parse_patterns(r: _Reader, value: Any, *, keep_defaults: bool) -> dict[str, tuple[str, ...]]:
+    user = r.mapping(value, "exporter.patterns")
+    patterns: dict[str, tuple[str, ...]] = dict(DEFAULT_PATTERNS) if keep_defaults else {}
+    for kind, items in user.items():
+        where = f"exporter.patterns.{kind}"
+        if not isinstance(kind, str) or not _KIND_NAME.match(kind):
+            raise r.fail(where, "kinds are lower-case names: letters, digits and '_'")
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list) or not items:
+            raise r.fail(where, f"must be a non-empty list of regular expressions, got {items!r}")
+        for i, p in enumerate(items):
+            if not isinstance(p, str) or not p:
+                raise r.fail(f"{where}[{i}]", f"must be a non-empty string, got {p!r}")
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise r.fail(f"{where}[{i}]", f"invalid regular expression {p!r}: {exc}") from exc
+        patterns[kind] = tuple(patterns.get(kind, ())) + tuple(items)
+    if not patterns:
+        raise r.fail("exporter.patterns", "no patterns left (default_patterns is false)")
+    return patterns
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ExporterConfig:
+    """Load ``path``, else $MODEL_FLEET_CONFIG, else ./model-fleet.yaml, else the defaults."""
+    explicit = path is not None or bool(os.environ.get(CONFIG_ENV))
+    chosen = (
+        Path(path) if path is not None else Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
+    )
+    if not chosen.exists():
+        if explicit:
+            raise ConfigError(f"{chosen}: configuration file not found")
+        return ExporterConfig()
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
+    return parse_config(data if data is not None else {}, str(chosen))

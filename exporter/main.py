@@ -1,0 +1,133 @@
+"""Wires the exporter: config -> classifier, log watcher, NVML collector, HTTP server; and scan."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from exporter.classifier import LogClassifier, ScanResult, scan_stream
+from exporter.config import ExporterConfig, effective_config, parse_bind
+from exporter.docker_watch import ClientFactory, LogWatcher, default_client
+from exporter.metrics import LogCollector, LogStore
+from exporter.nvml import NvmlCollector
+from exporter.server import make_server
+
+log = logging.getLogger("model-fleet-exporter")
+
+
+class _DockerUpCollector(Collector):
+    def __init__(self, watcher: LogWatcher | None) -> None:
+        self._watcher = watcher
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "model_fleet_exporter_docker_up",
+            "1 while the exporter is connected to Docker's events stream.",
+        )
+        g.add_metric([], 1 if self._watcher is not None and self._watcher.docker_up else 0)
+        return [g]
+
+
+@dataclass
+class Exporter:
+    """A running exporter: its registry, log watcher and NVML collector."""
+
+    config: ExporterConfig
+    registry: CollectorRegistry
+    store: LogStore
+    watcher: LogWatcher | None
+    nvml: NvmlCollector | None
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz reports: the process serves; NVML and Docker may be down."""
+        watched = self.watcher.watched().values() if self.watcher is not None else []
+        return {
+            "status": "ok",
+            "nvml_up": bool(self.nvml and self.nvml.up),
+            "docker_up": bool(self.watcher and self.watcher.docker_up),
+            "containers": sorted(name for _, name in watched),
+        }
+
+    def start(self) -> None:
+        """Start following logs (in the background)."""
+        if self.watcher is not None:
+            self.watcher.start()
+
+    def stop(self) -> None:
+        """Stop following logs."""
+        if self.watcher is not None:
+            self.watcher.stop()
+
+
+def build_exporter(
+    config: ExporterConfig, *, client_factory: ClientFactory = default_client
+) -> Exporter:
+    """Assemble the exporter's parts for ``config`` (nothing runs until start())."""
+    registry = CollectorRegistry()
+    classifier = config.classifier()
+    store = LogStore(classifier.kinds)
+    watcher = (
+        LogWatcher(config.selection, classifier, store, client_factory=client_factory)
+        if config.docker
+        else None
+    )
+    registry.register(LogCollector(store))
+    nvml = None
+    if config.nvml:
+        nvml = NvmlCollector(
+            proc_root=config.proc_root,
+            container_name=watcher.container_name if watcher is not None else None,
+        )
+        registry.register(nvml)
+    registry.register(_DockerUpCollector(watcher))
+    return Exporter(config, registry, store, watcher, nvml)
+
+
+def serve(config: ExporterConfig, *, ready: Callable[[str, int], None] | None = None) -> int:
+    """Serve /metrics and /healthz until SIGTERM or SIGINT; return the exit code."""
+    log.info("effective configuration: %s", json.dumps(effective_config(config), sort_keys=True))
+    host, port = parse_bind(config.bind)
+    exporter = build_exporter(config)
+    try:
+        server = make_server(host, port, exporter.registry, exporter.health)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", config.bind, exc.strerror or exc)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    exporter.start()
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+    )
+    thread.start()
+    bound_port = int(server.server_address[1])
+    log.info("serving http://%s:%d/metrics", host, bound_port)
+    if ready is not None:
+        ready(host, bound_port)
+    stop.wait()
+    server.shutdown()
+    server.server_close()
+    exporter.stop()
+    log.info("stopped")
+    return 0
+
+
+def scan(config: ExporterConfig, stream: IO[bytes]) -> ScanResult:
+    """Count the lines of each kind in a log file (or stdin)."""
+    classifier: LogClassifier = config.classifier()
+    return scan_stream(classifier, stream.read)

@@ -1,0 +1,304 @@
+"""The log watcher on a real Docker engine: containers printing Ollama's real error lines,
+restarted, recreated and appearing late while watched; counts checked exactly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from exporter.classifier import LogClassifier
+from exporter.config import ContainerSelection
+from exporter.docker_watch import LogWatcher
+from exporter.metrics import LogStore, SeriesSnapshot
+from tests.support import docker_env
+from tests.support.exporter_env import DATA, ExporterProcess, sample, wait_for
+
+pytestmark = pytest.mark.docker
+
+TEST_KEY = "model-fleet.exporter-test"
+# ollama_load_oom.log: 24 lines, 4 oom; ollama_vram_timeout.log: 9 lines, 4 timeouts.
+PRINT_ERRORS = "cat /data/ollama_load_oom.log /data/ollama_vram_timeout.log"
+RUN_LINES = 24 + 9
+RUN_ERRORS = {"oom": 4, "vram_recovery_timeout": 4}
+# Wait for /go (the test creates it), print, then idle. PID 1 ignores SIGTERM: tests stop
+# containers with timeout 0.
+GATED = f"while [ ! -e /go ]; do sleep 0.05; done; {PRINT_ERRORS}; exec sleep 3600"
+
+StartWatcher = Callable[..., tuple[LogWatcher, LogStore]]
+
+
+@pytest.fixture
+def tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def watch(docker_client: Any, busybox_image: str, tag: str) -> Iterator[StartWatcher]:
+    """Start LogWatchers that see only this test's containers; stopped at the end."""
+    watchers: list[LogWatcher] = []
+
+    def start(names: dict[str, str] | None = None, **kwargs: Any) -> tuple[LogWatcher, LogStore]:
+        selection = ContainerSelection(
+            labels={"model-fleet.role": "ollama", TEST_KEY: tag}, names=names or {}
+        )
+        classifier = LogClassifier()
+        store = LogStore(classifier.kinds)
+        watcher = LogWatcher(selection, classifier, store, **kwargs)
+        watchers.append(watcher)
+        watcher.start()
+        if "client_factory" not in kwargs:
+            assert watcher.ready.wait(20), "the watcher did not connect to Docker"
+        return watcher, store
+
+    yield start
+    for w in watchers:
+        w.stop()
+
+
+def model_server(
+    client: Any, tag: str, script: str, *, name: str | None = None, labelled: bool = True
+) -> Any:
+    """A busybox 'model server' with tests/data mounted at /data."""
+    labels = {"model-fleet.role": "ollama", TEST_KEY: tag, "model-fleet.fleet": "f1"}
+    return docker_env.run_busybox(
+        client,
+        script,
+        name=name,
+        labels=labels if labelled else {},
+        volumes={str(DATA): {"bind": "/data", "mode": "ro"}},
+    )
+
+
+def series(store: LogStore, name: str) -> SeriesSnapshot | None:
+    return next((s for s in store.snapshot() if s.container == name), None)
+
+
+def wait_series(
+    store: LogStore, name: str, check: Callable[[SeriesSnapshot], bool], what: str
+) -> SeriesSnapshot:
+    def probe() -> SeriesSnapshot | None:
+        s = series(store, name)
+        return s if s is not None and check(s) else None
+
+    try:
+        return wait_for(probe, f"{name}: {what}", timeout=20)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; store: {store.snapshot()}") from None
+
+
+def test_series_start_at_zero_then_count_real_lines_exactly(
+    docker_client: Any, watch: StartWatcher, tag: str
+) -> None:
+    _, store = watch()
+    c = model_server(docker_client, tag, GATED)  # appears after the watcher started
+    s = wait_series(store, c.name, lambda s: bool(s.up), "stream attached")
+    assert (s.fleet, s.errors, s.lines, s.since_start) == (
+        "f1",
+        {"oom": 0, "vram_recovery_timeout": 0},
+        0,
+        0,
+    )
+
+    c.exec_run(["touch", "/go"])
+    s = wait_series(store, c.name, lambda s: s.lines >= RUN_LINES, "all lines")
+    time.sleep(0.3)  # nothing more may arrive
+    s = series(store, c.name)
+    assert s is not None
+    assert (s.lines, s.errors, s.since_start) == (RUN_LINES, RUN_ERRORS, 8)
+
+
+def test_restarts_reset_since_start_and_nothing_counts_twice(
+    docker_client: Any, watch: StartWatcher, tag: str
+) -> None:
+    c = model_server(docker_client, tag, GATED)
+    c.exec_run(["touch", "/go"])
+    wait_for(lambda: c.logs().count(b"\n") == RUN_LINES, "first run printed")
+    _, store = watch()  # the first run is history for this exporter
+    wait_series(store, c.name, lambda s: s.since_start == 8, "first run counted")
+    for run in (2, 3):
+        c.restart(timeout=0)
+        want = (run - 1) * RUN_LINES
+        s = wait_series(store, c.name, lambda s, want=want: s.lines >= want, f"run {run}")
+        time.sleep(0.3)
+        s = series(store, c.name)
+        assert s is not None
+        # counters count what this exporter saw live: every run after the first
+        assert s.lines == (run - 1) * RUN_LINES
+        assert s.errors == {k: (run - 1) * v for k, v in RUN_ERRORS.items()}
+        assert s.since_start == 8 and s.up
+        c.reload()
+        assert s.started_at == c.attrs["State"]["StartedAt"]  # names the run being counted
+
+
+def test_a_recreated_container_continues_the_counters_of_its_name(
+    docker_client: Any, watch: StartWatcher, tag: str
+) -> None:
+    _, store = watch()
+    name = f"mf-test-recreate-{tag}"
+    first = model_server(docker_client, tag, GATED, name=name)
+    first.exec_run(["touch", "/go"])
+    wait_series(store, name, lambda s: s.lines == RUN_LINES, "first container")
+    first.remove(force=True)
+    gone = wait_series(store, name, lambda s: s.since_start is None, "gauges gone with it")
+    assert gone.up is None and gone.started_at is None and gone.lines == RUN_LINES
+
+    second = model_server(docker_client, tag, GATED, name=name)  # same name, new ID
+    wait_series(store, name, lambda s: s.up is True and s.since_start == 0, "new container")
+    second.exec_run(["touch", "/go"])
+    s = wait_series(store, name, lambda s: s.lines == 2 * RUN_LINES, "second container")
+    assert s.errors == {k: 2 * v for k, v in RUN_ERRORS.items()}
+    assert s.since_start == 8
+
+
+def test_a_restarted_exporter_recounts_since_start_and_replays_no_counter(
+    docker_client: Any, watch: StartWatcher, tag: str
+) -> None:
+    # Running, second run: the first run printed 4 oom, the second (current) one 3.
+    twice = model_server(
+        docker_client,
+        tag,
+        "if [ -e /ran ]; then cat /data/ollama_cuda_error.log; "
+        "else touch /ran; cat /data/ollama_load_oom.log; fi; exec sleep 3600",
+    )
+    # Exited after its second run; each run printed 1 oom and 4 timeouts.
+    exited = model_server(
+        docker_client, tag, "cat /data/ollama_runtime_oom.log /data/ollama_vram_timeout.log"
+    )
+    wait_for(lambda: twice.logs().count(b"\n") == 24, "first run printed")
+    twice.restart(timeout=0)
+    wait_for(lambda: twice.logs().count(b"CUDA error: out of memory") >= 3, "second run printed")
+    exited.wait(timeout=20)
+    exited.start()
+    exited.wait(timeout=20)
+
+    _, store = watch()  # the exporter (re)starts now
+    s = wait_series(store, twice.name, lambda s: s.since_start == 3, "current run recounted")
+    e = wait_series(store, exited.name, lambda s: s.since_start == 5, "last run recounted")
+    time.sleep(0.3)
+    for snap in (series(store, twice.name), series(store, exited.name)):
+        assert snap is not None
+        assert snap.errors == {"oom": 0, "vram_recovery_timeout": 0}  # present, at 0
+        assert snap.lines == 0
+    assert s.up is True and e.up is False
+
+
+def test_broken_streams_reconnect_without_counting_a_line_twice(
+    docker_client: Any, watch: StartWatcher, tag: str
+) -> None:
+    # 30 batches of 200 lines, two of them oom, with pauses: many lines share a second, which
+    # is what a reconnect with a whole-second `since` would count twice.
+    script = (
+        "for b in $(seq 1 30); do awk 'BEGIN{for(i=0;i<200;i++){"
+        'print "time=2026-03-02T14:20:00Z level=INFO msg=\\"line " i "\\""; '
+        'if (i % 100 == 0) print "CUDA error: out of memory"}}\'; sleep 0.05; done; '
+        "exec sleep 3600"
+    )
+    watcher, store = watch()
+    c = model_server(docker_client, tag, script)
+    wait_series(store, c.name, lambda s: s.lines > 0, "first lines")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        s = series(store, c.name)
+        if s is not None and s.lines >= 30 * 202:
+            break
+        watcher.interrupt(c.name)
+        time.sleep(0.15)
+    time.sleep(0.5)
+    s = series(store, c.name)
+    assert s is not None
+    assert s.reconnects >= 1
+    assert (s.lines, s.errors["oom"], s.since_start) == (30 * 202, 60, 60)
+
+
+def test_a_tty_container_is_counted_too(docker_client: Any, watch: StartWatcher, tag: str) -> None:
+    # With a TTY, Docker's log stream has no frame headers and lines end in CRLF.
+    _, store = watch()
+    c = docker_env.run_busybox(
+        docker_client,
+        GATED,
+        labels={"model-fleet.role": "ollama", TEST_KEY: tag},
+        volumes={str(DATA): {"bind": "/data", "mode": "ro"}},
+        tty=True,
+    )
+    c.exec_run(["touch", "/go"])
+    s = wait_series(store, c.name, lambda s: s.lines == RUN_LINES, "all lines")
+    assert (s.errors, s.since_start) == (RUN_ERRORS, 8)
+
+
+def test_containers_named_in_the_config_are_watched_without_labels(
+    docker_client: Any, watch: StartWatcher, tag: str
+) -> None:
+    name = f"mf-test-named-{tag}"
+    _, store = watch(names={name: "named"})
+    s = series(store, name)
+    # expected before it exists: counters at 0, stream down, no since_start yet
+    assert s is not None and (s.fleet, s.lines, s.up, s.since_start) == ("named", 0, False, None)
+    c = model_server(docker_client, tag, GATED, name=name, labelled=False)
+    c.exec_run(["touch", "/go"])
+    s = wait_series(store, name, lambda s: s.lines == RUN_LINES, "named container counted")
+    assert s.fleet == "named" and s.errors == RUN_ERRORS
+
+
+def test_without_docker_the_watcher_waits_and_says_so_once(
+    watch: StartWatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="exporter.docker_watch")
+
+    def unreachable() -> Any:
+        return docker.DockerClient(base_url="unix:///nonexistent/model-fleet/docker.sock")
+
+    watcher, store = watch(names={"absent": "f9"}, client_factory=unreachable)
+    wait_for(lambda: "not reachable" in caplog.text, "the warning")
+    time.sleep(1.5)  # a retry happens meanwhile; the same cause is not logged again
+    assert caplog.text.count("Docker is not reachable") == 1
+    assert not watcher.docker_up
+    assert series(store, "absent") is not None  # the log series still exist
+
+
+def test_stop_ends_every_thread_promptly(docker_client: Any, watch: StartWatcher, tag: str) -> None:
+    watcher, store = watch()
+    containers = [model_server(docker_client, tag, "exec sleep 3600") for _ in range(3)]
+    for c in containers:
+        wait_series(store, c.name, lambda s: bool(s.up), "attached")
+    started = time.monotonic()
+    watcher.stop()
+    assert time.monotonic() - started < 3
+    names = {c.name for c in containers}
+    alive = [t.name for t in threading.enumerate() if t.name.split("-", 1)[-1] in names]
+    assert alive == []
+    assert watcher.watched() == {}
+
+
+def test_serve_exports_log_metrics_and_stops_on_sigterm(
+    docker_client: Any, busybox_image: str, tag: str, tmp_path: Any
+) -> None:
+    c = model_server(docker_client, tag, "cat /data/ollama_runtime_oom.log; exec sleep 3600")
+    args = ["--no-nvml", "--label", f"{TEST_KEY}={tag}"]
+    with ExporterProcess(args, log_path=tmp_path / "exporter.log") as exporter:
+        exporter.wait_ready()
+        labels = {"fleet": "f1", "container": c.name}
+
+        def counted() -> bool:
+            m = exporter.metrics()
+            return sample(m, "model_fleet_vram_errors_since_start", **labels) == 1
+
+        wait_for(counted, "since_start 1 on /metrics")
+        m = exporter.metrics()
+        c.reload()
+        started_at = c.attrs["State"]["StartedAt"]
+        assert sample(m, "model_fleet_container_start_info", **labels, started_at=started_at) == 1
+        assert sample(m, "model_fleet_log_stream_up", **labels) == 1
+        assert sample(m, "model_fleet_vram_errors_total", **labels, kind="oom") == 0  # history
+        assert sample(m, "model_fleet_exporter_docker_up") == 1
+        assert sample(m, "model_fleet_nvml_up") is None  # --no-nvml
+        started = time.monotonic()
+        assert exporter.stop() == 0
+        assert time.monotonic() - started < 5
+        assert "effective configuration" in exporter.log()

@@ -1,0 +1,200 @@
+"""Docker's log stream (HTTP chunks of log frames) decoded and counted exactly across splits,
+reconnects and runs."""
+
+from __future__ import annotations
+
+import calendar
+import random
+import struct
+import time
+
+import pytest
+
+from exporter.chunked import ChunkedDecoder, ChunkedError
+from exporter.classifier import LogClassifier
+from exporter.logstream import (
+    ContainerLog,
+    TimestampError,
+    format_since,
+    is_zero_time,
+    parse_timestamp,
+)
+
+OOM = b"ggml_backend_cuda_buffer_type_alloc_buffer: allocating 3257.82 MiB on device 0: cudaMalloc failed: out of memory\n"  # noqa: E501
+TIMEOUT = b'level=WARN source=sched.go:646 msg="gpu VRAM usage didn\'t recover within timeout"\n'
+NORMAL = b'level=INFO source=server.go:622 msg="llama runner started in 3.83 seconds"\n'
+BASE_NS = calendar.timegm((2026, 3, 2, 14, 20, 0)) * 1_000_000_000
+
+
+def stamp(ns: int) -> bytes:
+    """Docker's RFC3339NanoFixed, as the logs API writes it."""
+    date = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
+    return f"{date}.{ns % 1_000_000_000:09d}Z".encode()
+
+
+def frame(ns: int, msg: bytes, stream: int = 1) -> bytes:
+    payload = stamp(ns) + b" " + msg
+    return struct.pack(">BxxxL", stream, len(payload)) + payload
+
+
+def make_log(live_since_ns: int = 0) -> ContainerLog:
+    log = ContainerLog(LogClassifier(), live_since_ns)
+    log.start_run(None)
+    log.begin_stream(tty=False)
+    return log
+
+
+def feed_all(log: ContainerLog, data: bytes, splits: list[int]) -> tuple[int, dict[str, int]]:
+    lines = 0
+    errors = {"oom": 0, "vram_recovery_timeout": 0}
+    pos = 0
+    for cut in [*splits, len(data)]:
+        tally = log.feed(data[pos:cut])
+        lines += tally.lines
+        for k, v in tally.errors.items():
+            errors[k] += v
+        pos = cut
+    return lines, errors
+
+
+def test_any_split_of_the_stream_gives_the_same_counts() -> None:
+    rng = random.Random(7)
+    messages = [rng.choice([OOM, TIMEOUT, NORMAL, NORMAL, NORMAL]) for _ in range(400)]
+    data = b"".join(frame(BASE_NS + i * 1000, m, stream=1 + i % 2) for i, m in enumerate(messages))
+    expected = {"oom": messages.count(OOM), "vram_recovery_timeout": messages.count(TIMEOUT)}
+    for _ in range(5):
+        splits = sorted(rng.sample(range(1, len(data)), 60))
+        log = make_log()
+        assert feed_all(log, data, splits) == (400, expected)
+        assert log.since_start == expected["oom"] + expected["vram_recovery_timeout"]
+        assert log.cursor is not None and log.cursor.timestamp == stamp(BASE_NS + 399 * 1000)
+
+
+def test_a_resumed_stream_skips_exactly_what_was_counted() -> None:
+    # Three frames share one nanosecond: the resume point is inside that group. Docker answers
+    # since=<that instant> with every frame from the instant on (since is inclusive).
+    times = [BASE_NS, BASE_NS + 5, BASE_NS + 5, BASE_NS + 5, BASE_NS + 9, BASE_NS + 9]
+    msgs = [OOM, NORMAL, OOM, TIMEOUT, OOM, NORMAL]
+    frames = [frame(t, m) for t, m in zip(times, msgs, strict=True)]
+    log = make_log()
+    first = log.feed(b"".join(frames[:3]))  # up to the second frame at BASE_NS + 5
+    assert (first.lines, first.errors["oom"]) == (3, 2)
+    assert log.since_param() == format_since(BASE_NS + 5)
+
+    log.begin_stream(tty=False)  # the reconnect
+    replay = b"".join(f for f, t in zip(frames, times, strict=True) if t >= BASE_NS + 5)
+    second = log.feed(replay)
+    assert (second.lines, second.errors) == (3, {"oom": 1, "vram_recovery_timeout": 1})
+    assert log.since_start == 4
+    assert log.cursor is not None and log.cursor.count == 2  # both frames at BASE_NS + 9
+
+    log.begin_stream(tty=False)  # reconnect again, nothing new: nothing counted
+    again = log.feed(b"".join(frames[4:]))
+    assert again.lines == 0 and log.since_start == 4
+
+
+def test_a_long_line_split_into_partial_frames_is_one_line() -> None:
+    # Docker cuts messages at 16 KiB; only the last part ends with a newline.
+    head = b"x" * 16384
+    log = make_log()
+    data = (
+        frame(BASE_NS, head)
+        + frame(BASE_NS + 1, b"y" * 16381 + b"cudaMalloc fa")
+        + frame(BASE_NS + 2, b"iled: out of memory\n")
+        + frame(BASE_NS + 3, NORMAL)
+    )
+    lines, errors = feed_all(log, data, [100, 16500, 33000])
+    assert (lines, errors["oom"]) == (2, 1)
+
+
+def test_a_new_run_counts_only_its_own_lines() -> None:
+    log = make_log()
+    log.feed(frame(BASE_NS, OOM) + frame(BASE_NS + 10, OOM))
+    assert log.since_start == 2
+    # the container restarted: its previous run ended at BASE_NS + 20
+    log.start_run(BASE_NS + 20)
+    assert log.since_start == 0
+    tally = log.feed(frame(BASE_NS + 30, TIMEOUT) + frame(BASE_NS + 40, NORMAL))
+    assert log.since_start == 1
+    assert tally.errors == {"oom": 0, "vram_recovery_timeout": 1}
+
+
+def test_lines_from_before_the_exporter_started_count_for_since_start_only() -> None:
+    log = make_log(live_since_ns=BASE_NS + 25)
+    data = b"".join(frame(BASE_NS + i * 10, OOM) for i in range(6))  # 0, 10, ..., 50
+    lines, errors = feed_all(log, data, [])
+    assert (lines, errors["oom"]) == (3, 3)  # stamped 30, 40, 50
+    assert log.since_start == 6
+
+
+def test_a_last_line_without_newline_counts_once_when_the_run_ends() -> None:
+    log = make_log()
+    log.feed(frame(BASE_NS, NORMAL) + frame(BASE_NS + 1, b"CUDA error: out of memory"))
+    # the stream broke while the container kept running: the partial line is dropped...
+    assert log.end_stream(run_over=False).errors["oom"] == 0
+    log.begin_stream(tty=False)
+    # ...and read again from the cursor, then completed when the container stops
+    log.feed(frame(BASE_NS + 1, b"CUDA error: out of memory"))
+    tally = log.end_stream(run_over=True)
+    assert (tally.lines, tally.errors["oom"]) == (1, 1)
+    assert log.since_start == 1
+
+
+def test_tty_streams_have_no_frame_headers() -> None:
+    log = ContainerLog(LogClassifier(), 0)
+    log.start_run(None)
+    log.begin_stream(tty=True)
+    text = b"".join(stamp(BASE_NS + i) + b" " + m for i, m in enumerate([NORMAL, OOM, TIMEOUT]))
+    lines, errors = feed_all(log, text, [10, 50, 130])
+    assert (lines, errors) == (3, {"oom": 1, "vram_recovery_timeout": 1})
+    log.begin_stream(tty=True)
+    assert log.feed(text).lines == 0  # a resumed stream repeats nothing
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("2026-03-02T14:20:00.000000001Z", BASE_NS + 1),
+        ("2026-03-02T14:20:00.5Z", BASE_NS + 500_000_000),  # Go trims trailing zeros
+        ("2026-03-02T14:20:00Z", BASE_NS),
+        ("2026-03-02T16:20:00.25+02:00", BASE_NS + 250_000_000),
+    ],
+)
+def test_parse_timestamp(text: str, ns: int) -> None:
+    assert parse_timestamp(text) == ns
+    assert parse_timestamp(text.encode()) == ns
+
+
+def test_timestamp_helpers() -> None:
+    assert format_since(BASE_NS + 42) == f"{BASE_NS // 1_000_000_000}.000000042"
+    assert is_zero_time("0001-01-01T00:00:00Z") and not is_zero_time("2026-03-02T14:20:00Z")
+    with pytest.raises(TimestampError):
+        parse_timestamp("yesterday")
+
+
+def chunked(parts: list[bytes]) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
+    return body + b"0\r\n\r\n"
+
+
+def test_chunked_bodies_decode_whatever_the_split() -> None:
+    rng = random.Random(3)
+    parts = [frame(BASE_NS + i, rng.choice([OOM, NORMAL])) for i in range(50)]
+    body = chunked(parts) + b"HTTP/1.1 200 OK\r\n"  # what follows the body is not read
+    for _ in range(5):
+        decoder = ChunkedDecoder()
+        cuts = sorted(rng.sample(range(1, len(body)), 40))
+        bounds = zip([0, *cuts], [*cuts, len(body)], strict=True)
+        out = b"".join(decoder.feed(body[a:b]) for a, b in bounds)
+        assert out == b"".join(parts)
+        assert decoder.done
+
+
+def test_chunk_extensions_are_ignored_and_garbage_is_refused() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"5;name=value\r\nhello\r\n0\r\n\r\n") == b"hello"
+    assert decoder.done and decoder.feed(b"more") == b""
+    with pytest.raises(ChunkedError):
+        ChunkedDecoder().feed(b"zz\r\nhello\r\n")
+    with pytest.raises(ChunkedError):
+        ChunkedDecoder().feed(b"5\r\nhelloXX")
