@@ -89,14 +89,23 @@ class FleetActions:
                     touched.append(ref)
                     self.runtime.restart(ref, fleet.containers.stop_timeout_seconds)
                 step = "verify"
-                deadline = time.monotonic() + fleet.containers.ready_timeout_seconds
-                for ref in group:
-                    self.runtime.wait_ready(ref, deadline)
-                    steps.append(f"restarted {ref.name}")
+                self._verify(group)
+                steps += [f"restarted {ref.name}" for ref in group]
         except ContainerError as exc:
             problems = self._roll_back(snap, touched)
             raise SwitchFailed(step, str(exc), problems) from exc
         return steps
+
+    def _verify(self, group: list[ContainerRef]) -> None:
+        """Ready within the deadline, and (without a health check) still up after settling."""
+        c = self.fleet.containers
+        deadline = time.monotonic() + c.ready_timeout_seconds
+        states = [(ref, self.runtime.wait_ready(ref, deadline)) for ref in group]
+        unchecked = [(ref, st) for ref, st in states if st.health is None]
+        if unchecked and c.settle_seconds > 0:
+            time.sleep(c.settle_seconds)
+            for ref, st in unchecked:
+                self.runtime.still_up(ref, st)
 
     def _find(self) -> tuple[list[ContainerRef], list[ContainerRef]]:
         c = self.fleet.containers
@@ -116,13 +125,15 @@ class FleetActions:
         except AppConfigError as exc:
             problems.append(str(exc))
         c = self.fleet.containers
-        deadline = time.monotonic() + c.ready_timeout_seconds
         for ref in touched:
             try:
                 self.runtime.restart(ref, c.stop_timeout_seconds)
-                self.runtime.wait_ready(ref, deadline)
             except ContainerError as exc:
                 problems.append(str(exc))
+        try:
+            self._verify(touched)
+        except ContainerError as exc:
+            problems.append(str(exc))
         log.warning(
             "fleet %s: rolled back (configs restored, %d container(s) restarted on the old model)"
             "%s",

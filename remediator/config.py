@@ -88,6 +88,8 @@ class Containers:
     restart_ollama: bool = True
     stop_timeout_seconds: int = 10
     ready_timeout_seconds: float = 120.0
+    # Without a health check, a restarted container must stay up this long to count as ready.
+    settle_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,7 @@ def _parse_containers(r: _Reader, value: Any, where: str) -> Containers:
             "restart_ollama",
             "stop_timeout_seconds",
             "ready_timeout_seconds",
+            "settle_seconds",
         },
     )
     d = Containers()
@@ -299,6 +302,7 @@ def _parse_containers(r: _Reader, value: Any, where: str) -> Containers:
         ready_timeout_seconds=r.number(
             m, "ready_timeout_seconds", where, d.ready_timeout_seconds, lo=1
         ),
+        settle_seconds=r.number(m, "settle_seconds", where, d.settle_seconds),
     )
 
 
@@ -509,6 +513,7 @@ def effective_config(config: Config) -> dict[str, Any]:
                 "restart_ollama": f.containers.restart_ollama,
                 "stop_timeout_seconds": f.containers.stop_timeout_seconds,
                 "ready_timeout_seconds": f.containers.ready_timeout_seconds,
+                "settle_seconds": f.containers.settle_seconds,
             },
             "app_config": [
                 {"path": t.path, "format": t.format, **({"key": t.key} if t.key else {})}

@@ -181,6 +181,21 @@ class ContainerRuntime:
                 )
             time.sleep(min(self.poll_interval, remaining))
 
+    def still_up(self, ref: ContainerRef, before: ContainerState) -> ContainerState:
+        """Check that the run ``before`` described is still up (not crashed, not restarted).
+
+        A container without a health check that crashes on start is "running" for a moment;
+        asking again a little later tells a real start from that moment.
+        """
+        now = self.state(ref)
+        if now.ready and now.started_at == before.started_at:
+            return now
+        raise ContainerError(
+            "wait_ready",
+            f"did not stay up after it started: {self._describe(now)}",
+            container=ref.name,
+        )
+
     @staticmethod
     def _describe(state: ContainerState) -> str:
         text = f"status={state.status}"
