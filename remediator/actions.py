@@ -14,7 +14,7 @@ import time
 from remediator import appconfig
 from remediator.appconfig import AppConfigError, AppConfigTarget, ConfigSnapshot
 from remediator.config import FleetConfig
-from remediator.containers import ContainerError, ContainerRef, ContainerRuntime
+from remediator.containers import ContainerError, ContainerRef, ContainerRuntime, ContainerState
 from remediator.ollama import OllamaClient, OllamaError
 from remediator.switching import SwitchFailed, SwitchPlan
 
@@ -80,6 +80,7 @@ class FleetActions:
         steps += [f"wrote {t.describe()}" for t in self.targets]
 
         touched: list[ContainerRef] = []
+        ready: list[tuple[ContainerRef, ContainerState]] = []
         step = "restart"
         try:
             # The model server first, then the applications that call it.
@@ -89,21 +90,24 @@ class FleetActions:
                     touched.append(ref)
                     self.runtime.restart(ref, fleet.containers.stop_timeout_seconds)
                 step = "verify"
-                self._verify(group)
+                ready += self._wait_ready(group)
                 steps += [f"restarted {ref.name}" for ref in group]
+            self._settle(ready)
         except ContainerError as exc:
             problems = self._roll_back(snap, touched)
             raise SwitchFailed(step, str(exc), problems) from exc
         return steps
 
-    def _verify(self, group: list[ContainerRef]) -> None:
-        """Ready within the deadline, and (without a health check) still up after settling."""
-        c = self.fleet.containers
-        deadline = time.monotonic() + c.ready_timeout_seconds
-        states = [(ref, self.runtime.wait_ready(ref, deadline)) for ref in group]
-        unchecked = [(ref, st) for ref, st in states if st.health is None]
-        if unchecked and c.settle_seconds > 0:
-            time.sleep(c.settle_seconds)
+    def _wait_ready(self, group: list[ContainerRef]) -> list[tuple[ContainerRef, ContainerState]]:
+        """Every container of the group ready within the fleet's deadline."""
+        deadline = time.monotonic() + self.fleet.containers.ready_timeout_seconds
+        return [(ref, self.runtime.wait_ready(ref, deadline)) for ref in group]
+
+    def _settle(self, ready: list[tuple[ContainerRef, ContainerState]]) -> None:
+        """Containers without a health check must still be up after settle_seconds (one wait)."""
+        unchecked = [(ref, st) for ref, st in ready if st.health is None]
+        if unchecked and self.fleet.containers.settle_seconds > 0:
+            time.sleep(self.fleet.containers.settle_seconds)
             for ref, st in unchecked:
                 self.runtime.still_up(ref, st)
 
@@ -131,7 +135,7 @@ class FleetActions:
             except ContainerError as exc:
                 problems.append(str(exc))
         try:
-            self._verify(touched)
+            self._settle(self._wait_ready(touched))
         except ContainerError as exc:
             problems.append(str(exc))
         log.warning(

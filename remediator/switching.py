@@ -56,14 +56,6 @@ class Actions(Protocol):
         ...
 
 
-class StateOnlyActions:
-    """No outside actions: the switch changes the state file only."""
-
-    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
-        """Nothing to do outside the state file."""
-        return [f"state only: {plan.from_rung.name} -> {plan.to_rung.name}"]
-
-
 @dataclass
 class Outcome:
     """The result of one switch request."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
 
 import docker
 import docker.errors
@@ -57,11 +56,6 @@ def run_busybox(
         detach=True,
         **kwargs,
     )
-
-
-def iter_log_lines(container: docker.models.containers.Container) -> Iterator[str]:
-    """Yield the container's log lines so far (stdout and stderr)."""
-    yield from container.logs(stdout=True, stderr=True).decode().splitlines()
 
 
 __all__ = [
