@@ -8,79 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import requests
-import yaml
 
-from bench.common import Row, free_port, percentile, table
+from bench.common import Row, percentile, table
 from simulator.fake_ollama import FakeOllama
+from simulator.services import start_remediator
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
-
-
-def start_remediator(
-    workdir: Path, ollama_url: str, workers: int
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``model-fleet serve`` on a free port, with no containers and one app-config file."""
-    (workdir / "app.env").write_text("OLLAMA_MODEL=llama3.2:3b\n")
-    cfg = workdir / "model-fleet.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "state_file": str(workdir / "state.json"),
-                "fleets": {
-                    "default": {
-                        "ollama_url": ollama_url,
-                        "containers": {"use_labels": False},
-                        "app_config": [{"path": str(workdir / "app.env"), "format": "env"}],
-                    }
-                },
-            }
-        )
-    )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_FLEET_", "PROMETHEUS_"))}
-    env["MODEL_FLEET_TOKEN"] = TOKEN
-    env["MODEL_FLEET_LOG_LEVEL"] = "warning"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "remediator.cli",
-            "serve",
-            "--config",
-            str(cfg),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "serve.log", "wb"),  # noqa: SIM115 - lives as long as the server
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(url + "/healthz", timeout=1).ok:
-                return proc, url
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the remediator did not start; see {workdir / 'serve.log'}")
-        time.sleep(0.1)
 
 
 def storm(
@@ -129,14 +69,15 @@ def run(total: int = 2000, clients: int = 50, workers: int = 3) -> list[Row]:
         tempfile.TemporaryDirectory(prefix="mf-bench-webhook-") as tmp,
         FakeOllama(models={"llama3.2:3b": 2048 << 20}) as ollama,
     ):
-        proc, url = start_remediator(Path(tmp), ollama.url, workers)
+        remediator = start_remediator(
+            Path(tmp), ollama.url, TOKEN, workers=workers, log_level="warning"
+        )
         try:
-            latencies, codes, wall = storm(url, body, total, clients)
+            latencies, codes, wall = storm(remediator.url, body, total, clients)
             time.sleep(1.0)  # let the background switch finish before counting
-            history = requests.get(url + "/history", timeout=10).json()
+            history = requests.get(remediator.url + "/history", timeout=10).json()
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            remediator.stop()
     errors = sum(1 for c in codes if c >= 500)
     name = f"webhook storm ({total} deliveries, {clients} clients, gunicorn {workers} workers)"
     return [

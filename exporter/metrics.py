@@ -76,10 +76,13 @@ class LogStore:
         if not tally.lines and not any(tally.errors.values()):
             return
         with self._lock:
-            series = self._get(fleet, container)
-            series.lines += tally.lines
-            for kind, n in tally.errors.items():
-                series.errors[kind] = series.errors.get(kind, 0) + n
+            self._count(self._get(fleet, container), tally)
+
+    @staticmethod
+    def _count(series: _Series, tally: Tally) -> None:
+        series.lines += tally.lines
+        for kind, n in tally.errors.items():
+            series.errors[kind] = series.errors.get(kind, 0) + n
 
     def update(
         self,
@@ -96,9 +99,7 @@ class LogStore:
         """``add`` and ``report_run`` at once, so a scrape never sees one without the other."""
         with self._lock:
             series = self._get(fleet, container)
-            series.lines += tally.lines
-            for kind, n in tally.errors.items():
-                series.errors[kind] = series.errors.get(kind, 0) + n
+            self._count(series, tally)
             self._report(series, container_id, started_ns, since_start, up, started_at)
 
     def report_run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,11 +15,11 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from remediator.service import parse_time
 from simulator.fake_ollama import FakeOllama
+from simulator.services import start_remediator
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "gunicorn-test-token"
@@ -33,71 +32,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not answer in {timeout} s")
-        time.sleep(0.1)
-
-
-def start_service(
-    tmp_path: Path, ollama_url: str, extra_env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str, Path]:
-    app_env = tmp_path / "app.env"
-    app_env.write_text("OLLAMA_MODEL=llama3.2:3b\n")
-    cfg = tmp_path / "model-fleet.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "state_file": str(tmp_path / "state.json"),
-                "fleets": {
-                    "default": {
-                        "ollama_url": ollama_url,
-                        "containers": {"use_labels": False},
-                        "app_config": [{"path": str(app_env), "format": "env"}],
-                    }
-                },
-            }
-        )
-    )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_FLEET_", "PROMETHEUS_"))}
-    env.update({"MODEL_FLEET_TOKEN": TOKEN, **(extra_env or {})})
-    exe = Path(sys.executable).with_name("model-fleet")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--config", str(cfg), "--bind", f"127.0.0.1:{port}", "--workers", "3"],
-        cwd=tmp_path,
-        env=env,
-        stdout=open(tmp_path / "serve.log", "w"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/healthz", proc=proc)
-    return proc, url, app_env
-
-
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, Path, FakeOllama, Path]]:
     tmp = tmp_path_factory.mktemp("gunicorn")
     with FakeOllama(models={"llama3.2:3b": 2048 << 20}) as ollama:
-        proc, url, app_env = start_service(tmp, ollama.url)
+        remediator = start_remediator(tmp, ollama.url, TOKEN, workers=3)
         try:
-            yield url, app_env, ollama, tmp
+            yield remediator.url, remediator.app_env, ollama, tmp
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            remediator.stop()
 
 
 def samples(text: str, name: str) -> list[Any]:
