@@ -37,7 +37,7 @@ VOLUME ["/var/lib/model-fleet"]
 USER 10001:10001
 EXPOSE 8080
 # The slim image has no curl or wget: the check uses Python's urllib (non-2xx raises, exit 1).
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 ENTRYPOINT ["model-fleet"]
 CMD ["serve", "--bind", "0.0.0.0:8080"]

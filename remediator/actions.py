@@ -10,15 +10,30 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NamedTuple
 
-from remediator import appconfig
+from remediator import appconfig, probes
 from remediator.appconfig import AppConfigError, AppConfigTarget, ConfigSnapshot
 from remediator.config import FleetConfig
-from remediator.containers import ContainerError, ContainerRef, ContainerRuntime, ContainerState
+from remediator.containers import (
+    ContainerError,
+    ContainerRef,
+    ContainerRuntime,
+    ContainerState,
+    Probe,
+)
 from remediator.ollama import OllamaClient, OllamaError
 from remediator.switching import SwitchFailed, SwitchPlan
 
 log = logging.getLogger(__name__)
+
+
+class Ready(NamedTuple):
+    """A restarted container found ready, and whether the service's own probe said so."""
+
+    ref: ContainerRef
+    state: ContainerState
+    probed: bool
 
 
 class FleetActions:
@@ -80,36 +95,62 @@ class FleetActions:
         steps += [f"wrote {t.describe()}" for t in self.targets]
 
         touched: list[ContainerRef] = []
-        ready: list[tuple[ContainerRef, ContainerState]] = []
+        ready: list[Ready] = []
         step = "restart"
         try:
             # The model server first, then the applications that call it.
-            for group in (servers, apps):
+            for group, role in ((servers, "ollama"), (apps, "app")):
                 step = "restart"
                 for ref in group:
                     touched.append(ref)
                     self.runtime.restart(ref, fleet.containers.stop_timeout_seconds)
                 step = "verify"
-                ready += self._wait_ready(group)
+                ready += self._wait_ready(group, self._probe(role, new))
                 steps += [f"restarted {ref.name}" for ref in group]
             self._settle(ready)
         except ContainerError as exc:
-            problems = self._roll_back(snap, touched)
+            problems = self._roll_back(snap, touched, old)
             raise SwitchFailed(step, str(exc), problems) from exc
         return steps
 
-    def _wait_ready(self, group: list[ContainerRef]) -> list[tuple[ContainerRef, ContainerState]]:
+    def _probe(self, role: str, model: str) -> Probe | None:
+        """The service's own readiness check for ``role`` on ``model``, if it has one.
+
+        The model server is ready when its API answers and lists the model; the application
+        when its health endpoint (``containers.app_health_url``) names the model. Without
+        one, Docker's health status (or, lacking a health check, settle_seconds) decides.
+        """
+        if role == "ollama":
+
+            def server_has_model() -> str | None:
+                try:
+                    found = self.ollama.has_model(model)
+                except OllamaError as exc:
+                    return f"model server not answering: {exc}"
+                return None if found else f"model server does not list {model}"
+
+            return server_has_model
+        url = self.fleet.containers.app_health_url
+        if url is None:
+            return None
+        return lambda: probes.app_reports_model(url, model)
+
+    def _wait_ready(self, group: list[ContainerRef], probe: Probe | None) -> list[Ready]:
         """Every container of the group ready within the fleet's deadline."""
         deadline = time.monotonic() + self.fleet.containers.ready_timeout_seconds
-        return [(ref, self.runtime.wait_ready(ref, deadline)) for ref in group]
+        return [
+            Ready(ref, self.runtime.wait_ready(ref, deadline, probe), probe is not None)
+            for ref in group
+        ]
 
-    def _settle(self, ready: list[tuple[ContainerRef, ContainerState]]) -> None:
-        """Containers without a health check must still be up after settle_seconds (one wait)."""
-        unchecked = [(ref, st) for ref, st in ready if st.health is None]
+    def _settle(self, ready: list[Ready]) -> None:
+        """Containers that nothing vouched for (no probe, no health check) must still be up
+        after settle_seconds (one wait for all)."""
+        unchecked = [r for r in ready if not r.probed and r.state.health is None]
         if unchecked and self.fleet.containers.settle_seconds > 0:
             time.sleep(self.fleet.containers.settle_seconds)
-            for ref, st in unchecked:
-                self.runtime.still_up(ref, st)
+            for r in unchecked:
+                self.runtime.still_up(r.ref, r.state)
 
     def _find(self) -> tuple[list[ContainerRef], list[ContainerRef]]:
         c = self.fleet.containers
@@ -121,7 +162,7 @@ class FleetActions:
         apps = self.runtime.find(self.fleet.name, "app", c.app_names, use_labels=c.use_labels)
         return servers, apps
 
-    def _roll_back(self, snap: ConfigSnapshot, touched: list[ContainerRef]) -> list[str]:
+    def _roll_back(self, snap: ConfigSnapshot, touched: list[ContainerRef], old: str) -> list[str]:
         """Restore the configs and restart what was touched; return what could not be undone."""
         problems: list[str] = []
         try:
@@ -135,7 +176,9 @@ class FleetActions:
             except ContainerError as exc:
                 problems.append(str(exc))
         try:
-            self._settle(self._wait_ready(touched))
+            for role in ("ollama", "app"):
+                group = [ref for ref in touched if ref.role == role]
+                self._settle(self._wait_ready(group, self._probe(role, old)))
         except ContainerError as exc:
             problems.append(str(exc))
         log.warning(

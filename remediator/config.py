@@ -90,6 +90,9 @@ class Containers:
     ready_timeout_seconds: float = 120.0
     # Without a health check, a restarted container must stay up this long to count as ready.
     settle_seconds: float = 2.0
+    # The app's health endpoint, which names the model it uses: the switch commits as soon as
+    # it answers with the new model (Docker's health status is then not waited for).
+    app_health_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -290,9 +293,15 @@ def _parse_containers(r: _Reader, value: Any, where: str) -> Containers:
             "stop_timeout_seconds",
             "ready_timeout_seconds",
             "settle_seconds",
+            "app_health_url",
         },
     )
     d = Containers()
+    health_url = m.get("app_health_url")
+    if health_url is not None and (
+        not isinstance(health_url, str) or not health_url.startswith(("http://", "https://"))
+    ):
+        raise r.fail(_join(where, "app_health_url"), f"must be an http(s) URL, got {health_url!r}")
     return Containers(
         use_labels=r.boolean(m, "use_labels", where, d.use_labels),
         ollama_names=r.strings(m, "ollama", where),
@@ -303,6 +312,7 @@ def _parse_containers(r: _Reader, value: Any, where: str) -> Containers:
             m, "ready_timeout_seconds", where, d.ready_timeout_seconds, lo=1
         ),
         settle_seconds=r.number(m, "settle_seconds", where, d.settle_seconds),
+        app_health_url=health_url,
     )
 
 
@@ -514,6 +524,7 @@ def effective_config(config: Config) -> dict[str, Any]:
                 "stop_timeout_seconds": f.containers.stop_timeout_seconds,
                 "ready_timeout_seconds": f.containers.ready_timeout_seconds,
                 "settle_seconds": f.containers.settle_seconds,
+                "app_health_url": f.containers.app_health_url,
             },
             "app_config": [
                 {"path": t.path, "format": t.format, **({"key": t.key} if t.key else {})}

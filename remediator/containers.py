@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 FLEET_LABEL = "model-fleet.fleet"
 ROLE_LABEL = "model-fleet.role"
 DEFAULT_FLEET = "default"
+
+# A service's own readiness check: None when ready, else a short reason why not.
+Probe = Callable[[], str | None]
 
 # What the engine may raise at us: its own errors, and the HTTP layer's when the socket is gone.
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -163,21 +166,31 @@ class ContainerRuntime:
             raise ContainerError("restart", _cause(exc), container=ref.name) from exc
         return self.started_at(ref)
 
-    def wait_ready(self, ref: ContainerRef, deadline: float) -> ContainerState:
-        """Wait until running (and healthy if it has a health check) by ``deadline``.
+    def wait_ready(
+        self, ref: ContainerRef, deadline: float, probe: Probe | None = None
+    ) -> ContainerState:
+        """Wait until the container is ready by ``deadline`` (a ``time.monotonic()`` value).
 
-        ``deadline`` is a ``time.monotonic()`` value, so several containers can share one.
+        With a ``probe`` (the service's own answer: None when ready, else why not), ready means
+        running and the probe passes; Docker's health status is not waited for, since health
+        checks run on their own interval and would hold a working switch for up to that long.
+        Without one, ready means running and healthy when the container has a health check.
         """
+        why_not: str | None = None
         while True:
             state = self.state(ref)
-            if state.ready:
-                return state
+            if probe is None:
+                if state.ready:
+                    return state
+            elif state.status == "running":
+                why_not = probe()
+                if why_not is None:
+                    return state
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                detail = self._describe(state) + (f"; {why_not}" if why_not else "")
                 raise ContainerError(
-                    "wait_ready",
-                    f"not ready before the deadline: {self._describe(state)}",
-                    container=ref.name,
+                    "wait_ready", f"not ready before the deadline: {detail}", container=ref.name
                 )
             time.sleep(min(self.poll_interval, remaining))
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 DEFAULT_SIZE = 400 * 1024 * 1024
@@ -63,11 +67,19 @@ class FakeOllama:
         registry: dict[str, int] | None = None,
         progress_steps: int = 4,
         line_delay: float = 0.01,
+        host: str = "127.0.0.1",
+        store: Path | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        self.host = host
+        # With a store, pulled models survive a restart of the process (a container restart
+        # on a switch), as Ollama's model directory does.
+        self.store = store
         self._calls: list[RecordedCall] = []
         # Local store and loaded models, keyed by canonical name.
         self.models: dict[str, int] = {canonical(k): v for k, v in (models or {}).items()}
+        if store is not None and store.exists():
+            self.models.update(json.loads(store.read_text(encoding="utf-8")))
         self.loaded: dict[str, tuple[int, int]] = {}
         # None: any model can be pulled (with DEFAULT_SIZE); else only these.
         self.registry = {canonical(k): v for k, v in registry.items()} if registry else None
@@ -91,7 +103,7 @@ class FakeOllama:
     def start(self) -> FakeOllama:
         """Listen on an ephemeral 127.0.0.1 port (the same port again after go_down)."""
         self._release.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _make_handler(self))
+        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -245,6 +257,15 @@ class FakeOllama:
                 self.loaded[name] = (size, size)
                 reply["response"] = "ok"
                 reply["done_reason"] = "stop"
+                # Ollama's timing fields (nanoseconds): one token in 20 ms.
+                reply.update(
+                    total_duration=25_000_000,
+                    load_duration=1_000_000,
+                    prompt_eval_count=len(str(body.get("prompt")).split()),
+                    prompt_eval_duration=2_000_000,
+                    eval_count=1,
+                    eval_duration=20_000_000,
+                )
         return 200, reply
 
     def _pull_plan(self, name: str) -> tuple[int | None, tuple[int, str] | None, int | None]:
@@ -272,6 +293,10 @@ class FakeOllama:
     def _pulled(self, name: str, size: int) -> None:
         with self._lock:
             self.models[name] = size
+            if self.store is not None:
+                tmp = self.store.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.models), encoding="utf-8")
+                tmp.replace(self.store)
 
 
 def _make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
@@ -378,15 +403,77 @@ def _make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def main() -> None:
-    """Run the stand-in as a process: ``python -m simulator.fake_ollama --port 11434``."""
+def _parse_host(value: str) -> tuple[str, int]:
+    """OLLAMA_HOST's forms: ``host``, ``host:port``, ``:port``, with or without ``http://``."""
+    value = value.split("://", 1)[-1].rstrip("/")
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value or "127.0.0.1", 11434
+    return host or "127.0.0.1", int(port)
+
+
+def _client_url() -> str:
+    host, port = _parse_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+
+
+def _cli_list() -> int:
+    """``ollama list``: the local models as a table; exit 1 when the server does not answer."""
+    try:
+        with urllib.request.urlopen(f"{_client_url()}/api/tags", timeout=5) as response:
+            models = json.load(response)["models"]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"Error: could not connect to ollama app, is it running? ({exc})", file=sys.stderr)
+        return 1
+    print(f"{'NAME':<24}{'ID':<16}{'SIZE':<10}MODIFIED")
+    for m in models:
+        print(
+            f"{m['name']:<24}{m['digest'][:12]:<16}{m['size'] // 2**20:>5} MB  {m['modified_at']}"
+        )
+    return 0
+
+
+def _cli_pull(name: str) -> int:
+    """``ollama pull NAME``: stream the progress lines; exit 1 on an error line."""
+    request = urllib.request.Request(
+        f"{_client_url()}/api/pull",
+        data=json.dumps({"model": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            for raw in response:
+                line = json.loads(raw)
+                if "error" in line:
+                    print(f"Error: {line['error']}", file=sys.stderr)
+                    return 1
+                done, total = line.get("completed"), line.get("total")
+                extra = f" {100 * done // total}%" if done is not None and total else ""
+                print(f"{line.get('status', '')}{extra}", file=sys.stderr, flush=True)
+    except (OSError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``serve`` (the default), ``list`` and ``pull NAME``, like the ``ollama`` command.
+
+    ``serve`` listens on OLLAMA_HOST (or ``--port``); ``--store FILE`` keeps pulled models
+    across restarts. Run as ``python -m simulator.fake_ollama`` or as the stand-in image's
+    ``ollama`` command.
+    """
     import argparse
     import signal
 
     parser = argparse.ArgumentParser(
-        description="A stand-in for the Ollama endpoints model-fleet uses."
+        prog="ollama", description="A stand-in for the Ollama endpoints model-fleet uses."
     )
-    parser.add_argument("--port", type=int, default=11434)
+    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "list", "pull"))
+    parser.add_argument("name", nargs="?", help="the model to pull")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--store", type=Path, default=None)
     parser.add_argument(
         "--model",
         action="append",
@@ -394,21 +481,36 @@ def main() -> None:
         metavar="NAME=MIB",
         help="a model already pulled, with its size in MiB (repeatable)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return _cli_list()
+    if args.command == "pull":
+        if not args.name:
+            parser.error("pull needs a model name")
+        return _cli_pull(args.name)
     models = {}
     for item in args.model:
         name, _, size = item.partition("=")
         models[name] = int(size or 400) * 1024 * 1024
-    fake = FakeOllama(models, line_delay=0.05)
-    fake.port = args.port
+    host, port = _parse_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
+    store = args.store or (
+        Path(os.environ["OLLAMA_MODELS"]) / "models.json"
+        if os.environ.get("OLLAMA_MODELS")
+        else None
+    )
+    if store is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
+    fake = FakeOllama(models, line_delay=0.05, host=host, store=store)
+    fake.port = args.port if args.port is not None else port
     fake.start()
-    print(f"fake ollama listening on {fake.url}", flush=True)
+    print(f"fake ollama listening on {host}:{fake.port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     fake.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,7 @@ from simulator.loop import Loop, LoopOptions, http_get, sample_values, wait_unti
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
-# Shipped intervals: 5 s scrape + 5 s evaluation + 1 s group_wait, plus restarts.
+# Shipped intervals: 2 s exporter scrape + 2 s evaluation + 1 s group_wait, plus restarts.
 ALERT_TIMEOUT = 45.0
 
 
