@@ -1,4 +1,4 @@
-"""``model-fleet``: status, history, manual switches, config check, and the HTTP service."""
+"""``model-fleet``: status, history, manual switches, a live view, config check, the service."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from remediator.config import (
     effective_config,
     load_config,
 )
+from remediator.prometheus import DEFAULT_URL as PROMETHEUS_URL
+from remediator.prometheus import URL_ENV as PROMETHEUS_URL_ENV
 from remediator.state import LockTimeout, StateError, StateStore
 from remediator.status import build_status
 from remediator.switching import Actions, Outcome, Remediator
@@ -44,6 +46,7 @@ LEGACY_FLAGS: Final = {
     "--reset": "reset",
     "--downgrade": "downgrade",
     "--upgrade": "upgrade",
+    "--monitor": "watch",
 }
 
 
@@ -89,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", parents=[common], help="print the switch history")
     p.add_argument("--fleet", help="only this fleet")
     p.add_argument("--limit", type=int, default=20, help="newest N entries (default 20)")
+    p = sub.add_parser("watch", parents=[common], help="a live view: model, errors, VRAM, alerts")
+    p.add_argument("--fleet", help="only this fleet (default: all)")
+    p.add_argument(
+        "--prometheus",
+        default=os.environ.get(PROMETHEUS_URL_ENV) or PROMETHEUS_URL,
+        help=f"live figures from here (default: ${PROMETHEUS_URL_ENV}, else {PROMETHEUS_URL})",
+    )
+    p.add_argument(
+        "--interval", type=_seconds, default=2.0, help="seconds between frames (default 2)"
+    )
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
     sub.add_parser("check-config", parents=[common], help="validate and print the configuration")
     p = sub.add_parser("serve", parents=[common], help="run the HTTP service under gunicorn")
     p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
@@ -99,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve without a bearer token (only on a trusted network)",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
 
 
 def _translate_legacy(argv: list[str]) -> list[str]:
@@ -189,6 +210,42 @@ def _run_remote(args: argparse.Namespace, url: str) -> int:
     return EXIT_OK if result.get("switched") or result.get("dry_run") else EXIT_NOTHING_TO_DO
 
 
+def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None) -> int:
+    from remediator.prometheus import PrometheusAPI
+    from remediator.watch import StatusUnavailable, Watch, run
+
+    read_status: Callable[[], Any]
+    if url:
+        from remediator.client import RemediatorClient, RemoteError
+
+        client = RemediatorClient(url, token=_token_from_env(), timeout=5.0)
+        where = f"remediator at {client.url}"
+
+        def read_status() -> Any:
+            try:
+                return client.status(args.fleet)
+            except RemoteError as exc:
+                raise StatusUnavailable(str(exc), exc.exit_code) from exc
+
+    else:
+        assert config is not None
+        if args.fleet:
+            config.fleet(args.fleet)  # an unknown fleet ends the command here (exit 3)
+        store = StateStore(config)
+        where = f"state file {store.path}"
+
+        def read_status() -> Any:
+            try:
+                return build_status(config, store.read(), args.fleet)
+            except LockTimeout as exc:
+                raise StatusUnavailable(str(exc), EXIT_LOCKED) from exc
+            except StateError as exc:
+                raise StatusUnavailable(str(exc), EXIT_STATE) from exc
+
+    watch = Watch(read_status, where, PrometheusAPI(args.prometheus), args.interval)
+    return run(watch, sys.stdout, once=args.once)
+
+
 def _token_from_env() -> str | None:
     path = os.environ.get(TOKEN_FILE_ENV)
     if path:
@@ -214,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     url = args.url or os.environ.get(URL_ENV)
+    if url and args.command == "watch":
+        return _run_watch(args, url, None)
     if url and args.command not in ("check-config", "serve"):
         return _run_remote(args, url)
     try:
@@ -231,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve(config, args)
     try:
+        if args.command == "watch":
+            return _run_watch(args, None, config)
         return _run_local(args, config)
     except KeyError as exc:
         _err(str(exc.args[0]))

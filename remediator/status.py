@@ -25,6 +25,7 @@ def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:
         "fleet_size": len(fleet.ladder),
         "can_downgrade": fs.index < len(fleet.ladder) - 1,
         "fleet": fleet.name,
+        "gpu": fleet.gpu,
         "can_upgrade": fs.index > 0,
         "policy": fleet.policy,
         "dry_run": fleet.dry_run,
