@@ -622,3 +622,148 @@ def test_down_works_without_env_file_and_reports_failure(host: Host) -> None:
     assert result.returncode == 1
     assert "DOCKER_GID=0" in result.stderr
     assert "[down] docker compose down failed (see above)" in result.stderr
+
+
+# ---- scripts/bootstrap ---------------------------------------------------------------------
+
+BOOTSTRAP_PACKAGES = [
+    "busybox-static",
+    "prometheus",
+    "prometheus-alertmanager",
+    "mtail",
+    "gcc",
+    "curl",
+    "debootstrap",
+]
+
+
+def fake_dpkg(host: Host, installed: list[str]) -> None:
+    """dpkg-query that knows exactly these packages as installed."""
+    cases = "|".join(installed) or "__none__"
+    host.command(
+        "dpkg-query",
+        f'for p; do :; done\ncase "$p" in {cases}) printf "install ok installed";; '
+        "*) exit 1;; esac",
+    )
+
+
+def venv_ready(host: Host) -> None:
+    """A .venv the bootstrap takes as up to date (so no test installs anything)."""
+    python = host.root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n", encoding="utf-8")
+    python.chmod(0o755)
+    stamp = host.root / ".venv" / ".model-fleet-installed"
+    stamp.touch()
+    os.utime(host.root / "pyproject.toml", (1, 1))
+
+
+@pytest.mark.parametrize(
+    ("case", "engine_line", "docker_io"),
+    [
+        ("engine answers", "engine: a Docker engine answers; would use it", False),
+        (
+            "dockerd installed, not running",
+            "engine: none answers; would start the installed {fakes}/dockerd",
+            False,
+        ),
+        (
+            "docker client only",
+            "engine: no Docker engine here (a docker client alone is not one); would install"
+            " docker.io and start it",
+            True,
+        ),
+        (
+            "nothing",
+            "engine: no Docker engine here (a docker client alone is not one); would install"
+            " docker.io and start it",
+            True,
+        ),
+    ],
+)
+def test_bootstrap_uses_the_engine_the_host_has(
+    host: Host, case: str, engine_line: str, docker_io: bool
+) -> None:
+    fake_dpkg(host, BOOTSTRAP_PACKAGES)
+    venv_ready(host)
+    if case != "engine answers":
+        host.scenario["engine"] = None
+    if case == "dockerd installed, not running":
+        host.command("dockerd", "exit 0")
+    if case == "nothing":
+        (host.fakes / "docker").unlink()
+    result = host.run("bootstrap", "--dry-run", hermetic=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line.removeprefix("[bootstrap] ") for line in result.stderr.splitlines()]
+    packages = "packages: would install docker.io (service starts blocked by /usr/sbin/policy-rc.d)"
+    assert lines == [
+        engine_line.format(fakes=host.fakes),
+        packages if docker_io else "packages: all installed",
+        "venv: up to date",
+    ]
+    # A dry run asks and changes nothing.
+    assert all(c["argv"][:1] == ["version"] for c in host.calls())
+
+
+def test_bootstrap_dry_run_lists_the_missing_packages(host: Host) -> None:
+    fake_dpkg(host, ["gcc", "curl", "mtail"])
+    result = host.run("bootstrap", "--dry-run", hermetic=True)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "[bootstrap] packages: would install busybox-static prometheus prometheus-alertmanager"
+        " debootstrap (service starts blocked by /usr/sbin/policy-rc.d)"
+    ) in result.stderr.splitlines()
+    assert (
+        "[bootstrap] venv: would create .venv and install model-fleet with its dev extras"
+        in result.stderr.splitlines()
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bootstrap installs packages only as root")
+@pytest.mark.parametrize("existing", [None, "#!/bin/sh\n# the host's own policy\nexit 0\n"])
+@pytest.mark.parametrize("apt_exit", [0, 100])
+def test_bootstrap_blocks_service_starts_only_during_the_install(
+    host: Host, tmp_path: Path, existing: str | None, apt_exit: int
+) -> None:
+    policy = tmp_path / "policy-rc.d"
+    if existing is not None:
+        policy.write_text(existing, encoding="utf-8")
+    seen = tmp_path / "apt-saw"
+    fake_dpkg(host, [p for p in BOOTSTRAP_PACKAGES if p != "prometheus"])
+    # apt-get records what policy-rc.d answers while it installs.
+    host.command(
+        "apt-get",
+        f'echo "$*" >> "{seen}"\n'
+        f'case "$*" in *install*) "{policy}" prometheus start; echo "policy $?" >> "{seen}"\n'
+        f"  exit {apt_exit};; esac",
+    )
+    venv_ready(host)
+    result = host.run("bootstrap", env={"MODEL_FLEET_POLICY_RC_D": str(policy)})
+    assert result.returncode == (0 if apt_exit == 0 else apt_exit), result.stderr
+    calls = seen.read_text(encoding="utf-8").splitlines()
+    assert calls == ["update -qq", "install -y -qq prometheus", "policy 101"]
+    if existing is None:
+        assert not policy.exists()
+    else:
+        assert policy.read_text(encoding="utf-8") == existing
+    assert not policy.with_name("policy-rc.d.model-fleet-saved").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bootstrap installs packages only as root")
+def test_bootstrap_recovers_from_a_run_killed_during_the_install(
+    host: Host, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy-rc.d"
+    policy.write_text(
+        "#!/bin/sh\n# written by model-fleet's scripts/bootstrap\nexit 101\n", "utf-8"
+    )
+    saved = tmp_path / "policy-rc.d.model-fleet-saved"
+    saved.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    fake_dpkg(host, [p for p in BOOTSTRAP_PACKAGES if p != "debootstrap"])
+    host.command("apt-get", "exit 0")
+    venv_ready(host)
+    result = host.run("bootstrap", env={"MODEL_FLEET_POLICY_RC_D": str(policy)})
+    assert result.returncode == 0, result.stderr
+    assert "removing the policy-rc.d an interrupted run left" in result.stderr
+    assert policy.read_text(encoding="utf-8") == "#!/bin/sh\nexit 0\n"
+    assert not saved.exists()
