@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ENV: Final = "MODEL_FLEET_CONFIG"
 STATE_FILE_ENV: Final = "MODEL_FLEET_STATE_FILE"
+NOTIFY_URL_ENV: Final = "MODEL_FLEET_NOTIFY_URL"
 DEFAULT_CONFIG_NAME: Final = "model-fleet.yaml"
 DEFAULT_FLEET: Final = "default"
 MIB: Final = 1024 * 1024
@@ -23,6 +24,8 @@ Policy = Literal["next", "next-smaller", "fits"]
 POLICIES: Final[tuple[str, ...]] = ("next", "next-smaller", "fits")
 AppConfigFormat = Literal["env", "json", "yaml", "text"]
 APP_CONFIG_FORMATS: Final[tuple[str, ...]] = ("env", "json", "yaml", "text")
+NotifyFormat = Literal["generic", "slack"]
+NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
 SHIPPED_ALERT_THRESHOLD: Final = 3
 
@@ -115,6 +118,20 @@ class AutoUpgrade:
 
 
 @dataclass(frozen=True)
+class Notifications:
+    """Where the remediator forwards the alerts Alertmanager sends to /webhook/notify.
+
+    No ``webhook_url``: the alerts are only logged and kept in the status. ``generic`` posts
+    the Alertmanager payload as it came; ``slack`` posts ``{"text": ...}``, which Slack,
+    Mattermost and Rocket.Chat incoming webhooks accept.
+    """
+
+    webhook_url: str | None = None
+    format: NotifyFormat = "generic"
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """One model server (usually one GPU) with its ladder and its remediation settings."""
 
@@ -145,6 +162,7 @@ class Config:
     alert_key_limit: int = 1000
     alert_key_ttl_seconds: float = 7 * 24 * 3600.0
     protect_reads: bool = False
+    notifications: Notifications = field(default_factory=Notifications)
     source: str = "<defaults>"
 
     def fleet(self, name: str | None) -> FleetConfig:
@@ -240,6 +258,7 @@ _TOP_KEYS = {
     "alert_keys",
     "protect_reads",
     "fleets",
+    "notifications",
     "exporter",  # read by the exporter itself; the remediator leaves it alone
 }
 _FLEET_KEYS = {
@@ -360,6 +379,38 @@ def _parse_auto_upgrade(r: _Reader, value: Any, where: str) -> AutoUpgrade:
     return au
 
 
+def _parse_notifications(r: _Reader, value: Any, where: str) -> Notifications:
+    m = r.mapping(value, where, {"webhook_url", "format", "timeout_seconds"})
+    d = Notifications()
+    url: str | None = None
+    key = _join(where, "webhook_url")
+    if os.environ.get(NOTIFY_URL_ENV):
+        url, key = os.environ[NOTIFY_URL_ENV], f"{key} (from ${NOTIFY_URL_ENV})"
+    elif m.get("webhook_url") is not None:
+        url = r.string(m, "webhook_url", where, None)
+    if url is not None and not url.startswith(("http://", "https://")):
+        # The URL is a secret (Slack's carries the token): name the key, never the value.
+        raise r.fail(key, "must be an http(s) URL")
+    fmt = r.string(m, "format", where, d.format)
+    if fmt not in NOTIFY_FORMATS:
+        raise r.fail(
+            _join(where, "format"), f"must be one of {', '.join(NOTIFY_FORMATS)}, got {fmt!r}"
+        )
+    timeout = r.number(m, "timeout_seconds", where, d.timeout_seconds)
+    if timeout <= 0:
+        raise r.fail(_join(where, "timeout_seconds"), "must be more than 0")
+    return Notifications(webhook_url=url, format=fmt, timeout_seconds=timeout)  # type: ignore[arg-type]
+
+
+def redact_url(url: str | None) -> str | None:
+    """Scheme and host only: webhook URLs carry their token in the path or the query."""
+    if url is None:
+        return None
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    return f"{scheme}://{host}/<redacted>"
+
+
 def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
     where = f"fleets.{name}"
     m = r.mapping(value, where, _FLEET_KEYS)
@@ -425,6 +476,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             alert_keys, "ttl_seconds", "alert_keys", d.alert_key_ttl_seconds, lo=1
         ),
         protect_reads=r.boolean(top, "protect_reads", "", d.protect_reads),
+        notifications=_parse_notifications(r, top.get("notifications"), "notifications"),
         source=source,
     )
 
@@ -545,5 +597,10 @@ def effective_config(config: Config) -> dict[str, Any]:
         "history_limit": config.history_limit,
         "alert_keys": {"max": config.alert_key_limit, "ttl_seconds": config.alert_key_ttl_seconds},
         "protect_reads": config.protect_reads,
+        "notifications": {
+            "webhook_url": redact_url(config.notifications.webhook_url),
+            "format": config.notifications.format,
+            "timeout_seconds": config.notifications.timeout_seconds,
+        },
         "fleets": {name: fleet_dict(f) for name, f in config.fleets.items()},
     }

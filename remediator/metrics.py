@@ -25,6 +25,8 @@ DIRECTIONS = ("down", "up", "reset")
 TRIGGERS = ("alert", "manual", "auto")
 STEPS = ("pull", "unload", "write_config", "find_containers", "restart", "verify", "state")
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ignored", "unauthorized", "invalid")
+# What became of an Alertmanager delivery to /webhook/notify (remediator/notifications.py).
+NOTIFICATION_OUTCOMES = ("forwarded", "failed", "logged")
 
 
 class FleetStateCollector(Collector):
@@ -112,6 +114,13 @@ class RemediatorMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.notifications = Counter(
+            "model_fleet_notifications",
+            "Alertmanager deliveries to /webhook/notify: forwarded to the configured webhook, "
+            "failed to forward, or only logged (no webhook configured).",
+            ["outcome"],
+            registry=registry,
+        )
         # Every label set exists at 0 from the start, so increase() sees the first event.
         for fleet in config.fleets:
             for direction in DIRECTIONS:
@@ -121,6 +130,8 @@ class RemediatorMetrics:
                 self.failures.labels(fleet, step)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhooks.labels(outcome)
+        for outcome in NOTIFICATION_OUTCOMES:
+            self.notifications.labels(outcome)
 
     def switched(self, fleet: str, direction: str, trigger: str) -> None:
         """Count a committed switch."""
@@ -129,6 +140,10 @@ class RemediatorMetrics:
     def failed(self, fleet: str, step: str) -> None:
         """Count a failed switch."""
         self.failures.labels(fleet, step).inc()
+
+    def notified(self, outcome: str) -> None:
+        """Count a delivery to /webhook/notify by what became of it."""
+        self.notifications.labels(outcome).inc()
 
 
 def multiprocess_dir() -> str | None:

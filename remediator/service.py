@@ -1,8 +1,9 @@
-"""The remediator's HTTP service: Alertmanager webhook, manual switches, status and metrics.
+"""The remediator's HTTP service: Alertmanager webhooks, manual switches, status and metrics.
 
 ``create_app(config)`` builds a Flask app with no side effects at import. Webhook deliveries are
 answered at once (202) and the switch runs on a background thread; manual POSTs wait for the
-switch and answer with its outcome.
+switch and answer with its outcome. ``/webhook/notify`` receives the alerts meant for people
+(remediator/notifications.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from remediator import metrics
 from remediator.config import Config, FleetConfig, load_config
 from remediator.decisions import AlertRef
+from remediator.notifications import Notifier, Sink
 from remediator.state import LockTimeout, StateError, StateStore
 from remediator.status import build_status
 from remediator.switching import Actions, Outcome, Remediator
@@ -181,6 +183,12 @@ def create_app(
     registry = CollectorRegistry()
     counters = metrics.RemediatorMetrics(config, registry)
     remediator = Remediator(config, store, actions_for, clock=clock, observer=counters)
+    sink: Sink | None = None
+    if config.notifications.webhook_url:
+        from remediator.notify import WebhookSink
+
+        sink = WebhookSink(config.notifications)
+    notifier = Notifier(config.notifications, sink, store, counters, clock)
     # Background switches: one thread is enough per fleet; the switch lock orders them anyway.
     executor = ThreadPoolExecutor(
         max_workers=max(2, len(config.fleets)), thread_name_prefix="switch"
@@ -390,6 +398,24 @@ def create_app(
             ", ".join(sorted({str(i["reason"]) for i in ignored})) or "-",
         )
         return jsonify(outcome=outcome, accepted=accepted, ignored=ignored), 202
+
+    @app.post("/webhook/notify")
+    def notify() -> Any:
+        if not authorized():
+            return deny()
+        body = request.get_json(silent=True)
+        try:
+            alerts = parse_webhook(body)
+        except InvalidPayload as exc:
+            log.warning("notify: invalid payload: %s", exc)
+            return jsonify(error=f"invalid Alertmanager payload: {exc}"), 400
+        delivery = notifier.deliver(cast(dict[str, Any], body), alerts)  # checked: an object
+        # A failed forward answers 502 so that Alertmanager retries the delivery with backoff
+        # and counts it in alertmanager_notifications_failed_total: telling people is this
+        # receiver's whole job, and Alertmanager already has the retry loop (a 2xx would end
+        # it, and a chat outage would silently drop the message). The alerts are logged and
+        # kept either way; a retry replaces their entries in the state instead of adding more.
+        return jsonify(delivery.to_dict()), 502 if delivery.outcome == "failed" else 200
 
     return app
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
 MAX_NOTICES: Final = 20
+MAX_NOTIFICATIONS: Final = 50
 _TMP_MARK: Final = ".tmp-"
 
 
@@ -214,12 +215,66 @@ class Notice:
 
 
 @dataclass
+class Notification:
+    """One alert Alertmanager delivered to /webhook/notify, and what became of its forwarding.
+
+    ``key`` is the alert's fingerprint@startsAt: a delivery Alertmanager retries (or repeats)
+    updates the entry with that key and status instead of adding another.
+    """
+
+    time: float
+    key: str
+    status: str  # firing | resolved
+    alertname: str
+    fleet: str | None
+    severity: str | None
+    summary: str
+    outcome: str  # forwarded | failed | logged
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "time": self.time,
+            "key": self.key,
+            "status": self.status,
+            "alertname": self.alertname,
+            "fleet": self.fleet,
+            "severity": self.severity,
+            "summary": self.summary,
+            "outcome": self.outcome,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Notification:
+        """Parse the JSON form."""
+        fleet, severity = d.get("fleet"), d.get("severity")
+        return cls(
+            time=_num(d["time"]),
+            key=_str(d["key"]),
+            status=_str(d["status"]),
+            alertname=_str(d["alertname"]),
+            fleet=None if fleet is None else _str(fleet),
+            severity=None if severity is None else _str(severity),
+            summary=_str(d["summary"]),
+            outcome=_str(d["outcome"]),
+        )
+
+
+@dataclass
 class State:
     """All fleets. Fleets found in the file but absent from the config are kept as they were."""
 
     fleets: dict[str, FleetState]
     notices: list[Notice] = field(default_factory=list)
     unconfigured: dict[str, Any] = field(default_factory=dict)
+    # The last MAX_NOTIFICATIONS alerts people were told about (absent from older files).
+    notifications: list[Notification] = field(default_factory=list)
+
+    def record_notification(self, notification: Notification) -> None:
+        """Append ``notification``, replacing an entry of the same alert and status."""
+        same = (notification.key, notification.status)
+        self.notifications = [n for n in self.notifications if (n.key, n.status) != same]
+        self.notifications.append(notification)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of the whole file."""
@@ -229,6 +284,7 @@ class State:
             "schema_version": SCHEMA_VERSION,
             "fleets": dict(sorted(fleets.items())),
             "notices": [n.to_dict() for n in self.notices],
+            "notifications": [n.to_dict() for n in self.notifications],
         }
 
 
@@ -366,6 +422,7 @@ class StateStore:
         parsed: dict[str, FleetState] = {}
         unconfigured: dict[str, Any] = {}
         notices: list[Notice] = []
+        notifications: list[Notification] = []
         if problem is None:
             try:
                 fleets = data.get("fleets")
@@ -377,6 +434,7 @@ class StateStore:
                     else:
                         unconfigured[name] = entry
                 notices = [Notice.from_dict(n) for n in data.get("notices", [])]
+                notifications = [Notification.from_dict(n) for n in data.get("notifications", [])]
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problem = f"the state file has a malformed entry ({type(exc).__name__}: {exc})"
 
@@ -391,7 +449,9 @@ class StateStore:
             state.notices.append(Notice(now, message, kept))
             return state, True
 
-        state = State(fleets=parsed, notices=notices, unconfigured=unconfigured)
+        state = State(
+            fleets=parsed, notices=notices, unconfigured=unconfigured, notifications=notifications
+        )
         must_write = False
         kept_copy: str | None = None
         for name, fleet in self.config.fleets.items():
@@ -439,6 +499,8 @@ class StateStore:
             fs.processed_alerts = keys
         if len(state.notices) > MAX_NOTICES:
             del state.notices[: len(state.notices) - MAX_NOTICES]
+        if len(state.notifications) > MAX_NOTIFICATIONS:
+            del state.notifications[: len(state.notifications) - MAX_NOTIFICATIONS]
 
     # -- writing -------------------------------------------------------------------------
 

@@ -38,7 +38,9 @@ def build_status(config: Config, state: State, fleet: str | None = None) -> dict
     """The status of one fleet (seed shape), or of all fleets when several are configured.
 
     With one fleet, or with ``fleet`` named, the result is that fleet's status object; with
-    several, ``{"fleets": {name: status}}``. Problems with the state file appear as ``notices``.
+    several, ``{"fleets": {name: status}}``. Problems with the state file appear as ``notices``,
+    the alerts last delivered to people as ``notifications`` (oldest first; with ``fleet``
+    named, that fleet's only).
     """
     notices = [n.to_dict() for n in state.notices]
     if fleet is not None or len(config.fleets) == 1:
@@ -51,4 +53,7 @@ def build_status(config: Config, state: State, fleet: str | None = None) -> dict
             }
         }
     result["notices"] = notices
+    result["notifications"] = [
+        n.to_dict() for n in state.notifications if fleet is None or n.fleet == fleet
+    ]
     return result

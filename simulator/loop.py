@@ -353,6 +353,8 @@ class Loop:
         config = prom_env.render_alertmanager_config(
             webhook_url=f"{self.remediator_url}/webhook/alertmanager",
             credentials_file=self.workdir / "token",
+            # Alerts for people reach the remediator too: it logs them and shows them in status.
+            notify_url=f"{self.remediator_url}/webhook/notify",
         )
         replicas = self.options.alertmanager_replicas
         cluster = (

@@ -3,7 +3,7 @@
 ``start_prometheus(config, rule_files)`` and ``start_alertmanager(config)`` run the installed
 binaries on free local ports with throw-away storage and stop them on exit. The render_*
 functions turn the compose configs of monitoring/ into test copies by rewriting only the
-addresses (targets, webhook URL, token file, rule files). ``MetricsEndpoint`` serves
+addresses (targets, webhook URLs, token file, rule files). ``MetricsEndpoint`` serves
 Prometheus text over HTTP; ``exporter_exposition`` / ``remediator_exposition`` produce every
 metric of the contract (DESIGN.md) so queries can be checked before the real services run.
 """
@@ -37,6 +37,8 @@ RULES_FILE = REPO / "alert_rules" / "model_fleet.rules.yml"
 EXPORTER_JOB = "model-fleet-exporter"
 REMEDIATOR_JOB = "model-fleet-remediator"
 REMEDIATOR_RECEIVER = "remediator"
+# Where monitoring/alertmanager.yml reaches the remediator under compose.
+COMPOSE_REMEDIATOR_URL = "http://remediator:8080/"
 
 # The metric contract of DESIGN.md: name -> (type, labels). Dashboards and rules may use
 # these and the BUILTIN_METRICS that Prometheus makes itself.
@@ -64,6 +66,8 @@ REMEDIATOR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "model_fleet_switches_total": ("counter", ("fleet", "direction", "trigger")),
     "model_fleet_remediation_failures_total": ("counter", ("fleet", "step")),
     "model_fleet_webhook_requests_total": ("counter", ("outcome",)),
+    # An addition to DESIGN.md's table: deliveries to /webhook/notify, by what became of them.
+    "model_fleet_notifications_total": ("counter", ("outcome",)),
     "model_fleet_last_switch_timestamp_seconds": ("gauge", ("fleet",)),
 }
 CONTRACT_METRICS = {**EXPORTER_METRICS, **REMEDIATOR_METRICS}
@@ -158,17 +162,32 @@ def render_prometheus_config(
 
 
 def render_alertmanager_config(
-    *, webhook_url: str, credentials_file: Path, source: Path = ALERTMANAGER_CONFIG
+    *,
+    webhook_url: str,
+    credentials_file: Path,
+    notify_url: str | None = None,
+    source: Path = ALERTMANAGER_CONFIG,
 ) -> dict[str, Any]:
-    """monitoring/alertmanager.yml with the remediator webhook URL and token file rewritten."""
+    """monitoring/alertmanager.yml with the remediator's URLs and token file rewritten.
+
+    The remediator receiver posts to ``webhook_url``; the human receivers (their webhooks go
+    to the remediator's /webhook/notify) post to ``notify_url``, or to a local port nothing
+    listens on when None, so that tests of the switch webhook see nothing else.
+    """
     config: dict[str, Any] = yaml.safe_load(source.read_text())
+    found = False
     for receiver in config["receivers"]:
-        if receiver["name"] == REMEDIATOR_RECEIVER:
-            hook = receiver["webhook_configs"][0]
-            hook["url"] = webhook_url
+        for hook in receiver.get("webhook_configs", []):
+            if not hook["url"].startswith(COMPOSE_REMEDIATOR_URL):
+                continue
+            if receiver["name"] == REMEDIATOR_RECEIVER:
+                hook["url"], found = webhook_url, True
+            else:
+                hook["url"] = notify_url or f"http://127.0.0.1:{free_port()}/webhook/notify"
             hook["http_config"]["authorization"]["credentials_file"] = str(credentials_file)
-            return config
-    raise KeyError(f"no receiver {REMEDIATOR_RECEIVER!r} in the Alertmanager config")
+    if not found:
+        raise KeyError(f"no receiver {REMEDIATOR_RECEIVER!r} in the Alertmanager config")
+    return config
 
 
 def _config_text(config: str | Mapping[str, Any]) -> str:
@@ -488,6 +507,7 @@ def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> 
         ),
         ("model_fleet_remediation_failures_total", {**fleet, "step": "pull"}, scrape // 2),
         ("model_fleet_webhook_requests_total", {"outcome": "accepted"}, scrape),
+        ("model_fleet_notifications_total", {"outcome": "forwarded"}, scrape // 3),
         ("model_fleet_last_switch_timestamp_seconds", fleet, round(now()) - 30),
     ]
     return exposition(samples)

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -36,9 +37,18 @@ class RunningRemediator:
 
 
 def start_remediator(
-    workdir: Path, ollama_url: str, token: str, *, workers: int = 3, log_level: str = "info"
+    workdir: Path,
+    ollama_url: str,
+    token: str,
+    *,
+    workers: int = 3,
+    log_level: str = "info",
+    notifications: dict[str, Any] | None = None,
 ) -> RunningRemediator:
-    """Serve one fleet with no containers and one app-config file (``app.env``) in ``workdir``."""
+    """Serve one fleet with no containers and one app-config file (``app.env``) in ``workdir``.
+
+    ``notifications`` is the config file's section of that name (none: only logged).
+    """
     app_env = workdir / "app.env"
     app_env.write_text("OLLAMA_MODEL=llama3.2:3b\n")
     cfg = workdir / "model-fleet.yaml"
@@ -47,9 +57,10 @@ def start_remediator(
         "containers": {"use_labels": False},
         "app_config": [{"path": str(app_env), "format": "env"}],
     }
-    cfg.write_text(
-        yaml.safe_dump({"state_file": str(workdir / "state.json"), "fleets": {"default": fleet}})
-    )
+    settings: dict[str, Any] = {"state_file": str(workdir / "state.json")}
+    if notifications is not None:
+        settings["notifications"] = notifications
+    cfg.write_text(yaml.safe_dump({**settings, "fleets": {"default": fleet}}))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_FLEET_", "PROMETHEUS_"))}
     env.update({"MODEL_FLEET_TOKEN": token, "MODEL_FLEET_LOG_LEVEL": log_level})

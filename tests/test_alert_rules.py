@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "ModelFleetCanStepUp",
     "ModelFleetRemediationFailed",
     "ModelFleetSwitchFlapping",
+    "ModelFleetModelSwitched",
     "GPUVRAMNearlyFull",
     "GPUVRAMFillingUp",
     "ModelFleetExporterDown",
@@ -111,6 +112,16 @@ def test_downgrade_alert_fires_without_delay_and_carries_the_contract_labels() -
 def test_only_the_remediation_alerts_carry_a_remediation_label() -> None:
     found = {r["alert"]: r["labels"].get("remediation") for r in _rules() if "alert" in r}
     assert {k: v for k, v in found.items() if v} == REMEDIATION_ALERTS
+
+
+def test_switch_notice_is_info_for_people_and_covers_every_switch() -> None:
+    rule = _alert("ModelFleetModelSwitched")
+    assert rule["labels"] == {"severity": "info"}, "info: never pages, never remediates"
+    assert rule.get("for", "0s") in ("0s", "0m", 0), "a switch is news at once"
+    assert "model_fleet_switches_total" in rule["expr"]
+    # The alert keeps every label of the counter: one alert per kind of switch.
+    labels = ", ".join(CONTRACT_METRICS["model_fleet_switches_total"][1])
+    assert f"by ({labels})" in rule["expr"]
 
 
 def test_step_up_rule_mirrors_the_auto_upgrade_defaults() -> None:

@@ -24,6 +24,7 @@ from simulator.prom_env import (
     PROMETHEUS_CONFIG,
     REMEDIATOR_JOB,
     REMEDIATOR_RECEIVER,
+    REPO,
     RULES_FILE,
     Alertmanager,
     render_alertmanager_config,
@@ -33,6 +34,7 @@ from simulator.prom_env import (
 )
 
 TOKEN = "test-token-5f0c"
+HUMAN_RECEIVERS = ("humans", "pager")
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -80,7 +82,7 @@ def test_promtool_check_config_accepts_the_test_copy_with_its_rules(tmp_path: Pa
     result = _run("promtool", "check", "config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     # promtool loads the rule files the config names: proof the test copy points at ours.
-    assert str(RULES_FILE) in result.stdout and "SUCCESS: 11 rules found" in result.stdout
+    assert str(RULES_FILE) in result.stdout and "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_prometheus_test_copy_changes_only_the_addresses() -> None:
@@ -153,6 +155,9 @@ ROUTING_CASES = [
     ({"alertname": "ModelFleetSwitchFlapping", "fleet": "default", "severity": "warning"},
      "humans"),
     ({"alertname": "GPUVRAMFillingUp", "gpu": "0", "severity": "info"}, "humans"),
+    # Every switch, for people: never the remediator's webhook, never the pager.
+    ({"alertname": "ModelFleetModelSwitched", "fleet": "default", "direction": "down",
+      "trigger": "alert", "severity": "info"}, "humans"),
     ({"alertname": "ModelFleetRemediatorDown", "job": "model-fleet-remediator",
       "severity": "critical"}, "pager"),
     ({"alertname": "ModelFleetNVMLDown", "job": "model-fleet-exporter", "severity": "warning"},
@@ -217,18 +222,56 @@ def test_inhibit_rules() -> None:
     ) in as_tuples
 
 
-def test_alertmanager_test_copy_changes_only_the_webhook_address_and_token_file() -> None:
+def test_human_receivers_deliver_to_the_remediators_notify_webhook() -> None:
+    config = _am_config()
+    receivers = {r["name"]: r for r in config["receivers"]}
+    for name in HUMAN_RECEIVERS:
+        [hook] = receivers[name]["webhook_configs"]
+        assert hook["url"] == "http://remediator:8080/webhook/notify", name
+        assert hook["send_resolved"] is True and hook["max_alerts"] == 0
+        # The same token as the switch webhook.
+        assert hook["http_config"] == _remediator_webhook()["http_config"]
+    assert config["route"]["receiver"] == "humans"
+    [pager] = [r for r in config["route"]["routes"] if r["receiver"] == "pager"]
+    assert pager["matchers"] == ['severity="critical"']
+
+
+def test_the_readme_example_of_native_receivers_passes_amtool(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "email_configs" in b]
+    [example] = yaml.safe_load(block)
+    config = _am_config()
+    [pager] = [r for r in config["receivers"] if r["name"] == example["name"]]
+    pager.update({k: v for k, v in example.items() if k != "webhook_configs"})  # "[...]"
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = _run("amtool", "check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"webhook_configs", "email_configs", "slack_configs"} <= set(pager)
+
+
+def test_alertmanager_test_copy_changes_only_the_webhook_addresses_and_token_file() -> None:
     rendered = render_alertmanager_config(
+        webhook_url="http://127.0.0.1:1/webhook/alertmanager",
+        credentials_file=Path("/x/token"),
+        notify_url="http://127.0.0.1:2/webhook/notify",
+    )
+    hooks = {r["name"]: r["webhook_configs"][0] for r in rendered["receivers"]}
+    assert hooks[REMEDIATOR_RECEIVER]["url"] == "http://127.0.0.1:1/webhook/alertmanager"
+    for name in HUMAN_RECEIVERS:
+        assert hooks[name]["url"] == "http://127.0.0.1:2/webhook/notify"
+    shipped = {r["name"]: r["webhook_configs"][0] for r in _am_config()["receivers"]}
+    for name, hook in hooks.items():
+        assert hook["http_config"]["authorization"]["credentials_file"] == "/x/token"
+        hook["url"] = shipped[name]["url"]
+        hook["http_config"] = shipped[name]["http_config"]
+    assert rendered == _am_config()
+    # Without a notify URL the human receivers post to a local port, never to "remediator".
+    default = render_alertmanager_config(
         webhook_url="http://127.0.0.1:1/webhook/alertmanager", credentials_file=Path("/x/token")
     )
-    hook = next(r for r in rendered["receivers"] if r["name"] == REMEDIATOR_RECEIVER)[
-        "webhook_configs"
-    ][0]
-    assert hook["url"] == "http://127.0.0.1:1/webhook/alertmanager"
-    assert hook["http_config"]["authorization"]["credentials_file"] == "/x/token"
-    hook["url"] = _remediator_webhook()["url"]
-    hook["http_config"] = _remediator_webhook()["http_config"]
-    assert rendered == _am_config()
+    for receiver in default["receivers"]:
+        assert receiver["webhook_configs"][0]["url"].startswith("http://127.0.0.1:")
 
 
 # --- a real Alertmanager delivering to a webhook receiver ----------------------------------

@@ -149,7 +149,7 @@ def test_mutating_endpoints_need_the_bearer_token(
     app: Flask, config: Config, headers: dict[str, str]
 ) -> None:
     client = app.test_client()
-    for path in ("/downgrade", "/upgrade", "/reset", "/webhook/alertmanager"):
+    for path in ("/downgrade", "/upgrade", "/reset", "/webhook/alertmanager", "/webhook/notify"):
         resp = client.post(path, json=payload("alertmanager_firing.json"), headers=headers)
         assert resp.status_code == 401, path
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -429,6 +429,7 @@ def test_metrics_follow_the_contract(app: Flask) -> None:
         "model_fleet_switches",
         "model_fleet_remediation_failures",
         "model_fleet_webhook_requests",
+        "model_fleet_notifications",
         "model_fleet_last_switch_timestamp_seconds",
     ):
         assert name in families, name
@@ -453,6 +454,8 @@ def test_metrics_follow_the_contract(app: Flask) -> None:
     assert value("model_fleet_last_switch_timestamp_seconds", fleet="default") > 1e9
     assert value("model_fleet_switches_total", direction="down", trigger="manual") == 1
     assert value("model_fleet_switches_total", direction="up", trigger="alert") == 0
+    for outcome in ("forwarded", "failed", "logged"):
+        assert value("model_fleet_notifications_total", outcome=outcome) == 0
 
 
 def test_fifty_concurrent_deliveries_yield_one_switch(
