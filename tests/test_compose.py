@@ -54,7 +54,7 @@ def stack(
     s = ComposeStack(tmp_path_factory.mktemp("compose"), project=f"model-fleet-ci-{os.getpid()}")
     s.prepare()
     try:
-        s.up()
+        s.up_output = s.run_script("up")
         yield s
     finally:
         if os.environ.get("MODEL_FLEET_KEEP_STACK") != "1":
@@ -97,6 +97,27 @@ def test_every_prometheus_target_is_up(stack: ComposeStack) -> None:
     # The rules are loaded from the mounted alert_rules/ (the shipped path in the image).
     groups = stack.get_json(f"{prom}/api/v1/rules")["data"]["groups"]
     assert {"model-fleet-remediation", "model-fleet-health"} <= {g["name"] for g in groups}
+
+
+def test_up_pulled_every_ladder_model_and_printed_urls_and_status(stack: ComposeStack) -> None:
+    listed = stack.compose("exec", "-T", "ollama", "ollama", "list").stdout
+    ladder = ["llama3.2:3b", "phi3:mini", "tinyllama:1.1b", "qwen2.5:0.5b"]
+    assert [line.split()[0] for line in listed.splitlines()[1:]] == sorted(ladder)
+    for model in ladder:
+        assert f"pulling {model}" in stack.up_output
+    for service, port in (("prometheus", 9090), ("alertmanager", 9093), ("remediator", 8080)):
+        assert stack.url(service, port) in stack.up_output
+    assert '"current_model"' in stack.up_output
+
+
+def test_up_again_changes_nothing(stack: ComposeStack) -> None:
+    ids = {service: stack.container_id(service) for service in SERVICES}
+    token = stack.token_file.read_text()
+    again = stack.run_script("up")
+    assert {service: stack.container_id(service) for service in SERVICES} == ids
+    assert stack.token_file.read_text() == token
+    assert "pulling " not in again.replace("pulling manifest", "")
+    assert "keeping the token" in again
 
 
 def test_status_json_has_the_seed_shape(stack: ComposeStack) -> None:
@@ -162,7 +183,7 @@ def test_three_vram_errors_switch_once_and_the_app_answers_on_the_new_model(
 def test_teardown_leaves_nothing_and_no_tracked_file_changed(
     tracked_before: str, stack: ComposeStack
 ) -> None:
-    stack.down()
+    stack.run_script("down", "--volumes")
     client = docker.from_env()
     label = f"com.docker.compose.project={stack.project}"
     try:
