@@ -110,6 +110,15 @@ def test_up_pulled_every_ladder_model_and_printed_urls_and_status(stack: Compose
     assert '"current_model"' in stack.up_output
 
 
+def test_the_fleet_can_be_watched_from_the_remediator_container(stack: ComposeStack) -> None:
+    assert "model-fleet watch" in stack.up_output
+    frame = stack.compose(
+        "exec", "-T", "remediator", "model-fleet", "watch", "--once", "--fleet", stack.fleet
+    ).stdout
+    assert "llama3.2:3b" in frame
+    assert "Prometheus unreachable" not in frame, frame
+
+
 def test_up_again_changes_nothing(stack: ComposeStack) -> None:
     ids = {service: stack.container_id(service) for service in SERVICES}
     token = stack.token_file.read_text()

@@ -1,0 +1,137 @@
+"""Time to remediation on the deployed system: the shipped compose stack on real Docker.
+
+Path measured: the shipped images and compose files (docker-compose.gpu.yml +
+docker-compose.monitoring.yml with the CI override of simulator/standins/compose.ci.yml:
+stand-in Ollama, Debian's Prometheus and Alertmanager, no GPU), started by scripts/up, with
+the shipped intervals and health checks. One run:
+
+  t0   Docker's timestamp of the third ``CUDA error: out of memory`` line on the Ollama
+       container's stdout (written with ``docker exec``)
+  t1   the remediator's status says the next rung (the switch is committed: pulled, config
+       written, Ollama restarted and listing the model, the app restarted and naming it)
+  t2   the app answers a prompt on the next rung (``GET /?prompt=...`` through Ollama)
+
+and the figure is ``max(t1, t2) - t0``. Between runs the fleet is reset to the top over HTTP
+and Prometheus is restarted, so the phase of scrape and rule evaluation against the error
+varies from run to run as it does in life.
+
+    .venv/bin/python -m bench.bench_compose [--runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from bench.common import Row, median, percentile, table
+from remediator.service import parse_time
+from simulator.stack import ComposeStack, build_standin_images
+
+OOM_LINE = "CUDA error: out of memory"
+TOP, NEXT = "llama3.2:3b", "phi3:mini"
+BENCH = "time to remediation, compose stack"
+
+
+def _post(url: str, token: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+
+def _model(stack: ComposeStack) -> str:
+    return str(stack.status()["current_model"]["name"])
+
+
+def _app_model(stack: ComposeStack) -> str | None:
+    answer = stack.get_json(f"{stack.url('app', 8000)}/?prompt=hello", timeout=10)
+    return str(answer["model"]) if answer.get("response") is not None else None
+
+
+def _quiet(stack: ComposeStack) -> bool:
+    """No VRAM-error alert left and the exporter's count back at 0 for the fleet."""
+    prom = stack.url("prometheus", 9090)
+    alerts = stack.get_json(
+        f"{prom}/api/v1/query?query=ALERTS{{alertname=%22ModelFleetVRAMErrors%22}}"
+    )["data"]["result"]
+    errors = stack.get_json(
+        f"{prom}/api/v1/query?query=max(model_fleet_vram_errors_since_start)"
+    )["data"]["result"]
+    return not alerts and bool(errors) and float(errors[0]["value"][1]) == 0
+
+
+def prepare_run(stack: ComposeStack) -> None:
+    """Back to the top rung, a restarted Prometheus, and nothing firing."""
+    if _model(stack) != TOP:
+        _post(f"{stack.url('remediator', 8080)}/reset", stack.token, {"fleet": stack.fleet})
+    stack.compose("restart", "prometheus")
+    stack.wait(lambda: _quiet(stack), 60, "a quiet fleet after the restart", interval=0.5)
+    time.sleep(random.uniform(0, 2))  # a phase of its own against the 2 s scrape and evaluation
+
+
+def one_run(stack: ComposeStack, client: docker.DockerClient) -> float:
+    """Three errors; seconds from the third to the app answering on the next rung."""
+    server = client.containers.get(stack.container_id("ollama"))
+    since = int(time.time()) - 1
+    stack.write_server_log([OOM_LINE] * 3)
+    logged = server.logs(timestamps=True, since=since).decode().splitlines()
+    t0 = parse_time([line for line in logged if OOM_LINE in line][-1].split(" ", 1)[0])
+    stack.wait(lambda: _model(stack) == NEXT, 120, f"the switch to {NEXT}", interval=0.05)
+    t1 = time.time()
+    stack.wait(lambda: _app_model(stack) == NEXT, 60, f"the app on {NEXT}", interval=0.05)
+    return max(t1, time.time()) - t0
+
+
+def run(runs: int = 10) -> list[Row]:
+    """Start the stack with scripts/up, time ``runs`` remediations, tear it down."""
+    client = docker.from_env()
+    build_standin_images(client)
+    with tempfile.TemporaryDirectory(prefix="mf-bench-compose-") as tmp:
+        stack = ComposeStack(
+            Path(tmp),
+            project="model-fleet-bench",
+            fleet="bench",
+            # Back-to-back runs: no cooldown, no hourly cap (the shipped values would refuse).
+            fleet_overrides={"cooldown_seconds": 0, "max_switches_per_hour": 1000},
+        )
+        stack.prepare()
+        try:
+            stack.run_script("up")
+            figures = []
+            for _ in range(runs):
+                prepare_run(stack)
+                figures.append(one_run(stack, client))
+        finally:
+            stack.down()
+            client.close()
+    return [
+        Row(BENCH, "runs (s)", ", ".join(f"{f:.2f}" for f in figures)),
+        Row(BENCH, "median", f"{median(figures):.2f} s", "<= 8 s"),
+        Row(BENCH, "p95", f"{percentile(figures, 95):.2f} s", "<= 12 s"),
+        Row(BENCH, "min / max", f"{min(figures):.2f} s / {max(figures):.2f} s"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table for ``--runs`` runs."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args(argv)
+    print(table(run(args.runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
