@@ -66,9 +66,9 @@ def _quiet(stack: ComposeStack) -> bool:
     alerts = stack.get_json(
         f"{prom}/api/v1/query?query=ALERTS{{alertname=%22ModelFleetVRAMErrors%22}}"
     )["data"]["result"]
-    errors = stack.get_json(
-        f"{prom}/api/v1/query?query=max(model_fleet_vram_errors_since_start)"
-    )["data"]["result"]
+    errors = stack.get_json(f"{prom}/api/v1/query?query=max(model_fleet_vram_errors_since_start)")[
+        "data"
+    ]["result"]
     return not alerts and bool(errors) and float(errors[0]["value"][1]) == 0
 
 

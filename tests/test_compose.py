@@ -112,11 +112,19 @@ def test_up_pulled_every_ladder_model_and_printed_urls_and_status(stack: Compose
 
 def test_the_fleet_can_be_watched_from_the_remediator_container(stack: ComposeStack) -> None:
     assert "model-fleet watch" in stack.up_output
-    frame = stack.compose(
-        "exec", "-T", "remediator", "model-fleet", "watch", "--once", "--fleet", stack.fleet
-    ).stdout
-    assert "llama3.2:3b" in frame
-    assert "Prometheus unreachable" not in frame, frame
+    # One error: below the threshold, so nothing switches, but the live count shows it.
+    stack.write_server_log([OOM_LINE])
+
+    def frame() -> str | None:
+        out = stack.compose(
+            "exec", "-T", "remediator", "model-fleet", "watch", "--once", "--fleet", stack.fleet
+        ).stdout
+        return out if "1 since the model server started" in out else None
+
+    shown = stack.wait(frame, 30, "the live error count in the watch frame", interval=1)
+    assert "llama3.2:3b" in shown
+    assert "none firing" in shown
+    assert "!!" not in shown, shown
 
 
 def test_up_again_changes_nothing(stack: ComposeStack) -> None:

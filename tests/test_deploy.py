@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from simulator.stack import compose_command
 from tests.support import docker_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -669,3 +670,30 @@ def test_example_app_reads_the_model_file_on_every_request(tmp_path: Path) -> No
         app.wait(timeout=10)
         ollama.shutdown()
         ollama.server_close()
+
+
+def test_start_interval_file_merges_onto_every_health_checked_service() -> None:
+    """deploy/compose.start-interval.yml names only shipped services, each with a health check,
+    and Compose v2 merges it (scripts/up adds it on Engine 25+)."""
+    extra = load_compose("deploy/compose.start-interval.yml")
+    stack = combined()["services"]
+    assert set(extra["services"]) <= set(stack)
+    # exporter, remediator and app have theirs in their Dockerfile (HEALTHCHECK).
+    in_image = {"exporter", "remediator", "app"}
+    for name in extra["services"]:
+        assert "healthcheck" in stack[name] or name in in_image, f"{name}: no health check"
+    files = [*COMPOSE_FILES, "deploy/compose.start-interval.yml"]
+    args = [a for f in files for a in ("-f", str(REPO / f))]
+    env = {**os.environ, "DOCKER_GID": "999"}
+    done = subprocess.run(
+        [*compose_command(), *args, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(done.stdout)["services"]
+    for name in extra["services"]:
+        assert merged[name]["healthcheck"]["start_interval"] == "1s", name
