@@ -490,8 +490,12 @@ def test_up_builds_starts_pulls_the_missing_models_and_prints_urls_and_status(
         "  remediator    http://127.0.0.1:8080/status",
         "  app           http://localhost:18000/",
     ]
-    assert summary[7] == "Status (docker compose exec remediator model-fleet status):"
-    assert json.loads("\n".join(summary[8:])) == status_json()
+    assert summary[7:10] == [
+        "Watch the fleet live (Ctrl-C ends it):",
+        "  docker compose exec remediator model-fleet watch",
+        "Status (docker compose exec remediator model-fleet status):",
+    ]
+    assert json.loads("\n".join(summary[10:])) == status_json()
 
     # Idempotent: a second run keeps the files and pulls nothing.
     host.log.unlink()
