@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Row, free_port, machine, median, percentile, table
+from exporter.adapters.docker_watch import LogWatcher
 from exporter.classifier import DEFAULT_PATTERNS, LogClassifier, scan_stream
 from exporter.config import ContainerSelection
-from exporter.docker_watch import LogWatcher
 from exporter.metrics import LogStore
 from simulator import fake_nvml
 from simulator.images import BUSYBOX_IMAGE, build_busybox_image

@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.adapters.docker_watch import ClientFactory, LogWatcher, default_client
+from exporter.adapters.nvml import NvmlCollector
 from exporter.classifier import LogClassifier, ScanResult, scan_stream
 from exporter.config import ExporterConfig, effective_config, parse_bind
-from exporter.docker_watch import ClientFactory, LogWatcher, default_client
 from exporter.metrics import LogCollector, LogStore
-from exporter.nvml import NvmlCollector
 from exporter.server import make_server
 
 log = logging.getLogger("model-fleet-exporter")

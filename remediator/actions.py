@@ -12,17 +12,17 @@ import logging
 import time
 from typing import NamedTuple
 
-from remediator import appconfig, probes
-from remediator.appconfig import AppConfigError, AppConfigTarget, ConfigSnapshot
-from remediator.config import FleetConfig
-from remediator.containers import (
+from remediator.adapters import appconfig, probes
+from remediator.adapters.appconfig import AppConfigError, AppConfigTarget, ConfigSnapshot
+from remediator.adapters.docker_engine import (
     ContainerError,
     ContainerRef,
     ContainerRuntime,
     ContainerState,
     Probe,
 )
-from remediator.ollama import OllamaClient, OllamaError
+from remediator.adapters.ollama import OllamaClient, OllamaError
+from remediator.config import FleetConfig
 from remediator.switching import SwitchFailed, SwitchPlan
 
 log = logging.getLogger(__name__)

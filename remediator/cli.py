@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from remediator.adapters.prometheus import DEFAULT_URL as PROMETHEUS_URL
+from remediator.adapters.prometheus import URL_ENV as PROMETHEUS_URL_ENV
 from remediator.config import (
     Config,
     ConfigError,
@@ -18,8 +20,6 @@ from remediator.config import (
     effective_config,
     load_config,
 )
-from remediator.prometheus import DEFAULT_URL as PROMETHEUS_URL
-from remediator.prometheus import URL_ENV as PROMETHEUS_URL_ENV
 from remediator.state import LockTimeout, StateError, StateStore
 from remediator.status import build_status
 from remediator.switching import Actions, Outcome, Remediator
@@ -211,7 +211,7 @@ def _run_remote(args: argparse.Namespace, url: str) -> int:
 
 
 def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None) -> int:
-    from remediator.prometheus import PrometheusAPI
+    from remediator.adapters.prometheus import PrometheusAPI
     from remediator.watch import StatusUnavailable, Watch, run
 
     read_status: Callable[[], Any]

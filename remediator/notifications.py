@@ -4,7 +4,7 @@ Alertmanager's human receivers (``humans``, ``pager`` in monitoring/alertmanager
 here. Every alert of a delivery is logged (WARNING when firing, INFO when resolved) and kept in
 the state file, where ``status`` shows the last ``MAX_NOTIFICATIONS``; the delivery is then
 forwarded to the webhook of the ``notifications`` settings, if one is set, through a
-:class:`Sink` (the HTTP adapter is remediator/notify.py).
+:class:`Sink` (the HTTP adapter is remediator/adapters/notify.py).
 """
 
 from __future__ import annotations

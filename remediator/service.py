@@ -185,7 +185,7 @@ def create_app(
     remediator = Remediator(config, store, actions_for, clock=clock, observer=counters)
     sink: Sink | None = None
     if config.notifications.webhook_url:
-        from remediator.notify import WebhookSink
+        from remediator.adapters.notify import WebhookSink
 
         sink = WebhookSink(config.notifications)
     notifier = Notifier(config.notifications, sink, store, counters, clock)

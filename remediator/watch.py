@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
-from remediator.prometheus import PrometheusAPI, PrometheusError, Sample
+from remediator.adapters.prometheus import PrometheusAPI, PrometheusError, Sample
 
 # The exporter's gauge counts matches since the container last started, per container: the
 # fleet's figure is the worst container, as the downgrade alert reads it.

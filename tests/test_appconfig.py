@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remediator.appconfig import AppConfigError, AppConfigTarget, snapshot, write_all
+from remediator.adapters.appconfig import AppConfigError, AppConfigTarget, snapshot, write_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,7 +229,7 @@ def test_failed_write_leaves_the_original_intact(tmp_path: Path) -> None:
     path.write_text(original)
     script = (
         "import sys\n"
-        "from remediator.appconfig import AppConfigTarget, AppConfigError\n"
+        "from remediator.adapters.appconfig import AppConfigTarget, AppConfigError\n"
         "try:\n"
         "    AppConfigTarget(sys.argv[1], 'env').write_model('qwen2.5:0.5b')\n"
         "except AppConfigError as exc:\n"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from remediator.containers import (
+from remediator.adapters.docker_engine import (
     FLEET_LABEL,
     ROLE_LABEL,
     ContainerError,

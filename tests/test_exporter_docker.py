@@ -13,9 +13,9 @@ from typing import Any
 import docker
 import pytest
 
+from exporter.adapters.docker_watch import LogWatcher
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
-from exporter.docker_watch import LogWatcher
 from exporter.metrics import LogStore, SeriesSnapshot
 from tests.support import docker_env
 from tests.support.exporter_env import DATA, ExporterProcess, sample, wait_for
@@ -249,7 +249,7 @@ def test_containers_named_in_the_config_are_watched_without_labels(
 def test_without_docker_the_watcher_waits_and_says_so_once(
     watch: StartWatcher, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="exporter.docker_watch")
+    caplog.set_level(logging.WARNING, logger="exporter.adapters.docker_watch")
 
     def unreachable() -> Any:
         return docker.DockerClient(base_url="unix:///nonexistent/model-fleet/docker.sock")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from exporter.chunked import ChunkedDecoder, ChunkedError
+from exporter.adapters.chunked import ChunkedDecoder, ChunkedError
 from exporter.classifier import LogClassifier
 from exporter.logstream import (
     ContainerLog,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from exporter.procfs import container_id_from_cgroup, container_id_of
+from exporter.adapters.procfs import container_id_from_cgroup, container_id_of
 from simulator import fake_nvml
 from simulator.fake_nvml import MIB, FakeGpu, FakeNvmlState
 from tests.support import docker_env

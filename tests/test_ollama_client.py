@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from remediator.ollama import OllamaClient, OllamaError, canonical_name, same_model
+from remediator.adapters.ollama import OllamaClient, OllamaError, canonical_name, same_model
 from simulator.fake_ollama import FakeOllama
 
 MIB = 1024 * 1024
@@ -53,7 +53,7 @@ def test_pull_streams_progress_to_the_log(
     fake: FakeOllama, client: OllamaClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.progress_steps = 5
-    caplog.set_level(logging.INFO, logger="remediator.ollama")
+    caplog.set_level(logging.INFO, logger="remediator.adapters.ollama")
     result = client.pull("qwen2.5:0.5b", timeout=10, progress_interval=0)
 
     assert result.model == "qwen2.5:0.5b"

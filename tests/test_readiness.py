@@ -21,10 +21,10 @@ import docker.errors
 import pytest
 
 from remediator.actions import FleetActions
+from remediator.adapters.docker_engine import ContainerRuntime
+from remediator.adapters.ollama import OllamaClient
+from remediator.adapters.probes import app_reports_model
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.containers import ContainerRuntime
-from remediator.ollama import OllamaClient
-from remediator.probes import app_reports_model
 from remediator.state import StateStore
 from remediator.switching import Remediator
 from simulator.fake_ollama import FakeOllama

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from remediator import cli
-from remediator.prometheus import PrometheusAPI, PrometheusError
+from remediator.adapters.prometheus import PrometheusAPI, PrometheusError
 from remediator.watch import Live, Snapshot, ago, render
 from simulator.fake_ollama import FakeOllama
 from simulator.prom_env import (

@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import requests
 
-from exporter.chunked import ChunkedDecoder
+from exporter.adapters.chunked import ChunkedDecoder
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
 from exporter.logstream import ContainerLog, format_since, is_zero_time, parse_timestamp

@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from remediator.ollama import same_model
+from remediator.adapters.ollama import same_model
 
 
 def app_reports_model(url: str, model: str, timeout: float = 2.0) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any, Final
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.procfs import container_id_of
+from exporter.adapters.procfs import container_id_of
 
 log = logging.getLogger(__name__)
 

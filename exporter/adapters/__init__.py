@@ -1,0 +1,2 @@
+"""Adapters: the only modules of the exporter that talk to the outside (NVML, the Docker
+engine, /proc)."""
