@@ -20,7 +20,9 @@ from simulator.prom_env import (
 )
 
 RULE_TESTS = sorted((REPO / "alert_rules" / "tests").glob("*.yml"))
-RUNBOOK_URL = re.compile(r"^https://github\.com/model-fleet/model-fleet#(runbook-[a-z0-9-]+)$")
+RUNBOOK_URL = re.compile(
+    r"^\{\{ \$externalLabels\.runbook_base_url \}\}/docs/operations\.md#(runbook-[a-z0-9-]+)$"
+)
 REMEDIATION_ALERTS = {"ModelFleetVRAMErrors": "downgrade", "ModelFleetCanStepUp": "upgrade"}
 EXPECTED_ALERTS = {
     "ModelFleetVRAMErrors",
@@ -138,9 +140,9 @@ def test_rule_is_documented(rule: dict[str, Any]) -> None:
     assert annotations.get("summary"), "no summary"
     assert "$value" in annotations.get("description", ""), "the description lacks the value"
     match = RUNBOOK_URL.match(annotations.get("runbook_url", ""))
-    assert match, f"runbook_url {annotations.get('runbook_url')!r} is not a README anchor"
+    assert match, f"runbook_url {annotations.get('runbook_url')!r} is not a runbook anchor"
     assert match.group(1) == f"runbook-{rule['alert'].lower()}"
-    docs = [REPO / "README.md"]
+    docs = [REPO / "docs" / "operations.md"]
     anchors = set().union(*(_github_anchors(p.read_text()) for p in docs))
     assert match.group(1) in anchors, f"no runbook section for #{match.group(1)} in {docs}"
 

@@ -236,9 +236,9 @@ def test_human_receivers_deliver_to_the_remediators_notify_webhook() -> None:
     assert pager["matchers"] == ['severity="critical"']
 
 
-def test_the_readme_example_of_native_receivers_passes_amtool(tmp_path: Path) -> None:
-    readme = (REPO / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "email_configs" in b]
+def test_the_docs_example_of_native_receivers_passes_amtool(tmp_path: Path) -> None:
+    docs = (REPO / "docs" / "operations.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "email_configs" in b]
     [example] = yaml.safe_load(block)
     config = _am_config()
     [pager] = [r for r in config["receivers"] if r["name"] == example["name"]]
