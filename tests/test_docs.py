@@ -23,6 +23,7 @@ from fleet_contract.env import ENV_VARS
 from fleet_contract.errors import ERROR_KINDS
 from fleet_contract.metrics import METRICS
 from remediator.config import CONFIG_KEYS as REMEDIATOR_KEYS
+from remediator.config import DEPRECATED_KEYS
 from simulator.prom_env import (
     RULES_FILE,
     render_prometheus_config,
@@ -217,8 +218,9 @@ def _script_variables() -> set[str]:
 
 def test_env_table_is_the_contract() -> None:
     rows = _table(_section(ARCHITECTURE, "Environment variables"))
-    documented = [name for row in rows for name in _ticked(row[0])]
-    assert sorted(documented) == sorted(v.name for v in ENV_VARS)
+    documented = {_ticked(row[0])[0]: {r.strip() for r in row[1].split(",")} for row in rows}
+    assert len(documented) == len(rows), "a variable is in the table twice"
+    assert documented == {v.name: set(v.used_by) for v in ENV_VARS}
 
 
 def test_docs_name_only_env_variables_the_code_reads() -> None:
@@ -262,9 +264,13 @@ def _flatten(value: Any, prefix: tuple[str, ...], code: set[tuple[str, ...]]) ->
                 yield from _flatten(item, (*prefix, "[]"), code)
 
 
-def _deprecated_keys() -> set[str]:
+def _deprecated_keys() -> dict[str, str]:
     rows = _table(_section(CONFIGURATION, "Deprecated keys"))
-    return {_ticked(row[0])[0] for row in rows}
+    return {_ticked(row[0])[0]: _ticked(row[1])[0] for row in rows}
+
+
+def test_deprecated_key_table_is_the_parsers() -> None:
+    assert _deprecated_keys() == dict(DEPRECATED_KEYS)
 
 
 def _dotted(keys: Iterable[tuple[str, ...]]) -> list[str]:
