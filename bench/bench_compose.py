@@ -23,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import docker
 
@@ -61,21 +64,32 @@ def _app_model(stack: ComposeStack) -> str | None:
 
 
 def _quiet(stack: ComposeStack) -> bool:
-    """No VRAM-error alert left and the exporter's count back at 0 for the fleet."""
+    """No VRAM-error alert active and the exporter's count back at 0 for the fleet.
+
+    Alerts come from the rule manager (/api/v1/alerts), not the ALERTS series: a restarted
+    Prometheus keeps returning the last ALERTS sample from before the restart for the whole
+    lookback window (5 min), since shutting down writes no staleness marker.
+    """
     prom = stack.url("prometheus", 9090)
-    alerts = stack.get_json(
-        f"{prom}/api/v1/query?query=ALERTS{{alertname=%22ModelFleetVRAMErrors%22}}"
-    )["data"]["result"]
-    errors = stack.get_json(f"{prom}/api/v1/query?query=max(model_fleet_vram_errors_since_start)")[
-        "data"
-    ]["result"]
-    return not alerts and bool(errors) and float(errors[0]["value"][1]) == 0
+    alerts = stack.get_json(f"{prom}/api/v1/alerts")["data"]["alerts"]
+    query = f'max(model_fleet_vram_errors_since_start{{fleet="{stack.fleet}"}})'
+    errors = stack.get_json(f"{prom}/api/v1/query?query={quote(query)}")["data"]["result"]
+    vram_alerts = [
+        a
+        for a in alerts
+        if a["labels"].get("alertname") == "ModelFleetVRAMErrors"
+        and a["labels"].get("fleet") == stack.fleet
+    ]
+    return not vram_alerts and bool(errors) and float(errors[0]["value"][1]) == 0
 
 
 def prepare_run(stack: ComposeStack) -> None:
     """Back to the top rung, a restarted Prometheus, and nothing firing."""
     if _model(stack) != TOP:
         _post(f"{stack.url('remediator', 8080)}/reset", stack.token, {"fleet": stack.fleet})
+    # Prometheus must have scraped the count back at 0 before it stops: after the restart it
+    # evaluates the last sample it has until the first new scrape.
+    stack.wait(lambda: _quiet(stack), 60, "a quiet fleet after the reset", interval=0.5)
     stack.compose("restart", "prometheus")
     stack.wait(lambda: _quiet(stack), 60, "a quiet fleet after the restart", interval=0.5)
     time.sleep(random.uniform(0, 2))  # a phase of its own against the 2 s scrape and evaluation
@@ -109,10 +123,17 @@ def run(runs: int = 10) -> list[Row]:
         stack.prepare()
         try:
             stack.run_script("up")
-            figures = []
-            for _ in range(runs):
+            figures: list[float] = []
+            for i in range(runs):
                 prepare_run(stack)
-                figures.append(one_run(stack, client))
+                try:
+                    figures.append(one_run(stack, client))
+                except TimeoutError:
+                    # What the remediator said, for the reader of a failed run.
+                    logs = stack.compose("logs", "--tail", "40", "remediator").stdout
+                    print(f"run {i + 1} failed; remediator log:\n{logs}", file=sys.stderr)
+                    raise
+                print(f"run {i + 1}/{runs}: {figures[-1]:.2f} s", file=sys.stderr, flush=True)
         finally:
             stack.down()
             client.close()
@@ -129,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, Ctrl-C's cousin) still tears the stack down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(table(run(args.runs)))
     return 0
 

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import docker
 import pytest
@@ -72,7 +73,7 @@ def _ps(stack: ComposeStack) -> list[dict[str, Any]]:
 def _firing(stack: ComposeStack, alertname: str) -> list[dict[str, Any]]:
     prom = stack.url("prometheus", 9090)
     query = f'ALERTS{{alertname="{alertname}",alertstate="firing",fleet="{stack.fleet}"}}'
-    answer = stack.get_json(f"{prom}/api/v1/query?query={query}")
+    answer = stack.get_json(f"{prom}/api/v1/query?query={quote(query)}")
     return list(answer["data"]["result"])
 
 
