@@ -2,8 +2,8 @@
 container names, overridden by command-line flags. Errors name the file and the key.
 
 The exporter reads the file itself (it never imports the remediator). Of the ``fleets:``
-section it reads only what it needs, ``containers.ollama`` and ``containers.use_labels``, and
-leaves the rest to the remediator's own validation.
+section it reads only what it needs, ``containers.server`` (or its old name ``ollama``) and
+``containers.use_labels``, and leaves the rest to the remediator's own validation.
 """
 
 from __future__ import annotations
@@ -182,8 +182,9 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         where = f"fleets.{fleet}"
         m = r.mapping(settings, where)
         containers = r.mapping(m.get("containers"), f"{where}.containers")
-        for name in r.names(containers.get("ollama"), f"{where}.containers.ollama"):
-            names[name] = str(fleet)
+        for key in ("server", "ollama"):  # ollama: the deprecated name of server
+            for name in r.names(containers.get(key), f"{where}.containers.{key}"):
+                names[name] = str(fleet)
         use = containers.get("use_labels", True)
         if not isinstance(use, bool):
             raise r.fail(f"{where}.containers.use_labels", f"must be true or false, got {use!r}")

@@ -27,7 +27,7 @@ def ollama() -> Iterator[FakeOllama]:
 def fleet_settings(ollama: FakeOllama, workdir: Path) -> dict[str, object]:
     """A fleet that switches for real without containers: Ollama stand-in, one config file."""
     return {
-        "ollama_url": ollama.url,
+        "server": {"kind": "ollama", "url": ollama.url},
         "containers": {"use_labels": False},
         "app_config": [{"path": str(workdir / "app.env"), "format": "env"}],
     }
@@ -172,6 +172,32 @@ def test_check_config_prints_effective_config_and_warnings(
     assert code == cli.EXIT_OK
     assert json.loads(out)["fleets"]["default"]["ladder"][1]["name"] == "phi3:mini"
     assert "phi3:mini (2200 MB) is larger than llama3.2:3b (2048 MB)" in err
+
+
+def test_check_config_names_the_old_keys_and_refuses_old_and_new_together(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "old.yaml").write_text(
+        "fleets:\n  a:\n    ollama_url: http://10.0.0.2:11434\n"
+        "    containers: {restart_ollama: false}\n"
+    )
+    code, out, err = run(capsys, "check-config", "--config", "old.yaml")
+    assert code == cli.EXIT_OK
+    assert json.loads(out)["fleets"]["a"]["server"] == {
+        "kind": "ollama",
+        "url": "http://10.0.0.2:11434",
+    }
+    assert "warning: fleets.a.ollama_url is deprecated: use fleets.a.server.url" in err
+    assert (
+        "warning: fleets.a.containers.restart_ollama is deprecated: use "
+        "fleets.a.containers.restart_server"
+    ) in err
+    (workdir / "both.yaml").write_text(
+        "fleets:\n  a:\n    ollama_url: http://a:1\n    server: {url: 'http://b:1'}\n"
+    )
+    code, _, err = run(capsys, "check-config", "--config", "both.yaml")
+    assert code == cli.EXIT_USAGE
+    assert "both.yaml: fleets.a.ollama_url: is the deprecated name of fleets.a.server.url" in err
 
 
 def test_lock_not_obtained_in_time(

@@ -402,7 +402,7 @@ def test_compose_config_file_fits_the_stack() -> None:
         pytest.fail(f"the remediator container would not start: {exc}")
     fleet = config.fleets.get("default")
     assert fleet is not None, f"no fleet 'default' (the compose labels say default): {config}"
-    assert fleet.ollama_url == "http://ollama:11434"
+    assert (fleet.server.kind, fleet.server.url) == ("ollama", "http://ollama:11434")
     gpu_ids = services["ollama"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
     default_gpu = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", gpu_ids[0])
     assert fleet.gpu == default_gpu, f"fleet gpu {fleet.gpu}, Ollama reserves GPU {default_gpu}"

@@ -122,7 +122,7 @@ def test_the_exporter_reads_what_it_needs_from_the_fleets(tmp_path: Path) -> Non
             "state_file": "/var/lib/model-fleet/state.json",  # the remediator's business
             "fleets": {
                 "big": {"gpu": 0, "containers": {"ollama": ["ollama-big"], "use_labels": False}},
-                "small": {"containers": {"ollama": "ollama-small", "use_labels": False}},
+                "small": {"containers": {"server": "ollama-small", "use_labels": False}},
             },
             "exporter": {
                 "containers": {"legacy-ollama": "big"},

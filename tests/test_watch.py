@@ -109,7 +109,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ollama: FakeOllama)
     fleets = {
         name: {
             "gpu": gpu,
-            "ollama_url": ollama.url,
+            "server": {"url": ollama.url},
             "containers": {"use_labels": False},
             "app_config": [{"path": str(tmp_path / f"{name}.env"), "format": "env"}],
         }
