@@ -9,15 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import yaml
+from fleet_contract.env import NOTIFY_URL as NOTIFY_URL_ENV
+from fleet_contract.env import STATE_FILE as STATE_FILE_ENV
+from fleet_contract.labels import DEFAULT_FLEET
+from fleet_contract.yamlfile import ConfigError as ConfigError
+from fleet_contract.yamlfile import config_path, load_yaml
 
 log = logging.getLogger(__name__)
 
-CONFIG_ENV: Final = "MODEL_FLEET_CONFIG"
-STATE_FILE_ENV: Final = "MODEL_FLEET_STATE_FILE"
-NOTIFY_URL_ENV: Final = "MODEL_FLEET_NOTIFY_URL"
-DEFAULT_CONFIG_NAME: Final = "model-fleet.yaml"
-DEFAULT_FLEET: Final = "default"
 MIB: Final = 1024 * 1024
 
 Policy = Literal["next", "next-smaller", "fits"]
@@ -28,10 +27,6 @@ NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
 SHIPPED_ALERT_THRESHOLD: Final = 3
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, unreadable or invalid; the message names file and key."""
 
 
 @dataclass(frozen=True)
@@ -483,23 +478,10 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load ``path``, else $MODEL_FLEET_CONFIG, else ./model-fleet.yaml, else the defaults."""
-    explicit = path is not None or bool(os.environ.get(CONFIG_ENV))
-    chosen = (
-        Path(path) if path is not None else Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
-    )
-    if not chosen.exists():
-        if explicit:
-            raise ConfigError(f"{chosen}: configuration file not found")
+    chosen = config_path(path)
+    if chosen is None:
         return parse_config({}, "<defaults>")
-    try:
-        text = chosen.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{chosen}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
-    return parse_config(data if data is not None else {}, str(chosen))
+    return parse_config(load_yaml(chosen), str(chosen))
 
 
 # --- checks ---------------------------------------------------------------------------------

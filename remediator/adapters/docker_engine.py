@@ -1,7 +1,7 @@
 """Docker adapter: find a fleet's containers, restart them, wait until they are ready.
 
 The only module of the remediator that talks to the Docker engine. Containers are found by
-the labels of DESIGN.md (``model-fleet.fleet``, ``model-fleet.role``) and/or by explicit
+the labels of fleet_contract.labels (``model-fleet.fleet``, ``model-fleet.role``) and/or by explicit
 names. Every failure is a :class:`ContainerError` naming the step and the cause; both
 ``docker.errors.DockerException`` and ``requests.exceptions.RequestException`` are caught,
 because a client pinned to an API version raises the latter when the socket is gone.
@@ -21,11 +21,11 @@ import docker.client
 import docker.errors
 import requests
 
-log = logging.getLogger(__name__)
+from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
+from fleet_contract.labels import FLEET_LABEL as FLEET_LABEL
+from fleet_contract.labels import ROLE_LABEL as ROLE_LABEL
 
-FLEET_LABEL = "model-fleet.fleet"
-ROLE_LABEL = "model-fleet.role"
-DEFAULT_FLEET = "default"
+log = logging.getLogger(__name__)
 
 # A service's own readiness check: None when ready, else a short reason why not.
 Probe = Callable[[], str | None]
