@@ -18,8 +18,9 @@ from exporter.adapters.docker_watch import ClientFactory, LogWatcher, default_cl
 from exporter.adapters.nvml import NvmlCollector
 from exporter.classifier import LogClassifier, ScanResult, scan_stream
 from exporter.config import ExporterConfig, effective_config, parse_bind
-from exporter.metrics import LogCollector, LogStore
+from exporter.metrics import LogCollector, LogStore, gauge
 from exporter.server import make_server
+from fleet_contract.metrics import EXPORTER_DOCKER_UP
 
 log = logging.getLogger("model-fleet-exporter")
 
@@ -29,10 +30,7 @@ class _DockerUpCollector(Collector):
         self._watcher = watcher
 
     def collect(self) -> list[GaugeMetricFamily]:
-        g = GaugeMetricFamily(
-            "model_fleet_exporter_docker_up",
-            "1 while the exporter is connected to Docker's events stream.",
-        )
+        g = gauge(EXPORTER_DOCKER_UP)
         g.add_metric([], 1 if self._watcher is not None and self._watcher.docker_up else 0)
         return [g]
 

@@ -10,8 +10,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
+from fleet_contract.env import TOKEN as TOKEN_ENV
+from fleet_contract.env import TOKEN_FILE as TOKEN_FILE_ENV
+from fleet_contract.env import URL as URL_ENV
+from fleet_contract.yamlfile import config_options
 from remediator.adapters.prometheus import DEFAULT_URL as PROMETHEUS_URL
-from remediator.adapters.prometheus import URL_ENV as PROMETHEUS_URL_ENV
 from remediator.config import (
     Config,
     ConfigError,
@@ -36,10 +40,6 @@ EXIT_LOCKED: Final = 5  # the state lock was not obtained in time
 EXIT_STATE: Final = 6  # the state file could not be read or written
 EXIT_UNREACHABLE: Final = 7  # --url: the remediator did not answer
 
-URL_ENV: Final = "MODEL_FLEET_URL"
-TOKEN_ENV: Final = "MODEL_FLEET_TOKEN"
-TOKEN_FILE_ENV: Final = "MODEL_FLEET_TOKEN_FILE"
-
 # The original system's flags, kept working as aliases of the subcommands.
 LEGACY_FLAGS: Final = {
     "--status": "status",
@@ -52,12 +52,7 @@ LEGACY_FLAGS: Final = {
 
 def _common() -> argparse.ArgumentParser:
     # SUPPRESS lets the same options appear before or after the subcommand.
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--config",
-        default=argparse.SUPPRESS,
-        help="model-fleet.yaml (default: $MODEL_FLEET_CONFIG, else ./model-fleet.yaml)",
-    )
+    p = config_options()
     p.add_argument(
         "--url",
         default=argparse.SUPPRESS,

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol, runtime_checkable
 
+from fleet_contract import labels
 from remediator.errors import StepError
 
-# fleet_contract: labels.ROLE_SERVER / ROLE_APP. The values are the role label's values as
-# deployed (model-fleet.role=ollama names the model server, whatever its kind).
-ROLE_SERVER: Final = "ollama"
-ROLE_APP: Final = "app"
+# The role label's values as deployed (model-fleet.role=ollama names the model server,
+# whatever its kind): the contract's, re-exported for the runtime's callers.
+ROLE_SERVER: Final = labels.ROLE_SERVER
+ROLE_APP: Final = labels.ROLE_APP
 
 # A service's own readiness check: None when ready, else a short reason why not.
 Probe = Callable[[], str | None]

@@ -22,6 +22,9 @@ from typing import Any, Final, cast
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry
 
+from fleet_contract.env import NO_AUTH as NO_AUTH_ENV
+from fleet_contract.env import TOKEN as TOKEN_ENV
+from fleet_contract.env import TOKEN_FILE as TOKEN_FILE_ENV
 from remediator import metrics
 from remediator.config import Config, FleetConfig, load_config
 from remediator.decisions import AlertRef
@@ -32,9 +35,6 @@ from remediator.switching import Actions, Outcome, Remediator
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV: Final = "MODEL_FLEET_TOKEN"
-TOKEN_FILE_ENV: Final = "MODEL_FLEET_TOKEN_FILE"
-NO_AUTH_ENV: Final = "MODEL_FLEET_NO_AUTH"
 REMEDIATIONS: Final = {"downgrade": ("down", "alert"), "upgrade": ("up", "auto")}
 
 

@@ -12,14 +12,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
+from fleet_contract import metrics
 from remediator.adapters.prometheus import PrometheusAPI, PrometheusError, Sample
 
 # The exporter's gauge counts matches since the container last started, per container: the
 # fleet's figure is the worst container, as the downgrade alert reads it.
-ERRORS_QUERY: Final = "max by (fleet) (model_fleet_vram_errors_since_start)"
+ERRORS_QUERY: Final = f"max by (fleet) ({metrics.VRAM_ERRORS_SINCE_START})"
 # max, not sum: one GPU scraped twice (two exporters, a restart) must not count double.
-USED_QUERY: Final = "max by (gpu) (model_fleet_gpu_memory_used_bytes)"
-FREE_QUERY: Final = "max by (gpu) (model_fleet_gpu_memory_free_bytes)"
+USED_QUERY: Final = f"max by (gpu) ({metrics.GPU_MEMORY_USED})"
+FREE_QUERY: Final = f"max by (gpu) ({metrics.GPU_MEMORY_FREE})"
 ALERTS_QUERY: Final = 'ALERTS{alertstate="firing"}'
 
 # Labels every ALERTS series has, or that the frame already shows by placing the alert.

@@ -1,9 +1,10 @@
 """The deploy path: the shipped images and compose files, started as a user starts them.
 
-Builds the three images from the shipped Dockerfiles (on a locally made python:3.11-slim when
-no registry answers), starts docker-compose.gpu.yml + docker-compose.monitoring.yml with
-scripts/up and the CI override (simulator/standins/compose.ci.yml: no GPU reservation, no
-Grafana, stand-ins for Ollama, Prometheus and Alertmanager, its own project, fleet and ports),
+Builds the shipped images (one for both services, one for the example app) on a locally made
+python:3.11-slim when no registry answers, starts docker-compose.gpu.yml +
+docker-compose.monitoring.yml with scripts/up and the CI override
+(simulator/standins/compose.ci.yml: no GPU reservation, no Grafana, stand-ins for Ollama,
+Prometheus and Alertmanager, its own project, fleet and ports),
 drives the loop through the real containers and tears it all down with scripts/down.
 """
 

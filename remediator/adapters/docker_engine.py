@@ -1,11 +1,11 @@
 """The Docker engine as the :class:`~remediator.runtime.Runtime`: find, restart, wait ready.
 
 The only module of the remediator that talks to the Docker engine. Containers are found by
-their labels (``model-fleet.fleet``, ``model-fleet.role``) and/or by explicit names. Every
-failure is a :class:`DockerError` (a :class:`~remediator.runtime.ContainerError`) naming the
-step and the cause; both ``docker.errors.DockerException`` and
-``requests.exceptions.RequestException`` are caught, because a client pinned to an API version
-raises the latter when the socket is gone.
+the labels of fleet_contract.labels (``model-fleet.fleet``, ``model-fleet.role``) and/or by
+explicit names. Every failure is a :class:`DockerError` (a
+:class:`~remediator.runtime.ContainerError`) naming the step and the cause; both
+``docker.errors.DockerException`` and ``requests.exceptions.RequestException`` are caught,
+because a client pinned to an API version raises the latter when the socket is gone.
 """
 
 from __future__ import annotations
@@ -21,14 +21,12 @@ import docker.client
 import docker.errors
 import requests
 
+from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
+from fleet_contract.labels import FLEET_LABEL as FLEET_LABEL
+from fleet_contract.labels import ROLE_LABEL as ROLE_LABEL
 from remediator.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
 
 log = logging.getLogger(__name__)
-
-# fleet_contract: labels.FLEET_LABEL / ROLE_LABEL / DEFAULT_FLEET
-FLEET_LABEL = "model-fleet.fleet"
-ROLE_LABEL = "model-fleet.role"
-DEFAULT_FLEET = "default"
 
 # What the engine may raise at us: its own errors, and the HTTP layer's when the socket is gone.
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from fleet_contract.env import CONFIG as CONFIG_ENV
+from fleet_contract.env import NOTIFY_URL as NOTIFY_URL_ENV
+from fleet_contract.env import STATE_FILE as STATE_FILE_ENV
+from fleet_contract.labels import DEFAULT_FLEET
+from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
 from remediator.server import DEFAULT_KIND
 
 __all__ = [
@@ -41,11 +46,6 @@ __all__ = [
     "default_config",
 ]
 
-CONFIG_ENV: Final = "MODEL_FLEET_CONFIG"
-STATE_FILE_ENV: Final = "MODEL_FLEET_STATE_FILE"
-NOTIFY_URL_ENV: Final = "MODEL_FLEET_NOTIFY_URL"
-DEFAULT_CONFIG_NAME: Final = "model-fleet.yaml"
-DEFAULT_FLEET: Final = "default"
 MIB: Final = 1024 * 1024
 
 Policy = Literal["next", "next-smaller", "fits"]
@@ -56,10 +56,6 @@ NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
 SHIPPED_ALERT_THRESHOLD: Final = 3
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, unreadable or invalid; the message names file and key."""
 
 
 @dataclass(frozen=True)

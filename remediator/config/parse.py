@@ -12,12 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
+from fleet_contract.yamlfile import config_path, load_yaml
 from remediator.config.model import (
     APP_CONFIG_FORMATS,
-    CONFIG_ENV,
-    DEFAULT_CONFIG_NAME,
     DEFAULT_LADDER,
     NOTIFY_FORMATS,
     NOTIFY_URL_ENV,
@@ -26,7 +23,6 @@ from remediator.config.model import (
     AppConfigTarget,
     AutoUpgrade,
     Config,
-    ConfigError,
     Containers,
     FleetConfig,
     Ladder,
@@ -317,20 +313,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load ``path``, else $MODEL_FLEET_CONFIG, else ./model-fleet.yaml, else the defaults."""
-    explicit = path is not None or bool(os.environ.get(CONFIG_ENV))
-    chosen = (
-        Path(path) if path is not None else Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
-    )
-    if not chosen.exists():
-        if explicit:
-            raise ConfigError(f"{chosen}: configuration file not found")
+    chosen = config_path(path)
+    if chosen is None:
         return parse_config({}, "<defaults>")
-    try:
-        text = chosen.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{chosen}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
-    return parse_config(data if data is not None else {}, str(chosen))
+    return parse_config(load_yaml(chosen), str(chosen))
