@@ -12,7 +12,14 @@ import tempfile
 from pathlib import Path
 
 from remediator.config import Config, effective_config
-from remediator.service import NO_AUTH_ENV, TOKEN_ENV, TOKEN_FILE_ENV, load_token
+from remediator.queries import (
+    NO_AUTH_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    ExitCode,
+    TokenError,
+    load_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +46,19 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     """Check what the service needs, then replace this process with gunicorn."""
     try:
         token = load_token()
-    except RuntimeError as exc:
+    except TokenError as exc:
         print(f"model-fleet: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if token is None and not args.no_auth:
         print(
             f"model-fleet: no bearer token: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}); "
             "--no-auth serves without one (only on a trusted network)",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.USAGE
     if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
         print("model-fleet: gunicorn is not installed", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     env = os.environ
     if config.source != "<defaults>":
         env["MODEL_FLEET_CONFIG"] = str(Path(config.source).resolve())
@@ -68,7 +75,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, dict(env))
-    return 0  # pragma: no cover - execve does not return
+    return ExitCode.OK  # pragma: no cover - execve does not return
 
 
 def _has_module(name: str) -> bool:
