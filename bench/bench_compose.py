@@ -35,7 +35,7 @@ from urllib.parse import quote
 import docker
 
 from bench.common import Row, median, percentile, table
-from remediator.service import parse_time
+from remediator.alerts import parse_time
 from simulator.stack import ComposeStack, build_standin_images
 
 OOM_LINE = "CUDA error: out of memory"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fleet_contract import env as contract_env
 from remediator.config import Config, effective_config
-from remediator.service import load_token
+from remediator.queries import ExitCode, TokenError, load_token
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     """Check what the service needs, then replace this process with gunicorn."""
     try:
         token = load_token()
-    except RuntimeError as exc:
+    except TokenError as exc:
         print(f"model-fleet: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if token is None and not args.no_auth:
         print(
             f"model-fleet: no bearer token: set {contract_env.TOKEN_FILE} "
@@ -50,10 +50,10 @@ def serve(config: Config, args: argparse.Namespace) -> int:
             "--no-auth serves without one (only on a trusted network)",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.USAGE
     if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
         print("model-fleet: gunicorn is not installed", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     env = os.environ
     if config.source != "<defaults>":
         env[contract_env.CONFIG] = str(Path(config.source).resolve())
@@ -70,7 +70,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, dict(env))
-    return 0  # pragma: no cover - execve does not return
+    return ExitCode.OK  # pragma: no cover - execve does not return
 
 
 def _has_module(name: str) -> bool:
