@@ -22,8 +22,10 @@ from typing import Final
 OOM: Final = "oom"
 VRAM_RECOVERY_TIMEOUT: Final = "vram_recovery_timeout"
 
-# Ollama's own messages (server/sched.go, llm/server.go, llama.cpp's CUDA backend), then the
-# original system's five substrings. Kinds are tried in this order.
+# The one place that lists the log-error kinds and their default patterns (everything else,
+# the store and the metrics included, takes the kinds from a LogClassifier): Ollama's own
+# messages (server/sched.go, llm/server.go, llama.cpp's CUDA backend), then the original
+# system's five substrings. Kinds are tried in this order.
 DEFAULT_PATTERNS: Final[Mapping[str, tuple[str, ...]]] = {
     OOM: (
         # llama.cpp: "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 24289.03 MiB on

@@ -81,7 +81,7 @@ def test_scan_of_a_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixt
         ({"patterns": {"Bad Kind": ["x"]}}, "exporter.patterns.Bad Kind"),
         ({"bind": "localhost"}, "exporter.bind"),
         ({"labels": ["model-fleet.role"]}, "exporter.labels"),
-        ({"nvml": "yes"}, "exporter.adapters.nvml"),
+        ({"nvml": "yes"}, "exporter.nvml"),
         ({"colour": "blue"}, "exporter: unknown key(s) colour"),
         ({"patterns": {}, "default_patterns": False}, "exporter.patterns"),
     ],
