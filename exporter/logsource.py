@@ -37,14 +37,6 @@ class ContainerRef:
 
 
 @dataclass(frozen=True)
-class ContainerEvent:
-    """A lifecycle event (one of EVENT_ACTIONS) of one container."""
-
-    action: str
-    container: ContainerRef
-
-
-@dataclass(frozen=True)
 class ContainerInfo:
     """What the source says about one container now."""
 
@@ -55,6 +47,14 @@ class ContainerInfo:
     # True: the log comes as Docker's frames (8-byte header per message); False: as plain
     # timestamped lines (a TTY container, or a source without frames).
     framed: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """A lifecycle event (one of EVENT_ACTIONS) of one container."""
+
+    action: str
+    container: ContainerRef
 
 
 class LogStream(Protocol):

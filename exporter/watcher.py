@@ -44,6 +44,7 @@ class LogWatcher:
         *,
         live_since_ns: int | None = None,
     ) -> None:
+        self.ready = threading.Event()  # set once the first container listing was handled
         self.selection = selection
         self.classifier = classifier
         self.store = store
@@ -57,7 +58,6 @@ class LogWatcher:
         self._source_up = False
         self._down_reason: str | None = None
         self._names: dict[str, str | None] = {}
-        self.ready = threading.Event()  # set once the first container listing was handled
         for name, fleet in selection.names.items():
             store.register(fleet, name, expected=True)
 

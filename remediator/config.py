@@ -11,6 +11,9 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from remediator.adapters.appconfig import FORMATS as APP_CONFIG_FORMATS
+from remediator.adapters.appconfig import AppConfigError, AppConfigTarget
+
 log = logging.getLogger(__name__)
 
 CONFIG_ENV: Final = "MODEL_FLEET_CONFIG"
@@ -22,8 +25,6 @@ MIB: Final = 1024 * 1024
 
 Policy = Literal["next", "next-smaller", "fits"]
 POLICIES: Final[tuple[str, ...]] = ("next", "next-smaller", "fits")
-AppConfigFormat = Literal["env", "json", "yaml", "text"]
-APP_CONFIG_FORMATS: Final[tuple[str, ...]] = ("env", "json", "yaml", "text")
 NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
@@ -96,15 +97,6 @@ class Containers:
     # The app's health endpoint, which names the model it uses: the switch commits as soon as
     # it answers with the new model (Docker's health status is then not waited for).
     app_health_url: str | None = None
-
-
-@dataclass(frozen=True)
-class AppConfigTarget:
-    """A file of the application's that names the model."""
-
-    path: str
-    format: AppConfigFormat
-    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +328,7 @@ def _parse_containers(r: _Reader, value: Any, where: str) -> Containers:
 
 
 def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarget, ...]:
+    # The formats and their key rules are appconfig's: this only reads the YAML's shapes.
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -346,18 +339,17 @@ def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarg
         m = r.mapping(item, here, {"path", "format", "key"})
         path = r.string(m, "path", here, None)
         fmt = r.string(m, "format", here, "env")
-        if fmt not in APP_CONFIG_FORMATS:
+        kind = APP_CONFIG_FORMATS.get(fmt)
+        if kind is None:
             raise r.fail(
                 _join(here, "format"),
                 f"must be one of {', '.join(APP_CONFIG_FORMATS)}, got {fmt!r}",
             )
-        key: str | None = None
-        if fmt == "text":
-            if m.get("key") is not None:
-                raise r.fail(_join(here, "key"), "a text target holds only the model name: no key")
-        else:
-            key = r.string(m, "key", here, "OLLAMA_MODEL" if fmt == "env" else None)
-        targets.append(AppConfigTarget(path=path, format=fmt, key=key))  # type: ignore[arg-type]
+        key = r.string(m, "key", here, kind.default_key) if kind.takes_key else m.get("key")
+        try:
+            targets.append(AppConfigTarget(path, fmt, key))
+        except AppConfigError as exc:
+            raise r.fail(_join(here, "key"), exc.cause) from None
     return tuple(targets)
 
 
