@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from remediator.adapters import appconfig
-from remediator.adapters.appconfig import AppConfigError, AppConfigTarget, ConfigSnapshot
+from remediator.adapters.appconfig import AppConfigError, ConfigSnapshot
 from remediator.config import FleetConfig
 from remediator.runtime import (
     ROLE_APP,
@@ -59,7 +59,7 @@ class FleetActions:
         self.server = server
         self.runtime = runtime
         self.app_probe = app_probe
-        self.targets = [AppConfigTarget(t.path, t.format, t.key) for t in fleet.app_config]
+        self.targets = list(fleet.app_config)
 
     @classmethod
     def for_fleet(cls, fleet: FleetConfig) -> FleetActions:

@@ -16,6 +16,8 @@ from fleet_contract.env import NOTIFY_URL as NOTIFY_URL_ENV
 from fleet_contract.env import STATE_FILE as STATE_FILE_ENV
 from fleet_contract.labels import DEFAULT_FLEET
 from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
+from remediator.adapters.appconfig import FORMATS as APP_CONFIG_FORMATS
+from remediator.adapters.appconfig import AppConfigTarget
 from remediator.server import DEFAULT_KIND
 
 __all__ = [
@@ -30,7 +32,6 @@ __all__ = [
     "POLICIES",
     "SHIPPED_ALERT_THRESHOLD",
     "STATE_FILE_ENV",
-    "AppConfigFormat",
     "AppConfigTarget",
     "AutoUpgrade",
     "Config",
@@ -50,8 +51,6 @@ MIB: Final = 1024 * 1024
 
 Policy = Literal["next", "next-smaller", "fits"]
 POLICIES: Final[tuple[str, ...]] = ("next", "next-smaller", "fits")
-AppConfigFormat = Literal["env", "json", "yaml", "text"]
-APP_CONFIG_FORMATS: Final[tuple[str, ...]] = ("env", "json", "yaml", "text")
 NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
@@ -128,15 +127,6 @@ class Containers:
     # The app's health endpoint, which names the model it uses: the switch commits as soon as
     # it answers with the new model (Docker's health status is then not waited for).
     app_health_url: str | None = None
-
-
-@dataclass(frozen=True)
-class AppConfigTarget:
-    """A file of the application's that names the model."""
-
-    path: str
-    format: AppConfigFormat
-    key: str | None = None
 
 
 @dataclass(frozen=True)

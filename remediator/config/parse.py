@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from fleet_contract.yamlfile import config_path, load_yaml
+from remediator.adapters.appconfig import AppConfigError
 from remediator.config.model import (
     APP_CONFIG_FORMATS,
     DEFAULT_LADDER,
@@ -187,18 +188,18 @@ def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarg
         m = r.mapping(item, here, _APP_CONFIG_KEYS)
         path = r.string(m, "path", here, None)
         fmt = r.string(m, "format", here, "env")
-        if fmt not in APP_CONFIG_FORMATS:
+        # The formats and their key rules are appconfig's: this only reads the YAML's shapes.
+        kind = APP_CONFIG_FORMATS.get(fmt)
+        if kind is None:
             raise r.fail(
                 _join(here, "format"),
                 f"must be one of {', '.join(APP_CONFIG_FORMATS)}, got {fmt!r}",
             )
-        key: str | None = None
-        if fmt == "text":
-            if m.get("key") is not None:
-                raise r.fail(_join(here, "key"), "a text target holds only the model name: no key")
-        else:
-            key = r.string(m, "key", here, "OLLAMA_MODEL" if fmt == "env" else None)
-        targets.append(AppConfigTarget(path=path, format=fmt, key=key))  # type: ignore[arg-type]
+        key = r.string(m, "key", here, kind.default_key) if kind.takes_key else m.get("key")
+        try:
+            targets.append(AppConfigTarget(path, fmt, key))
+        except AppConfigError as exc:
+            raise r.fail(_join(here, "key"), exc.cause) from None
     return tuple(targets)
 
 
