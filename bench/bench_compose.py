@@ -23,16 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import signal
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import docker
 
 from bench.common import Row, median, percentile, table
-from remediator.service import parse_time
+from remediator.alerts import parse_time
 from simulator.stack import ComposeStack, build_standin_images
 
 OOM_LINE = "CUDA error: out of memory"
@@ -61,28 +65,58 @@ def _app_model(stack: ComposeStack) -> str | None:
 
 
 def _quiet(stack: ComposeStack) -> bool:
-    """No VRAM-error alert left and the exporter's count back at 0 for the fleet."""
+    """No VRAM-error alert active and the exporter's count back at 0 for the fleet.
+
+    Alerts come from the rule manager (/api/v1/alerts), not the ALERTS series: a restarted
+    Prometheus keeps returning the last ALERTS sample from before the restart for the whole
+    lookback window (5 min), since shutting down writes no staleness marker.
+    """
     prom = stack.url("prometheus", 9090)
-    alerts = stack.get_json(
-        f"{prom}/api/v1/query?query=ALERTS{{alertname=%22ModelFleetVRAMErrors%22}}"
-    )["data"]["result"]
-    errors = stack.get_json(f"{prom}/api/v1/query?query=max(model_fleet_vram_errors_since_start)")[
-        "data"
-    ]["result"]
-    return not alerts and bool(errors) and float(errors[0]["value"][1]) == 0
+    alerts = stack.get_json(f"{prom}/api/v1/alerts")["data"]["alerts"]
+    query = f'max(model_fleet_vram_errors_since_start{{fleet="{stack.fleet}"}})'
+    errors = stack.get_json(f"{prom}/api/v1/query?query={quote(query)}")["data"]["result"]
+    vram_alerts = [
+        a
+        for a in alerts
+        if a["labels"].get("alertname") == "ModelFleetVRAMErrors"
+        and a["labels"].get("fleet") == stack.fleet
+    ]
+    return not vram_alerts and bool(errors) and float(errors[0]["value"][1]) == 0
 
 
 def prepare_run(stack: ComposeStack) -> None:
     """Back to the top rung, a restarted Prometheus, and nothing firing."""
     if _model(stack) != TOP:
         _post(f"{stack.url('remediator', 8080)}/reset", stack.token, {"fleet": stack.fleet})
+    # Prometheus must have scraped the count back at 0 before it stops: after the restart it
+    # evaluates the last sample it has until the first new scrape.
+    stack.wait(lambda: _quiet(stack), 60, "a quiet fleet after the reset", interval=0.5)
     stack.compose("restart", "prometheus")
     stack.wait(lambda: _quiet(stack), 60, "a quiet fleet after the restart", interval=0.5)
     time.sleep(random.uniform(0, 2))  # a phase of its own against the 2 s scrape and evaluation
 
 
-def one_run(stack: ComposeStack, client: docker.DockerClient) -> float:
-    """Three errors; seconds from the third to the app answering on the next rung."""
+PHASES = (
+    "3rd line -> alert active (scrape + evaluation)",
+    "alert active -> switch begins (Alertmanager, webhook, decision)",
+    "switch (pull check, config, restarts, readiness)",
+    "switch committed -> app answers",
+)
+
+
+def _switch_seconds(stack: ComposeStack) -> float:
+    """The duration the remediator logged for its last switch ("now on X (1.93 s)")."""
+    logs = stack.compose("logs", "--tail", "200", "remediator").stdout
+    found = re.findall(rf"now on {re.escape(NEXT)} \((\d+\.\d+) s\)", logs)
+    return float(found[-1])
+
+
+def one_run(stack: ComposeStack, client: docker.DockerClient) -> dict[str, float]:
+    """Three errors; the total from the third to the app answering on the next rung, by phase.
+
+    The alert's startsAt (its key in the state: fingerprint@startsAt) is Prometheus' first
+    evaluation that saw it; the commit time is the history record's.
+    """
     server = client.containers.get(stack.container_id("ollama"))
     since = int(time.time()) - 1
     stack.write_server_log([OOM_LINE] * 3)
@@ -91,7 +125,18 @@ def one_run(stack: ComposeStack, client: docker.DockerClient) -> float:
     stack.wait(lambda: _model(stack) == NEXT, 120, f"the switch to {NEXT}", interval=0.05)
     t1 = time.time()
     stack.wait(lambda: _app_model(stack) == NEXT, 60, f"the app on {NEXT}", interval=0.05)
-    return max(t1, time.time()) - t0
+    t2 = max(t1, time.time())
+    last = stack.status()["last_switch"]
+    active = parse_time(str(last["alert_key"]).rsplit("@", 1)[1])
+    committed = float(last["time"])
+    took = _switch_seconds(stack)
+    return {
+        "total": t2 - t0,
+        PHASES[0]: active - t0,
+        PHASES[1]: committed - took - active,
+        PHASES[2]: took,
+        PHASES[3]: t2 - committed,
+    }
 
 
 def run(runs: int = 10) -> list[Row]:
@@ -109,15 +154,34 @@ def run(runs: int = 10) -> list[Row]:
         stack.prepare()
         try:
             stack.run_script("up")
-            figures = []
-            for _ in range(runs):
+            results: list[dict[str, float]] = []
+            for i in range(runs):
                 prepare_run(stack)
-                figures.append(one_run(stack, client))
+                try:
+                    results.append(one_run(stack, client))
+                except TimeoutError:
+                    # What the remediator said, for the reader of a failed run.
+                    logs = stack.compose("logs", "--tail", "40", "remediator").stdout
+                    print(f"run {i + 1} failed; remediator log:\n{logs}", file=sys.stderr)
+                    raise
+                done = results[-1]["total"]
+                print(f"run {i + 1}/{runs}: {done:.2f} s", file=sys.stderr, flush=True)
         finally:
             stack.down()
             client.close()
+    figures = [r["total"] for r in results]
+    phases = [
+        Row(
+            BENCH,
+            phase,
+            f"median {median([r[phase] for r in results]):.2f} s, "
+            f"max {max(r[phase] for r in results):.2f} s",
+        )
+        for phase in PHASES
+    ]
     return [
-        Row(BENCH, "runs (s)", ", ".join(f"{f:.2f}" for f in figures)),
+        *phases,
+        Row(BENCH, "runs, total (s)", ", ".join(f"{f:.2f}" for f in figures)),
         Row(BENCH, "median", f"{median(figures):.2f} s", "<= 8 s"),
         Row(BENCH, "p95", f"{percentile(figures, 95):.2f} s", "<= 12 s"),
         Row(BENCH, "min / max", f"{min(figures):.2f} s / {max(figures):.2f} s"),
@@ -129,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, Ctrl-C's cousin) still tears the stack down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(table(run(args.runs)))
     return 0
 

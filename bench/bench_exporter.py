@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Row, free_port, machine, median, percentile, table
-from exporter.adapters.docker_watch import LogWatcher
+from exporter.adapters.docker_logs import DockerLogSource
 from exporter.classifier import DEFAULT_PATTERNS, LogClassifier, scan_stream
 from exporter.config import ContainerSelection
 from exporter.metrics import LogStore
+from exporter.watcher import LogWatcher
 from simulator import fake_nvml
 from simulator.images import BUSYBOX_IMAGE, build_busybox_image
 
@@ -192,7 +193,10 @@ def _watch(label: str, live_since_ns: int | None) -> tuple[LogWatcher, LogStore]
     selection = ContainerSelection(labels={BENCH_LABEL: label})
     classifier = LogClassifier()
     store = LogStore(classifier.kinds)
-    return LogWatcher(selection, classifier, store, live_since_ns=live_since_ns), store
+    watcher = LogWatcher(
+        selection, classifier, store, DockerLogSource(), live_since_ns=live_since_ns
+    )
+    return watcher, store
 
 
 def _wait_lines(store: LogStore, name: str, n: int, timeout: float = 600) -> float:

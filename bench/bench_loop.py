@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import Row, median, table
-from remediator.service import parse_time
+from remediator.alerts import parse_time
 from simulator.loop import OOM_LINE, Loop, LoopOptions, sample_values, wait_until
 
 STAGES = ("line -> metric", "scrape", "rule evaluation", "Alertmanager", "webhook -> switch done")

@@ -19,33 +19,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-OOM: Final = "oom"
-VRAM_RECOVERY_TIMEOUT: Final = "vram_recovery_timeout"
+from fleet_contract.errors import ERROR_KINDS
 
-# Ollama's own messages (server/sched.go, llm/server.go, llama.cpp's CUDA backend), then the
-# original system's five substrings. Kinds are tried in this order.
+# The kinds and their patterns are part of the contract (fleet_contract.errors), in the order
+# they are tried.
 DEFAULT_PATTERNS: Final[Mapping[str, tuple[str, ...]]] = {
-    OOM: (
-        # llama.cpp: "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 24289.03 MiB on
-        # device 0: cudaMalloc failed: out of memory"
-        r"cudaMalloc failed: out of memory",
-        # llama.cpp's CUDA_CHECK at load or while generating: "CUDA error: out of memory"
-        r"CUDA error: out of memory",
-        # Ollama's scheduler after an out-of-memory error from a running model
-        r"runtime OOM detected",
-        # sched.go: msg="error loading llama server" error="llama runner process has
-        # terminated: ... out of memory"
-        r"error loading llama server.*out of memory",
-        # the original system's patterns
-        r"CUDA out of memory",
-        r"gpu memory exhausted",
-        r"GPU memory allocation failed",
-    ),
-    VRAM_RECOVERY_TIMEOUT: (
-        # sched.go: "gpu VRAM usage didn't recover within timeout" (WARN before Ollama 0.12.6,
-        # DEBUG after); the original system also matched the shorter form.
-        r"VRAM usage didn't recover",
-    ),
+    kind.name: kind.default_patterns for kind in ERROR_KINDS
 }
 
 _MIN_LITERAL: Final = 3

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Final
 
 from exporter.config import ConfigError, ExporterConfig, load_config, parse_bind
+from fleet_contract.yamlfile import config_options
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # could not listen, or the log file could not be read
@@ -26,12 +27,7 @@ log = logging.getLogger("model-fleet-exporter")
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        default=argparse.SUPPRESS,
-        help="model-fleet.yaml (default: $MODEL_FLEET_CONFIG, else ./model-fleet.yaml)",
-    )
+    common = config_options()
     common.add_argument(
         "--log-level",
         default=argparse.SUPPRESS,

@@ -1,9 +1,10 @@
 """The exporter's configuration: the ``exporter:`` section of model-fleet.yaml, plus the fleets'
 container names, overridden by command-line flags. Errors name the file and the key.
 
-The exporter reads the file itself (it never imports the remediator). Of the ``fleets:``
-section it reads only what it needs, ``containers.ollama`` and ``containers.use_labels``, and
-leaves the rest to the remediator's own validation.
+The exporter parses the file itself (it never imports the remediator; both read it with
+fleet_contract.yamlfile). Of the ``fleets:`` section it reads only what it needs,
+``containers.server`` (or its old name ``ollama``) and ``containers.use_labels``, and leaves
+the rest to the remediator's own validation.
 """
 
 from __future__ import annotations
@@ -12,20 +13,16 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
 from exporter.classifier import DEFAULT_PATTERNS, LogClassifier, PatternError
+from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
+from fleet_contract.labels import FLEET_LABEL, ROLE_LABEL, ROLE_SERVER
+from fleet_contract.yamlfile import ConfigError as ConfigError
+from fleet_contract.yamlfile import config_path, load_yaml
 
-CONFIG_ENV: Final = "MODEL_FLEET_CONFIG"
-DEFAULT_CONFIG_NAME: Final = "model-fleet.yaml"
 DEFAULT_PORT: Final = 9842
 DEFAULT_BIND: Final = f"0.0.0.0:{DEFAULT_PORT}"
-ROLE_LABEL: Final = "model-fleet.role"
-FLEET_LABEL: Final = "model-fleet.fleet"
-DEFAULT_FLEET: Final = "default"
 
 _EXPORTER_KEYS: Final = frozenset(
     {
@@ -43,11 +40,13 @@ _EXPORTER_KEYS: Final = frozenset(
         "proc_root",
     }
 )
+# Of the fleets, only how their model servers' containers are found.
+_FLEET_KEYS: Final = ("containers.ollama", "containers.use_labels")
+# Every key path this parser reads ("*": a fleet name); the docs test checks the docs against it.
+CONFIG_KEYS: Final = frozenset(
+    {f"exporter.{key}" for key in _EXPORTER_KEYS} | {f"fleets.*.{key}" for key in _FLEET_KEYS}
+)
 _KIND_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the file and the key."""
 
 
 def parse_bind(value: str) -> tuple[str, int]:
@@ -63,7 +62,7 @@ def parse_bind(value: str) -> tuple[str, int]:
 class ContainerSelection:
     """Which containers' logs are watched, and the fleet each belongs to."""
 
-    labels: Mapping[str, str] = field(default_factory=lambda: {ROLE_LABEL: "ollama"})
+    labels: Mapping[str, str] = field(default_factory=lambda: {ROLE_LABEL: ROLE_SERVER})
     use_labels: bool = True
     names: Mapping[str, str] = field(default_factory=dict)  # container name -> fleet
     fleet_label: str = FLEET_LABEL
@@ -182,8 +181,9 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         where = f"fleets.{fleet}"
         m = r.mapping(settings, where)
         containers = r.mapping(m.get("containers"), f"{where}.containers")
-        for name in r.names(containers.get("ollama"), f"{where}.containers.ollama"):
-            names[name] = str(fleet)
+        for key in ("server", "ollama"):  # ollama: the deprecated name of server
+            for name in r.names(containers.get(key), f"{where}.containers.{key}"):
+                names[name] = str(fleet)
         use = containers.get("use_labels", True)
         if not isinstance(use, bool):
             raise r.fail(f"{where}.containers.use_labels", f"must be true or false, got {use!r}")
@@ -265,20 +265,7 @@ def _parse_patterns(r: _Reader, value: Any, *, keep_defaults: bool) -> dict[str,
 
 def load_config(path: str | os.PathLike[str] | None = None) -> ExporterConfig:
     """Load ``path``, else $MODEL_FLEET_CONFIG, else ./model-fleet.yaml, else the defaults."""
-    explicit = path is not None or bool(os.environ.get(CONFIG_ENV))
-    chosen = (
-        Path(path) if path is not None else Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
-    )
-    if not chosen.exists():
-        if explicit:
-            raise ConfigError(f"{chosen}: configuration file not found")
+    chosen = config_path(path)
+    if chosen is None:
         return ExporterConfig()
-    try:
-        text = chosen.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{chosen}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from exc
-    return parse_config(data if data is not None else {}, str(chosen))
+    return parse_config(load_yaml(chosen), str(chosen))

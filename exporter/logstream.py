@@ -1,78 +1,37 @@
-"""One container's log, decoded and counted exactly: pure logic, fed bytes by the Docker adapter.
+"""One container's log, decoded and counted exactly across streams and runs: pure logic.
 
-Docker's logs API (with ``timestamps=1``) sends one frame per log message: an 8-byte header
-(stream, size) and the message prefixed with its RFC 3339 timestamp. A TTY container's stream
-has no headers: just timestamped lines. Messages longer than 16 KiB arrive as several frames,
-only the last ending in a newline; they are joined back into one line.
+A log source (exporter.logsource) hands over bytes. Docker's logs API (with ``timestamps=1``)
+sends one frame per log message: an 8-byte header (stream, size) and the message prefixed with
+its RFC 3339 timestamp. Unframed streams (a TTY container, a source without frames) have no
+headers: just timestamped lines. Messages longer than 16 KiB arrive as several frames, only the
+last ending in a newline; they are joined back into one line.
 
 Exactness rests on three rules:
 
 * A cursor (timestamp of the last consumed frame, how many consumed frames carry exactly that
-  timestamp) survives reconnects. Docker's ``since`` is inclusive, so a new stream starts at
+  timestamp) survives reconnects. A source's ``since`` is inclusive, so a new stream starts at
   the cursor's timestamp (to the nanosecond) and the frames already consumed are skipped.
 * A line belongs to the container's current run when its timestamp is after the run's
-  boundary (the end of the previous run). ``since_start`` counts matches of the current run
-  only, and drops to the new run's count when a new run starts.
+  boundary (the end of the previous run, which RunTracker works out from the container's
+  states). ``since_start`` counts matches of the current run only, and drops to the new run's
+  count when a new run starts.
 * Lines stamped before the exporter started (``live_since_ns``) are history: they count for
   ``since_start`` but not for the counters, which a restarted exporter must not replay.
 """
 
 from __future__ import annotations
 
-import calendar
 import struct
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from exporter.classifier import LogClassifier
+from exporter.timestamps import format_since, is_zero_time, parse_timestamp
 
-NS: Final = 1_000_000_000
 _HEADER = struct.Struct(">BxxxL")
 _HEADER_SIZE: Final = 8
-
-
-class TimestampError(ValueError):
-    """A Docker timestamp could not be parsed."""
-
-
-def parse_timestamp(text: bytes | str) -> int:
-    """Nanoseconds since the epoch for an RFC 3339 time such as Docker's ``...:51.59374Z``."""
-    s = text.decode("ascii") if isinstance(text, bytes) else text
-    try:
-        seconds = calendar.timegm(
-            (int(s[0:4]), int(s[5:7]), int(s[8:10]), int(s[11:13]), int(s[14:16]), int(s[17:19]))
-        )
-        i = 19
-        nanos = 0
-        if i < len(s) and s[i] == ".":
-            j = i + 1
-            while j < len(s) and s[j].isdigit():
-                j += 1
-            digits = s[i + 1 : j]
-            nanos = int((digits + "000000000")[:9])
-            i = j
-        zone = s[i:]
-        if zone in ("Z", "z"):
-            offset = 0
-        elif len(zone) == 6 and zone[0] in "+-" and zone[3] == ":":
-            offset = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60
-            offset = offset if zone[0] == "+" else -offset
-        else:
-            raise ValueError(f"unknown zone {zone!r}")
-    except (ValueError, IndexError) as exc:
-        raise TimestampError(f"not an RFC 3339 timestamp: {s!r}") from exc
-    return (seconds - offset) * NS + nanos
-
-
-def is_zero_time(text: str) -> bool:
-    """Docker writes Go's zero time ("0001-01-01T00:00:00Z") for 'never'."""
-    return not text or text.startswith("0001-01-01")
-
-
-def format_since(ns: int) -> str:
-    """Docker's ``since`` parameter for a time in nanoseconds, without losing precision."""
-    return f"{ns // NS}.{ns % NS:09d}"
 
 
 @dataclass
@@ -89,10 +48,6 @@ class Cursor:
 
     timestamp: bytes
     count: int
-
-    def since(self) -> str:
-        """Docker's inclusive ``since`` for resuming at this cursor."""
-        return format_since(parse_timestamp(self.timestamp))
 
 
 class _Skip:
@@ -139,13 +94,16 @@ class ContainerLog:
             cut = bisect_right(self._run_matches, boundary_ns)
             del self._run_matches[:cut]
 
-    def since_param(self) -> str | None:
+    def resume_ns(self) -> int | None:
         """Where the next stream starts: at the cursor, else at the run's boundary, else all."""
         if self.cursor is not None:
-            return self.cursor.since()
-        if self.boundary_ns is not None:
-            return format_since(self.boundary_ns)
-        return None
+            return parse_timestamp(self.cursor.timestamp)
+        return self.boundary_ns
+
+    def since_param(self) -> str | None:
+        """``resume_ns`` as Docker's ``since`` parameter (None: from the beginning)."""
+        ns = self.resume_ns()
+        return None if ns is None else format_since(ns)
 
     def begin_stream(self, *, tty: bool) -> None:
         """A new stream starts at ``since_param()``: forget partial data, skip what was seen."""
@@ -303,3 +261,131 @@ class ContainerLog:
         if parse_timestamp(line_ts[-1]) < self._live_since:
             return len(line_ts)
         return bisect_left(line_ts, self._live_since, key=parse_timestamp)
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+# A container's first lines can be stamped a few milliseconds before its StartedAt. When the
+# end of its previous run is unknown, the run is taken to begin this long before StartedAt;
+# a runtime needs far longer than this to restart a container.
+RUN_START_SLACK_NS: Final = 100_000_000
+_ENDS_KEPT: Final = 8
+
+# The create and die events of one container, (action, time in ns), oldest first; None when
+# the source cannot say. Called only for a stopped container whose previous run is unknown.
+History = Callable[[], Sequence[tuple[str, int]] | None]
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A container's current or last run, as its runtime reports it."""
+
+    running: bool
+    started_at: str = ""  # RFC 3339; empty or Go's zero time: never started
+    finished_at: str = ""  # while running: the previous run's end; once stopped: this run's
+
+    @property
+    def ever_started(self) -> bool:
+        """False for a container created but never started."""
+        return not is_zero_time(self.started_at)
+
+
+class RunTracker:
+    """Which run of one container its log is in, and where that run's lines begin.
+
+    Fed the container's states (before a stream, and after it ended), it tells the log when a
+    new run starts and after which instant its lines belong to it: the end of the previous run
+    (FinishedAt seen while the new run runs, or seen when the previous run stopped), else the
+    container's event history, else shortly before StartedAt.
+    """
+
+    def __init__(self, log: ContainerLog) -> None:
+        self._log = log
+        self.started_at: str | None = None  # StartedAt of the run being counted
+        self.started_ns = -1
+        # FinishedAt values seen, by the StartedAt of the run they were seen with
+        self._previous_end: dict[str, int] = {}
+        self._own_end: dict[str, int] = {}
+        self._read_through: tuple[str, str] | None = None  # a stopped run read to its end
+
+    def observe(self, state: RunState, history: History) -> bool:
+        """Record ``state``; when it shows a new run, start the log's count there. True if so."""
+        if not state.ever_started:
+            return False
+        started = state.started_at
+        started_ns = parse_timestamp(started)
+        finished_ns = (
+            None if is_zero_time(state.finished_at) else parse_timestamp(state.finished_at)
+        )
+        if finished_ns is not None:
+            # While a container runs, FinishedAt is its previous run's end. Once it stopped,
+            # FinishedAt is this run's end, even when a run so short that Docker recorded its
+            # exit before its start puts FinishedAt before StartedAt.
+            ends = self._previous_end if state.running else self._own_end
+            ends[started] = finished_ns
+            for d in (self._previous_end, self._own_end):
+                while len(d) > _ENDS_KEPT:
+                    del d[next(iter(d))]
+        if started == self.started_at:
+            return False
+        earlier = [
+            end
+            for run, end in self._own_end.items()
+            if run != started and parse_timestamp(run) < started_ns
+        ]
+        boundary: int | None
+        if started in self._previous_end:
+            boundary = self._previous_end[started]
+        elif earlier:
+            boundary = max(earlier)  # we saw the previous run end
+        elif state.running:
+            boundary = None  # never stopped before: the whole log is this run
+        else:
+            boundary = boundary_from_history(history, started_ns, finished_ns)
+        self._log.start_run(boundary)
+        self.started_at = started
+        self.started_ns = started_ns
+        return True
+
+    def idle(self, state: RunState) -> bool:
+        """Nothing to read: never started, or stopped and read to its end (wait for an event)."""
+        if not state.ever_started:
+            return True
+        return not state.running and self._read_through == (state.started_at, state.finished_at)
+
+    def same_run(self, state: RunState) -> bool:
+        """The run being counted is still running."""
+        return state.running and state.started_at == self.started_at
+
+    def stream_ended(self, after: RunState | None) -> bool:
+        """A stream ended and ``after`` is the state then (None: unknown); True if the run is over.
+
+        The run is over when the container stopped or started another run meanwhile; a stream
+        that ended while the same run goes on was broken, and its partial last line waits.
+        """
+        if after is None or self.same_run(after):
+            return False
+        if not after.running and after.started_at == self.started_at:
+            self._read_through = (after.started_at, after.finished_at)
+        return True
+
+
+def boundary_from_history(history: History, started_ns: int, finished_ns: int | None) -> int | None:
+    """Where the last run of a stopped container began, from its event history.
+
+    Every run ends with a die event, sent after the run's last line; the previous run's die is
+    the last one before this run's end. Docker keeps only the last few hundred events: without
+    the history, the run is taken to begin shortly before StartedAt.
+    """
+    fallback = started_ns - RUN_START_SLACK_NS
+    if finished_ns is None:
+        return fallback
+    events = history()
+    if events is None:
+        return fallback
+    before = [t for action, t in events if action == "die" and 0 < t < finished_ns]
+    if before:
+        return max(before)
+    if any(action == "create" for action, _ in events):
+        return None  # the history goes back to its creation: this was its only run
+    return fallback

@@ -14,12 +14,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.adapters.docker_watch import ClientFactory, LogWatcher, default_client
+from exporter.adapters.docker_logs import DockerLogSource
 from exporter.adapters.nvml import NvmlCollector
 from exporter.classifier import LogClassifier, ScanResult, scan_stream
 from exporter.config import ExporterConfig, effective_config, parse_bind
-from exporter.metrics import LogCollector, LogStore
+from exporter.logsource import LogSource
+from exporter.metrics import LogCollector, LogStore, gauge
 from exporter.server import make_server
+from exporter.watcher import LogWatcher
+from fleet_contract.metrics import EXPORTER_DOCKER_UP
 
 log = logging.getLogger("model-fleet-exporter")
 
@@ -29,11 +32,8 @@ class _DockerUpCollector(Collector):
         self._watcher = watcher
 
     def collect(self) -> list[GaugeMetricFamily]:
-        g = GaugeMetricFamily(
-            "model_fleet_exporter_docker_up",
-            "1 while the exporter is connected to Docker's events stream.",
-        )
-        g.add_metric([], 1 if self._watcher is not None and self._watcher.docker_up else 0)
+        g = gauge(EXPORTER_DOCKER_UP)
+        g.add_metric([], 1 if self._watcher is not None and self._watcher.source_up else 0)
         return [g]
 
 
@@ -53,7 +53,7 @@ class Exporter:
         return {
             "status": "ok",
             "nvml_up": bool(self.nvml and self.nvml.up),
-            "docker_up": bool(self.watcher and self.watcher.docker_up),
+            "docker_up": bool(self.watcher and self.watcher.source_up),
             "containers": sorted(name for _, name in watched),
         }
 
@@ -68,15 +68,16 @@ class Exporter:
             self.watcher.stop()
 
 
-def build_exporter(
-    config: ExporterConfig, *, client_factory: ClientFactory = default_client
-) -> Exporter:
-    """Assemble the exporter's parts for ``config`` (nothing runs until start())."""
+def build_exporter(config: ExporterConfig, *, source: LogSource | None = None) -> Exporter:
+    """Assemble the exporter's parts for ``config`` (nothing runs until start()).
+
+    The logs come from ``source``, by default the Docker engine of the environment.
+    """
     registry = CollectorRegistry()
     classifier = config.classifier()
     store = LogStore(classifier.kinds)
     watcher = (
-        LogWatcher(config.selection, classifier, store, client_factory=client_factory)
+        LogWatcher(config.selection, classifier, store, source or DockerLogSource())
         if config.docker
         else None
     )

@@ -1,4 +1,4 @@
-"""The log counters and their Prometheus collector (metric names are a contract: DESIGN.md)."""
+"""The log counters and their Prometheus collector (names and labels: fleet_contract.metrics)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.logstream import Tally
+from fleet_contract import metrics as m
 
 SeriesKey = tuple[str, str]  # (fleet, container name)
 
@@ -178,37 +179,12 @@ class LogCollector(Collector):
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         """The log metrics, one consistent snapshot per scrape."""
-        errors = CounterMetricFamily(
-            "model_fleet_vram_errors",
-            "Log lines of the model server classified as VRAM errors, by kind.",
-            labels=["fleet", "container", "kind"],
-        )
-        since_start = GaugeMetricFamily(
-            "model_fleet_vram_errors_since_start",
-            "VRAM error lines since the container last started (exact across exporter restarts).",
-            labels=["fleet", "container"],
-        )
-        lines = CounterMetricFamily(
-            "model_fleet_log_lines",
-            "Log lines read from the container.",
-            labels=["fleet", "container"],
-        )
-        up = GaugeMetricFamily(
-            "model_fleet_log_stream_up",
-            "1 while the container's log stream is attached.",
-            labels=["fleet", "container"],
-        )
-        start_info = GaugeMetricFamily(
-            "model_fleet_container_start_info",
-            "1 for the container's current run; started_at is Docker's StartedAt of the run "
-            "that model_fleet_vram_errors_since_start counts.",
-            labels=["fleet", "container", "started_at"],
-        )
-        reconnects = CounterMetricFamily(
-            "model_fleet_log_stream_reconnects",
-            "Log streams that ended while their container kept running, and were attached again.",
-            labels=["fleet", "container"],
-        )
+        errors = counter(m.VRAM_ERRORS)
+        since_start = gauge(m.VRAM_ERRORS_SINCE_START)
+        lines = counter(m.LOG_LINES)
+        up = gauge(m.LOG_STREAM_UP)
+        start_info = gauge(m.CONTAINER_START_INFO)
+        reconnects = counter(m.LOG_STREAM_RECONNECTS)
         for s in self._store.snapshot():
             for kind, n in s.errors.items():
                 errors.add_metric([s.fleet, s.container, kind], n)
@@ -221,3 +197,15 @@ class LogCollector(Collector):
                 start_info.add_metric([s.fleet, s.container, s.started_at], 1)
             reconnects.add_metric([s.fleet, s.container], s.reconnects)
         return [errors, since_start, start_info, lines, up, reconnects]
+
+
+def gauge(name: str) -> GaugeMetricFamily:
+    """An empty gauge family for the contract's metric ``name``."""
+    spec = m.spec(name)
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def counter(name: str) -> CounterMetricFamily:
+    """An empty counter family for the contract's metric ``name``."""
+    spec = m.spec(name)
+    return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)

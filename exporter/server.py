@@ -13,6 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from fleet_contract import metrics
+
 log = logging.getLogger(__name__)
 
 Health = Callable[[], dict[str, Any]]
@@ -31,9 +33,11 @@ def make_server(
     host: str, port: int, registry: CollectorRegistry, health: Health
 ) -> ThreadingHTTPServer:
     """An HTTP server (not yet serving) for ``registry`` on host:port (port 0: any free port)."""
+    spec = metrics.spec(metrics.EXPORTER_SCRAPE_DURATION)
     scrape_seconds = Histogram(
-        "model_fleet_exporter_scrape_duration_seconds",
-        "Time to answer a /metrics request.",
+        spec.name,
+        spec.help,
+        spec.labels,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
         registry=registry,
     )

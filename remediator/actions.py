@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
-from remediator.adapters import appconfig, probes
-from remediator.adapters.appconfig import AppConfigError, AppConfigTarget, ConfigSnapshot
-from remediator.adapters.docker_engine import (
+from remediator.adapters import appconfig
+from remediator.adapters.appconfig import AppConfigError, ConfigSnapshot
+from remediator.config import FleetConfig
+from remediator.runtime import (
+    ROLE_APP,
+    ROLE_SERVER,
     ContainerError,
     ContainerRef,
-    ContainerRuntime,
     ContainerState,
     Probe,
+    Runtime,
 )
-from remediator.adapters.ollama import OllamaClient, OllamaError
-from remediator.config import FleetConfig
+from remediator.server import ModelServer, ModelServerError
 from remediator.switching import SwitchFailed, SwitchPlan
+
+# The application's own readiness: (health URL, model) -> None when it answers on the model,
+# else why not (remediator.adapters.probes.app_reports_model for an HTTP health endpoint).
+AppProbe = Callable[[str, str], str | None]
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +44,30 @@ class Ready(NamedTuple):
 
 
 class FleetActions:
-    """Carries out switches for one fleet through Ollama, Docker and the app-config files."""
+    """Carries out switches for one fleet through its model server, its runtime and the
+    app-config files; it knows them only by their protocols."""
 
     def __init__(
         self,
         fleet: FleetConfig,
-        ollama: OllamaClient | None = None,
-        runtime: ContainerRuntime | None = None,
+        server: ModelServer,
+        runtime: Runtime,
+        *,
+        app_probe: AppProbe | None,
     ) -> None:
         self.fleet = fleet
-        self.ollama = ollama or OllamaClient(fleet.ollama_url)
-        self.runtime = runtime or ContainerRuntime()
-        self.targets = [AppConfigTarget(t.path, t.format, t.key) for t in fleet.app_config]
+        self.server = server
+        self.runtime = runtime
+        self.app_probe = app_probe
+        self.targets = list(fleet.app_config)
 
     @classmethod
     def for_fleet(cls, fleet: FleetConfig) -> FleetActions:
-        """Actions with clients built from the fleet's config."""
-        return cls(fleet)
+        """Actions on the real server and runtime the fleet's config names."""
+        # Imported here: the wiring knows the adapters, this module only their protocols.
+        from remediator.wiring import fleet_actions
+
+        return fleet_actions(fleet)
 
     # -- the transaction -----------------------------------------------------------------
 
@@ -65,8 +79,8 @@ class FleetActions:
         fleet, new, old = self.fleet, plan.to_rung.name, plan.from_rung.name
 
         try:
-            pulled = self.ollama.ensure_pulled(new, timeout=fleet.pull_timeout_seconds)
-        except OllamaError as exc:
+            pulled = self.server.ensure_pulled(new, timeout=fleet.pull_timeout_seconds)
+        except ModelServerError as exc:
             raise SwitchFailed("pull", str(exc)) from exc
         steps.append(f"pulled {new}" if pulled else f"{new} already pulled")
 
@@ -83,8 +97,8 @@ class FleetActions:
             steps.append("no containers found")
 
         try:
-            freed = self.ollama.unload(old)
-        except OllamaError as exc:
+            freed = self.server.unload(old)
+        except ModelServerError as exc:
             raise SwitchFailed("unload", str(exc)) from exc
         steps.append(f"unloaded {old}" if freed else f"{old} was not loaded")
 
@@ -99,7 +113,7 @@ class FleetActions:
         step = "restart"
         try:
             # The model server first, then the applications that call it.
-            for group, role in ((servers, "ollama"), (apps, "app")):
+            for group, role in ((servers, ROLE_SERVER), (apps, ROLE_APP)):
                 step = "restart"
                 for ref in group:
                     touched.append(ref)
@@ -118,22 +132,22 @@ class FleetActions:
 
         The model server is ready when its API answers and lists the model; the application
         when its health endpoint (``containers.app_health_url``) names the model. Without
-        one, Docker's health status (or, lacking a health check, settle_seconds) decides.
+        one, the runtime's health status (or, lacking a health check, settle_seconds) decides.
         """
-        if role == "ollama":
+        if role == ROLE_SERVER:
 
             def server_has_model() -> str | None:
                 try:
-                    found = self.ollama.has_model(model)
-                except OllamaError as exc:
+                    found = self.server.has_model(model)
+                except ModelServerError as exc:
                     return f"model server not answering: {exc}"
                 return None if found else f"model server does not list {model}"
 
             return server_has_model
-        url = self.fleet.containers.app_health_url
-        if url is None:
+        url, app_probe = self.fleet.containers.app_health_url, self.app_probe
+        if url is None or app_probe is None:
             return None
-        return lambda: probes.app_reports_model(url, model)
+        return lambda: app_probe(url, model)
 
     def _wait_ready(self, group: list[ContainerRef], probe: Probe | None) -> list[Ready]:
         """Every container of the group ready within the fleet's deadline."""
@@ -155,11 +169,11 @@ class FleetActions:
     def _find(self) -> tuple[list[ContainerRef], list[ContainerRef]]:
         c = self.fleet.containers
         servers = (
-            self.runtime.find(self.fleet.name, "ollama", c.ollama_names, use_labels=c.use_labels)
-            if c.restart_ollama
+            self.runtime.find(self.fleet.name, ROLE_SERVER, c.server_names, use_labels=c.use_labels)
+            if c.restart_server
             else []
         )
-        apps = self.runtime.find(self.fleet.name, "app", c.app_names, use_labels=c.use_labels)
+        apps = self.runtime.find(self.fleet.name, ROLE_APP, c.app_names, use_labels=c.use_labels)
         return servers, apps
 
     def _roll_back(self, snap: ConfigSnapshot, touched: list[ContainerRef], old: str) -> list[str]:
@@ -176,7 +190,7 @@ class FleetActions:
             except ContainerError as exc:
                 problems.append(str(exc))
         try:
-            for role in ("ollama", "app"):
+            for role in (ROLE_SERVER, ROLE_APP):
                 group = [ref for ref in touched if ref.role == role]
                 self._settle(self._wait_ready(group, self._probe(role, old)))
         except ContainerError as exc:
@@ -195,9 +209,9 @@ class FleetActions:
         new, old = plan.to_rung.name, plan.from_rung.name
         steps = []
         try:
-            have = self.ollama.has_model(new)
+            have = self.server.has_model(new)
             steps.append(f"would use {new} (already pulled)" if have else f"would pull {new}")
-        except OllamaError as exc:
+        except ModelServerError as exc:
             steps.append(f"would pull {new} (could not check: {exc})")
         steps.append(f"would unload {old}")
         steps += [f"would write {new} to {t.describe()}" for t in self.targets]

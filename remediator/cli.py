@@ -10,8 +10,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
+from fleet_contract.env import URL as URL_ENV
+from fleet_contract.yamlfile import config_options
+from remediator import queries
 from remediator.adapters.prometheus import DEFAULT_URL as PROMETHEUS_URL
-from remediator.adapters.prometheus import URL_ENV as PROMETHEUS_URL_ENV
 from remediator.config import (
     Config,
     ConfigError,
@@ -20,25 +23,12 @@ from remediator.config import (
     effective_config,
     load_config,
 )
-from remediator.state import LockTimeout, StateError, StateStore
-from remediator.status import build_status
-from remediator.switching import Actions, Outcome, Remediator
+from remediator.queries import CODES, ExitCode, TokenError, error_kind, load_token, outcome_kind
+from remediator.state import StateError, StateStore
+from remediator.switching import Actions, Remediator
 
 log = logging.getLogger("model-fleet")
 
-# Exit codes, documented in README.
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1  # a switch was attempted and rolled back
-EXIT_USAGE: Final = 2  # bad arguments or invalid configuration
-EXIT_UNKNOWN_FLEET: Final = 3
-EXIT_NOTHING_TO_DO: Final = 4  # at the smallest/largest model, cooldown, ...
-EXIT_LOCKED: Final = 5  # the state lock was not obtained in time
-EXIT_STATE: Final = 6  # the state file could not be read or written
-EXIT_UNREACHABLE: Final = 7  # --url: the remediator did not answer
-
-URL_ENV: Final = "MODEL_FLEET_URL"
-TOKEN_ENV: Final = "MODEL_FLEET_TOKEN"
-TOKEN_FILE_ENV: Final = "MODEL_FLEET_TOKEN_FILE"
 
 # The original system's flags, kept working as aliases of the subcommands.
 LEGACY_FLAGS: Final = {
@@ -52,12 +42,7 @@ LEGACY_FLAGS: Final = {
 
 def _common() -> argparse.ArgumentParser:
     # SUPPRESS lets the same options appear before or after the subcommand.
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--config",
-        default=argparse.SUPPRESS,
-        help="model-fleet.yaml (default: $MODEL_FLEET_CONFIG, else ./model-fleet.yaml)",
-    )
+    p = config_options()
     p.add_argument(
         "--url",
         default=argparse.SUPPRESS,
@@ -144,70 +129,48 @@ def _local_actions(config: Config) -> Callable[[FleetConfig], Actions]:
     return FleetActions.for_fleet
 
 
-def _switch_exit(outcome: Outcome) -> int:
-    if outcome.failure is not None:
-        return EXIT_FAILED
-    if outcome.decision.target is None:
-        return EXIT_NOTHING_TO_DO
-    return EXIT_OK
+def _report_switch(result: dict[str, Any], code: ExitCode) -> ExitCode:
+    """Print a switch's outcome JSON (and, when it did nothing or failed, why); return ``code``."""
+    _print(result)
+    if code == ExitCode.NOTHING_TO_DO:
+        _err(f"nothing to do: {result.get('detail')}")
+    elif code == ExitCode.FAILED:
+        _err(str(result.get("error")))
+    return code
 
 
 def _run_local(args: argparse.Namespace, config: Config) -> int:
     store = StateStore(config)
     if args.command == "status":
-        try:
-            config.fleet(args.fleet) if args.fleet else None
-        except KeyError as exc:
-            _err(str(exc.args[0]))
-            return EXIT_UNKNOWN_FLEET
-        _print(build_status(config, store.read(), args.fleet))
-        return EXIT_OK
+        _print(queries.status(config, store, args.fleet))
+        return ExitCode.OK
     if args.command == "history":
-        if args.fleet and args.fleet not in config.fleets:
-            _err(f"unknown fleet {args.fleet!r} (configured: {', '.join(config.fleets)})")
-            return EXIT_UNKNOWN_FLEET
-        state = store.read()
-        records = [
-            r.to_dict()
-            for name, fs in state.fleets.items()
-            if args.fleet in (None, name)
-            for r in fs.history
-        ]
-        records.sort(key=lambda r: float(r["time"]))
-        _print(records[-args.limit :] if args.limit > 0 else records)
-        return EXIT_OK
+        _print(queries.history(config, store, args.fleet, args.limit))
+        return ExitCode.OK
     direction = {"downgrade": "down", "upgrade": "up", "reset": "reset"}[args.command]
     remediator = Remediator(config, store, _local_actions(config))
     outcome = remediator.request(
         args.fleet, direction, trigger="manual", reason=args.reason, dry_run=args.dry_run
     )
-    _print(outcome.to_dict())
-    if outcome.decision.target is None:
-        _err(f"nothing to do: {outcome.decision.detail}")
-    elif outcome.failure is not None:
-        _err(str(outcome.failure))
-    return _switch_exit(outcome)
+    return _report_switch(outcome.to_dict(), CODES[outcome_kind(outcome)].exit)
 
 
 def _run_remote(args: argparse.Namespace, url: str) -> int:
     from remediator.client import RemediatorClient, RemoteError
 
-    client = RemediatorClient(url, token=_token_from_env())
+    client = RemediatorClient(url, token=load_token())
     try:
         if args.command == "status":
             _print(client.status(args.fleet))
-            return EXIT_OK
+            return ExitCode.OK
         if args.command == "history":
             _print(client.history(args.fleet, args.limit))
-            return EXIT_OK
-        result = client.switch(args.command, args.fleet, args.reason, args.dry_run)
+            return ExitCode.OK
+        result, code = client.switch(args.command, args.fleet, args.reason, args.dry_run)
     except RemoteError as exc:
         _err(str(exc))
         return exc.exit_code
-    _print(result)
-    if result.get("error"):
-        return EXIT_FAILED
-    return EXIT_OK if result.get("switched") or result.get("dry_run") else EXIT_NOTHING_TO_DO
+    return _report_switch(result, code)
 
 
 def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None) -> int:
@@ -218,7 +181,7 @@ def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None)
     if url:
         from remediator.client import RemediatorClient, RemoteError
 
-        client = RemediatorClient(url, token=_token_from_env(), timeout=5.0)
+        client = RemediatorClient(url, token=load_token(), timeout=5.0)
         where = f"remediator at {client.url}"
 
         def read_status() -> Any:
@@ -236,22 +199,12 @@ def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None)
 
         def read_status() -> Any:
             try:
-                return build_status(config, store.read(), args.fleet)
-            except LockTimeout as exc:
-                raise StatusUnavailable(str(exc), EXIT_LOCKED) from exc
+                return queries.status(config, store, args.fleet)
             except StateError as exc:
-                raise StatusUnavailable(str(exc), EXIT_STATE) from exc
+                raise StatusUnavailable(str(exc), CODES[str(error_kind(exc))].exit) from exc
 
     watch = Watch(read_status, where, PrometheusAPI(args.prometheus), args.interval)
     return run(watch, sys.stdout, once=args.once)
-
-
-def _token_from_env() -> str | None:
-    path = os.environ.get(TOKEN_FILE_ENV)
-    if path:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip() or None
-    return os.environ.get(TOKEN_ENV) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -264,44 +217,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, name, default)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     url = args.url or os.environ.get(URL_ENV)
-    if url and args.command == "watch":
-        return _run_watch(args, url, None)
-    if url and args.command not in ("check-config", "serve"):
-        return _run_remote(args, url)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        _err(f"invalid configuration: {exc}")
-        return EXIT_USAGE
-    if args.command == "check-config":
-        _print(effective_config(config))
-        for warning in config_warnings(config):
-            print(f"warning: {warning}", file=sys.stderr)
-        return EXIT_OK
-    if args.command == "serve":
-        from remediator.serve import serve
+    config: Config | None = None
+    if not url or args.command in ("check-config", "serve"):
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            _err(f"invalid configuration: {exc}")
+            return ExitCode.USAGE
+        if args.command == "check-config":
+            _print(effective_config(config))
+            for warning in config_warnings(config):
+                print(f"warning: {warning}", file=sys.stderr)
+            return ExitCode.OK
+        if args.command == "serve":
+            from remediator.serve import serve
 
-        return serve(config, args)
+            return serve(config, args)
     try:
         if args.command == "watch":
-            return _run_watch(args, None, config)
+            return _run_watch(args, url, config)
+        if url:
+            return _run_remote(args, url)
+        assert config is not None
         return _run_local(args, config)
-    except KeyError as exc:
-        _err(str(exc.args[0]))
-        return EXIT_UNKNOWN_FLEET
-    except LockTimeout as exc:
-        _err(str(exc))
-        return EXIT_LOCKED
-    except StateError as exc:
-        _err(str(exc))
-        return EXIT_STATE
+    except (KeyError, StateError, TokenError) as exc:
+        _err(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+        kind = error_kind(exc)
+        return CODES[kind].exit if kind else ExitCode.USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

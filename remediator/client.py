@@ -6,19 +6,19 @@ from typing import Any
 
 import requests
 
-EXIT_FAILED = 1
-EXIT_UNKNOWN_FLEET = 3
-EXIT_NOTHING_TO_DO = 4
-EXIT_LOCKED = 5
-EXIT_UNREACHABLE = 7
+from remediator.queries import CODES, ExitCode, exit_for_http
 
 
 class RemoteError(RuntimeError):
     """The remediator refused or could not be reached; carries the CLI exit code."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# The answers that carry a switch's outcome (or a read's JSON), and what each means.
+_ANSWERS = {CODES[k].http: CODES[k].exit for k in ("switched", "nothing_to_do", "failed")}
 
 
 class RemediatorClient:
@@ -31,47 +31,53 @@ class RemediatorClient:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, **kwargs: Any) -> tuple[Any, ExitCode]:
+        """The JSON answer and the exit code of its status; raises RemoteError on an error."""
         try:
             resp = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise RemoteError(
-                f"cannot reach the remediator at {self.url}: {exc}", EXIT_UNREACHABLE
+                f"cannot reach the remediator at {self.url}: {exc}", ExitCode.UNREACHABLE
             ) from exc
         try:
             data = resp.json()
         except ValueError:
             data = None
-        if resp.status_code == 401:
+        if resp.status_code == CODES["unauthorized"].http:
             raise RemoteError(
                 "the remediator refused the token (401): set MODEL_FLEET_TOKEN(_FILE)",
-                2,
+                ExitCode.USAGE,
             )
-        if resp.status_code == 404:
-            raise RemoteError(str((data or {}).get("error", "not found")), EXIT_UNKNOWN_FLEET)
-        if resp.status_code == 503:
-            raise RemoteError(str((data or {}).get("error", "busy")), EXIT_LOCKED)
-        if data is None or (resp.status_code >= 400 and resp.status_code not in (409, 502)):
-            raise RemoteError(
-                f"{method} {path}: HTTP {resp.status_code}: {resp.text[:200]}", EXIT_FAILED
-            )
-        return data
+        answer = _ANSWERS.get(resp.status_code)
+        if data is not None and answer is not None:
+            return data, answer
+        code = exit_for_http(resp.status_code)
+        if code in (ExitCode.UNKNOWN_FLEET, ExitCode.LOCKED):
+            error = data.get("error") if isinstance(data, dict) else None
+            raise RemoteError(str(error or resp.reason), code)
+        raise RemoteError(
+            f"{method} {path}: HTTP {resp.status_code}: {resp.text[:200]}", ExitCode.FAILED
+        )
 
     def status(self, fleet: str | None = None) -> Any:
         """GET /status."""
-        return self._call("GET", "/status", params={"fleet": fleet} if fleet else None)
+        data, _ = self._call("GET", "/status", params={"fleet": fleet} if fleet else None)
+        return data
 
     def history(self, fleet: str | None = None, limit: int = 20) -> Any:
         """GET /history."""
         params: dict[str, Any] = {"limit": limit}
         if fleet:
             params["fleet"] = fleet
-        return self._call("GET", "/history", params=params)
+        data, _ = self._call("GET", "/history", params=params)
+        return data
 
-    def switch(self, command: str, fleet: str | None, reason: str, dry_run: bool) -> dict[str, Any]:
-        """POST /downgrade, /upgrade or /reset; returns the outcome JSON."""
+    def switch(
+        self, command: str, fleet: str | None, reason: str, dry_run: bool
+    ) -> tuple[dict[str, Any], ExitCode]:
+        """POST /downgrade, /upgrade or /reset; the outcome JSON and the exit code it means."""
         body: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
         if fleet:
             body["fleet"] = fleet
-        result: dict[str, Any] = self._call("POST", f"/{command}", json=body)
-        return result
+        result, code = self._call("POST", f"/{command}", json=body)
+        return result, code

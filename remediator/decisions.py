@@ -10,28 +10,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from remediator.config import MIB, FleetConfig
-from remediator.state import FleetState
+from remediator.state_model import FleetState
 
 HOUR: Final = 3600.0
 
 # Triggers: "alert" and "auto" come from the monitoring loop and are held back by cooldown and
 # the hourly cap; "manual" is a person who asked on purpose, so only the ladder's ends limit it.
 AUTOMATIC_TRIGGERS: Final = frozenset({"alert", "auto"})
-
-# Refusals that no later delivery of the same alert can change: its key is recorded so the
-# redeliveries are answered as duplicates. Cooldown, the hourly cap, the quiet period and
-# missing headroom pass with time, so an alert refused for those may act when redelivered.
-FINAL_REASONS: Final = frozenset(
-    {
-        "duplicate",
-        "stale_alert",
-        "unknown_fleet",
-        "at_smallest",
-        "at_largest",
-        "no_smaller_rung",
-        "auto_upgrade_disabled",
-    }
-)
 
 
 @dataclass(frozen=True)

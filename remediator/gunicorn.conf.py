@@ -5,22 +5,24 @@ import shutil
 
 from prometheus_client import multiprocess
 
+from fleet_contract import env as contract_env
+
 # Several workers so that a slow request never blocks the webhook; threads so that 50
 # concurrent Alertmanager deliveries are served without queueing behind each other.
-workers = int(os.environ.get("MODEL_FLEET_WORKERS", "3"))
+workers = int(os.environ.get(contract_env.WORKERS, "3"))
 worker_class = "gthread"
-threads = int(os.environ.get("MODEL_FLEET_THREADS", "8"))
+threads = int(os.environ.get(contract_env.THREADS, "8"))
 # Manual POSTs wait for the switch (pull + restarts): allow it; the webhook answers at once.
-timeout = int(os.environ.get("MODEL_FLEET_HTTP_TIMEOUT", "1800"))
+timeout = int(os.environ.get(contract_env.HTTP_TIMEOUT, "1800"))
 graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("MODEL_FLEET_LOG_LEVEL", "info")
+loglevel = os.environ.get(contract_env.LOG_LEVEL, "info")
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
     """Start with an empty multiprocess directory: old workers' files would be summed in."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = os.environ.get(contract_env.PROMETHEUS_MULTIPROC_DIR)
     if path:
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)

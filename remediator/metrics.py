@@ -1,4 +1,4 @@
-"""The remediator's metrics (DESIGN.md): state gauges read at scrape time, counters per process.
+"""The remediator's metrics (fleet_contract.metrics): state gauges read at scrape time, counters.
 
 Gauges that describe where a fleet stands are computed from the state file when Prometheus
 scrapes, so every gunicorn worker reports the same values without sharing memory. Counters
@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest, multi
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fleet_contract import metrics as m
+from fleet_contract.env import PROMETHEUS_MULTIPROC_DIR
 from remediator.config import Config
 from remediator.state import StateError, StateStore
 
@@ -27,6 +29,11 @@ STEPS = ("pull", "unload", "write_config", "find_containers", "restart", "verify
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ignored", "unauthorized", "invalid")
 # What became of an Alertmanager delivery to /webhook/notify (remediator/notifications.py).
 NOTIFICATION_OUTCOMES = ("forwarded", "failed", "logged")
+
+
+def _counter(name: str, registry: CollectorRegistry) -> Counter:
+    spec = m.spec(name)
+    return Counter(spec.name, spec.help, spec.labels, registry=registry)
 
 
 class FleetStateCollector(Collector):
@@ -45,37 +52,20 @@ class FleetStateCollector(Collector):
             # ModelFleetRemediatorDown-style alerts on absent() notice.
             log.error("metrics: cannot read the state: %s", exc)
             return
-        info = GaugeMetricFamily(
-            "model_fleet_current_model_info",
-            "The model a fleet runs now.",
-            labels=["fleet", "model"],
+        # Every gauge of the contract's remediator section, read from the state.
+        g = {
+            s.name: GaugeMetricFamily(s.name, s.help, labels=s.labels)
+            for s in m.of_service("remediator")
+            if s.kind == "gauge"
+        }
+        info, index, size, can = (
+            g[m.CURRENT_MODEL_INFO],
+            g[m.CURRENT_MODEL_INDEX],
+            g[m.LADDER_SIZE],
+            g[m.CAN_DOWNGRADE],
         )
-        index = GaugeMetricFamily(
-            "model_fleet_current_model_index",
-            "Rung of the current model (0 = largest).",
-            labels=["fleet"],
-        )
-        size = GaugeMetricFamily(
-            "model_fleet_ladder_size", "Rungs on the ladder.", labels=["fleet"]
-        )
-        can = GaugeMetricFamily(
-            "model_fleet_can_downgrade", "1 when a smaller rung remains.", labels=["fleet"]
-        )
-        rung_bytes = GaugeMetricFamily(
-            "model_fleet_ladder_model_bytes",
-            "Size of each rung's model.",
-            labels=["fleet", "model", "rung"],
-        )
-        next_larger = GaugeMetricFamily(
-            "model_fleet_next_larger_model_bytes",
-            "Size of the model one rung up: what a step up needs (0 at the top).",
-            labels=["fleet", "gpu"],
-        )
-        last = GaugeMetricFamily(
-            "model_fleet_last_switch_timestamp_seconds",
-            "When the fleet last switched (0: never).",
-            labels=["fleet"],
-        )
+        rung_bytes, next_larger = g[m.LADDER_MODEL_BYTES], g[m.NEXT_LARGER_MODEL_BYTES]
+        last = g[m.LAST_SWITCH_TIMESTAMP]
         for name, fleet in self.config.fleets.items():
             fs = state.fleets[name]
             ladder = fleet.ladder
@@ -88,7 +78,7 @@ class FleetStateCollector(Collector):
             up = ladder[fs.index - 1].size_bytes if fs.index > 0 else 0
             next_larger.add_metric([name, fleet.gpu], up)
             last.add_metric([name], fs.last_switch_at or 0)
-        yield from (info, index, size, can, rung_bytes, next_larger, last)
+        yield from g.values()
 
 
 class RemediatorMetrics:
@@ -96,31 +86,10 @@ class RemediatorMetrics:
 
     def __init__(self, config: Config, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.switches = Counter(
-            "model_fleet_switches",
-            "Model switches committed.",
-            ["fleet", "direction", "trigger"],
-            registry=registry,
-        )
-        self.failures = Counter(
-            "model_fleet_remediation_failures",
-            "Switches that failed and were rolled back, by the step that failed.",
-            ["fleet", "step"],
-            registry=registry,
-        )
-        self.webhooks = Counter(
-            "model_fleet_webhook_requests",
-            "Alertmanager webhook deliveries, by outcome.",
-            ["outcome"],
-            registry=registry,
-        )
-        self.notifications = Counter(
-            "model_fleet_notifications",
-            "Alertmanager deliveries to /webhook/notify: forwarded to the configured webhook, "
-            "failed to forward, or only logged (no webhook configured).",
-            ["outcome"],
-            registry=registry,
-        )
+        self.switches = _counter(m.SWITCHES, registry)
+        self.failures = _counter(m.REMEDIATION_FAILURES, registry)
+        self.webhooks = _counter(m.WEBHOOK_REQUESTS, registry)
+        self.notifications = _counter(m.NOTIFICATIONS, registry)
         # Every label set exists at 0 from the start, so increase() sees the first event.
         for fleet in config.fleets:
             for direction in DIRECTIONS:
@@ -148,7 +117,7 @@ class RemediatorMetrics:
 
 def multiprocess_dir() -> str | None:
     """The multiprocess directory when running under ``serve``, else None."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    return os.environ.get(PROMETHEUS_MULTIPROC_DIR) or None
 
 
 def render(config: Config, store: StateStore, own_registry: CollectorRegistry) -> bytes:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from remediator.config import Notifications
 from remediator.metrics import RemediatorMetrics
-from remediator.state import Notification, StateError, StateStore
+from remediator.state import StateError, StateStore
+from remediator.state_model import Notification
 
 if TYPE_CHECKING:
-    from remediator.service import WebhookAlert
+    from remediator.alerts import WebhookAlert
 
 log = logging.getLogger(__name__)
 

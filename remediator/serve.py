@@ -11,8 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fleet_contract import env as contract_env
 from remediator.config import Config, effective_config
-from remediator.service import NO_AUTH_ENV, TOKEN_ENV, TOKEN_FILE_ENV, load_token
+from remediator.queries import ExitCode, TokenError, load_token
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +40,37 @@ def serve(config: Config, args: argparse.Namespace) -> int:
     """Check what the service needs, then replace this process with gunicorn."""
     try:
         token = load_token()
-    except RuntimeError as exc:
+    except TokenError as exc:
         print(f"model-fleet: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if token is None and not args.no_auth:
         print(
-            f"model-fleet: no bearer token: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}); "
+            f"model-fleet: no bearer token: set {contract_env.TOKEN_FILE} "
+            f"(or {contract_env.TOKEN}); "
             "--no-auth serves without one (only on a trusted network)",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.USAGE
     if shutil.which("gunicorn") is None and not _has_module("gunicorn"):
         print("model-fleet: gunicorn is not installed", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     env = os.environ
     if config.source != "<defaults>":
-        env["MODEL_FLEET_CONFIG"] = str(Path(config.source).resolve())
-    env["MODEL_FLEET_STATE_FILE"] = str(Path(config.state_file).resolve())
+        env[contract_env.CONFIG] = str(Path(config.source).resolve())
+    env[contract_env.STATE_FILE] = str(Path(config.state_file).resolve())
     if args.no_auth:
-        env[NO_AUTH_ENV] = "1"
+        env[contract_env.NO_AUTH] = "1"
         log.warning(
             "serving WITHOUT authentication: anyone who reaches %s can switch models", args.bind
         )
-    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-fleet-metrics-")
+    if not env.get(contract_env.PROMETHEUS_MULTIPROC_DIR):
+        env[contract_env.PROMETHEUS_MULTIPROC_DIR] = tempfile.mkdtemp(prefix="model-fleet-metrics-")
     log.info("effective configuration: %s", json.dumps(effective_config(config), sort_keys=True))
     argv = gunicorn_argv(args.bind, args.workers)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(argv[0], argv, dict(env))
-    return 0  # pragma: no cover - execve does not return
+    return ExitCode.OK  # pragma: no cover - execve does not return
 
 
 def _has_module(name: str) -> bool:

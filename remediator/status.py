@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from remediator.config import Config, FleetConfig
-from remediator.state import FleetState, State
+from remediator.state_model import FleetState, State
 
 
 def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:

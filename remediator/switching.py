@@ -4,20 +4,28 @@ The decision is pure (:mod:`remediator.decisions`); the actions (pull, unload, r
 restart) are behind the :class:`Actions` protocol so that the CLI, the service and the tests
 share this one path. A fleet's switch lock is held from decision to commit, so two switches
 of one fleet never overlap, whether they come from threads, gunicorn workers or the CLI.
+Two entry points: :meth:`Remediator.request` (a person: decide and switch, then answer) and
+:meth:`Remediator.accept_alerts` (Alertmanager: decide and answer, then switch; the alert path
+is :mod:`remediator.intake`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from remediator import decisions
+from remediator import decisions, intake
 from remediator.config import Config, FleetConfig, Rung
 from remediator.decisions import AlertRef, Decision
-from remediator.state import FleetState, StateStore, SwitchRecord
+from remediator.state import StateStore
+from remediator.state_model import FleetState, SwitchRecord
+
+if TYPE_CHECKING:
+    from remediator.alerts import WebhookAlert
+    from remediator.intake import Acceptance
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +165,6 @@ class Remediator:
         trigger: str = "manual",
         reason: str = "",
         dry_run: bool = False,
-        alert: AlertRef | None = None,
         lock_timeout: float | None = None,
     ) -> Outcome:
         """Decide and, if the decision is to switch, perform the switch as one transaction.
@@ -167,90 +174,116 @@ class Remediator:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
         fleet = self.config.fleet(fleet_name)
-        dry_run = dry_run or fleet.dry_run
         started = time.monotonic()
         with self.store.switch_lock(fleet.name, lock_timeout):
             with self.store.transaction() as state:
                 fs = state.fleets[fleet.name]
-                decision = self.decide(fleet, fs, direction, trigger, alert)
-                if (
-                    not decision.switch
-                    and alert is not None
-                    and not dry_run
-                    and decision.reason in decisions.FINAL_REASONS
-                ):
-                    # Remember the alert so that its redeliveries are duplicates, not retries.
-                    fs.processed_alerts.setdefault(alert.key, self._clock())
-                from_rung = fleet.ladder[fs.index]
-            outcome = Outcome(fleet.name, direction, decision, dry_run=dry_run)
-            if decision.target is None:
-                log.info(
-                    "fleet %s: no %s switch (%s): %s",
-                    fleet.name,
-                    direction,
-                    decision.reason,
-                    decision.detail,
-                )
-                return outcome
-            plan = SwitchPlan(
-                fleet=fleet,
-                from_rung=from_rung,
-                to_rung=fleet.ladder[decision.target],
-                direction=direction,
-                trigger=trigger,
-                reason=reason or decision.detail,
-                alert_key=alert.key if alert else None,
-            )
+                decision = self.decide(fleet, fs, direction, trigger)
+                plan = self.plan(fleet, fs, decision, direction, trigger, reason)
+            return self.carry_out(fleet, direction, decision, plan, dry_run, started)
+
+    def accept_alerts(self, alerts: Sequence[WebhookAlert]) -> Acceptance:
+        """The webhook's entry point: judge a delivery once per fleet under the fleet's lock.
+
+        Answers at once; the switches it decides run when the caller starts
+        ``Acceptance.pending`` (:mod:`remediator.intake`).
+        """
+        return intake.accept(self, alerts)
+
+    def plan(
+        self,
+        fleet: FleetConfig,
+        fs: FleetState,
+        decision: Decision,
+        direction: str,
+        trigger: str,
+        reason: str = "",
+        alert_key: str | None = None,
+    ) -> SwitchPlan | None:
+        """The switch ``decision`` asks for from where ``fs`` stands; None when it asks none."""
+        if decision.target is None:
+            return None
+        return SwitchPlan(
+            fleet=fleet,
+            from_rung=fleet.ladder[fs.index],
+            to_rung=fleet.ladder[decision.target],
+            direction=direction,
+            trigger=trigger,
+            reason=reason or decision.detail,
+            alert_key=alert_key,
+        )
+
+    def carry_out(
+        self,
+        fleet: FleetConfig,
+        direction: str,
+        decision: Decision,
+        plan: SwitchPlan | None,
+        dry_run: bool,
+        started: float,
+    ) -> Outcome:
+        """Perform a decided switch and commit it, or record its failure.
+
+        The caller holds the fleet's switch lock from the decision on: nothing can have
+        changed the fleet since. ``started`` is the decision's ``time.monotonic()``.
+        """
+        dry_run = dry_run or fleet.dry_run
+        outcome = Outcome(fleet.name, direction, decision, dry_run=dry_run)
+        if plan is None:
             log.info(
-                "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
+                "fleet %s: no %s switch (%s): %s",
                 fleet.name,
-                plan.from_rung.name,
-                plan.to_rung.name,
                 direction,
-                trigger,
                 decision.reason,
-                ", dry run" if dry_run else "",
-            )
-            try:
-                outcome.steps = self._actions_for(fleet).execute(plan, dry_run)
-            except SwitchFailed as exc:
-                outcome.failure = exc
-                outcome.duration_seconds = time.monotonic() - started
-                log.error("fleet %s: %s", fleet.name, exc)
-                self.observer.failed(fleet.name, exc.step)
-                if not dry_run:
-                    self._record_failure(fleet, plan, exc)
-                return outcome
-            if dry_run:
-                outcome.duration_seconds = time.monotonic() - started
-                log.info(
-                    "fleet %s: dry run, nothing changed: %s", fleet.name, "; ".join(outcome.steps)
-                )
-                return outcome
-            with self.store.transaction() as state:
-                fs = state.fleets[fleet.name]
-                now = self._clock()
-                failed_up = direction == "down" and decisions.upgrade_failed(fleet, fs, now)
-                outcome.record = fs.apply_switch(
-                    fleet,
-                    decision.target,
-                    direction=direction,
-                    trigger=trigger,
-                    reason=plan.reason,
-                    now=now,
-                    alert_key=plan.alert_key,
-                    upgrade_failed=failed_up,
-                )
-            outcome.switched = True
-            outcome.duration_seconds = time.monotonic() - started
-            self.observer.switched(fleet.name, direction, trigger)
-            log.info(
-                "fleet %s: now on %s (%.2f s)",
-                fleet.name,
-                plan.to_rung.name,
-                outcome.duration_seconds,
+                decision.detail,
             )
             return outcome
+        assert decision.target is not None  # a plan comes from a decision to switch
+        log.info(
+            "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
+            fleet.name,
+            plan.from_rung.name,
+            plan.to_rung.name,
+            direction,
+            plan.trigger,
+            decision.reason,
+            ", dry run" if dry_run else "",
+        )
+        try:
+            outcome.steps = self._actions_for(fleet).execute(plan, dry_run)
+        except SwitchFailed as exc:
+            outcome.failure = exc
+            outcome.duration_seconds = time.monotonic() - started
+            log.error("fleet %s: %s", fleet.name, exc)
+            self.observer.failed(fleet.name, exc.step)
+            if not dry_run:
+                self._record_failure(fleet, plan, exc)
+            return outcome
+        if dry_run:
+            outcome.duration_seconds = time.monotonic() - started
+            log.info("fleet %s: dry run, nothing changed: %s", fleet.name, "; ".join(outcome.steps))
+            return outcome
+        with self.store.transaction() as state:
+            fs = state.fleets[fleet.name]
+            now = self._clock()
+            failed_up = direction == "down" and decisions.upgrade_failed(fleet, fs, now)
+            outcome.record = fs.apply_switch(
+                fleet,
+                decision.target,
+                direction=direction,
+                trigger=plan.trigger,
+                reason=plan.reason,
+                now=now,
+                alert_key=plan.alert_key,
+                upgrade_failed=failed_up,
+            )
+        outcome.switched = True
+        outcome.duration_seconds = time.monotonic() - started
+        self.observer.switched(fleet.name, direction, plan.trigger)
+        log.info(
+            "fleet %s: now on %s (%.2f s)", fleet.name, plan.to_rung.name, outcome.duration_seconds
+        )
+        return outcome
 
     def _record_failure(self, fleet: FleetConfig, plan: SwitchPlan, exc: SwitchFailed) -> None:
         with self.store.transaction() as state:

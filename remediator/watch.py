@@ -12,14 +12,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
+from fleet_contract import metrics
 from remediator.adapters.prometheus import PrometheusAPI, PrometheusError, Sample
+from remediator.queries import ExitCode
 
 # The exporter's gauge counts matches since the container last started, per container: the
 # fleet's figure is the worst container, as the downgrade alert reads it.
-ERRORS_QUERY: Final = "max by (fleet) (model_fleet_vram_errors_since_start)"
+ERRORS_QUERY: Final = f"max by (fleet) ({metrics.VRAM_ERRORS_SINCE_START})"
 # max, not sum: one GPU scraped twice (two exporters, a restart) must not count double.
-USED_QUERY: Final = "max by (gpu) (model_fleet_gpu_memory_used_bytes)"
-FREE_QUERY: Final = "max by (gpu) (model_fleet_gpu_memory_free_bytes)"
+USED_QUERY: Final = f"max by (gpu) ({metrics.GPU_MEMORY_USED})"
+FREE_QUERY: Final = f"max by (gpu) ({metrics.GPU_MEMORY_FREE})"
 ALERTS_QUERY: Final = 'ALERTS{alertstate="firing"}'
 
 # Labels every ALERTS series has, or that the frame already shows by placing the alert.
@@ -32,7 +34,7 @@ _HIDE, _SHOW, _HOME, _EOL, _EOS = "\x1b[?25l", "\x1b[?25h", "\x1b[H", "\x1b[K", 
 class StatusUnavailable(RuntimeError):
     """The status could not be read; carries the exit code a one-frame watch ends with."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -92,7 +94,7 @@ def status_fleets(status: Any) -> list[dict[str, Any]]:
     elif isinstance(status, dict) and "current_model" in status:
         fleets = [status]
     else:
-        raise StatusUnavailable(f"unexpected status answer: {status!r:.200}", 1)
+        raise StatusUnavailable(f"unexpected status answer: {status!r:.200}", ExitCode.FAILED)
     return fleets
 
 
@@ -254,7 +256,7 @@ def render(snap: Snapshot, now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(watch: Watch, out: TextIO, *, once: bool = False) -> int:
+def run(watch: Watch, out: TextIO, *, once: bool = False) -> ExitCode:
     """Draw frames until Ctrl-C (exit 0); with ``once``, one frame and the status' exit code.
 
     On a terminal each frame overwrites the last in place (home, then clear what is left of
@@ -273,10 +275,10 @@ def run(watch: Watch, out: TextIO, *, once: bool = False) -> int:
                 out.write(frame + "\n")
             out.flush()
             if once:
-                return 0 if snap.status_error is None else snap.status_error.exit_code
+                return ExitCode.OK if snap.status_error is None else snap.status_error.exit_code
             time.sleep(watch.interval)
     except KeyboardInterrupt:
-        return 0
+        return ExitCode.OK
     finally:
         if tty:
             out.write(_SHOW)

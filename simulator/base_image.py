@@ -62,7 +62,7 @@ def apt_mirror(sources: Path = Path("/etc/apt")) -> str:
             continue
         for url in re.findall(r"(?m)^(?:URIs:|deb)\s+(?:\[[^\]]*\]\s+)?(\S+)", text):
             if url.rstrip("/").endswith("/debian") and "security" not in url:
-                return url.rstrip("/")
+                return str(url).rstrip("/")
     return _DEFAULT_MIRROR
 
 

@@ -319,7 +319,7 @@ class Loop:
                     "fleets": {
                         self.fleet: {
                             "gpu": "0",
-                            "ollama_url": self.ollama.url,
+                            "server": {"kind": "ollama", "url": self.ollama.url},
                             "cooldown_seconds": self.options.cooldown_seconds,
                             "max_switches_per_hour": 60,
                             "containers": {"stop_timeout_seconds": 2, "ready_timeout_seconds": 30},

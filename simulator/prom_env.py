@@ -5,7 +5,8 @@ binaries on free local ports with throw-away storage and stop them on exit. The 
 functions turn the compose configs of monitoring/ into test copies by rewriting only the
 addresses (targets, webhook URLs, token file, rule files). ``MetricsEndpoint`` serves
 Prometheus text over HTTP; ``exporter_exposition`` / ``remediator_exposition`` produce every
-metric of the contract (DESIGN.md) so queries can be checked before the real services run.
+metric of the contract (fleet_contract.metrics) so queries can be checked before the real
+services run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fleet_contract import metrics as m
+from fleet_contract.errors import ERROR_KINDS
+
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_CONFIG = REPO / "monitoring" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "monitoring" / "alertmanager.yml"
@@ -39,39 +43,6 @@ REMEDIATOR_JOB = "model-fleet-remediator"
 REMEDIATOR_RECEIVER = "remediator"
 # Where monitoring/alertmanager.yml reaches the remediator under compose.
 COMPOSE_REMEDIATOR_URL = "http://remediator:8080/"
-
-# The metric contract of DESIGN.md: name -> (type, labels). Dashboards and rules may use
-# these and the BUILTIN_METRICS that Prometheus makes itself.
-EXPORTER_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "model_fleet_gpu_memory_total_bytes": ("gauge", ("gpu", "uuid", "name")),
-    "model_fleet_gpu_memory_used_bytes": ("gauge", ("gpu", "uuid", "name")),
-    "model_fleet_gpu_memory_free_bytes": ("gauge", ("gpu", "uuid", "name")),
-    "model_fleet_gpu_process_memory_bytes": ("gauge", ("gpu", "pid", "container")),
-    "model_fleet_nvml_up": ("gauge", ()),
-    "model_fleet_vram_errors_total": ("counter", ("fleet", "container", "kind")),
-    "model_fleet_vram_errors_since_start": ("gauge", ("fleet", "container")),
-    "model_fleet_log_lines_total": ("counter", ("fleet", "container")),
-    "model_fleet_log_stream_up": ("gauge", ("fleet", "container")),
-    # An addition to DESIGN.md's table: names each start of a watched container, so that the
-    # downgrade alert of one start ends when the container restarts.
-    "model_fleet_container_start_info": ("gauge", ("fleet", "container", "started_at")),
-}
-REMEDIATOR_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "model_fleet_current_model_info": ("gauge", ("fleet", "model")),
-    "model_fleet_current_model_index": ("gauge", ("fleet",)),
-    "model_fleet_ladder_size": ("gauge", ("fleet",)),
-    "model_fleet_can_downgrade": ("gauge", ("fleet",)),
-    "model_fleet_ladder_model_bytes": ("gauge", ("fleet", "model", "rung")),
-    "model_fleet_next_larger_model_bytes": ("gauge", ("fleet", "gpu")),
-    "model_fleet_switches_total": ("counter", ("fleet", "direction", "trigger")),
-    "model_fleet_remediation_failures_total": ("counter", ("fleet", "step")),
-    "model_fleet_webhook_requests_total": ("counter", ("outcome",)),
-    # An addition to DESIGN.md's table: deliveries to /webhook/notify, by what became of them.
-    "model_fleet_notifications_total": ("counter", ("outcome",)),
-    "model_fleet_last_switch_timestamp_seconds": ("gauge", ("fleet",)),
-}
-CONTRACT_METRICS = {**EXPORTER_METRICS, **REMEDIATOR_METRICS}
-BUILTIN_METRICS = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 
 T = TypeVar("T")
 
@@ -434,15 +405,27 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _family(sample: str) -> m.MetricSpec | None:
+    """The contract metric a sample belongs to (a histogram's _bucket, _sum and _count too)."""
+    if sample in m.BY_NAME:
+        return m.BY_NAME[sample]
+    for suffix in ("_bucket", "_sum", "_count"):
+        spec = m.BY_NAME.get(sample.removesuffix(suffix))
+        if sample.endswith(suffix) and spec is not None and spec.kind == "histogram":
+            return spec
+    return None
+
+
 def exposition(samples: Sequence[tuple[str, Mapping[str, str], float]]) -> str:
     """Prometheus text format for (name, labels, value) samples, with # TYPE lines."""
     lines: list[str] = []
     typed: set[str] = set()
     for name, labels, value in samples:
-        if name not in typed:
-            kind = CONTRACT_METRICS[name][0] if name in CONTRACT_METRICS else "untyped"
-            lines.append(f"# TYPE {name} {kind}")
-            typed.add(name)
+        spec = _family(name)
+        family = spec.name if spec is not None else name
+        if family not in typed:
+            lines.append(f"# TYPE {family} {spec.kind if spec is not None else 'untyped'}")
+            typed.add(family)
         pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
         number = str(int(value)) if float(value).is_integer() else repr(float(value))
         lines.append(f"{name}{{{pairs}}} {number}" if pairs else f"{name} {number}")
@@ -464,22 +447,28 @@ def exporter_exposition(scrape: int) -> str:
     used = 6 * GIB + scrape * 10 * MIB
     ollama = {"fleet": "default", "container": "ollama"}
     samples: list[tuple[str, Mapping[str, str], float]] = [
-        ("model_fleet_gpu_memory_total_bytes", gpu, total),
-        ("model_fleet_gpu_memory_used_bytes", gpu, used),
-        ("model_fleet_gpu_memory_free_bytes", gpu, total - used),
+        (m.GPU_MEMORY_TOTAL, gpu, total),
+        (m.GPU_MEMORY_USED, gpu, used),
+        (m.GPU_MEMORY_FREE, gpu, total - used),
         # The process metric names the container, not the fleet.
-        (
-            "model_fleet_gpu_process_memory_bytes",
-            {"gpu": "0", "pid": "4242", "container": "ollama"},
-            used,
-        ),
-        ("model_fleet_nvml_up", {}, 1),
-        ("model_fleet_vram_errors_total", {**ollama, "kind": "oom"}, scrape),
-        ("model_fleet_vram_errors_total", {**ollama, "kind": "vram_recovery_timeout"}, 0),
-        ("model_fleet_vram_errors_since_start", ollama, 3),
-        ("model_fleet_log_lines_total", ollama, 10 * scrape),
-        ("model_fleet_log_stream_up", ollama, 1),
-        ("model_fleet_container_start_info", {**ollama, "started_at": "2026-11-27T10:00:00Z"}, 1),
+        (m.GPU_PROCESS_MEMORY, {"gpu": "0", "pid": "4242", "container": "ollama"}, used),
+        (m.NVML_UP, {}, 1),
+    ]
+    samples += [
+        (m.VRAM_ERRORS, {**ollama, "kind": kind.name}, scrape if i == 0 else 0)
+        for i, kind in enumerate(ERROR_KINDS)
+    ]
+    samples += [
+        (m.VRAM_ERRORS_SINCE_START, ollama, 3),
+        (m.LOG_LINES, ollama, 10 * scrape),
+        (m.LOG_STREAM_UP, ollama, 1),
+        (m.LOG_STREAM_RECONNECTS, ollama, 0),
+        (m.CONTAINER_START_INFO, {**ollama, "started_at": "2026-11-27T10:00:00Z"}, 1),
+        (m.EXPORTER_DOCKER_UP, {}, 1),
+        (f"{m.EXPORTER_SCRAPE_DURATION}_bucket", {"le": "0.01"}, scrape),
+        (f"{m.EXPORTER_SCRAPE_DURATION}_bucket", {"le": "+Inf"}, scrape),
+        (f"{m.EXPORTER_SCRAPE_DURATION}_sum", {}, 0.002 * scrape),
+        (f"{m.EXPORTER_SCRAPE_DURATION}_count", {}, scrape),
     ]
     return exposition(samples)
 
@@ -489,26 +478,22 @@ def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> 
     current = 1
     fleet = {"fleet": "default"}
     samples: list[tuple[str, Mapping[str, str], float]] = [
-        ("model_fleet_current_model_info", {**fleet, "model": LADDER[current][0]}, 1),
-        ("model_fleet_current_model_index", fleet, current),
-        ("model_fleet_ladder_size", fleet, len(LADDER)),
-        ("model_fleet_can_downgrade", fleet, 1),
+        (m.CURRENT_MODEL_INFO, {**fleet, "model": LADDER[current][0]}, 1),
+        (m.CURRENT_MODEL_INDEX, fleet, current),
+        (m.LADDER_SIZE, fleet, len(LADDER)),
+        (m.CAN_DOWNGRADE, fleet, 1),
     ]
     samples += [
-        ("model_fleet_ladder_model_bytes", {**fleet, "model": m, "rung": str(i)}, mb * MIB)
-        for i, (m, mb) in enumerate(LADDER)
+        (m.LADDER_MODEL_BYTES, {**fleet, "model": name, "rung": str(i)}, mb * MIB)
+        for i, (name, mb) in enumerate(LADDER)
     ]
     samples += [
-        ("model_fleet_next_larger_model_bytes", {**fleet, "gpu": "0"}, LADDER[0][1] * MIB),
-        (
-            "model_fleet_switches_total",
-            {**fleet, "direction": "down", "trigger": "alert"},
-            scrape,
-        ),
-        ("model_fleet_remediation_failures_total", {**fleet, "step": "pull"}, scrape // 2),
-        ("model_fleet_webhook_requests_total", {"outcome": "accepted"}, scrape),
-        ("model_fleet_notifications_total", {"outcome": "forwarded"}, scrape // 3),
-        ("model_fleet_last_switch_timestamp_seconds", fleet, round(now()) - 30),
+        (m.NEXT_LARGER_MODEL_BYTES, {**fleet, "gpu": "0"}, LADDER[0][1] * MIB),
+        (m.SWITCHES, {**fleet, "direction": "down", "trigger": "alert"}, scrape),
+        (m.REMEDIATION_FAILURES, {**fleet, "step": "pull"}, scrape // 2),
+        (m.WEBHOOK_REQUESTS, {"outcome": "accepted"}, scrape),
+        (m.NOTIFICATIONS, {"outcome": "forwarded"}, scrape // 3),
+        (m.LAST_SWITCH_TIMESTAMP, fleet, round(now()) - 30),
     ]
     return exposition(samples)
 

@@ -53,7 +53,7 @@ def start_remediator(
     app_env.write_text("OLLAMA_MODEL=llama3.2:3b\n")
     cfg = workdir / "model-fleet.yaml"
     fleet = {
-        "ollama_url": ollama_url,
+        "server": {"kind": "ollama", "url": ollama_url},
         "containers": {"use_labels": False},
         "app_config": [{"path": str(app_env), "format": "env"}],
     }

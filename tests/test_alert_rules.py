@@ -10,14 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from fleet_contract import metrics
 from remediator.config import MIB, SHIPPED_ALERT_THRESHOLD, AutoUpgrade, FleetConfig
-from simulator.prom_env import (
-    BUILTIN_METRICS,
-    CONTRACT_METRICS,
-    REPO,
-    RULES_FILE,
-    promql_metric_names,
-)
+from simulator.prom_env import REPO, RULES_FILE, promql_metric_names
 
 RULE_TESTS = sorted((REPO / "alert_rules" / "tests").glob("*.yml"))
 RUNBOOK_URL = re.compile(
@@ -94,7 +89,7 @@ def test_downgrade_threshold_is_the_default_max_vram_errors() -> None:
         expr = _alert(name)["expr"]
         # The threshold closes the aggregation over the errors-since-start gauge.
         found = re.findall(r"\)\s*>=\s*(\d+)", expr)
-        assert "model_fleet_vram_errors_since_start" in expr
+        assert metrics.VRAM_ERRORS_SINCE_START in expr
         assert found == [str(default)], f"{name}: threshold {found} in {expr!r}"
 
 
@@ -120,9 +115,9 @@ def test_switch_notice_is_info_for_people_and_covers_every_switch() -> None:
     rule = _alert("ModelFleetModelSwitched")
     assert rule["labels"] == {"severity": "info"}, "info: never pages, never remediates"
     assert rule.get("for", "0s") in ("0s", "0m", 0), "a switch is news at once"
-    assert "model_fleet_switches_total" in rule["expr"]
+    assert metrics.SWITCHES in rule["expr"]
     # The alert keeps every label of the counter: one alert per kind of switch.
-    labels = ", ".join(CONTRACT_METRICS["model_fleet_switches_total"][1])
+    labels = ", ".join(metrics.spec(metrics.SWITCHES).labels)
     assert f"by ({labels})" in rule["expr"]
 
 
@@ -152,9 +147,9 @@ def test_rules_use_only_contract_metrics() -> None:
         (rule.get("alert") or rule.get("record"), name)
         for rule in _rules()
         for name in promql_metric_names(rule["expr"])
-        if name not in CONTRACT_METRICS and name not in BUILTIN_METRICS
+        if name not in metrics.BY_NAME and name not in metrics.BUILTIN
     }
-    assert not unknown, f"metrics outside DESIGN.md's contract: {sorted(unknown)}"
+    assert not unknown, f"metrics outside fleet_contract.metrics: {sorted(unknown)}"
 
 
 def test_rule_job_names_match_the_scrape_config() -> None:

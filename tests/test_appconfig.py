@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remediator.adapters.appconfig import AppConfigError, AppConfigTarget, snapshot, write_all
+from remediator.adapters.appconfig import (
+    FORMATS,
+    AppConfigError,
+    AppConfigFormat,
+    AppConfigTarget,
+    register_format,
+    snapshot,
+    write_all,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -314,3 +322,54 @@ def test_unreachable_target_fails_before_anything_is_written(tmp_path: Path) -> 
         write_all(targets, "phi3:mini")
     assert (err.value.path, err.value.step) == (str(unreachable), "snapshot")
     assert env.read_text() == "OLLAMA_MODEL=llama3.2:3b\n"
+
+
+class PropertiesFormat(AppConfigFormat):
+    """A made-up format for the test: Java-style ``key = value`` lines."""
+
+    name = "properties"
+    default_key = "model"
+
+    def check_key(self, key: str | None) -> str | None:
+        return key or self.default_key
+
+    def read(self, text: str, key: str) -> str | None:
+        pairs = (line.partition("=") for line in text.splitlines())
+        return next((v.strip() for k, _, v in pairs if k.strip() == key), None)
+
+    def render(self, text: str | None, key: str, model: str) -> str:
+        lines = [ln for ln in (text or "").splitlines() if ln.partition("=")[0].strip() != key]
+        return "\n".join([*lines, f"{key} = {model}"]) + "\n"
+
+
+def test_a_new_format_plugs_in_through_the_registry_alone(tmp_path: Path) -> None:
+    from remediator.config import ConfigError, parse_config
+
+    path = tmp_path / "app.properties"
+    path.write_text("# the app\nport = 8000\nmodel = llama3.2:3b\n")
+    register_format(PropertiesFormat())
+    try:
+        fleet = {"app_config": [{"path": str(path), "format": "properties"}]}
+        config = parse_config({"fleets": {"a": fleet}})
+        (target,) = config.fleets["a"].app_config
+        assert target == AppConfigTarget(path, "properties", "model")  # the format's default
+        assert target.read_model() == "llama3.2:3b"
+        write_all([target], "phi3:mini")
+        assert path.read_text() == "# the app\nport = 8000\nmodel = phi3:mini\n"
+        with pytest.raises(ConfigError, match="one of env, json, yaml, text, properties, got"):
+            parse_config({"fleets": {"a": {"app_config": [{"path": "x", "format": "toml"}]}}})
+    finally:
+        del FORMATS["properties"]
+    with pytest.raises(AppConfigError, match=r"format must be one of env, json, yaml, text$"):
+        AppConfigTarget(path, "properties")
+
+
+def test_key_rules_fail_at_configuration_time() -> None:
+    from remediator.config import ConfigError, parse_config
+
+    for item, message in [
+        ({"path": "x", "format": "yaml", "key": "llm..model"}, "a yaml target needs a key path"),
+        ({"path": "x", "format": "env", "key": "NO SPACES"}, "invalid env variable name"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"app_config\[0\]\.key: {message}"):
+            parse_config({"fleets": {"a": {"app_config": [item]}}})

@@ -14,6 +14,7 @@ import yaml
 
 from remediator import cli
 from remediator.config import parse_config
+from remediator.queries import ExitCode
 from remediator.state import StateStore, file_lock
 from simulator.fake_ollama import FakeOllama
 
@@ -27,7 +28,7 @@ def ollama() -> Iterator[FakeOllama]:
 def fleet_settings(ollama: FakeOllama, workdir: Path) -> dict[str, object]:
     """A fleet that switches for real without containers: Ollama stand-in, one config file."""
     return {
-        "ollama_url": ollama.url,
+        "server": {"kind": "ollama", "url": ollama.url},
         "containers": {"use_labels": False},
         "app_config": [{"path": str(workdir / "app.env"), "format": "env"}],
     }
@@ -59,7 +60,7 @@ def test_status_prints_the_original_shape(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(capsys, "status")
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     status = json.loads(out)
     assert status["current_model"] == {
         "name": "llama3.2:3b",
@@ -85,11 +86,11 @@ def test_downgrade_walks_the_ladder_then_stops_at_the_smallest(
     seen = []
     for _ in range(3):
         code, out, _ = run(capsys, "downgrade", "--reason", "testing")
-        assert code == cli.EXIT_OK
+        assert code == ExitCode.OK
         seen.append(json.loads(out)["to"])
     assert seen == ["phi3:mini", "tinyllama:1.1b", "qwen2.5:0.5b"]
     code, _, err = run(capsys, "downgrade")
-    assert code == cli.EXIT_NOTHING_TO_DO
+    assert code == ExitCode.NOTHING_TO_DO
     assert "qwen2.5:0.5b is the smallest model" in err
     code, out, _ = run(capsys, "status")
     assert json.loads(out)["can_downgrade"] is False
@@ -106,15 +107,15 @@ def test_upgrade_reset_and_the_ends_of_the_ladder(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run(capsys, "upgrade")
-    assert code == cli.EXIT_NOTHING_TO_DO and "largest model" in err
+    assert code == ExitCode.NOTHING_TO_DO and "largest model" in err
     code, _, err = run(capsys, "reset")
-    assert code == cli.EXIT_NOTHING_TO_DO and "already at llama3.2:3b" in err
+    assert code == ExitCode.NOTHING_TO_DO and "already at llama3.2:3b" in err
     run(capsys, "downgrade")
     run(capsys, "downgrade")
     code, out, _ = run(capsys, "upgrade")
-    assert (code, json.loads(out)["to"]) == (cli.EXIT_OK, "phi3:mini")
+    assert (code, json.loads(out)["to"]) == (ExitCode.OK, "phi3:mini")
     code, out, _ = run(capsys, "reset", "--reason", "new GPU")
-    assert (code, json.loads(out)["to"]) == (cli.EXIT_OK, "llama3.2:3b")
+    assert (code, json.loads(out)["to"]) == (ExitCode.OK, "llama3.2:3b")
     code, out, _ = run(capsys, "history", "--limit", "1")
     assert json.loads(out)[0]["direction"] == "reset"
 
@@ -122,7 +123,7 @@ def test_upgrade_reset_and_the_ends_of_the_ladder(
 def test_dry_run_changes_nothing(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "downgrade", "--dry-run")
     result = json.loads(out)
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     assert result["dry_run"] is True and result["switched"] is False
     assert not (workdir / "model_fleet_state.json").exists()
     _, out, _ = run(capsys, "status")
@@ -134,18 +135,18 @@ def test_several_fleets_and_unknown_fleet(
 ) -> None:
     write_config(workdir, ollama, "gpu0", "gpu1")
     code, out, _ = run(capsys, "status")
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     assert set(json.loads(out)["fleets"]) == {"gpu0", "gpu1"}
     code, out, _ = run(capsys, "status", "--fleet", "gpu1")
     assert json.loads(out)["fleet"] == "gpu1"
     code, _, err = run(capsys, "downgrade")
-    assert code == cli.EXIT_UNKNOWN_FLEET and "several fleets" in err
+    assert code == ExitCode.UNKNOWN_FLEET and "several fleets" in err
     code, _, err = run(capsys, "downgrade", "--fleet", "gpu9")
-    assert code == cli.EXIT_UNKNOWN_FLEET and "unknown fleet 'gpu9'" in err
+    assert code == ExitCode.UNKNOWN_FLEET and "unknown fleet 'gpu9'" in err
     code, _, err = run(capsys, "status", "--fleet", "gpu9")
-    assert code == cli.EXIT_UNKNOWN_FLEET
+    assert code == ExitCode.UNKNOWN_FLEET
     code, out, _ = run(capsys, "downgrade", "--fleet", "gpu1")
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     _, out, _ = run(capsys, "status")
     fleets = json.loads(out)["fleets"]
     assert (fleets["gpu0"]["current_model"]["index"], fleets["gpu1"]["current_model"]["index"]) == (
@@ -159,19 +160,45 @@ def test_invalid_config_exits_2_with_file_and_key(
 ) -> None:
     (workdir / "bad.yaml").write_text("fleets:\n  a:\n    policy: biggest\n")
     code, _, err = run(capsys, "--config", "bad.yaml", "status")
-    assert code == cli.EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert "bad.yaml: fleets.a.policy: must be one of" in err
     code, _, err = run(capsys, "check-config", "--config", "bad.yaml")
-    assert code == cli.EXIT_USAGE
+    assert code == ExitCode.USAGE
 
 
 def test_check_config_prints_effective_config_and_warnings(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(capsys, "check-config")
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     assert json.loads(out)["fleets"]["default"]["ladder"][1]["name"] == "phi3:mini"
     assert "phi3:mini (2200 MB) is larger than llama3.2:3b (2048 MB)" in err
+
+
+def test_check_config_names_the_old_keys_and_refuses_old_and_new_together(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "old.yaml").write_text(
+        "fleets:\n  a:\n    ollama_url: http://10.0.0.2:11434\n"
+        "    containers: {restart_ollama: false}\n"
+    )
+    code, out, err = run(capsys, "check-config", "--config", "old.yaml")
+    assert code == ExitCode.OK
+    assert json.loads(out)["fleets"]["a"]["server"] == {
+        "kind": "ollama",
+        "url": "http://10.0.0.2:11434",
+    }
+    assert "warning: fleets.a.ollama_url is deprecated: use fleets.a.server.url" in err
+    assert (
+        "warning: fleets.a.containers.restart_ollama is deprecated: use "
+        "fleets.a.containers.restart_server"
+    ) in err
+    (workdir / "both.yaml").write_text(
+        "fleets:\n  a:\n    ollama_url: http://a:1\n    server: {url: 'http://b:1'}\n"
+    )
+    code, _, err = run(capsys, "check-config", "--config", "both.yaml")
+    assert code == ExitCode.USAGE
+    assert "both.yaml: fleets.a.ollama_url: is the deprecated name of fleets.a.server.url" in err
 
 
 def test_lock_not_obtained_in_time(
@@ -181,7 +208,7 @@ def test_lock_not_obtained_in_time(
     store = StateStore(parse_config({"lock_timeout_seconds": 0.2}))
     with file_lock(store.lock_path, 1.0):
         code, _, err = run(capsys, "status")
-    assert code == cli.EXIT_LOCKED
+    assert code == ExitCode.LOCKED
     assert "could not lock the state" in err
 
 
@@ -204,4 +231,4 @@ def test_the_installed_command_and_the_original_flags(workdir: Path) -> None:
     state = json.loads((workdir / "model_fleet_state.json").read_text())
     assert state["fleets"]["default"]["history"][0]["reason"] == "legacy flag"
     r = call()
-    assert r.returncode == cli.EXIT_USAGE
+    assert r.returncode == ExitCode.USAGE

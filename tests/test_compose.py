@@ -1,9 +1,10 @@
 """The deploy path: the shipped images and compose files, started as a user starts them.
 
-Builds the three images from the shipped Dockerfiles (on a locally made python:3.11-slim when
-no registry answers), starts docker-compose.gpu.yml + docker-compose.monitoring.yml with
-scripts/up and the CI override (simulator/standins/compose.ci.yml: no GPU reservation, no
-Grafana, stand-ins for Ollama, Prometheus and Alertmanager, its own project, fleet and ports),
+Builds the shipped images (one for both services, one for the example app) on a locally made
+python:3.11-slim when no registry answers, starts docker-compose.gpu.yml +
+docker-compose.monitoring.yml with scripts/up and the CI override
+(simulator/standins/compose.ci.yml: no GPU reservation, no Grafana, stand-ins for Ollama,
+Prometheus and Alertmanager, its own project, fleet and ports),
 drives the loop through the real containers and tears it all down with scripts/down.
 """
 
@@ -15,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import docker
 import pytest
@@ -72,7 +74,7 @@ def _ps(stack: ComposeStack) -> list[dict[str, Any]]:
 def _firing(stack: ComposeStack, alertname: str) -> list[dict[str, Any]]:
     prom = stack.url("prometheus", 9090)
     query = f'ALERTS{{alertname="{alertname}",alertstate="firing",fleet="{stack.fleet}"}}'
-    answer = stack.get_json(f"{prom}/api/v1/query?query={query}")
+    answer = stack.get_json(f"{prom}/api/v1/query?query={quote(query)}")
     return list(answer["data"]["result"])
 
 

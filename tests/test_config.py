@@ -8,7 +8,10 @@ import pytest
 import yaml
 
 from remediator.config import (
+    CONFIG_KEYS,
+    DEPRECATED_KEYS,
     ConfigError,
+    ServerSettings,
     config_warnings,
     default_config,
     effective_config,
@@ -34,7 +37,8 @@ def test_defaults_reproduce_the_original_system(
     ]
     assert fleet.max_vram_errors == 3
     assert fleet.policy == "next"
-    assert fleet.ollama_url == "http://127.0.0.1:11434"
+    assert fleet.server == ServerSettings(kind="ollama", url="http://127.0.0.1:11434")
+    assert (fleet.containers.server_names, fleet.containers.restart_server) == ((), True)
     assert str(config.state_file) == "model_fleet_state.json"
     assert config.source == "<defaults>"
 
@@ -54,8 +58,13 @@ def test_several_fleets_each_with_its_own_settings(tmp_path: Path) -> None:
                             {"name": "small", "size_mb": 1000, "description": "s"},
                         ],
                         "max_vram_errors": 5,
-                        "ollama_url": "http://10.0.0.2:11434/",
-                        "containers": {"use_labels": False, "ollama": ["o1"], "app": ["a1", "a2"]},
+                        "server": {"kind": "ollama", "url": "http://10.0.0.2:11434/"},
+                        "containers": {
+                            "use_labels": False,
+                            "server": ["o1"],
+                            "app": ["a1", "a2"],
+                            "restart_server": False,
+                        },
                         "app_config": [
                             {"path": "/cfg/app.env", "format": "env"},
                             {"path": "/cfg/app.json", "format": "json", "key": "llm.model"},
@@ -73,8 +82,11 @@ def test_several_fleets_each_with_its_own_settings(tmp_path: Path) -> None:
     assert (g0.gpu, g0.policy, g0.headroom_mb, g0.cooldown_seconds) == ("0", "fits", 256, 5.0)
     assert g0.ladder.names[0] == "llama3.2:3b"
     assert g1.ladder.names == ["big", "small"]
-    assert g1.ollama_url == "http://10.0.0.2:11434"
+    assert g1.server.url == "http://10.0.0.2:11434"
+    assert g1.containers.server_names == ("o1",)
     assert g1.containers.app_names == ("a1", "a2")
+    assert not g1.containers.restart_server
+    assert config.deprecated_keys == ()
     assert g1.app_config[0].key == "OLLAMA_MODEL"  # the env format's default key
     assert g1.app_config[1].key == "llm.model"
     assert g1.app_config[2].key is None
@@ -132,6 +144,18 @@ def test_environment_names_the_config_and_the_state_file(
         (
             {"fleets": {"a": {"ollama_url": "localhost:11434"}}},
             r"fleets\.a\.ollama_url: must be an http\(s\) URL",
+        ),
+        (
+            {"fleets": {"a": {"server": {"url": "localhost:11434"}}}},
+            r"fleets\.a\.server\.url: must be an http\(s\) URL",
+        ),
+        (
+            {"fleets": {"a": {"server": {"kind": "vllm"}}}},
+            r"fleets\.a\.server\.kind: unknown server kind 'vllm' \(known kinds: ollama\)",
+        ),
+        (
+            {"fleets": {"a": {"server": {"kind": "ollama", "port": 1}}}},
+            r"fleets\.a\.server: unknown key\(s\) port \(allowed: kind, url\)",
         ),
         (
             {"fleets": {"a": {"app_config": [{"path": "x", "format": "toml"}]}}},
@@ -219,3 +243,129 @@ def test_effective_config_round_trips_through_the_parser() -> None:
 def test_the_exporter_section_belongs_to_the_exporter() -> None:
     config = parse_config({"exporter": {"bind": "0.0.0.0:9842"}, "fleets": {"a": {}}}, "f")
     assert list(config.fleets) == ["a"]
+
+
+def test_the_old_server_keys_still_work_and_check_config_names_them() -> None:
+    config = parse_config(
+        {
+            "fleets": {
+                "a": {
+                    "ollama_url": "http://10.0.0.2:11434/",
+                    "containers": {"ollama": "o1", "restart_ollama": False},
+                },
+                "b": {"server": {"url": "http://10.0.0.3:11434"}},
+            }
+        },
+        "old.yaml",
+    )
+    a = config.fleets["a"]
+    assert a.server == ServerSettings(kind="ollama", url="http://10.0.0.2:11434")
+    assert (a.containers.server_names, a.containers.restart_server) == (("o1",), False)
+    assert config.deprecated_keys == (
+        ("fleets.a.ollama_url", "fleets.a.server.url"),
+        ("fleets.a.containers.ollama", "fleets.a.containers.server"),
+        ("fleets.a.containers.restart_ollama", "fleets.a.containers.restart_server"),
+    )
+    warnings = config_warnings(config)
+    assert warnings[:3] == [
+        "fleets.a.ollama_url is deprecated: use fleets.a.server.url (the old key still works)",
+        "fleets.a.containers.ollama is deprecated: use fleets.a.containers.server "
+        "(the old key still works)",
+        "fleets.a.containers.restart_ollama is deprecated: use "
+        "fleets.a.containers.restart_server (the old key still works)",
+    ]
+    assert not any("fleets.b" in w and "deprecated" in w for w in warnings)
+    # The effective config speaks the new keys only, and reads back the same.
+    eff = effective_config(config)
+    assert eff["fleets"]["a"]["server"] == {"kind": "ollama", "url": "http://10.0.0.2:11434"}
+    assert eff["fleets"]["a"]["containers"]["server"] == ["o1"]
+    assert "ollama_url" not in eff["fleets"]["a"]
+    again = parse_config({k: v for k, v in eff.items() if k != "source"}, "again")
+    assert again.deprecated_keys == ()
+    assert effective_config(again)["fleets"] == eff["fleets"]
+
+
+@pytest.mark.parametrize(
+    ("fleet", "old", "new"),
+    [
+        (
+            {"ollama_url": "http://a:1", "server": {"url": "http://b:1"}},
+            "fleets.a.ollama_url",
+            "fleets.a.server.url",
+        ),
+        (
+            {"containers": {"ollama": ["o"], "server": ["o"]}},
+            "fleets.a.containers.ollama",
+            "fleets.a.containers.server",
+        ),
+        (
+            {"containers": {"restart_ollama": True, "restart_server": False}},
+            "fleets.a.containers.restart_ollama",
+            "fleets.a.containers.restart_server",
+        ),
+    ],
+)
+def test_old_and_new_key_for_one_setting_is_an_error(
+    fleet: dict[str, object], old: str, new: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"fleets": {"a": fleet}}, "both.yaml")
+    assert str(err.value) == (
+        f"both.yaml: {old}: is the deprecated name of {new}, which is set too: keep only one"
+    )
+
+
+def test_an_old_key_beside_other_new_keys_is_fine() -> None:
+    config = parse_config(
+        {"fleets": {"a": {"ollama_url": "http://a:1", "server": {"kind": "ollama"}}}}
+    )
+    assert config.fleets["a"].server == ServerSettings(kind="ollama", url="http://a:1")
+
+
+def test_config_keys_name_every_key_of_the_effective_config() -> None:
+    def paths(value: object, where: str) -> set[str]:
+        """The dotted paths of the keys in ``value``, written as CONFIG_KEYS writes them."""
+        out: set[str] = set()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{where}.{'*' if where == 'fleets' else key}" if where else str(key)
+                out |= {path} | paths(item, path)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            out |= paths(value[0], f"{where}[]")
+        return out
+
+    config = parse_config(
+        {"fleets": {"a": {"app_config": [{"path": "p", "format": "json", "key": "m"}]}}}
+    )
+    eff = {k: v for k, v in effective_config(config).items() if k != "source"}
+    found = paths(eff, "")
+    assert found <= CONFIG_KEYS, found - CONFIG_KEYS
+    # What the effective config leaves out: the deprecated keys and the exporter's section.
+    assert CONFIG_KEYS - found == set(DEPRECATED_KEYS) | {"exporter"}
+    assert set(DEPRECATED_KEYS.values()) <= CONFIG_KEYS
+    assert {"fleets.*.server.kind", "fleets.*.app_config[].path", "alert_keys.ttl_seconds"} <= (
+        CONFIG_KEYS
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "data"),
+    [
+        ("", {"bogus": 1}),
+        ("alert_keys", {"alert_keys": {"bogus": 1}}),
+        ("notifications", {"notifications": {"bogus": 1}}),
+        ("fleets.*", {"fleets": {"a": {"bogus": 1}}}),
+        ("fleets.*.server", {"fleets": {"a": {"server": {"bogus": 1}}}}),
+        ("fleets.*.ladder[]", {"fleets": {"a": {"ladder": [{"bogus": 1}]}}}),
+        ("fleets.*.containers", {"fleets": {"a": {"containers": {"bogus": 1}}}}),
+        ("fleets.*.app_config[]", {"fleets": {"a": {"app_config": [{"bogus": 1}]}}}),
+        ("fleets.*.auto_upgrade", {"fleets": {"a": {"auto_upgrade": {"bogus": 1}}}}),
+    ],
+)
+def test_config_keys_are_what_the_parser_accepts(section: str, data: object) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) bogus \(allowed: ") as err:
+        parse_config(data)
+    allowed = str(err.value).rsplit("(allowed: ", 1)[1].rstrip(")").split(", ")
+    prefix = f"{section}." if section else ""
+    listed = {k[len(prefix) :] for k in CONFIG_KEYS if k.startswith(prefix)}
+    assert set(allowed) == {k for k in listed if "." not in k and "[" not in k and k != "*"}

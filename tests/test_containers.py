@@ -8,13 +8,8 @@ from typing import Any
 
 import pytest
 
-from remediator.adapters.docker_engine import (
-    FLEET_LABEL,
-    ROLE_LABEL,
-    ContainerError,
-    ContainerRef,
-    ContainerRuntime,
-)
+from remediator.adapters.docker_engine import FLEET_LABEL, ROLE_LABEL, DockerRuntime
+from remediator.runtime import ContainerError, ContainerRef
 from tests.support import docker_env
 
 pytestmark = pytest.mark.docker
@@ -27,14 +22,14 @@ SECOND = 1_000_000_000  # health check durations are in nanoseconds
 
 
 @pytest.fixture(scope="module")
-def runtime(docker_client: Any, busybox_image: str) -> Iterator[ContainerRuntime]:
-    rt = ContainerRuntime(docker_client, poll_interval=0.1)
+def runtime(docker_client: Any, busybox_image: str) -> Iterator[DockerRuntime]:
+    rt = DockerRuntime(docker_client, poll_interval=0.1)
     yield rt
     rt.close()
 
 
 @pytest.fixture(scope="module")
-def fleet_containers(runtime: ContainerRuntime, docker_client: Any) -> dict[str, Any]:
+def fleet_containers(runtime: DockerRuntime, docker_client: Any) -> dict[str, Any]:
     """One labelled app and ollama in FLEET, one in another fleet, one unlabelled by name."""
     run = docker_env.run_busybox
     return {
@@ -52,7 +47,7 @@ def _ref(container: Any, role: str = "app") -> ContainerRef:
 
 
 def test_find_by_labels_and_by_name(
-    runtime: ContainerRuntime, fleet_containers: dict[str, Any], caplog: pytest.LogCaptureFixture
+    runtime: DockerRuntime, fleet_containers: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     apps = runtime.find(FLEET, "app")
     assert [r.id for r in apps] == [fleet_containers["app"].id]
@@ -75,7 +70,7 @@ def test_find_by_labels_and_by_name(
 
 
 def test_container_without_fleet_label_belongs_to_default(
-    runtime: ContainerRuntime, docker_client: Any, busybox_image: str
+    runtime: DockerRuntime, docker_client: Any, busybox_image: str
 ) -> None:
     c = docker_env.run_busybox(docker_client, IDLE, labels={ROLE_LABEL: "app"})
     try:
@@ -86,7 +81,7 @@ def test_container_without_fleet_label_belongs_to_default(
 
 
 def test_restart_changes_started_at(
-    runtime: ContainerRuntime, fleet_containers: dict[str, Any]
+    runtime: DockerRuntime, fleet_containers: dict[str, Any]
 ) -> None:
     ref = _ref(fleet_containers["app"])
     before = runtime.started_at(ref)
@@ -102,7 +97,7 @@ def test_restart_changes_started_at(
 
 
 def test_restart_starts_a_stopped_container(
-    runtime: ContainerRuntime, fleet_containers: dict[str, Any]
+    runtime: DockerRuntime, fleet_containers: dict[str, Any]
 ) -> None:
     container = fleet_containers["ollama"]
     container.stop(timeout=1)
@@ -114,7 +109,7 @@ def test_restart_starts_a_stopped_container(
 
 
 def test_wait_ready_waits_for_the_health_check(
-    runtime: ContainerRuntime, docker_client: Any, busybox_image: str
+    runtime: DockerRuntime, docker_client: Any, busybox_image: str
 ) -> None:
     script = f"rm -f /ready; (sleep 1; touch /ready) & {IDLE}"
     health = {"test": ["CMD", "test", "-f", "/ready"], "interval": SECOND // 5, "retries": 50}
@@ -136,7 +131,7 @@ def test_wait_ready_waits_for_the_health_check(
 
 
 def test_never_healthy_fails_within_the_deadline(
-    runtime: ContainerRuntime, docker_client: Any, busybox_image: str
+    runtime: DockerRuntime, docker_client: Any, busybox_image: str
 ) -> None:
     health = {
         "test": ["CMD-SHELL", "echo model not loaded; exit 1"],
@@ -162,7 +157,7 @@ def test_never_healthy_fails_within_the_deadline(
 
 
 def test_exited_container_is_not_ready(
-    runtime: ContainerRuntime, docker_client: Any, busybox_image: str
+    runtime: DockerRuntime, docker_client: Any, busybox_image: str
 ) -> None:
     c = docker_env.run_busybox(docker_client, "exit 3")
     c.wait(timeout=10)
@@ -171,7 +166,7 @@ def test_exited_container_is_not_ready(
 
 
 def test_removed_container_is_a_container_error(
-    runtime: ContainerRuntime, docker_client: Any, busybox_image: str
+    runtime: DockerRuntime, docker_client: Any, busybox_image: str
 ) -> None:
     c = docker_env.run_busybox(docker_client, IDLE)
     ref = _ref(c)
@@ -186,7 +181,7 @@ def test_removed_container_is_a_container_error(
 def test_engine_unreachable_is_a_container_error(version: str | None) -> None:
     # Unpinned, the SDK asks the engine for its API version and raises DockerException;
     # pinned, the first request raises requests' ConnectionError. Both must be ours.
-    rt = ContainerRuntime(base_url="unix:///nonexistent/docker.sock", version=version, timeout=5)
+    rt = DockerRuntime(base_url="unix:///nonexistent/docker.sock", version=version, timeout=5)
     ref = ContainerRef("0" * 64, "mf-gone", FLEET, "app")
     with pytest.raises(ContainerError, match="find failed") as err:
         rt.find(FLEET, "app")

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from fleet_contract import metrics as m
 from remediator.config import SHIPPED_ALERT_THRESHOLD
 from simulator.prom_env import (
-    BUILTIN_METRICS,
-    CONTRACT_METRICS,
     REPO,
     RULES_FILE,
     MetricsEndpoint,
@@ -83,15 +82,6 @@ def _substitute(expr: str) -> str:
     return expr
 
 
-def _code_metric_names() -> set[str]:
-    """Metric names written in the exporter's and remediator's code (string literals)."""
-    names: set[str] = set()
-    for package in ("exporter", "remediator"):
-        for path in (REPO / package).rglob("*.py"):
-            names |= set(re.findall(r"[\"'](model_fleet_\w+)[\"']", path.read_text()))
-    return names
-
-
 # --- static checks --------------------------------------------------------------------------
 
 
@@ -137,8 +127,8 @@ def test_fleet_scoped_queries_follow_the_fleet_variable() -> None:
     for where, expr in _queries().items():
         if where.startswith("variable"):
             continue
-        names = promql_metric_names(expr) - BUILTIN_METRICS
-        if names and all("fleet" in CONTRACT_METRICS[n][1] for n in names):
+        names = promql_metric_names(expr) - m.BUILTIN
+        if names and all("fleet" in m.spec(n).labels for n in names):
             for name in names:
                 for selector in re.findall(rf"{name}(\{{[^}}]*\}})?", expr):
                     assert 'fleet=~"$fleet"' in selector, f"{where}: {name} ignores $fleet"
@@ -154,36 +144,32 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
     # The current model as a stat showing the model's name.
     assert any(
         p["type"] == "stat" and p["options"]["textMode"] == "name"
-        for p in by_metric["model_fleet_current_model_info"]
+        for p in by_metric[m.CURRENT_MODEL_INFO]
     )
     for name in (
-        "model_fleet_ladder_model_bytes",  # the ladder ...
-        "model_fleet_current_model_index",  # ... and the current rung
-        "model_fleet_gpu_memory_used_bytes",
-        "model_fleet_gpu_memory_total_bytes",
-        "model_fleet_gpu_process_memory_bytes",
-        "model_fleet_vram_errors_total",
-        "model_fleet_vram_errors_since_start",
-        "model_fleet_remediation_failures_total",
+        m.LADDER_MODEL_BYTES,  # the ladder ...
+        m.CURRENT_MODEL_INDEX,  # ... and the current rung
+        m.GPU_MEMORY_USED,
+        m.GPU_MEMORY_TOTAL,
+        m.GPU_PROCESS_MEMORY,
+        m.VRAM_ERRORS,
+        m.VRAM_ERRORS_SINCE_START,
+        m.REMEDIATION_FAILURES,
         "ALERTS",
     ):
         assert name in by_metric, f"no panel shows {name}"
     assert any(
-        "container" in t["expr"]
-        for p in by_metric["model_fleet_gpu_process_memory_bytes"]
-        for t in p["targets"]
+        "container" in t["expr"] for p in by_metric[m.GPU_PROCESS_MEMORY] for t in p["targets"]
     ), "per-process VRAM is not by container"
-    assert any(
-        "kind" in t["expr"]
-        for p in by_metric["model_fleet_vram_errors_total"]
-        for t in p["targets"]
-    ), "the error rate is not by kind"
+    assert any("kind" in t["expr"] for p in by_metric[m.VRAM_ERRORS] for t in p["targets"]), (
+        "the error rate is not by kind"
+    )
     # Errors since start against the threshold of the rule: a threshold step at 3.
-    [errors] = by_metric["model_fleet_vram_errors_since_start"]
+    [errors] = by_metric[m.VRAM_ERRORS_SINCE_START]
     steps = errors["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s["value"] for s in steps if s["value"] is not None] == [SHIPPED_ALERT_THRESHOLD]
     annotations = [a.get("expr", "") for a in dashboard["annotations"]["list"]]
-    assert any("model_fleet_switches_total" in a for a in annotations), "no switch annotations"
+    assert any(m.SWITCHES in a for a in annotations), "no switch annotations"
 
 
 def test_queries_parse_with_promtool() -> None:
@@ -195,21 +181,9 @@ def test_queries_use_only_contract_metrics() -> None:
         (where, name)
         for where, expr in _queries().items()
         for name in promql_metric_names(_substitute(expr))
-        if name not in CONTRACT_METRICS and name not in BUILTIN_METRICS
+        if name not in m.BY_NAME and name not in m.BUILTIN
     }
-    assert not unknown, f"metrics outside DESIGN.md's contract: {sorted(unknown)}"
-
-
-def test_queries_use_only_metrics_the_code_exports() -> None:
-    """Each name (or its base without prometheus_client's _total/_info) is a literal in code."""
-    in_code = _code_metric_names()
-    missing = set()
-    for expr in _queries().values():
-        for name in promql_metric_names(_substitute(expr)) - BUILTIN_METRICS:
-            base = re.sub(r"_(total|info)$", "", name)
-            if name not in in_code and base not in in_code:
-                missing.add(name)
-    assert not missing, f"the dashboard uses metrics no code defines: {sorted(missing)}"
+    assert not unknown, f"metrics outside fleet_contract.metrics: {sorted(unknown)}"
 
 
 # --- against a real Prometheus ---------------------------------------------------------------

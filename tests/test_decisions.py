@@ -11,7 +11,7 @@ from remediator.decisions import (
     choose_upgrade,
     upgrade_failed,
 )
-from remediator.state import FleetState, SwitchRecord
+from remediator.state_model import FleetState, SwitchRecord
 
 NOW = 1_000_000.0
 

@@ -3,7 +3,7 @@
 No image can be pulled here, so nothing is started from the compose files: they are checked
 against the compose-spec schema, against the repository (every path they mount or build from)
 and against each other (the two combine with ``-f ... -f ...``). The pieces that can run here
-do run: hadolint, the images' health-check command, the build context the engine receives,
+do run: hadolint, the services' health-check commands, the build context the engine receives,
 and the example application against a stand-in Ollama.
 """
 
@@ -51,10 +51,12 @@ def tool(name: str) -> str:
 GPU_FILE = "docker-compose.gpu.yml"
 MONITORING_FILE = "docker-compose.monitoring.yml"
 COMPOSE_FILES = (GPU_FILE, MONITORING_FILE)
-# Image -> (console script, port): the commands and ports of the project conventions.
-IMAGES = {
-    "deploy/exporter.Dockerfile": ("model-fleet-exporter", 9842),
-    "deploy/remediator.Dockerfile": ("model-fleet", 8080),
+# One image for both services; compose service -> (console script, port) it runs.
+DOCKERFILE = "deploy/Dockerfile"
+IMAGE = "model-fleet/model-fleet:latest"
+SERVICES = {
+    "exporter": ("model-fleet-exporter", 9842),
+    "remediator": ("model-fleet", 8080),
 }
 # The only absolute host paths a compose file may mount.
 HOST_PATHS = {"/var/run/docker.sock"}
@@ -149,19 +151,16 @@ def instruction(path: Path, name: str) -> str:
     return found[-1]
 
 
-def healthcheck_command(path: Path) -> list[str]:
-    """The exec-form command of the Dockerfile's HEALTHCHECK."""
-    args = instruction(path, "HEALTHCHECK")
-    _, cmd, command = args.partition("CMD ")
-    assert cmd, f"{path.relative_to(REPO)}: HEALTHCHECK without CMD"
-    parsed = json.loads(command)
-    assert isinstance(parsed, list)
-    return [str(part) for part in parsed]
+def healthcheck_command(service: str) -> list[str]:
+    """The exec-form command of a compose service's health check (without the CMD word)."""
+    test = combined()["services"][service]["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] == "CMD", f"{service}: {test!r} is not exec form"
+    return [str(part) for part in test[1:]]
 
 
 def all_dockerfiles() -> list[Path]:
     """Every Dockerfile in the repository: the images and the example application's."""
-    found = sorted(REPO.glob("deploy/*.Dockerfile")) + sorted(REPO.glob("examples/**/Dockerfile"))
+    found = sorted(REPO.glob("deploy/*Dockerfile")) + sorted(REPO.glob("examples/**/Dockerfile"))
     return [p for p in found if ".venv" not in p.parts]
 
 
@@ -269,7 +268,7 @@ def test_secret_files_are_gitignored_and_documented() -> None:
 def test_services_are_wired_as_the_design_says() -> None:
     stack = combined()
     services = stack["services"]
-    # Labels: containers are found by label, never by name (DESIGN.md).
+    # Labels: containers are found by label, never by name (fleet_contract.labels).
     assert services["ollama"]["labels"] == {
         "model-fleet.fleet": "default",
         "model-fleet.role": "ollama",
@@ -402,7 +401,7 @@ def test_compose_config_file_fits_the_stack() -> None:
         pytest.fail(f"the remediator container would not start: {exc}")
     fleet = config.fleets.get("default")
     assert fleet is not None, f"no fleet 'default' (the compose labels say default): {config}"
-    assert fleet.ollama_url == "http://ollama:11434"
+    assert (fleet.server.kind, fleet.server.url) == ("ollama", "http://ollama:11434")
     gpu_ids = services["ollama"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
     default_gpu = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", gpu_ids[0])
     assert fleet.gpu == default_gpu, f"fleet gpu {fleet.gpu}, Ollama reserves GPU {default_gpu}"
@@ -431,34 +430,51 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
 
 def test_dockerfiles_found() -> None:
     found = {str(p.relative_to(REPO)) for p in all_dockerfiles()}
-    assert set(IMAGES) | {"examples/app/Dockerfile"} <= found
+    assert found == {DOCKERFILE, "examples/app/Dockerfile"}, "one image for both services"
 
 
-@pytest.mark.parametrize("dockerfile", sorted(IMAGES))
-def test_image_runs_its_console_script(dockerfile: str) -> None:
-    script, port = IMAGES[dockerfile]
-    path = REPO / dockerfile
+def test_one_image_serves_both_services() -> None:
+    path = REPO / DOCKERFILE
+    words = [word for word, _ in dockerfile_instructions(path)]
+    # The compose service names the command: the image must not pin one with an ENTRYPOINT,
+    # nor a HEALTHCHECK that fits only one of them.
+    assert "ENTRYPOINT" not in words and "HEALTHCHECK" not in words
+    assert set(instruction(path, "EXPOSE").split()) == {str(p) for _, p in SERVICES.values()}
+    user = instruction(path, "USER").split(":")[0]
+    assert user not in ("root", "0"), f"{DOCKERFILE}: the image runs as root"
+    builders = {
+        name
+        for name, svc in combined()["services"].items()
+        if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == DOCKERFILE
+    }
+    assert builders == set(SERVICES), f"{DOCKERFILE} is built by {sorted(builders)}"
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_service_runs_its_console_script_from_the_image(service: str) -> None:
+    script, port = SERVICES[service]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "scripts"
     ]
-    entrypoint = json.loads(instruction(path, "ENTRYPOINT"))
-    assert entrypoint == [script], f"{dockerfile}: ENTRYPOINT {entrypoint}"
     assert script in scripts, f"{script} is not in [project.scripts] ({sorted(scripts)})"
-    assert json.loads(instruction(path, "CMD")) == ["serve", "--bind", f"0.0.0.0:{port}"]
-    assert instruction(path, "EXPOSE") == str(port)
-    check = healthcheck_command(path)
+    svc = combined()["services"][service]
+    # Built from the repository root, one tag for both, the service's command and port.
+    assert svc["build"] == {"context": ".", "dockerfile": DOCKERFILE}
+    assert svc["image"] == IMAGE
+    assert svc["command"] == [script, "serve", "--bind", f"0.0.0.0:{port}"]
+    assert f"{port}:{port}" in svc["ports"]
+    check = healthcheck_command(service)
     assert check[:2] == ["python", "-c"] and f"127.0.0.1:{port}/healthz" in check[2]
-    user = instruction(path, "USER").split(":")[0]
-    assert user not in ("root", "0"), f"{dockerfile}: the image runs as root"
-    # The compose file builds this image from the repository root and publishes the port.
-    users = [
-        svc
-        for svc in combined()["services"].values()
-        if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == dockerfile
-    ]
-    assert len(users) == 1, f"{dockerfile}: built by {len(users)} services"
-    assert users[0]["build"]["context"] == "."
-    assert f"{port}:{port}" in users[0]["ports"]
+
+
+def test_only_the_remediator_runs_as_root() -> None:
+    # The image is unprivileged; the remediator rewrites operator-owned files (see its comment).
+    services = combined()["services"]
+    assert services["remediator"].get("user") == "root"
+    assert "user" not in services["exporter"], "the exporter needs no root"
+    state = [t for s, t, _ in mounts(services["remediator"]) if s == "model-fleet-state"]
+    assert state == ["/var/lib/model-fleet"]
+    assert services["remediator"]["environment"]["MODEL_FLEET_STATE_FILE"].startswith(state[0])
 
 
 class _HealthzHandler(http.server.BaseHTTPRequestHandler):
@@ -472,10 +488,10 @@ class _HealthzHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("dockerfile", sorted(IMAGES))
-def test_healthcheck_command_follows_healthz(dockerfile: str) -> None:
-    _, port = IMAGES[dockerfile]
-    code = healthcheck_command(REPO / dockerfile)[2]
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_healthcheck_command_follows_healthz(service: str) -> None:
+    _, port = SERVICES[service]
+    code = healthcheck_command(service)[2]
     test_port = free_port()
     # The same command, pointed at a port this test owns.
     code = code.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{test_port}/")
@@ -522,7 +538,7 @@ def test_build_context_holds_only_the_package_sources(
     busybox_image: str, token_file_present: Path
 ) -> None:
     # The real engine applies .dockerignore to the repository root, as `docker build .` and
-    # compose do for both images; copy the whole context into a busybox image and list it.
+    # compose do for the image; copy the whole context into a busybox image and list it.
     tag = f"model-fleet-test/context:{uuid.uuid4().hex[:10]}"
     build = subprocess.run(
         ["docker", "build", "-q", "-t", tag, "-f", "-", "."],
@@ -555,22 +571,28 @@ def test_build_context_holds_only_the_package_sources(
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
     files = {line.removeprefix("/ctx/") for line in listing.stdout.split()}
-    allowed = re.compile(r"(pyproject\.toml|README\.md|(remediator|exporter)/.+)")
+    allowed = re.compile(r"(pyproject\.toml|README\.md|(fleet_contract|remediator|exporter)/.+)")
     extra = sorted(f for f in files if not allowed.fullmatch(f) or "__pycache__" in f)
     assert not extra, f".dockerignore lets these into the image build context: {extra}"
     assert "secrets/model_fleet_token" not in files
-    # Every file or directory the images COPY from the context is in it.
-    for dockerfile in IMAGES:
-        for word, args in dockerfile_instructions(REPO / dockerfile):
-            if word != "COPY" or args.startswith("--from"):
-                continue
-            for source in shlex.split(args)[:-1]:
-                source = source.rstrip("/")
-                present = source in files or any(f.startswith(source + "/") for f in files)
-                owner = OWNERS.get(source, "")
-                assert present, f"{dockerfile} copies {source}, not in the context " + (
-                    f"(owned by {owner}; expected until it lands)" if owner else ""
-                )
+    # Every file or directory the image COPYs from the context is in it.
+    copied = set()
+    for word, args in dockerfile_instructions(REPO / DOCKERFILE):
+        if word != "COPY" or args.startswith("--from"):
+            continue
+        for source in shlex.split(args)[:-1]:
+            source = source.rstrip("/")
+            copied.add(source)
+            present = source in files or any(f.startswith(source + "/") for f in files)
+            owner = OWNERS.get(source, "")
+            assert present, f"{DOCKERFILE} copies {source}, not in the context " + (
+                f"(owned by {owner}; expected until it lands)" if owner else ""
+            )
+    # ... and the packages the image installs are all copied.
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "setuptools"
+    ]["packages"]
+    assert {p.split(".")[0] for p in packages} <= copied
 
 
 # --- the example application ------------------------------------------------------------------
@@ -678,8 +700,8 @@ def test_start_interval_file_merges_onto_every_health_checked_service() -> None:
     extra = load_compose("deploy/compose.start-interval.yml")
     stack = combined()["services"]
     assert set(extra["services"]) <= set(stack)
-    # exporter, remediator and app have theirs in their Dockerfile (HEALTHCHECK).
-    in_image = {"exporter", "remediator", "app"}
+    # The example app has its check in its Dockerfile (HEALTHCHECK).
+    in_image = {"app"}
     for name in extra["services"]:
         assert "healthcheck" in stack[name] or name in in_image, f"{name}: no health check"
     files = [*COMPOSE_FILES, "deploy/compose.start-interval.yml"]

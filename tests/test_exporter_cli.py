@@ -81,7 +81,7 @@ def test_scan_of_a_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixt
         ({"patterns": {"Bad Kind": ["x"]}}, "exporter.patterns.Bad Kind"),
         ({"bind": "localhost"}, "exporter.bind"),
         ({"labels": ["model-fleet.role"]}, "exporter.labels"),
-        ({"nvml": "yes"}, "exporter.adapters.nvml"),
+        ({"nvml": "yes"}, "exporter.nvml"),
         ({"colour": "blue"}, "exporter: unknown key(s) colour"),
         ({"patterns": {}, "default_patterns": False}, "exporter.patterns"),
     ],
@@ -122,7 +122,7 @@ def test_the_exporter_reads_what_it_needs_from_the_fleets(tmp_path: Path) -> Non
             "state_file": "/var/lib/model-fleet/state.json",  # the remediator's business
             "fleets": {
                 "big": {"gpu": 0, "containers": {"ollama": ["ollama-big"], "use_labels": False}},
-                "small": {"containers": {"ollama": "ollama-small", "use_labels": False}},
+                "small": {"containers": {"server": "ollama-small", "use_labels": False}},
             },
             "exporter": {
                 "containers": {"legacy-ollama": "big"},

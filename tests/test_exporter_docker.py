@@ -13,10 +13,11 @@ from typing import Any
 import docker
 import pytest
 
-from exporter.adapters.docker_watch import LogWatcher
+from exporter.adapters.docker_logs import DockerLogSource
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
 from exporter.metrics import LogStore, SeriesSnapshot
+from exporter.watcher import LogWatcher
 from tests.support import docker_env
 from tests.support.exporter_env import DATA, ExporterProcess, sample, wait_for
 
@@ -50,10 +51,12 @@ def watch(docker_client: Any, busybox_image: str, tag: str) -> Iterator[StartWat
         )
         classifier = LogClassifier()
         store = LogStore(classifier.kinds)
-        watcher = LogWatcher(selection, classifier, store, **kwargs)
+        factory = kwargs.pop("client_factory", None)
+        source = DockerLogSource(factory) if factory is not None else DockerLogSource()
+        watcher = LogWatcher(selection, classifier, store, source, **kwargs)
         watchers.append(watcher)
         watcher.start()
-        if "client_factory" not in kwargs:
+        if factory is None:
             assert watcher.ready.wait(20), "the watcher did not connect to Docker"
         return watcher, store
 
@@ -249,7 +252,7 @@ def test_containers_named_in_the_config_are_watched_without_labels(
 def test_without_docker_the_watcher_waits_and_says_so_once(
     watch: StartWatcher, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="exporter.adapters.docker_watch")
+    caplog.set_level(logging.WARNING, logger="exporter.watcher")
 
     def unreachable() -> Any:
         return docker.DockerClient(base_url="unix:///nonexistent/model-fleet/docker.sock")
@@ -258,7 +261,7 @@ def test_without_docker_the_watcher_waits_and_says_so_once(
     wait_for(lambda: "not reachable" in caplog.text, "the warning")
     time.sleep(1.5)  # a retry happens meanwhile; the same cause is not logged again
     assert caplog.text.count("Docker is not reachable") == 1
-    assert not watcher.docker_up
+    assert not watcher.source_up
     assert series(store, "absent") is not None  # the log series still exist
 
 

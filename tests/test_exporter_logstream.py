@@ -10,15 +10,15 @@ import time
 
 import pytest
 
-from exporter.adapters.chunked import ChunkedDecoder, ChunkedError
 from exporter.classifier import LogClassifier
 from exporter.logstream import (
+    RUN_START_SLACK_NS,
     ContainerLog,
-    TimestampError,
-    format_since,
-    is_zero_time,
-    parse_timestamp,
+    RunState,
+    RunTracker,
+    boundary_from_history,
 )
+from exporter.timestamps import TimestampError, format_since, is_zero_time, parse_timestamp
 
 OOM = b"ggml_backend_cuda_buffer_type_alloc_buffer: allocating 3257.82 MiB on device 0: cudaMalloc failed: out of memory\n"  # noqa: E501
 TIMEOUT = b'level=WARN source=sched.go:646 msg="gpu VRAM usage didn\'t recover within timeout"\n'
@@ -172,29 +172,35 @@ def test_timestamp_helpers() -> None:
         parse_timestamp("yesterday")
 
 
-def chunked(parts: list[bytes]) -> bytes:
-    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
-    return body + b"0\r\n\r\n"
+def test_runs_begin_after_the_previous_run_ended() -> None:
+    log = make_log()
+    runs = RunTracker(log)
+    never = RunState(running=False, started_at="0001-01-01T00:00:00Z")
+    assert runs.idle(never) and not runs.observe(never, lambda: None)
+    first = RunState(True, stamp(BASE_NS + 100).decode(), "0001-01-01T00:00:00Z")
+    assert runs.observe(first, lambda: None) and log.boundary_ns is None  # its only run
+    assert runs.same_run(first) and not runs.idle(first)
+    log.feed(frame(BASE_NS + 200, OOM))
+    stopped = RunState(False, first.started_at, stamp(BASE_NS + 300).decode())
+    assert runs.stream_ended(stopped) is True and runs.idle(stopped)  # read to its end
+    assert runs.stream_ended(first) is False  # same run still up: a broken stream
+    second = RunState(True, stamp(BASE_NS + 400).decode(), stopped.finished_at)
+    assert runs.observe(second, lambda: None)
+    assert log.boundary_ns == BASE_NS + 300 and log.since_start == 0
+    assert runs.started_ns == BASE_NS + 400
 
 
-def test_chunked_bodies_decode_whatever_the_split() -> None:
-    rng = random.Random(3)
-    parts = [frame(BASE_NS + i, rng.choice([OOM, NORMAL])) for i in range(50)]
-    body = chunked(parts) + b"HTTP/1.1 200 OK\r\n"  # what follows the body is not read
-    for _ in range(5):
-        decoder = ChunkedDecoder()
-        cuts = sorted(rng.sample(range(1, len(body)), 40))
-        bounds = zip([0, *cuts], [*cuts, len(body)], strict=True)
-        out = b"".join(decoder.feed(body[a:b]) for a, b in bounds)
-        assert out == b"".join(parts)
-        assert decoder.done
-
-
-def test_chunk_extensions_are_ignored_and_garbage_is_refused() -> None:
-    decoder = ChunkedDecoder()
-    assert decoder.feed(b"5;name=value\r\nhello\r\n0\r\n\r\n") == b"hello"
-    assert decoder.done and decoder.feed(b"more") == b""
-    with pytest.raises(ChunkedError):
-        ChunkedDecoder().feed(b"zz\r\nhello\r\n")
-    with pytest.raises(ChunkedError):
-        ChunkedDecoder().feed(b"5\r\nhelloXX")
+@pytest.mark.parametrize(
+    ("history", "boundary"),
+    [
+        ([("create", BASE_NS), ("die", BASE_NS + 10), ("die", BASE_NS + 50)], BASE_NS + 10),
+        ([("create", BASE_NS)], None),  # the whole history: it ran once
+        ([], BASE_NS + 20 - RUN_START_SLACK_NS),  # history lost: just before StartedAt
+        (None, BASE_NS + 20 - RUN_START_SLACK_NS),  # no history at all
+    ],
+)
+def test_a_stopped_containers_last_run_from_its_history(
+    history: list[tuple[str, int]] | None, boundary: int | None
+) -> None:
+    # the last run started at BASE_NS + 20 and ended at BASE_NS + 50
+    assert boundary_from_history(lambda: history, BASE_NS + 20, BASE_NS + 50) == boundary

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from exporter.adapters.procfs import container_id_from_cgroup, container_id_of
 from simulator import fake_nvml
 from simulator.fake_nvml import MIB, FakeGpu, FakeNvmlState
 from tests.support import docker_env
-from tests.support.exporter_env import ExporterProcess, sample, samples_named
+from tests.support.exporter_env import ExporterProcess, http_get, sample, samples_named, wait_for
 from tests.support.nvml_gpu import real_nvml_problem
 
 GIB = 1024 * MIB
@@ -187,6 +188,8 @@ def test_gpu_processes_are_named_by_their_container(
     )
     # Docker on (it names the container), watching no container's log
     exporter, _ = start_exporter(state, "--label", f"model-fleet.exporter-test={uuid.uuid4().hex}")
+    # names come from Docker once the watcher is connected (/healthz answers before that)
+    wait_for(lambda: json.loads(http_get(exporter.url + "/healthz")[1])["docker_up"], "Docker")
     m = exporter.metrics()
     procs = samples_named(m, "model_fleet_gpu_process_memory_bytes")
     assert procs == {

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from remediator.alerts import parse_webhook
 from remediator.config import ConfigError, Notifications, effective_config, parse_config
 from remediator.notifications import notification_text, sink_body
-from remediator.service import create_app, parse_webhook
-from remediator.state import MAX_NOTIFICATIONS, Notification, StateStore
+from remediator.service import create_app
+from remediator.state import StateStore
+from remediator.state_model import MAX_NOTIFICATIONS, Notification
 from simulator.prom_env import free_port
 from tests.support.http_sink import HttpSink
 

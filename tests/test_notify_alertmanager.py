@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from remediator.alerts import parse_webhook
 from remediator.notifications import alert_line
-from remediator.service import parse_webhook
 from simulator.prom_env import (
     Alertmanager,
     render_alertmanager_config,

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from remediator.adapters.ollama import OllamaClient, OllamaError, canonical_name, same_model
+from remediator.adapters.ollama import OllamaError, OllamaServer, canonical_name, same_model
+from remediator.server import ModelServerError
 from simulator.fake_ollama import FakeOllama
 
 MIB = 1024 * 1024
@@ -23,8 +24,8 @@ def fake() -> Iterator[FakeOllama]:
 
 
 @pytest.fixture
-def client(fake: FakeOllama) -> Iterator[OllamaClient]:
-    c = OllamaClient(fake.url, timeout=5)
+def client(fake: FakeOllama) -> Iterator[OllamaServer]:
+    c = OllamaServer(fake.url, timeout=5)
     yield c
     c.close()
 
@@ -39,7 +40,7 @@ def test_model_names_follow_ollamas_latest_tag() -> None:
     assert not same_model("tinyllama:1.1b", "tinyllama")
 
 
-def test_list_and_has_model(fake: FakeOllama, client: OllamaClient) -> None:
+def test_list_and_has_model(fake: FakeOllama, client: OllamaServer) -> None:
     models = {m.name: m.size for m in client.list_models()}
     assert models == {"llama3.2:3b": 2048 * MIB, "phi3:mini": 2200 * MIB}
     assert client.has_model("phi3:mini")
@@ -50,7 +51,7 @@ def test_list_and_has_model(fake: FakeOllama, client: OllamaClient) -> None:
 
 
 def test_pull_streams_progress_to_the_log(
-    fake: FakeOllama, client: OllamaClient, caplog: pytest.LogCaptureFixture
+    fake: FakeOllama, client: OllamaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.progress_steps = 5
     caplog.set_level(logging.INFO, logger="remediator.adapters.ollama")
@@ -70,14 +71,14 @@ def test_pull_streams_progress_to_the_log(
     assert any(m.startswith("ollama: pulled qwen2.5:0.5b in") for m in messages)
 
 
-def test_ensure_pulled_skips_a_local_model(fake: FakeOllama, client: OllamaClient) -> None:
+def test_ensure_pulled_skips_a_local_model(fake: FakeOllama, client: OllamaServer) -> None:
     assert client.ensure_pulled("llama3.2:3b") is False
     assert fake.calls_to("/api/pull") == []
     assert client.ensure_pulled("tinyllama:1.1b") is True
     assert len(fake.calls_to("/api/pull")) == 1
 
 
-def test_pull_refused_names_step_and_cause(fake: FakeOllama, client: OllamaClient) -> None:
+def test_pull_refused_names_step_and_cause(fake: FakeOllama, client: OllamaServer) -> None:
     fake.refuse_pull("registry says no")
     with pytest.raises(OllamaError) as err:
         client.pull("tinyllama:1.1b", timeout=5)
@@ -87,15 +88,15 @@ def test_pull_refused_names_step_and_cause(fake: FakeOllama, client: OllamaClien
     assert not client.has_model("tinyllama:1.1b")
 
 
-def test_pull_of_unknown_model_reports_ollamas_error(client: OllamaClient) -> None:
+def test_pull_of_unknown_model_reports_ollamas_error(client: OllamaServer) -> None:
     with FakeOllama(registry={"qwen2.5:0.5b": 1}) as strict:
-        c = OllamaClient(strict.url)
+        c = OllamaServer(strict.url)
         with pytest.raises(OllamaError, match="pull model manifest: file does not exist"):
             c.pull("no-such-model:7b", timeout=5)
         c.close()
 
 
-def test_pull_error_mid_stream(fake: FakeOllama, client: OllamaClient) -> None:
+def test_pull_error_mid_stream(fake: FakeOllama, client: OllamaServer) -> None:
     fake.fail_pull_mid_stream("max retries exceeded: connection reset", after=3)
     with pytest.raises(OllamaError) as err:
         client.pull("tinyllama:1.1b", timeout=5)
@@ -104,7 +105,7 @@ def test_pull_error_mid_stream(fake: FakeOllama, client: OllamaClient) -> None:
     assert "tinyllama:1.1b:latest" not in fake.models and "tinyllama:1.1b" not in fake.models
 
 
-def test_stalled_pull_fails_within_its_bound(fake: FakeOllama, client: OllamaClient) -> None:
+def test_stalled_pull_fails_within_its_bound(fake: FakeOllama, client: OllamaServer) -> None:
     fake.stall_pull(after=2)
     started = time.monotonic()
     with pytest.raises(OllamaError, match="stalled: no progress") as err:
@@ -114,7 +115,7 @@ def test_stalled_pull_fails_within_its_bound(fake: FakeOllama, client: OllamaCli
     assert 0.4 < elapsed < 3, elapsed
 
 
-def test_pull_timeout_bounds_a_slow_stream(fake: FakeOllama, client: OllamaClient) -> None:
+def test_pull_timeout_bounds_a_slow_stream(fake: FakeOllama, client: OllamaServer) -> None:
     fake.progress_steps = 50
     fake.line_delay = 0.05  # ~2.7 s in all, longer than the 0.5 s allowed
     started = time.monotonic()
@@ -123,7 +124,7 @@ def test_pull_timeout_bounds_a_slow_stream(fake: FakeOllama, client: OllamaClien
     assert time.monotonic() - started < 1.5
 
 
-def test_ollama_down_is_an_error_naming_the_url(fake: FakeOllama, client: OllamaClient) -> None:
+def test_ollama_down_is_an_error_naming_the_url(fake: FakeOllama, client: OllamaServer) -> None:
     fake.go_down()
     for call in (client.list_models, client.loaded, lambda: client.unload("phi3:mini")):
         with pytest.raises(OllamaError, match=f"Ollama unreachable at {fake.url}"):
@@ -135,7 +136,7 @@ def test_ollama_down_is_an_error_naming_the_url(fake: FakeOllama, client: Ollama
     assert client.has_model("phi3:mini")
 
 
-def test_going_down_mid_pull_breaks_the_stream(fake: FakeOllama, client: OllamaClient) -> None:
+def test_going_down_mid_pull_breaks_the_stream(fake: FakeOllama, client: OllamaServer) -> None:
     fake.stall_pull(after=3)
     fake.line_delay = 0
     timer = threading.Timer(0.3, fake.go_down)
@@ -145,7 +146,7 @@ def test_going_down_mid_pull_breaks_the_stream(fake: FakeOllama, client: OllamaC
     timer.join()
 
 
-def test_unload_with_keep_alive_zero(fake: FakeOllama, client: OllamaClient) -> None:
+def test_unload_with_keep_alive_zero(fake: FakeOllama, client: OllamaServer) -> None:
     fake.load("llama3.2:3b", size_vram=1500 * MIB)
     fake.load("phi3:mini")
     loaded = {m.name: m for m in client.loaded()}
@@ -161,11 +162,34 @@ def test_unload_with_keep_alive_zero(fake: FakeOllama, client: OllamaClient) -> 
     assert [m.name for m in client.loaded()] == ["phi3:mini"]
 
 
-def test_unload_of_unknown_model_is_not_an_error(fake: FakeOllama, client: OllamaClient) -> None:
+def test_generate_reports_ollamas_token_figures(fake: FakeOllama, client: OllamaServer) -> None:
+    answer = client.generate("phi3:mini", "say ok", max_tokens=8)
+    assert (answer.model, answer.text, answer.tokens, answer.prompt_tokens) == (
+        "phi3:mini",
+        "ok",
+        1,
+        2,
+    )
+    # The fake's timings: one token in 20 ms, 25 ms in all, 1 ms to load.
+    assert (answer.eval_seconds, answer.total_seconds, answer.load_seconds) == (0.02, 0.025, 0.001)
+    assert answer.tokens_per_second == pytest.approx(50.0)
+    body = fake.calls_to("/api/generate")[-1].body
+    assert body == {
+        "model": "phi3:mini",
+        "prompt": "say ok",
+        "stream": False,
+        "options": {"num_predict": 8},
+    }
+    assert [m.name for m in client.loaded()] == ["phi3:mini"]  # generating loaded it
+    with pytest.raises(ModelServerError, match="ollama generate of 'nope:1b' failed: HTTP 404"):
+        client.generate("nope:1b", "say ok")
+
+
+def test_unload_of_unknown_model_is_not_an_error(fake: FakeOllama, client: OllamaServer) -> None:
     assert client.unload("never-pulled:1b") is False
 
 
-def test_http_errors_and_garbage_are_ollama_errors(fake: FakeOllama, client: OllamaClient) -> None:
+def test_http_errors_and_garbage_are_ollama_errors(fake: FakeOllama, client: OllamaServer) -> None:
     fake.fail("/api/ps", 500, "runner crashed")
     with pytest.raises(OllamaError, match="ollama loaded failed: HTTP 500: runner crashed"):
         client.loaded()
@@ -174,7 +198,7 @@ def test_http_errors_and_garbage_are_ollama_errors(fake: FakeOllama, client: Oll
         client.unload("phi3:mini")
 
 
-def test_a_server_that_is_not_ollama(client: OllamaClient) -> None:
+def test_a_server_that_is_not_ollama(client: OllamaServer) -> None:
     # A port that accepts and answers garbage: the client must say what it got.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -193,7 +217,7 @@ def test_a_server_that_is_not_ollama(client: OllamaClient) -> None:
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    other = OllamaClient(f"http://127.0.0.1:{port}", timeout=5)
+    other = OllamaServer(f"http://127.0.0.1:{port}", timeout=5)
     with pytest.raises(OllamaError, match="invalid JSON: <html>proxy error</html>"):
         other.list_models()
     other.close()

@@ -20,13 +20,11 @@ import docker
 import docker.errors
 import pytest
 
-from remediator.actions import FleetActions
-from remediator.adapters.docker_engine import ContainerRuntime
-from remediator.adapters.ollama import OllamaClient
 from remediator.adapters.probes import app_reports_model
-from remediator.config import Config, FleetConfig, parse_config
+from remediator.config import Config, FleetConfig, ServerSettings, parse_config
 from remediator.state import StateStore
 from remediator.switching import Remediator
+from remediator.wiring import fleet_actions
 from simulator.fake_ollama import FakeOllama
 from tests.support import docker_env
 
@@ -60,10 +58,7 @@ class Stack:
     health_url: str
 
     def remediator(self) -> Remediator:
-        def actions(fc: FleetConfig) -> FleetActions:
-            return FleetActions(fc, OllamaClient(self.ollama.url), ContainerRuntime())
-
-        return Remediator(self.config, StateStore(self.config), actions)
+        return Remediator(self.config, StateStore(self.config), fleet_actions)
 
     def health(self) -> str:
         self.app.reload()
@@ -117,7 +112,7 @@ def _stack(
     try:
         with FakeOllama(models={"llama3.2:3b": 2048 << 20}) as ollama:
             fleet = config.fleets[name]
-            fleet = FleetConfig(**{**fleet.__dict__, "ollama_url": ollama.url})
+            fleet = FleetConfig(**{**fleet.__dict__, "server": ServerSettings(url=ollama.url)})
             config = Config(**{**config.__dict__, "fleets": {name: fleet}})
             stack = Stack(config, fleet, ollama, app, health_url)
             deadline = time.monotonic() + 10

@@ -23,8 +23,9 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
+from remediator.alerts import parse_time
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.service import create_app, parse_time
+from remediator.service import create_app
 from remediator.state import StateStore
 from remediator.switching import SwitchFailed, SwitchPlan
 
@@ -99,7 +100,7 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 
 def drain(app: Flask) -> None:
     """Wait until background switches have finished."""
-    executor = app.extensions["model_fleet"]["executor"]
+    executor = app.extensions["model_fleet"].background
     executor.submit(lambda: None).result(timeout=30)
     executor.shutdown(wait=True)
 

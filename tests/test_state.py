@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from remediator.config import Config, parse_config
-from remediator.state import SCHEMA_VERSION, LockTimeout, StateStore, file_lock
+from remediator.state import LockTimeout, StateStore, file_lock
+from remediator.state_model import SCHEMA_VERSION
 from remediator.status import build_status
 
 # Figures quoted in the closing note: keep them in sync with the tests below.

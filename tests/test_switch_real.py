@@ -20,11 +20,12 @@ import docker.errors
 import pytest
 
 from remediator.actions import FleetActions
-from remediator.adapters.docker_engine import ContainerRuntime
-from remediator.adapters.ollama import OllamaClient
+from remediator.adapters.docker_engine import DockerRuntime
+from remediator.adapters.ollama import OllamaServer
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.state import StateStore
 from remediator.switching import Remediator
+from remediator.wiring import fleet_actions
 from simulator.fake_ollama import FakeOllama
 from tests.support import docker_env
 
@@ -53,9 +54,9 @@ class Fleet:
         container.reload()
         return str(container.attrs["State"]["StartedAt"])
 
-    def remediator(self, runtime: ContainerRuntime | None = None) -> Remediator:
+    def remediator(self, runtime: DockerRuntime | None = None) -> Remediator:
         def actions(fc: FleetConfig) -> FleetActions:
-            return FleetActions(fc, OllamaClient(self.ollama.url), runtime or ContainerRuntime())
+            return fleet_actions(fc, server=OllamaServer(self.ollama.url), runtime=runtime)
 
         return Remediator(self.config, StateStore(self.config), actions)
 
@@ -77,7 +78,7 @@ def fleet(
             "fleets": {
                 name: {
                     "cooldown_seconds": 0,
-                    "ollama_url": "http://127.0.0.1:1",  # replaced by the stand-in below
+                    "server": {"url": "http://127.0.0.1:1"},  # replaced by the stand-in below
                     "containers": {"stop_timeout_seconds": 2, "ready_timeout_seconds": 5},
                     "app_config": [
                         {"path": str(env_file), "format": "env", "key": "OLLAMA_MODEL"},
@@ -190,7 +191,7 @@ def test_the_docker_socket_gone_fails_before_configs_are_touched(
     fleet: Fleet, tmp_path: Path
 ) -> None:
     before = (fleet.started(fleet.server), fleet.started(fleet.app))
-    gone = ContainerRuntime(base_url=f"unix://{tmp_path}/no-docker.sock")
+    gone = DockerRuntime(base_url=f"unix://{tmp_path}/no-docker.sock")
     outcome = fleet.remediator(gone).request(fleet.fleet.name, "down")
     assert outcome.failure is not None and outcome.failure.step == "find_containers"
     assert_rolled_back(fleet, before, restarted=False)

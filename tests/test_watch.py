@@ -23,6 +23,7 @@ import yaml
 
 from remediator import cli
 from remediator.adapters.prometheus import PrometheusAPI, PrometheusError
+from remediator.queries import ExitCode
 from remediator.watch import Live, Snapshot, ago, render
 from simulator.fake_ollama import FakeOllama
 from simulator.prom_env import (
@@ -109,7 +110,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ollama: FakeOllama)
     fleets = {
         name: {
             "gpu": gpu,
-            "ollama_url": ollama.url,
+            "server": {"url": ollama.url},
             "containers": {"use_labels": False},
             "app_config": [{"path": str(tmp_path / f"{name}.env"), "format": "env"}],
         }
@@ -146,9 +147,9 @@ def test_local_frame_shows_live_errors_vram_alerts_and_the_last_switch(
     workdir: Path, prometheus: Prometheus, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, _ = run(capsys, "downgrade", "--fleet", "default", "--reason", "watch test")
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     code, out, err = run(capsys, "watch", "--once", "--prometheus", prometheus.url)
-    assert code == cli.EXIT_OK, err
+    assert code == ExitCode.OK, err
     assert "\x1b" not in out  # not a terminal: plain text
     assert "status: state file" in out and f"Prometheus at {prometheus.url}" in out
     default = block(out, "default")
@@ -174,11 +175,11 @@ def test_one_fleet_only_and_an_unknown_fleet(
     code, out, _ = run(
         capsys, "watch", "--once", "--fleet", "other", "--prometheus", prometheus.url
     )
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     assert "fleet other" in out and "fleet default" not in out
     assert out.count("WatchTestVRAMErrors") == 1
     code, _, err = run(capsys, "watch", "--once", "--fleet", "nope")
-    assert code == cli.EXIT_UNKNOWN_FLEET and "unknown fleet 'nope'" in err
+    assert code == ExitCode.UNKNOWN_FLEET and "unknown fleet 'nope'" in err
 
 
 def test_prometheus_from_the_environment(
@@ -189,7 +190,7 @@ def test_prometheus_from_the_environment(
 ) -> None:
     monkeypatch.setenv("MODEL_FLEET_PROMETHEUS_URL", prometheus.url)
     code, out, _ = run(capsys, "watch", "--once")
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     assert "GPU 0: 6.0 GiB used" in out
 
 
@@ -207,10 +208,10 @@ def test_remote_frame_through_a_running_remediator(
     try:
         monkeypatch.setenv("MODEL_FLEET_TOKEN", TOKEN)
         code, _, err = run(capsys, "downgrade", "--url", remediator.url, "--reason", "remote")
-        assert code == cli.EXIT_OK, err
+        assert code == ExitCode.OK, err
         argv = ["watch", "--once", "--url", remediator.url, "--prometheus", prometheus.url]
         code, out, err = run(capsys, *argv)
-        assert code == cli.EXIT_OK, err
+        assert code == ExitCode.OK, err
         assert f"status: remediator at {remediator.url}" in out
         default = block(out, "default")
         assert "phi3:mini (rung 2 of 4" in default
@@ -218,12 +219,12 @@ def test_remote_frame_through_a_running_remediator(
         assert "VRAM errors  2 since" in default and "GPU 0: 6.0 GiB used" in default
         assert "WatchTestVRAMErrors" in default
         code, _, _ = run(capsys, *argv, "--fleet", "nope")
-        assert code == cli.EXIT_UNKNOWN_FLEET
+        assert code == ExitCode.UNKNOWN_FLEET
     finally:
         remediator.stop()
     # The remediator is gone: the frame says so, and still shows the live figures.
     code, out, _ = run(capsys, *argv)
-    assert code == cli.EXIT_UNREACHABLE
+    assert code == ExitCode.UNREACHABLE
     assert "!! status unavailable: cannot reach the remediator" in out
     assert "alerts without a fleet" in out
 
@@ -236,7 +237,7 @@ def test_prometheus_unreachable_still_shows_the_status(
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     code, out, _ = run(capsys, "watch", "--once", "--prometheus", url)
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     assert f"!! Prometheus unreachable at {url}: " in out
     assert "Connection refused" in out
     assert "llama3.2:3b (rung 1 of 4" in block(out, "default")
@@ -287,7 +288,7 @@ def test_a_bad_answer_is_shown_never_raised(
         code, out, _ = run(capsys, "watch", "--once", "--prometheus", api.url)
     finally:
         api.close()
-    assert code == cli.EXIT_OK
+    assert code == ExitCode.OK
     assert f"!! Prometheus at {api.url} " in out and says in out
     assert "fleet default" in out
 

@@ -20,6 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.adapters.procfs import container_id_of
+from exporter.metrics import gauge
+from fleet_contract import metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,7 @@ class NvmlCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         """Read every GPU now and return the metric families."""
-        up = GaugeMetricFamily(
-            "model_fleet_nvml_up", "1 when NVML answered this scrape, 0 when it could not."
-        )
+        up = gauge(metrics.NVML_UP)
         with self._lock:
             try:
                 gpus = self.read()
@@ -196,21 +196,10 @@ class NvmlCollector(Collector):
             log.info("%s", message)
 
     def _families(self, gpus: list[GpuReading]) -> list[GaugeMetricFamily]:
-        labels = ["gpu", "uuid", "name"]
-        total = GaugeMetricFamily(
-            "model_fleet_gpu_memory_total_bytes", "Total GPU memory.", labels=labels
-        )
-        used = GaugeMetricFamily(
-            "model_fleet_gpu_memory_used_bytes", "Used GPU memory (NVML).", labels=labels
-        )
-        free = GaugeMetricFamily(
-            "model_fleet_gpu_memory_free_bytes", "Free GPU memory (NVML).", labels=labels
-        )
-        procs = GaugeMetricFamily(
-            "model_fleet_gpu_process_memory_bytes",
-            "GPU memory used by a process, with the container that runs it.",
-            labels=["gpu", "pid", "container"],
-        )
+        total = gauge(metrics.GPU_MEMORY_TOTAL)
+        used = gauge(metrics.GPU_MEMORY_USED)
+        free = gauge(metrics.GPU_MEMORY_FREE)
+        procs = gauge(metrics.GPU_PROCESS_MEMORY)
         names: dict[int, str] = {}
         for g in gpus:
             values = [g.index, g.uuid, g.name]

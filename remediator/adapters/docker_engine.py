@@ -1,8 +1,9 @@
-"""Docker adapter: find a fleet's containers, restart them, wait until they are ready.
+"""The Docker engine as the :class:`~remediator.runtime.Runtime`: find, restart, wait ready.
 
 The only module of the remediator that talks to the Docker engine. Containers are found by
-the labels of DESIGN.md (``model-fleet.fleet``, ``model-fleet.role``) and/or by explicit
-names. Every failure is a :class:`ContainerError` naming the step and the cause; both
+the labels of fleet_contract.labels (``model-fleet.fleet``, ``model-fleet.role``) and/or by
+explicit names. Every failure is a :class:`DockerError` (a
+:class:`~remediator.runtime.ContainerError`) naming the step and the cause; both
 ``docker.errors.DockerException`` and ``requests.exceptions.RequestException`` are caught,
 because a client pinned to an API version raises the latter when the socket is gone.
 """
@@ -12,8 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,58 +21,25 @@ import docker.client
 import docker.errors
 import requests
 
+from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
+from fleet_contract.labels import FLEET_LABEL as FLEET_LABEL
+from fleet_contract.labels import ROLE_LABEL as ROLE_LABEL
+from remediator.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
+
 log = logging.getLogger(__name__)
-
-FLEET_LABEL = "model-fleet.fleet"
-ROLE_LABEL = "model-fleet.role"
-DEFAULT_FLEET = "default"
-
-# A service's own readiness check: None when ready, else a short reason why not.
-Probe = Callable[[], str | None]
 
 # What the engine may raise at us: its own errors, and the HTTP layer's when the socket is gone.
 _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
-class ContainerError(RuntimeError):
-    """A Docker operation failed; ``step`` names it, ``container`` is the name if one applies."""
+class DockerError(ContainerError):
+    """A Docker operation failed (the message starts "docker <step>")."""
 
     def __init__(self, step: str, cause: str, *, container: str | None = None) -> None:
-        self.step = step
-        self.cause = cause
-        self.container = container
-        what = f"docker {step}" + (f" of container {container!r}" if container else "")
-        super().__init__(f"{what} failed: {cause}")
+        super().__init__(step, cause, container=container, runtime="docker")
 
 
-@dataclass(frozen=True)
-class ContainerRef:
-    """A container found for a fleet: its id, name and the role it plays."""
-
-    id: str
-    name: str
-    fleet: str
-    role: str
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    """What the engine says about a container right now."""
-
-    status: str
-    health: str | None
-    started_at: datetime | None
-    exit_code: int | None
-    restart_count: int
-    last_probe: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        """Running, and healthy when the container has a health check."""
-        return self.status == "running" and self.health in (None, "healthy")
-
-
-class ContainerRuntime:
+class DockerRuntime:
     """Finds, restarts and watches containers through the Docker engine API."""
 
     def __init__(
@@ -132,7 +99,7 @@ class ContainerRuntime:
                     continue
                 found[c.id] = ContainerRef(c.id, c.name, fleet, role)
         except _ENGINE_ERRORS as exc:
-            raise ContainerError("find", _cause(exc)) from exc
+            raise DockerError("find", _cause(exc)) from exc
         return sorted(found.values(), key=lambda ref: ref.name)
 
     def state(self, ref: ContainerRef) -> ContainerState:
@@ -163,7 +130,7 @@ class ContainerRuntime:
             log.info("restarting container %s (stop timeout %d s)", ref.name, stop_timeout)
             container.restart(timeout=stop_timeout)
         except _ENGINE_ERRORS as exc:
-            raise ContainerError("restart", _cause(exc), container=ref.name) from exc
+            raise DockerError("restart", _cause(exc), container=ref.name) from exc
         return self.started_at(ref)
 
     def wait_ready(
@@ -188,8 +155,8 @@ class ContainerRuntime:
                     return state
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                detail = self._describe(state) + (f"; {why_not}" if why_not else "")
-                raise ContainerError(
+                detail = describe(state) + (f"; {why_not}" if why_not else "")
+                raise DockerError(
                     "wait_ready", f"not ready before the deadline: {detail}", container=ref.name
                 )
             time.sleep(min(self.poll_interval, remaining))
@@ -203,30 +170,18 @@ class ContainerRuntime:
         now = self.state(ref)
         if now.ready and now.started_at == before.started_at:
             return now
-        raise ContainerError(
+        raise DockerError(
             "wait_ready",
-            f"did not stay up after it started: {self._describe(now)}",
+            f"did not stay up after it started: {describe(now)}",
             container=ref.name,
         )
-
-    @staticmethod
-    def _describe(state: ContainerState) -> str:
-        text = f"status={state.status}"
-        if state.health is not None:
-            text += f" health={state.health}"
-        if state.status in ("exited", "dead") and state.exit_code is not None:
-            text += f" exit_code={state.exit_code}"
-        if state.health not in (None, "healthy") and state.last_probe:
-            # The last probe's output usually says why (connection refused, HTTP 500 ...).
-            text += f" last_probe={state.last_probe[:200]!r}"
-        return text
 
     def _inspect(self, step: str, ref: ContainerRef) -> dict[str, Any]:
         client = self._engine(step, ref)
         try:
             attrs = client.api.inspect_container(ref.id)
         except _ENGINE_ERRORS as exc:
-            raise ContainerError(step, _cause(exc), container=ref.name) from exc
+            raise DockerError(step, _cause(exc), container=ref.name) from exc
         return attrs if isinstance(attrs, dict) else {}
 
     def _engine(self, step: str, ref: ContainerRef | None = None) -> Any:
@@ -246,7 +201,7 @@ class ContainerRuntime:
                         )
                 except _ENGINE_ERRORS as exc:
                     cause = f"cannot reach the Docker engine: {_cause(exc)}"
-                    raise ContainerError(step, cause, container=ref.name if ref else None) from exc
+                    raise DockerError(step, cause, container=ref.name if ref else None) from exc
             return self._client
 
 

@@ -1,8 +1,9 @@
-"""Ollama HTTP adapter: list local models, pull with streamed progress, unload, read /api/ps.
+"""Ollama as the :class:`~remediator.server.ModelServer`: list, pull, unload, /api/ps, generate.
 
-The only module of the remediator that talks to Ollama. Every failure is an
-:class:`OllamaError` that names the step (``list_models``, ``pull``, ``unload``, ``loaded``)
-and the cause, so a switch can report it and count it.
+The only module of the remediator that talks to Ollama (``fleets.*.server.kind: ollama``).
+Every failure is an :class:`OllamaError` (a :class:`~remediator.server.ModelServerError`) that
+names the step (``list_models``, ``pull``, ``unload``, ``loaded``, ``generate``) and the
+cause, so a switch can report it and count it.
 """
 
 from __future__ import annotations
@@ -10,58 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import requests
+
+from remediator.server import Generation, LoadedModel, LocalModel, ModelServerError, PullResult
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 
 
-class OllamaError(RuntimeError):
-    """An Ollama request failed; ``step`` names the operation and ``cause`` what went wrong."""
+class OllamaError(ModelServerError):
+    """An Ollama request failed (the message starts "ollama <step>")."""
 
     def __init__(self, step: str, cause: str, *, model: str | None = None) -> None:
-        self.step = step
-        self.cause = cause
-        self.model = model
-        what = f"ollama {step}" + (f" of {model!r}" if model else "")
-        super().__init__(f"{what} failed: {cause}")
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    """A model present in Ollama's local store (``GET /api/tags``)."""
-
-    name: str
-    size: int
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model loaded in memory (``GET /api/ps``); ``size_vram`` is the part on the GPU."""
-
-    name: str
-    size: int
-    size_vram: int
-
-    @property
-    def offloaded_bytes(self) -> int:
-        """Bytes of the model that did not fit in VRAM and run from system memory."""
-        return max(0, self.size - self.size_vram)
-
-
-@dataclass(frozen=True)
-class PullResult:
-    """What a finished pull reported."""
-
-    model: str
-    seconds: float
-    completed_bytes: int
-    total_bytes: int
-    status_lines: int
+        super().__init__(step, cause, model=model, server="ollama")
 
 
 def canonical_name(name: str) -> str:
@@ -75,8 +40,8 @@ def same_model(a: str, b: str) -> bool:
     return canonical_name(a) == canonical_name(b)
 
 
-class OllamaClient:
-    """A small typed client for the Ollama endpoints a model switch needs."""
+class OllamaServer:
+    """A small typed client for the Ollama endpoints a model switch and a probe need."""
 
     def __init__(
         self,
@@ -147,6 +112,36 @@ class OllamaClient:
             raise OllamaError("unload", f"unexpected answer: {_short(body)}", model=model)
         log.info("ollama: unloaded %s (done_reason=%s)", model, body.get("done_reason"))
         return True
+
+    def generate(
+        self, model: str, prompt: str, *, max_tokens: int | None = None, timeout: float = 60.0
+    ) -> Generation:
+        """Answer ``prompt`` with ``model`` (Ollama loads it first), without streaming.
+
+        The figures are Ollama's own: ``eval_count`` tokens in ``eval_duration`` nanoseconds.
+        """
+        payload: dict[str, Any] = {"model": model, "prompt": prompt, "stream": False}
+        if max_tokens is not None:
+            payload["options"] = {"num_predict": max_tokens}
+        try:
+            resp = self._session.post(
+                f"{self.base_url}/api/generate", json=payload, timeout=timeout
+            )
+        except requests.RequestException as exc:
+            raise OllamaError("generate", _unreachable(self.base_url, exc), model=model) from exc
+        body = self._decode(resp, "generate", model)
+        text = body.get("response")
+        if body.get("done") is not True or not isinstance(text, str):
+            raise OllamaError("generate", f"unexpected answer: {_short(body)}", model=model)
+        return Generation(
+            model=model,
+            text=text,
+            tokens=_int(body.get("eval_count")),
+            eval_seconds=_int(body.get("eval_duration")) / 1e9,
+            prompt_tokens=_int(body.get("prompt_eval_count")),
+            total_seconds=_int(body.get("total_duration")) / 1e9,
+            load_seconds=_int(body.get("load_duration")) / 1e9,
+        )
 
     def pull(
         self,

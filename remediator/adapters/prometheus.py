@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 DEFAULT_URL: Final = "http://127.0.0.1:9090"
-URL_ENV: Final = "MODEL_FLEET_PROMETHEUS_URL"
 
 
 class PrometheusError(RuntimeError):

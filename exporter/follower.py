@@ -1,0 +1,230 @@
+"""One container's log follower: reads its streams across runs into the watcher's LogStore.
+
+A follower owns one container ID and its own thread: it asks the source for the container's
+state, follows its log from the cursor, counts what arrives, and after the stream ends asks
+again to tell a stopped or restarted container from a broken stream. The arithmetic (cursor,
+runs, boundaries) is exporter.logstream's; the watcher (exporter.watcher) starts followers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+from exporter.logsource import ContainerGone, ContainerInfo, LogStream, SourceError
+from exporter.logstream import ContainerLog, RunState, RunTracker
+from exporter.timestamps import is_zero_time, parse_timestamp
+
+if TYPE_CHECKING:
+    from exporter.watcher import LogWatcher
+
+log = logging.getLogger(__name__)
+
+# Batches handed to the classifier stay cache-sized even when the reader ran ahead.
+FEED_SIZE: Final = 64 * 1024
+STOP_GRACE: Final = 0.5
+BACKOFF_MIN: Final = 0.1
+BACKOFF_MAX: Final = 5.0
+
+
+class Follower:
+    """Follows one container (one ID) across streams and runs."""
+
+    def __init__(self, watcher: LogWatcher, container_id: str, fleet: str, name: str) -> None:
+        self.id = container_id
+        self.fleet = fleet
+        self.name = name
+        self._watcher = watcher
+        self._source = watcher.source
+        self._log = ContainerLog(watcher.classifier, watcher.live_since_ns)
+        self._runs = RunTracker(self._log)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._stream: LogStream | None = None
+        self._stream_lock = threading.Lock()
+        self._framed = True
+        self._broken = False  # the last stream ended while the container kept running
+        self._failures = 0
+        self.thread = threading.Thread(target=self._main, name=f"logs-{name}", daemon=True)
+
+    # --- control from other threads ------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something happened to the container: look at it again."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop following, and end the stream being read."""
+        self._stop.set()
+        self._wake.set()
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """End the current stream now (the follower then decides what to do)."""
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):  # best effort from another thread
+                stream.interrupt()
+
+    # --- the follower's thread -----------------------------------------------------------------
+
+    def _main(self) -> None:
+        errors = 0
+        while not self._stop.is_set():
+            try:
+                if self._step():
+                    break
+                errors = 0
+            except Exception:  # a bug must not end the watch of this container for good
+                errors += 1
+                log.exception("%s: unexpected error while following the log; retrying", self.name)
+                self._wake.wait(_backoff(errors))
+        self._watcher.store.release(self.fleet, self.name, self.id)
+        self._watcher.forget(self)
+
+    def _step(self) -> bool:
+        """Look at the container and read its log once; True when it is gone."""
+        store = self._watcher.store
+        self._wake.clear()
+        try:
+            info = self._source.inspect(self.id)
+        except ContainerGone:
+            return True
+        except SourceError as exc:
+            log.debug("inspect %s failed: %s", self.name, exc)
+            self._failures += 1
+            self._wake.wait(_backoff(self._failures))  # or until the source is back (events)
+            return False
+        self._rename(info.name)
+        self._framed = info.framed
+        if self._runs.observe(info.state, lambda: self._history(info)):
+            log.debug(
+                "%s: run started %s, lines after %s count",
+                self.name,
+                self._runs.started_at,
+                self._log.boundary_ns,
+            )
+        if self._runs.idle(info.state):
+            self._report(up=False)
+            self._wake.wait()
+            return False
+        if self._broken:
+            store.reconnected(self.fleet, self.name)
+        outcome = self._read(info.state.running)
+        if self._stop.is_set() or outcome == "gone":
+            return True
+        # Why did the stream end? Ask the source before deciding what the tail means.
+        try:
+            after: RunState | None = self._why_ended()
+        except ContainerGone:
+            store.add(self.fleet, self.name, self._log.end_stream(run_over=True))
+            self._report(up=False)
+            return True
+        except SourceError:
+            after = None
+        run_over = self._runs.stream_ended(after)
+        store.add(self.fleet, self.name, self._log.end_stream(run_over=run_over))
+        if run_over:
+            self._broken = False
+            self._failures = 0
+        else:
+            self._broken = True
+            self._failures = 0 if outcome == "data" else self._failures + 1
+            self._wake.wait(_backoff(self._failures))
+        self._report(up=False)
+        return False
+
+    def _why_ended(self) -> RunState:
+        """Ask again after a stream ended, giving the runtime a moment to record a stop."""
+        state = self._source.inspect(self.id).state
+        if self._runs.same_run(state):
+            # The stream ends as the container exits, a moment before Docker marks it stopped
+            # (and then sends the die event): wait for that event, or this long.
+            self._wake.clear()
+            state = self._source.inspect(self.id).state
+            if self._runs.same_run(state):
+                self._wake.wait(STOP_GRACE)
+                state = self._source.inspect(self.id).state
+        return state
+
+    def _history(self, info: ContainerInfo) -> Sequence[tuple[str, int]] | None:
+        if is_zero_time(info.created):
+            return None
+        try:
+            return self._source.history(self.id, parse_timestamp(info.created))
+        except SourceError as exc:
+            log.debug("%s: no event history: %s", self.name, exc)
+            return None
+
+    def _rename(self, name: str) -> None:
+        if name and name != self.name:
+            fleet = self._watcher.selection.fleet_of(name, {}) or self.fleet
+            self._watcher.store.release(self.fleet, self.name, self.id)
+            log.info("container %s renamed to %s", self.name, name)
+            self.fleet, self.name = fleet, name
+            self._watcher.store.register(self.fleet, self.name)
+
+    def _report(self, *, up: bool) -> None:
+        self._watcher.store.report_run(
+            self.fleet,
+            self.name,
+            self.id,
+            self._runs.started_ns,
+            since_start=self._log.since_start,
+            up=up,
+            started_at=self._runs.started_at or "",
+        )
+
+    def _read(self, running: bool) -> str:
+        """Read one log stream to its end: 'data', 'empty', 'error' or 'gone'."""
+        try:
+            stream = self._source.follow(self.id, self._log.resume_ns())
+        except ContainerGone:
+            return "gone"
+        except SourceError as exc:
+            log.debug("%s: log stream failed to open: %s", self.name, exc)
+            return "error"
+        with self._stream_lock:
+            self._stream = stream
+        if self._stop.is_set():
+            self.interrupt()
+        self._log.begin_stream(tty=not self._framed)
+        self._report(up=running)
+        store = self._watcher.store
+        got_data = False
+        error: BaseException | None = None
+        try:
+            while payload := stream.read():
+                got_data = True
+                for start in range(0, len(payload), FEED_SIZE):
+                    tally = self._log.feed(payload[start : start + FEED_SIZE])
+                    store.update(
+                        self.fleet,
+                        self.name,
+                        self.id,
+                        self._runs.started_ns,
+                        tally,
+                        since_start=self._log.since_start,
+                        up=running,
+                        started_at=self._runs.started_at or "",
+                    )
+        except Exception as exc:  # any failure ends this stream; the caller decides what next
+            error = exc
+        with self._stream_lock:
+            self._stream = None
+        with contextlib.suppress(Exception):  # already broken: nothing left to release
+            stream.close()
+        if error is not None and not self._stop.is_set():
+            log.debug("%s: log stream broke: %s", self.name, error)
+            return "data" if got_data else "error"
+        return "data" if got_data else "empty"
+
+
+def _backoff(failures: int) -> float:
+    if failures <= 0:
+        return 0.0
+    return float(min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (failures - 1)))

@@ -1,0 +1,168 @@
+"""Every metric both services export: name, type, labels, owner and help, in one table.
+
+Names are the ones PromQL uses (counters end in ``_total``; prometheus_client strips and
+re-adds the suffix itself). The services build their metrics from these specs, the rules' and
+dashboard tests check their queries against ``METRICS``, and a test compares the services'
+real ``/metrics`` output with it, so a name or label set is never typed twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+Service = Literal["exporter", "remediator"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: its PromQL name, type, label names (in order), owning service and help."""
+
+    name: str
+    kind: Kind
+    labels: tuple[str, ...]
+    service: Service
+    help: str
+
+
+# --- exporter -------------------------------------------------------------------------------
+GPU_MEMORY_TOTAL: Final = "model_fleet_gpu_memory_total_bytes"
+GPU_MEMORY_USED: Final = "model_fleet_gpu_memory_used_bytes"
+GPU_MEMORY_FREE: Final = "model_fleet_gpu_memory_free_bytes"
+GPU_PROCESS_MEMORY: Final = "model_fleet_gpu_process_memory_bytes"
+NVML_UP: Final = "model_fleet_nvml_up"
+VRAM_ERRORS: Final = "model_fleet_vram_errors_total"
+VRAM_ERRORS_SINCE_START: Final = "model_fleet_vram_errors_since_start"
+CONTAINER_START_INFO: Final = "model_fleet_container_start_info"
+LOG_LINES: Final = "model_fleet_log_lines_total"
+LOG_STREAM_UP: Final = "model_fleet_log_stream_up"
+LOG_STREAM_RECONNECTS: Final = "model_fleet_log_stream_reconnects_total"
+EXPORTER_DOCKER_UP: Final = "model_fleet_exporter_docker_up"
+EXPORTER_SCRAPE_DURATION: Final = "model_fleet_exporter_scrape_duration_seconds"
+# --- remediator -----------------------------------------------------------------------------
+CURRENT_MODEL_INFO: Final = "model_fleet_current_model_info"
+CURRENT_MODEL_INDEX: Final = "model_fleet_current_model_index"
+LADDER_SIZE: Final = "model_fleet_ladder_size"
+CAN_DOWNGRADE: Final = "model_fleet_can_downgrade"
+LADDER_MODEL_BYTES: Final = "model_fleet_ladder_model_bytes"
+NEXT_LARGER_MODEL_BYTES: Final = "model_fleet_next_larger_model_bytes"
+LAST_SWITCH_TIMESTAMP: Final = "model_fleet_last_switch_timestamp_seconds"
+SWITCHES: Final = "model_fleet_switches_total"
+REMEDIATION_FAILURES: Final = "model_fleet_remediation_failures_total"
+WEBHOOK_REQUESTS: Final = "model_fleet_webhook_requests_total"
+NOTIFICATIONS: Final = "model_fleet_notifications_total"
+
+_GPU: Final = ("gpu", "uuid", "name")
+_STREAM: Final = ("fleet", "container")
+
+
+def _exporter(name: str, kind: Kind, labels: tuple[str, ...], help: str) -> MetricSpec:
+    return MetricSpec(name, kind, labels, "exporter", help)
+
+
+def _remediator(name: str, kind: Kind, labels: tuple[str, ...], help: str) -> MetricSpec:
+    return MetricSpec(name, kind, labels, "remediator", help)
+
+
+METRICS: Final[tuple[MetricSpec, ...]] = (
+    _exporter(GPU_MEMORY_TOTAL, "gauge", _GPU, "Total GPU memory."),
+    _exporter(GPU_MEMORY_USED, "gauge", _GPU, "Used GPU memory (NVML)."),
+    _exporter(GPU_MEMORY_FREE, "gauge", _GPU, "Free GPU memory (NVML)."),
+    _exporter(
+        GPU_PROCESS_MEMORY,
+        "gauge",
+        ("gpu", "pid", "container"),
+        "GPU memory used by a process, with the container that runs it.",
+    ),
+    _exporter(NVML_UP, "gauge", (), "1 when NVML answered this scrape, 0 when it could not."),
+    _exporter(
+        VRAM_ERRORS,
+        "counter",
+        ("fleet", "container", "kind"),
+        "Log lines of the model server classified as VRAM errors, by kind.",
+    ),
+    _exporter(
+        VRAM_ERRORS_SINCE_START,
+        "gauge",
+        _STREAM,
+        "VRAM error lines since the container last started (exact across exporter restarts).",
+    ),
+    _exporter(
+        CONTAINER_START_INFO,
+        "gauge",
+        ("fleet", "container", "started_at"),
+        "1 for the container's current run; started_at is Docker's StartedAt of the run "
+        "that model_fleet_vram_errors_since_start counts.",
+    ),
+    _exporter(LOG_LINES, "counter", _STREAM, "Log lines read from the container."),
+    _exporter(LOG_STREAM_UP, "gauge", _STREAM, "1 while the container's log stream is attached."),
+    _exporter(
+        LOG_STREAM_RECONNECTS,
+        "counter",
+        _STREAM,
+        "Log streams that ended while their container kept running, and were attached again.",
+    ),
+    _exporter(
+        EXPORTER_DOCKER_UP,
+        "gauge",
+        (),
+        "1 while the exporter is connected to Docker's events stream.",
+    ),
+    _exporter(EXPORTER_SCRAPE_DURATION, "histogram", (), "Time to answer a /metrics request."),
+    _remediator(CURRENT_MODEL_INFO, "gauge", ("fleet", "model"), "The model a fleet runs now."),
+    _remediator(
+        CURRENT_MODEL_INDEX, "gauge", ("fleet",), "Rung of the current model (0 = largest)."
+    ),
+    _remediator(LADDER_SIZE, "gauge", ("fleet",), "Rungs on the ladder."),
+    _remediator(CAN_DOWNGRADE, "gauge", ("fleet",), "1 when a smaller rung remains."),
+    _remediator(
+        LADDER_MODEL_BYTES, "gauge", ("fleet", "model", "rung"), "Size of each rung's model."
+    ),
+    _remediator(
+        NEXT_LARGER_MODEL_BYTES,
+        "gauge",
+        ("fleet", "gpu"),
+        "Size of the model one rung up: what a step up needs (0 at the top).",
+    ),
+    _remediator(
+        LAST_SWITCH_TIMESTAMP, "gauge", ("fleet",), "When the fleet last switched (0: never)."
+    ),
+    _remediator(
+        SWITCHES, "counter", ("fleet", "direction", "trigger"), "Model switches committed."
+    ),
+    _remediator(
+        REMEDIATION_FAILURES,
+        "counter",
+        ("fleet", "step"),
+        "Switches that failed and were rolled back, by the step that failed.",
+    ),
+    _remediator(
+        WEBHOOK_REQUESTS, "counter", ("outcome",), "Alertmanager webhook deliveries, by outcome."
+    ),
+    _remediator(
+        NOTIFICATIONS,
+        "counter",
+        ("outcome",),
+        "Alertmanager deliveries to /webhook/notify: forwarded to the configured webhook, "
+        "failed to forward, or only logged (no webhook configured).",
+    ),
+)
+
+BY_NAME: Final[Mapping[str, MetricSpec]] = {m.name: m for m in METRICS}
+# Series Prometheus makes itself, which rules and dashboards may use besides ours.
+BUILTIN: Final = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
+
+
+def spec(name: str) -> MetricSpec:
+    """The spec of the metric called ``name``; KeyError names the metric when it has none."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"{name} is not a metric of the contract (fleet_contract.metrics)") from None
+
+
+def of_service(service: Service) -> tuple[MetricSpec, ...]:
+    """The metrics ``service`` exports."""
+    return tuple(m for m in METRICS if m.service == service)

@@ -1,0 +1,13 @@
+"""Fleet configuration: one YAML file, validated at start-up; defaults are the original system.
+
+The types and defaults are in :mod:`.model`, reading and validation in :mod:`.parse`, and what
+check-config prints in :mod:`.report`; import their public names from here (each module's
+``__all__``, gathered as asyncio's package does).
+"""
+
+from remediator.config import model, parse, report
+from remediator.config.model import *  # noqa: F403
+from remediator.config.parse import *  # noqa: F403
+from remediator.config.report import *  # noqa: F403
+
+__all__ = model.__all__ + parse.__all__ + report.__all__

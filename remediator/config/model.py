@@ -1,0 +1,206 @@
+"""The configuration's types and defaults; the defaults are the original system.
+
+Parsing and validation live in :mod:`remediator.config.parse`, checks and the effective
+configuration in :mod:`remediator.config.report`; import all of them from ``remediator.config``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from fleet_contract.env import CONFIG as CONFIG_ENV
+from fleet_contract.env import NOTIFY_URL as NOTIFY_URL_ENV
+from fleet_contract.env import STATE_FILE as STATE_FILE_ENV
+from fleet_contract.labels import DEFAULT_FLEET
+from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
+from remediator.adapters.appconfig import FORMATS as APP_CONFIG_FORMATS
+from remediator.adapters.appconfig import AppConfigTarget
+from remediator.server import DEFAULT_KIND
+
+__all__ = [
+    "APP_CONFIG_FORMATS",
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG_NAME",
+    "DEFAULT_FLEET",
+    "DEFAULT_LADDER",
+    "MIB",
+    "NOTIFY_FORMATS",
+    "NOTIFY_URL_ENV",
+    "POLICIES",
+    "SHIPPED_ALERT_THRESHOLD",
+    "STATE_FILE_ENV",
+    "AppConfigTarget",
+    "AutoUpgrade",
+    "Config",
+    "ConfigError",
+    "Containers",
+    "FleetConfig",
+    "Ladder",
+    "Notifications",
+    "NotifyFormat",
+    "Policy",
+    "Rung",
+    "ServerSettings",
+    "default_config",
+]
+
+MIB: Final = 1024 * 1024
+
+Policy = Literal["next", "next-smaller", "fits"]
+POLICIES: Final[tuple[str, ...]] = ("next", "next-smaller", "fits")
+NotifyFormat = Literal["generic", "slack"]
+NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
+# The alert rule shipped in alert_rules/ fires at this many errors since start.
+SHIPPED_ALERT_THRESHOLD: Final = 3
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One model of a ladder."""
+
+    name: str
+    size_mb: int
+    description: str = ""
+
+    @property
+    def size_bytes(self) -> int:
+        """Size in bytes (size_mb is MiB, as Ollama reports model sizes)."""
+        return self.size_mb * MIB
+
+
+DEFAULT_LADDER: Final[tuple[Rung, ...]] = (
+    Rung("llama3.2:3b", 2048, "Large model - 3B parameters"),
+    Rung("phi3:mini", 2200, "Medium model - Phi3 mini"),
+    Rung("tinyllama:1.1b", 637, "Small model - 1.1B parameters"),
+    Rung("qwen2.5:0.5b", 397, "Tiny model - 0.5B parameters"),
+)
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Models from largest (index 0, preferred) to smallest."""
+
+    rungs: tuple[Rung, ...]
+
+    def __len__(self) -> int:
+        return len(self.rungs)
+
+    def __getitem__(self, index: int) -> Rung:
+        return self.rungs[index]
+
+    @property
+    def names(self) -> list[str]:
+        """Model names in ladder order."""
+        return [r.name for r in self.rungs]
+
+    def index_of(self, name: str) -> int | None:
+        """Position of the model named ``name``, or None when it is not on the ladder."""
+        for i, rung in enumerate(self.rungs):
+            if rung.name == name:
+                return i
+        return None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The fleet's model server: its kind (remediator.server.SERVER_KINDS) and its API's URL."""
+
+    kind: str = DEFAULT_KIND
+    url: str = "http://127.0.0.1:11434"
+
+
+@dataclass(frozen=True)
+class Containers:
+    """How a fleet's containers are found and restarted."""
+
+    use_labels: bool = True
+    server_names: tuple[str, ...] = ()
+    app_names: tuple[str, ...] = ()
+    restart_server: bool = True
+    stop_timeout_seconds: int = 10
+    ready_timeout_seconds: float = 120.0
+    # Without a health check, a restarted container must stay up this long to count as ready.
+    settle_seconds: float = 2.0
+    # The app's health endpoint, which names the model it uses: the switch commits as soon as
+    # it answers with the new model (Docker's health status is then not waited for).
+    app_health_url: str | None = None
+
+
+@dataclass(frozen=True)
+class AutoUpgrade:
+    """The automatic step back up: off by default."""
+
+    enabled: bool = False
+    quiet_seconds: float = 3600.0
+    failed_quiet_seconds: float = 4 * 3600.0
+    headroom_mb: int = 512
+
+
+@dataclass(frozen=True)
+class Notifications:
+    """Where the remediator forwards the alerts Alertmanager sends to /webhook/notify.
+
+    No ``webhook_url``: the alerts are only logged and kept in the status. ``generic`` posts
+    the Alertmanager payload as it came; ``slack`` posts ``{"text": ...}``, which Slack,
+    Mattermost and Rocket.Chat incoming webhooks accept.
+    """
+
+    webhook_url: str | None = None
+    format: NotifyFormat = "generic"
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """One model server (usually one GPU) with its ladder and its remediation settings."""
+
+    name: str
+    ladder: Ladder = field(default_factory=lambda: Ladder(DEFAULT_LADDER))
+    max_vram_errors: int = SHIPPED_ALERT_THRESHOLD
+    policy: Policy = "next"
+    headroom_mb: int = 512
+    cooldown_seconds: float = 60.0
+    max_switches_per_hour: int = 6
+    dry_run: bool = False
+    gpu: str = "0"
+    server: ServerSettings = field(default_factory=ServerSettings)
+    pull_timeout_seconds: float = 1800.0
+    containers: Containers = field(default_factory=Containers)
+    app_config: tuple[AppConfigTarget, ...] = ()
+    auto_upgrade: AutoUpgrade = field(default_factory=AutoUpgrade)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole effective configuration."""
+
+    fleets: Mapping[str, FleetConfig]
+    state_file: Path = Path("model_fleet_state.json")
+    lock_timeout_seconds: float = 10.0
+    history_limit: int = 100
+    alert_key_limit: int = 1000
+    alert_key_ttl_seconds: float = 7 * 24 * 3600.0
+    protect_reads: bool = False
+    notifications: Notifications = field(default_factory=Notifications)
+    source: str = "<defaults>"
+    # (old key, new key) for every deprecated key the file used, e.g.
+    # ("fleets.a.ollama_url", "fleets.a.server.url"): check-config names them.
+    deprecated_keys: tuple[tuple[str, str], ...] = ()
+
+    def fleet(self, name: str | None) -> FleetConfig:
+        """The fleet called ``name``; None means the only fleet. Raises KeyError if unknown."""
+        if name is None:
+            if len(self.fleets) == 1:
+                return next(iter(self.fleets.values()))
+            raise KeyError(f"several fleets are configured ({', '.join(self.fleets)}): name one")
+        if name not in self.fleets:
+            raise KeyError(f"unknown fleet {name!r} (configured: {', '.join(self.fleets)})")
+        return self.fleets[name]
+
+
+def default_config() -> Config:
+    """The original system: one fleet ``default``, the 4-model ladder, threshold 3."""
+    return Config(fleets={DEFAULT_FLEET: FleetConfig(name=DEFAULT_FLEET)})

@@ -1,0 +1,320 @@
+"""Reading model-fleet.yaml: validate every key at start-up, fail naming the file and the key.
+
+The key sets below are the ones the parser validates with; :data:`CONFIG_KEYS` is built from
+them, so the list of accepted keys cannot drift from the parser. Renamed keys keep working:
+:data:`DEPRECATED_KEYS` maps each old key to its new one, and a file that sets both is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from fleet_contract.yamlfile import config_path, load_yaml
+from remediator.adapters.appconfig import AppConfigError
+from remediator.config.model import (
+    APP_CONFIG_FORMATS,
+    DEFAULT_LADDER,
+    NOTIFY_FORMATS,
+    NOTIFY_URL_ENV,
+    POLICIES,
+    STATE_FILE_ENV,
+    AppConfigTarget,
+    AutoUpgrade,
+    Config,
+    Containers,
+    FleetConfig,
+    Ladder,
+    Notifications,
+    Rung,
+    ServerSettings,
+    default_config,
+)
+from remediator.config.reader import _join, _kind, _Reader
+from remediator.server import SERVER_KINDS
+
+__all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
+
+_TOP_KEYS: Final = frozenset(
+    {
+        "state_file",
+        "lock_timeout_seconds",
+        "history_limit",
+        "alert_keys",
+        "protect_reads",
+        "fleets",
+        "notifications",
+        "exporter",  # read by the exporter itself; the remediator leaves it alone
+    }
+)
+_ALERT_KEYS: Final = frozenset({"max", "ttl_seconds"})
+_NOTIFICATION_KEYS: Final = frozenset({"webhook_url", "format", "timeout_seconds"})
+_FLEET_KEYS: Final = frozenset(
+    {
+        "ladder",
+        "max_vram_errors",
+        "policy",
+        "headroom_mb",
+        "cooldown_seconds",
+        "max_switches_per_hour",
+        "dry_run",
+        "gpu",
+        "server",
+        "ollama_url",  # deprecated: server.url
+        "pull_timeout_seconds",
+        "containers",
+        "app_config",
+        "auto_upgrade",
+    }
+)
+_SERVER_KEYS: Final = frozenset({"kind", "url"})
+_LADDER_KEYS: Final = frozenset({"name", "size_mb", "description"})
+_CONTAINER_KEYS: Final = frozenset(
+    {
+        "use_labels",
+        "server",
+        "ollama",  # deprecated: server
+        "app",
+        "restart_server",
+        "restart_ollama",  # deprecated: restart_server
+        "stop_timeout_seconds",
+        "ready_timeout_seconds",
+        "settle_seconds",
+        "app_health_url",
+    }
+)
+_APP_CONFIG_KEYS: Final = frozenset({"path", "format", "key"})
+_AUTO_UPGRADE_KEYS: Final = frozenset(
+    {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb"}
+)
+
+# Each mapping the parser reads, by its dotted path, and the keys it accepts there.
+_SECTIONS: Final[Mapping[str, frozenset[str]]] = {
+    "": _TOP_KEYS,
+    "alert_keys": _ALERT_KEYS,
+    "notifications": _NOTIFICATION_KEYS,
+    "fleets.*": _FLEET_KEYS,
+    "fleets.*.server": _SERVER_KEYS,
+    "fleets.*.ladder[]": _LADDER_KEYS,
+    "fleets.*.containers": _CONTAINER_KEYS,
+    "fleets.*.app_config[]": _APP_CONFIG_KEYS,
+    "fleets.*.auto_upgrade": _AUTO_UPGRADE_KEYS,
+}
+
+#: Every dotted key path the parser accepts: ``*`` stands for a fleet's name, ``[]`` for the
+#: items of a list (``fleets.*.app_config[].path``). ``exporter`` is the exporter's section.
+CONFIG_KEYS: Final[frozenset[str]] = frozenset(
+    {"fleets.*"} | {_join(where, key) for where, keys in _SECTIONS.items() for key in keys}
+)
+
+#: Old key -> new key, for the keys renamed when the server became a seam.
+DEPRECATED_KEYS: Final[Mapping[str, str]] = {
+    "fleets.*.ollama_url": "fleets.*.server.url",
+    "fleets.*.containers.ollama": "fleets.*.containers.server",
+    "fleets.*.containers.restart_ollama": "fleets.*.containers.restart_server",
+}
+
+
+def _parse_ladder(r: _Reader, value: Any, where: str) -> Ladder:
+    if value is None:
+        return Ladder(DEFAULT_LADDER)
+    if not isinstance(value, list) or not value:
+        raise r.fail(where, f"must be a non-empty list of models, got {value!r}")
+    rungs: list[Rung] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        here = f"{where}[{i}]"
+        m = r.mapping(item, here, _LADDER_KEYS)
+        name = r.string(m, "name", here, None)
+        if name in seen:
+            raise r.fail(_join(here, "name"), f"model {name!r} appears twice in the ladder")
+        seen.add(name)
+        size = r.integer(m, "size_mb", here, -1, lo=1)
+        description = m.get("description", "")
+        if not isinstance(description, str):
+            raise r.fail(_join(here, "description"), f"must be a string, got {description!r}")
+        rungs.append(Rung(name, size, description))
+    return Ladder(tuple(rungs))
+
+
+def _parse_server(r: _Reader, fleet: dict[str, Any], where: str) -> ServerSettings:
+    here = _join(where, "server")
+    m = r.mapping(fleet.get("server"), here, _SERVER_KEYS)
+    d = ServerSettings()
+    kind = r.string(m, "kind", here, d.kind)
+    if kind not in SERVER_KINDS:
+        raise r.fail(
+            _join(here, "kind"),
+            f"unknown server kind {kind!r} (known kinds: {', '.join(SERVER_KINDS)})",
+        )
+    url_in, url_where, url_key = r.renamed((m, here, "url"), (fleet, where, "ollama_url"))
+    return ServerSettings(kind=kind, url=r.url(url_in, url_key, url_where, d.url))
+
+
+def _parse_containers(r: _Reader, value: Any, where: str) -> Containers:
+    m = r.mapping(value, where, _CONTAINER_KEYS)
+    d = Containers()
+    health_url = m.get("app_health_url")
+    if health_url is not None and (
+        not isinstance(health_url, str) or not health_url.startswith(("http://", "https://"))
+    ):
+        raise r.fail(_join(where, "app_health_url"), f"must be an http(s) URL, got {health_url!r}")
+    _, _, names_key = r.renamed((m, where, "server"), (m, where, "ollama"))
+    _, _, restart_key = r.renamed((m, where, "restart_server"), (m, where, "restart_ollama"))
+    return Containers(
+        use_labels=r.boolean(m, "use_labels", where, d.use_labels),
+        server_names=r.strings(m, names_key, where),
+        app_names=r.strings(m, "app", where),
+        restart_server=r.boolean(m, restart_key, where, d.restart_server),
+        stop_timeout_seconds=r.integer(m, "stop_timeout_seconds", where, d.stop_timeout_seconds),
+        ready_timeout_seconds=r.number(
+            m, "ready_timeout_seconds", where, d.ready_timeout_seconds, lo=1
+        ),
+        settle_seconds=r.number(m, "settle_seconds", where, d.settle_seconds),
+        app_health_url=health_url,
+    )
+
+
+def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarget, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.fail(where, f"must be a list of targets, got {_kind(value)}")
+    targets = []
+    for i, item in enumerate(value):
+        here = f"{where}[{i}]"
+        m = r.mapping(item, here, _APP_CONFIG_KEYS)
+        path = r.string(m, "path", here, None)
+        fmt = r.string(m, "format", here, "env")
+        # The formats and their key rules are appconfig's: this only reads the YAML's shapes.
+        kind = APP_CONFIG_FORMATS.get(fmt)
+        if kind is None:
+            raise r.fail(
+                _join(here, "format"),
+                f"must be one of {', '.join(APP_CONFIG_FORMATS)}, got {fmt!r}",
+            )
+        key = r.string(m, "key", here, kind.default_key) if kind.takes_key else m.get("key")
+        try:
+            targets.append(AppConfigTarget(path, fmt, key))
+        except AppConfigError as exc:
+            raise r.fail(_join(here, "key"), exc.cause) from None
+    return tuple(targets)
+
+
+def _parse_auto_upgrade(r: _Reader, value: Any, where: str) -> AutoUpgrade:
+    m = r.mapping(value, where, _AUTO_UPGRADE_KEYS)
+    d = AutoUpgrade()
+    au = AutoUpgrade(
+        enabled=r.boolean(m, "enabled", where, d.enabled),
+        quiet_seconds=r.number(m, "quiet_seconds", where, d.quiet_seconds),
+        failed_quiet_seconds=r.number(m, "failed_quiet_seconds", where, d.failed_quiet_seconds),
+        headroom_mb=r.integer(m, "headroom_mb", where, d.headroom_mb),
+    )
+    if au.failed_quiet_seconds < au.quiet_seconds:
+        raise r.fail(
+            _join(where, "failed_quiet_seconds"),
+            f"must be at least quiet_seconds ({au.quiet_seconds:g}): after a step up failed "
+            "the fleet waits longer, not shorter",
+        )
+    return au
+
+
+def _parse_notifications(r: _Reader, value: Any, where: str) -> Notifications:
+    m = r.mapping(value, where, _NOTIFICATION_KEYS)
+    d = Notifications()
+    url: str | None = None
+    key = _join(where, "webhook_url")
+    if os.environ.get(NOTIFY_URL_ENV):
+        url, key = os.environ[NOTIFY_URL_ENV], f"{key} (from ${NOTIFY_URL_ENV})"
+    elif m.get("webhook_url") is not None:
+        url = r.string(m, "webhook_url", where, None)
+    if url is not None and not url.startswith(("http://", "https://")):
+        # The URL is a secret (Slack's carries the token): name the key, never the value.
+        raise r.fail(key, "must be an http(s) URL")
+    fmt = r.string(m, "format", where, d.format)
+    if fmt not in NOTIFY_FORMATS:
+        raise r.fail(
+            _join(where, "format"), f"must be one of {', '.join(NOTIFY_FORMATS)}, got {fmt!r}"
+        )
+    timeout = r.number(m, "timeout_seconds", where, d.timeout_seconds)
+    if timeout <= 0:
+        raise r.fail(_join(where, "timeout_seconds"), "must be more than 0")
+    return Notifications(webhook_url=url, format=fmt, timeout_seconds=timeout)  # type: ignore[arg-type]
+
+
+def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
+    where = f"fleets.{name}"
+    m = r.mapping(value, where, _FLEET_KEYS)
+    d = FleetConfig(name=name)
+    policy = r.string(m, "policy", where, d.policy)
+    if policy not in POLICIES:
+        raise r.fail(
+            _join(where, "policy"), f"must be one of {', '.join(POLICIES)}, got {policy!r}"
+        )
+    return FleetConfig(
+        name=name,
+        ladder=_parse_ladder(r, m.get("ladder"), _join(where, "ladder")),
+        max_vram_errors=r.integer(m, "max_vram_errors", where, d.max_vram_errors, lo=1),
+        policy=policy,  # type: ignore[arg-type]
+        headroom_mb=r.integer(m, "headroom_mb", where, d.headroom_mb),
+        cooldown_seconds=r.number(m, "cooldown_seconds", where, d.cooldown_seconds),
+        max_switches_per_hour=r.integer(
+            m, "max_switches_per_hour", where, d.max_switches_per_hour, lo=1
+        ),
+        dry_run=r.boolean(m, "dry_run", where, d.dry_run),
+        gpu=r.string(m, "gpu", where, d.gpu),
+        server=_parse_server(r, m, where),
+        pull_timeout_seconds=r.number(
+            m, "pull_timeout_seconds", where, d.pull_timeout_seconds, lo=1
+        ),
+        containers=_parse_containers(r, m.get("containers"), _join(where, "containers")),
+        app_config=_parse_app_config(r, m.get("app_config"), _join(where, "app_config")),
+        auto_upgrade=_parse_auto_upgrade(r, m.get("auto_upgrade"), _join(where, "auto_upgrade")),
+    )
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Build a validated Config from parsed YAML; raise ConfigError naming the key and entry."""
+    r = _Reader(source)
+    top = r.mapping(data, "", _TOP_KEYS)
+    d = default_config()
+    fleets_raw = top.get("fleets")
+    fleets: dict[str, FleetConfig]
+    if fleets_raw is None:
+        fleets = dict(d.fleets)
+    else:
+        if not isinstance(fleets_raw, dict) or not fleets_raw:
+            raise r.fail("fleets", "must be a non-empty mapping of fleet name to settings")
+        fleets = {}
+        for name, value in fleets_raw.items():
+            if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+                raise r.fail(f"fleets.{name}", "fleet names use letters, digits, '-' and '_'")
+            fleets[name] = _parse_fleet(r, name, value)
+    alert_keys = r.mapping(top.get("alert_keys"), "alert_keys", _ALERT_KEYS)
+    state_file = os.environ.get(STATE_FILE_ENV) or r.string(
+        top, "state_file", "", str(d.state_file)
+    )
+    return Config(
+        fleets=fleets,
+        state_file=Path(state_file),
+        lock_timeout_seconds=r.number(top, "lock_timeout_seconds", "", d.lock_timeout_seconds),
+        history_limit=r.integer(top, "history_limit", "", d.history_limit, lo=1),
+        alert_key_limit=r.integer(alert_keys, "max", "alert_keys", d.alert_key_limit, lo=1),
+        alert_key_ttl_seconds=r.number(
+            alert_keys, "ttl_seconds", "alert_keys", d.alert_key_ttl_seconds, lo=1
+        ),
+        protect_reads=r.boolean(top, "protect_reads", "", d.protect_reads),
+        notifications=_parse_notifications(r, top.get("notifications"), "notifications"),
+        source=source,
+        deprecated_keys=tuple(r.deprecated),
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``path``, else $MODEL_FLEET_CONFIG, else ./model-fleet.yaml, else the defaults."""
+    chosen = config_path(path)
+    if chosen is None:
+        return parse_config({}, "<defaults>")
+    return parse_config(load_yaml(chosen), str(chosen))

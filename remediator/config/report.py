@@ -1,0 +1,122 @@
+"""What check-config prints: warnings about a valid configuration, and the effective one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remediator.config.model import SHIPPED_ALERT_THRESHOLD, Config, FleetConfig
+
+__all__ = ["config_warnings", "effective_config", "redact_url"]
+
+
+def redact_url(url: str | None) -> str | None:
+    """Scheme and host only: webhook URLs carry their token in the path or the query."""
+    if url is None:
+        return None
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    return f"{scheme}://{host}/<redacted>"
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Things that are valid but probably not what the operator wants."""
+    warnings = [
+        f"{old} is deprecated: use {new} (the old key still works)"
+        for old, new in config.deprecated_keys
+    ]
+    for fleet in config.fleets.values():
+        ladder = fleet.ladder
+        if len(ladder) == 1:
+            warnings.append(
+                f"fleet {fleet.name}: the ladder has one model ({ladder[0].name}): "
+                "there is nothing to step down to"
+            )
+        for upper, lower in zip(ladder.rungs, ladder.rungs[1:], strict=False):
+            if lower.size_mb >= upper.size_mb:
+                what = "larger than" if lower.size_mb > upper.size_mb else "the same size as"
+                skip = (
+                    "policy 'next' takes that step anyway"
+                    if fleet.policy == "next"
+                    else f"policy '{fleet.policy}' skips it"
+                )
+                warnings.append(
+                    f"fleet {fleet.name}: {lower.name} ({lower.size_mb} MB) is {what} "
+                    f"{upper.name} ({upper.size_mb} MB), so stepping down from {upper.name} "
+                    f"to {lower.name} frees no VRAM ({skip})"
+                )
+        if fleet.max_vram_errors != SHIPPED_ALERT_THRESHOLD:
+            warnings.append(
+                f"fleet {fleet.name}: max_vram_errors is {fleet.max_vram_errors} but the shipped "
+                f"alert rule fires at {SHIPPED_ALERT_THRESHOLD}; change "
+                "alert_rules/model_fleet.rules.yml to match"
+            )
+        if fleet.auto_upgrade.enabled and len(ladder) == 1:
+            warnings.append(f"fleet {fleet.name}: auto_upgrade is enabled on a one-model ladder")
+        if not fleet.app_config:
+            warnings.append(
+                f"fleet {fleet.name}: no app_config targets: a switch changes the model server "
+                "but tells the application nothing"
+            )
+        c = fleet.containers
+        if not c.use_labels and not c.server_names and not c.app_names:
+            warnings.append(
+                f"fleet {fleet.name}: containers.use_labels is false and no container names "
+                "are given: a switch restarts nothing"
+            )
+    return warnings
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, for logging and check-config."""
+
+    def fleet_dict(f: FleetConfig) -> dict[str, Any]:
+        return {
+            "ladder": [
+                {"name": r.name, "size_mb": r.size_mb, "description": r.description}
+                for r in f.ladder.rungs
+            ],
+            "max_vram_errors": f.max_vram_errors,
+            "policy": f.policy,
+            "headroom_mb": f.headroom_mb,
+            "cooldown_seconds": f.cooldown_seconds,
+            "max_switches_per_hour": f.max_switches_per_hour,
+            "dry_run": f.dry_run,
+            "gpu": f.gpu,
+            "server": {"kind": f.server.kind, "url": f.server.url},
+            "pull_timeout_seconds": f.pull_timeout_seconds,
+            "containers": {
+                "use_labels": f.containers.use_labels,
+                "server": list(f.containers.server_names),
+                "app": list(f.containers.app_names),
+                "restart_server": f.containers.restart_server,
+                "stop_timeout_seconds": f.containers.stop_timeout_seconds,
+                "ready_timeout_seconds": f.containers.ready_timeout_seconds,
+                "settle_seconds": f.containers.settle_seconds,
+                "app_health_url": f.containers.app_health_url,
+            },
+            "app_config": [
+                {"path": t.path, "format": t.format, **({"key": t.key} if t.key else {})}
+                for t in f.app_config
+            ],
+            "auto_upgrade": {
+                "enabled": f.auto_upgrade.enabled,
+                "quiet_seconds": f.auto_upgrade.quiet_seconds,
+                "failed_quiet_seconds": f.auto_upgrade.failed_quiet_seconds,
+                "headroom_mb": f.auto_upgrade.headroom_mb,
+            },
+        }
+
+    return {
+        "source": config.source,
+        "state_file": str(config.state_file),
+        "lock_timeout_seconds": config.lock_timeout_seconds,
+        "history_limit": config.history_limit,
+        "alert_keys": {"max": config.alert_key_limit, "ttl_seconds": config.alert_key_ttl_seconds},
+        "protect_reads": config.protect_reads,
+        "notifications": {
+            "webhook_url": redact_url(config.notifications.webhook_url),
+            "format": config.notifications.format,
+            "timeout_seconds": config.notifications.timeout_seconds,
+        },
+        "fleets": {name: fleet_dict(f) for name, f in config.fleets.items()},
+    }

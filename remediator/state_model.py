@@ -1,0 +1,282 @@
+"""What the state file ``model_fleet_state.json`` holds, and its JSON form.
+
+Plain dataclasses with ``to_dict``/``from_dict``; ``from_dict`` raises ValueError, KeyError or
+TypeError on a malformed entry so that :class:`remediator.state.StateStore` can keep the bad
+file aside. Reading, locking and writing the file is the store's job, not this module's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from remediator.config import FleetConfig
+
+SCHEMA_VERSION: Final = 1
+MAX_NOTICES: Final = 20
+MAX_NOTIFICATIONS: Final = 50
+
+
+@dataclass
+class SwitchRecord:
+    """One model switch in a fleet's history."""
+
+    time: float
+    fleet: str
+    from_model: str
+    to_model: str
+    direction: str  # down | up | reset
+    trigger: str  # alert | manual | auto
+    reason: str
+    alert_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``from``/``to`` as in the history endpoint)."""
+        return {
+            "time": self.time,
+            "fleet": self.fleet,
+            "from": self.from_model,
+            "to": self.to_model,
+            "direction": self.direction,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "alert_key": self.alert_key,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SwitchRecord:
+        """Parse the JSON form; raise ValueError/KeyError/TypeError when malformed."""
+        alert_key = d.get("alert_key")
+        record = cls(
+            time=_num(d["time"]),
+            fleet=_str(d["fleet"]),
+            from_model=_str(d["from"]),
+            to_model=_str(d["to"]),
+            direction=_str(d["direction"]),
+            trigger=_str(d["trigger"]),
+            reason=str(d.get("reason", "")),
+            alert_key=None if alert_key is None else _str(alert_key),
+        )
+        return record
+
+
+@dataclass
+class FleetState:
+    """Where one fleet stands."""
+
+    current_model: str
+    index: int
+    vram_error_count: int = 0
+    last_switch_at: float | None = None
+    last_upgrade_at: float | None = None
+    last_upgrade_failed_at: float | None = None
+    last_failure: dict[str, Any] | None = None
+    history: list[SwitchRecord] = field(default_factory=list)
+    processed_alerts: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def initial(cls, fleet: FleetConfig) -> FleetState:
+        """A fleet at the top of its ladder with no history."""
+        return cls(current_model=fleet.ladder[0].name, index=0)
+
+    def apply_switch(
+        self,
+        fleet: FleetConfig,
+        target: int,
+        *,
+        direction: str,
+        trigger: str,
+        reason: str,
+        now: float,
+        alert_key: str | None = None,
+        upgrade_failed: bool = False,
+    ) -> SwitchRecord:
+        """Move the fleet to rung ``target`` and record it; returns the history record."""
+        record = SwitchRecord(
+            time=now,
+            fleet=fleet.name,
+            from_model=self.current_model,
+            to_model=fleet.ladder[target].name,
+            direction=direction,
+            trigger=trigger,
+            reason=reason,
+            alert_key=alert_key,
+        )
+        self.current_model = record.to_model
+        self.index = target
+        self.vram_error_count = 0
+        self.last_switch_at = now
+        if direction == "up":
+            self.last_upgrade_at = now
+        elif direction == "reset":
+            # A person chose the top again: forget earlier failed step ups.
+            self.last_upgrade_at = None
+            self.last_upgrade_failed_at = None
+        if upgrade_failed:
+            self.last_upgrade_failed_at = now
+        self.last_failure = None
+        self.history.append(record)
+        if alert_key is not None:
+            self.processed_alerts[alert_key] = now
+        return record
+
+    def switches_since(self, since: float) -> int:
+        """How many switches happened at or after ``since``."""
+        return sum(1 for r in self.history if r.time >= since)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "current_model": self.current_model,
+            "index": self.index,
+            "vram_error_count": self.vram_error_count,
+            "last_switch_at": self.last_switch_at,
+            "last_upgrade_at": self.last_upgrade_at,
+            "last_upgrade_failed_at": self.last_upgrade_failed_at,
+            "last_failure": self.last_failure,
+            "history": [r.to_dict() for r in self.history],
+            "processed_alerts": dict(sorted(self.processed_alerts.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FleetState:
+        """Parse the JSON form; raise ValueError/KeyError/TypeError when malformed."""
+        if not isinstance(d, dict):
+            raise TypeError("fleet entry is not an object")
+        history = d.get("history", [])
+        alerts = d.get("processed_alerts", {})
+        failure = d.get("last_failure")
+        if not isinstance(history, list) or not isinstance(alerts, dict):
+            raise TypeError("history must be a list and processed_alerts an object")
+        if failure is not None and not isinstance(failure, dict):
+            raise TypeError("last_failure must be an object")
+        index = d["index"]
+        count = d.get("vram_error_count", 0)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"index must be a non-negative integer, got {index!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"vram_error_count must be a non-negative integer, got {count!r}")
+        return cls(
+            current_model=_str(d["current_model"]),
+            index=index,
+            vram_error_count=count,
+            last_switch_at=_opt_num(d.get("last_switch_at")),
+            last_upgrade_at=_opt_num(d.get("last_upgrade_at")),
+            last_upgrade_failed_at=_opt_num(d.get("last_upgrade_failed_at")),
+            last_failure=failure,
+            history=[SwitchRecord.from_dict(r) for r in history],
+            processed_alerts={_str(k): _num(v) for k, v in alerts.items()},
+        )
+
+
+@dataclass
+class Notice:
+    """A problem found with the state file, shown by ``status`` until cleared by a reset."""
+
+    time: float
+    message: str
+    kept_as: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"time": self.time, "message": self.message, "kept_as": self.kept_as}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Notice:
+        """Parse the JSON form."""
+        kept = d.get("kept_as")
+        return cls(
+            time=_num(d["time"]),
+            message=_str(d["message"]),
+            kept_as=None if kept is None else _str(kept),
+        )
+
+
+@dataclass
+class Notification:
+    """One alert Alertmanager delivered to /webhook/notify, and what became of its forwarding.
+
+    ``key`` is the alert's fingerprint@startsAt: a delivery Alertmanager retries (or repeats)
+    updates the entry with that key and status instead of adding another.
+    """
+
+    time: float
+    key: str
+    status: str  # firing | resolved
+    alertname: str
+    fleet: str | None
+    severity: str | None
+    summary: str
+    outcome: str  # forwarded | failed | logged
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "time": self.time,
+            "key": self.key,
+            "status": self.status,
+            "alertname": self.alertname,
+            "fleet": self.fleet,
+            "severity": self.severity,
+            "summary": self.summary,
+            "outcome": self.outcome,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Notification:
+        """Parse the JSON form."""
+        fleet, severity = d.get("fleet"), d.get("severity")
+        return cls(
+            time=_num(d["time"]),
+            key=_str(d["key"]),
+            status=_str(d["status"]),
+            alertname=_str(d["alertname"]),
+            fleet=None if fleet is None else _str(fleet),
+            severity=None if severity is None else _str(severity),
+            summary=_str(d["summary"]),
+            outcome=_str(d["outcome"]),
+        )
+
+
+@dataclass
+class State:
+    """All fleets. Fleets found in the file but absent from the config are kept as they were."""
+
+    fleets: dict[str, FleetState]
+    notices: list[Notice] = field(default_factory=list)
+    unconfigured: dict[str, Any] = field(default_factory=dict)
+    # The last MAX_NOTIFICATIONS alerts people were told about (absent from older files).
+    notifications: list[Notification] = field(default_factory=list)
+
+    def record_notification(self, notification: Notification) -> None:
+        """Append ``notification``, replacing an entry of the same alert and status."""
+        same = (notification.key, notification.status)
+        self.notifications = [n for n in self.notifications if (n.key, n.status) != same]
+        self.notifications.append(notification)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the whole file."""
+        fleets: dict[str, Any] = dict(self.unconfigured)
+        fleets.update({name: fs.to_dict() for name, fs in self.fleets.items()})
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "fleets": dict(sorted(fleets.items())),
+            "notices": [n.to_dict() for n in self.notices],
+            "notifications": [n.to_dict() for n in self.notifications],
+        }
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _opt_num(v: Any) -> float | None:
+    return None if v is None else _num(v)

@@ -1,0 +1,48 @@
+"""Builds a fleet's real actions: the model server its config names, the Docker engine, the
+app's HTTP health probe. The one module of the core that knows which adapters exist."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from remediator.actions import FleetActions
+from remediator.adapters.docker_engine import DockerRuntime
+from remediator.adapters.ollama import OllamaServer
+from remediator.adapters.probes import app_reports_model
+from remediator.config import ConfigError, FleetConfig, ServerSettings
+from remediator.runtime import Runtime
+from remediator.server import SERVER_KINDS, ModelServer
+
+# One builder per kind of remediator.server.SERVER_KINDS (a test keeps the two in step).
+SERVER_BUILDERS: Final[Mapping[str, Callable[[ServerSettings], ModelServer]]] = {
+    "ollama": lambda settings: OllamaServer(settings.url),
+}
+
+
+def model_server(fleet: FleetConfig) -> ModelServer:
+    """The model server of ``fleet``, chosen by its ``server.kind``."""
+    build = SERVER_BUILDERS.get(fleet.server.kind)
+    if build is None:
+        raise ConfigError(
+            f"fleets.{fleet.name}.server.kind: unknown server kind {fleet.server.kind!r} "
+            f"(known kinds: {', '.join(SERVER_KINDS)})"
+        )
+    return build(fleet.server)
+
+
+def container_runtime(fleet: FleetConfig) -> Runtime:
+    """The runtime the fleet's containers run on: the local Docker engine."""
+    return DockerRuntime()
+
+
+def fleet_actions(
+    fleet: FleetConfig, *, server: ModelServer | None = None, runtime: Runtime | None = None
+) -> FleetActions:
+    """The real actions of ``fleet``; ``server`` and ``runtime`` replace the configured ones."""
+    return FleetActions(
+        fleet,
+        server or model_server(fleet),
+        runtime or container_runtime(fleet),
+        app_probe=app_reports_model,
+    )

@@ -1,0 +1,106 @@
+"""Streamed HTTP bodies read in big blocks: the chunked decoder, and the one private attribute
+path it needs under requests/urllib3/http.client (this fails when a library changes it)."""
+
+from __future__ import annotations
+
+import http.server
+import random
+import threading
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from exporter.adapters.chunked import ChunkedDecoder, ChunkedError, body_reader, buffered_socket
+
+
+def chunked(parts: list[bytes]) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
+    return body + b"0\r\n\r\n"
+
+
+def test_chunked_bodies_decode_whatever_the_split() -> None:
+    rng = random.Random(3)
+    parts = [b"%d %s\n" % (i, rng.choice([b"out of memory", b"normal line"])) for i in range(50)]
+    body = chunked(parts) + b"HTTP/1.1 200 OK\r\n"  # what follows the body is not read
+    for _ in range(5):
+        decoder = ChunkedDecoder()
+        cuts = sorted(rng.sample(range(1, len(body)), 40))
+        bounds = zip([0, *cuts], [*cuts, len(body)], strict=True)
+        out = b"".join(decoder.feed(body[a:b]) for a, b in bounds)
+        assert out == b"".join(parts)
+        assert decoder.done
+
+
+def test_chunk_extensions_are_ignored_and_garbage_is_refused() -> None:
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"5;name=value\r\nhello\r\n0\r\n\r\n") == b"hello"
+    assert decoder.done and decoder.feed(b"more") == b""
+    with pytest.raises(ChunkedError):
+        ChunkedDecoder().feed(b"zz\r\nhello\r\n")
+    with pytest.raises(ChunkedError):
+        ChunkedDecoder().feed(b"5\r\nhelloXX")
+
+
+PARTS = [b"first line\n", b"second line\n", b"third line\n"]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    first_read = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.path == "/chunked":
+            # Like Docker: one flushed chunk per log frame, the rest only once the first was
+            # read (a reader that waits for more than what is there would hang here).
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(PARTS[0]), PARTS[0]))
+            self.wfile.flush()
+            self.first_read.wait(10)
+            self.wfile.write(chunked(PARTS[1:]))
+        else:
+            body = b"".join(PARTS)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _Handler.first_read.clear()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    _Handler.first_read.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_socket_reader_is_still_where_the_fast_path_looks(server: str) -> None:
+    # If this fails, urllib3 or http.client moved the socket's buffered reader: the exporter
+    # still counts right (public read1) but falls behind `docker logs` on busy containers.
+    with requests.get(server + "/chunked", stream=True, timeout=10) as response:
+        assert buffered_socket(response) is not None
+        read = body_reader(response)
+        assert read() == PARTS[0]  # at once, before the server sends more
+        _Handler.first_read.set()
+        rest = b""
+        while piece := read():
+            rest += piece
+        assert rest == b"".join(PARTS[1:])
+
+
+def test_other_bodies_are_read_through_the_public_api(server: str) -> None:
+    with requests.get(server + "/plain", stream=True, timeout=10) as response:
+        read = body_reader(response)
+        body = b""
+        while piece := read():
+            body += piece
+        assert body == b"".join(PARTS)

@@ -1,0 +1,148 @@
+"""The log watcher through the LogSource seam, with no Docker: a list-backed source drives the
+same counting rules as tests/test_exporter_docker.py (restarts, broken streams, an exporter
+restarted after history, a source that goes away)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from exporter.classifier import LogClassifier
+from exporter.config import ContainerSelection
+from exporter.metrics import LogStore, SeriesSnapshot
+from exporter.watcher import LogWatcher
+from tests.support.exporter_env import wait_for
+from tests.support.list_source import ListLogSource
+
+OOM = "CUDA error: out of memory"
+TIMEOUT = "gpu VRAM usage didn't recover within timeout"
+NORMAL = 'level=INFO msg="llama runner started"'
+SERVER = {"model-fleet.role": "ollama", "model-fleet.fleet": "f1"}
+
+Watch = Callable[..., tuple[LogWatcher, LogStore]]
+
+
+@pytest.fixture
+def source() -> ListLogSource:
+    return ListLogSource()
+
+
+@pytest.fixture
+def watch(source: ListLogSource) -> Iterator[Watch]:
+    watchers: list[LogWatcher] = []
+
+    def start(live_since_ns: int | None = None) -> tuple[LogWatcher, LogStore]:
+        classifier = LogClassifier()
+        store = LogStore(classifier.kinds)
+        since = source.now_ns if live_since_ns is None else live_since_ns
+        watcher = LogWatcher(ContainerSelection(), classifier, store, source, live_since_ns=since)
+        watchers.append(watcher)
+        watcher.start()
+        return watcher, store
+
+    yield start
+    for w in watchers:
+        w.stop()
+
+
+def settled(store: LogStore, name: str, check: Callable[[SeriesSnapshot], bool]) -> SeriesSnapshot:
+    def probe() -> SeriesSnapshot | None:
+        s = next((s for s in store.snapshot() if s.container == name), None)
+        return s if s is not None and check(s) else None
+
+    wait_for(probe, f"{name} in {store.snapshot()}", timeout=10, interval=0.01)
+    time.sleep(0.1)  # nothing more may arrive
+    s = probe()
+    assert s is not None, store.snapshot()
+    return s
+
+
+def test_counts_are_exact_across_restarts_and_broken_streams(
+    source: ListLogSource, watch: Watch
+) -> None:
+    watcher, store = watch()
+    source.create("c1", "srv", SERVER)
+    started = source.start("c1")
+    source.emit("c1", NORMAL, OOM, NORMAL, OOM)
+    s = settled(store, "srv", lambda s: s.lines == 4)
+    assert (s.fleet, s.errors["oom"], s.since_start, s.up, s.started_at) == (
+        "f1",
+        2,
+        2,
+        True,
+        started,
+    )
+
+    # Many lines share one instant; streams break in the middle: nothing counts twice.
+    for _ in range(5):
+        source.emit("c1", NORMAL, OOM, TIMEOUT, same_instant=True)
+        assert watcher.interrupt("srv")
+    s = settled(store, "srv", lambda s: s.lines == 19)
+    assert s.errors == {"oom": 7, "vram_recovery_timeout": 5}
+    assert s.since_start == 12 and s.reconnects >= 1
+
+    source.stop("c1")
+    s = settled(store, "srv", lambda s: s.up is False)
+    assert s.since_start == 12
+    again = source.start("c1")
+    source.emit("c1", OOM, NORMAL)
+    s = settled(store, "srv", lambda s: s.lines == 21)
+    assert (s.errors["oom"], s.since_start, s.up, s.started_at) == (8, 1, True, again)
+
+    source.remove("c1")
+    s = settled(store, "srv", lambda s: s.since_start is None)
+    assert s.lines == 21 and s.up is None  # counters stay, the gauges go
+
+
+def test_a_restarted_exporter_recounts_the_current_run_only(
+    source: ListLogSource, watch: Watch
+) -> None:
+    # Stopped after its second run: the first printed 2 oom, the second 1 oom and 1 timeout.
+    source.create("c1", "stopped", SERVER)
+    source.start("c1")
+    source.emit("c1", OOM, OOM)
+    source.stop("c1")
+    source.start("c1")
+    source.emit("c1", OOM, TIMEOUT, NORMAL)
+    source.stop("c1")
+    # Running its second run: the first printed 3 oom, the current one 1.
+    source.create("c2", "running", SERVER)
+    source.start("c2")
+    source.emit("c2", OOM, OOM, OOM)
+    source.stop("c2")
+    source.start("c2")
+    source.emit("c2", OOM)
+
+    _, store = watch()  # the exporter (re)starts now: all of that is history
+    stopped = settled(store, "stopped", lambda s: s.since_start == 2)
+    running = settled(store, "running", lambda s: s.since_start == 1)
+    for s in (stopped, running):
+        assert s.lines == 0 and s.errors == {"oom": 0, "vram_recovery_timeout": 0}
+    assert stopped.up is False and running.up is True
+
+    source.emit("c2", TIMEOUT)  # live from now on
+    s = settled(store, "running", lambda s: s.lines == 1)
+    assert s.errors == {"oom": 0, "vram_recovery_timeout": 1} and s.since_start == 2
+
+
+def test_a_source_that_goes_away_is_reported_once_and_followed_again(
+    source: ListLogSource, watch: Watch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="exporter.watcher")
+    source.set_down(True)
+    watcher, store = watch()
+    wait_for(lambda: "not reachable" in caplog.text, "the warning")
+    time.sleep(1.2)  # a retry happens meanwhile; the same cause is not logged again
+    assert caplog.text.count("The list source is not reachable") == 1
+    assert not watcher.source_up
+
+    source.set_down(False)
+    source.create("c1", "late", SERVER)
+    source.start("c1")
+    source.emit("c1", OOM)
+    assert watcher.ready.wait(10)
+    s = settled(store, "late", lambda s: s.lines == 1)
+    assert s.errors["oom"] == 1 and watcher.source_up

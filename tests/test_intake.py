@@ -1,0 +1,281 @@
+"""The webhook's entry point, ``Remediator.accept_alerts``: one decision per fleet, under its lock.
+
+Driven directly (no HTTP) with the project's ``Actions`` seam as a recorder; the HTTP answer
+is checked once at the end. test_service.py covers the answers per reason and the 50
+concurrent deliveries through Flask.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediator.alerts import WebhookAlert, parse_time, parse_webhook
+from remediator.config import Config, FleetConfig, parse_config
+from remediator.decisions import AlertRef, Decision
+from remediator.intake import Background
+from remediator.service import create_app
+from remediator.state import LockTimeout, StateStore, file_lock
+from remediator.state_model import FleetState
+from remediator.switching import Remediator, SwitchPlan
+
+
+def iso(t: float) -> str:
+    """Alertmanager's startsAt for epoch seconds ``t``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime(t))
+
+
+# Alerts that started a minute ago, a second apart: before any switch the tests make.
+STARTS, LATER, LATEST = iso(time.time() - 60), iso(time.time() - 59), iso(time.time() - 58)
+TOKEN = "intake-token"
+
+
+class Recorder:
+    """Records the plans it carries out, optionally taking a while or failing."""
+
+    def __init__(self) -> None:
+        self.plans: list[SwitchPlan] = []
+        self.delay = 0.0
+        self.lock = threading.Lock()
+
+    def for_fleet(self, fleet: FleetConfig) -> Recorder:
+        return self
+
+    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+        time.sleep(self.delay)
+        with self.lock:
+            self.plans.append(plan)
+        return [f"switched to {plan.to_rung.name}"]
+
+
+class LockCheckingRemediator(Remediator):
+    """Fails the test when a decision is taken without the fleet's switch lock held."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decided: list[str | None] = []
+
+    def decide(
+        self,
+        fleet: FleetConfig,
+        fs: FleetState,
+        direction: str,
+        trigger: str,
+        alert: AlertRef | None = None,
+    ) -> Decision:
+        with pytest.raises(LockTimeout), self.store.switch_lock(fleet.name, 0):
+            pass  # pragma: no cover - reached only when nobody holds the lock
+        self.decided.append(alert.key if alert else None)
+        return super().decide(fleet, fs, direction, trigger, alert)
+
+
+def make_config(tmp_path: Path, fleets: dict[str, dict[str, Any]] | None = None) -> Config:
+    return parse_config(
+        {
+            "state_file": str(tmp_path / "state.json"),
+            "fleets": fleets or {"default": {"cooldown_seconds": 0}},
+        },
+        "test",
+    )
+
+
+def alert(
+    fingerprint: str,
+    starts_at: str = STARTS,
+    *,
+    fleet: str = "default",
+    remediation: str = "downgrade",
+    value: str | None = None,
+) -> WebhookAlert:
+    annotations = {} if value is None else {"value": value}
+    labels = {"alertname": "A", "fleet": fleet, "remediation": remediation}
+    body = {
+        "version": "4",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": starts_at,
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+    return parse_webhook(body)[0]
+
+
+def remediator_for(config: Config, recorder: Recorder) -> LockCheckingRemediator:
+    return LockCheckingRemediator(config, StateStore(config), recorder.for_fleet)
+
+
+def run_all(pending: list[Any]) -> None:
+    for work in pending:
+        work.run()
+
+
+def lock_is_free(store: StateStore, fleet: str) -> bool:
+    try:
+        with store.switch_lock(fleet, 0):
+            return True
+    except LockTimeout:
+        return False
+
+
+def test_several_alerts_for_one_fleet_make_one_decision_and_one_switch(tmp_path: Path) -> None:
+    config, recorder = make_config(tmp_path), Recorder()
+    remediator = remediator_for(config, recorder)
+    first, second = alert("aaaa", value="4"), alert("bbbb", LATER, value="5")
+    acceptance = remediator.accept_alerts([first, second])
+    assert [a["fingerprint"] for a in acceptance.accepted] == ["aaaa"]
+    assert [(i["fingerprint"], i["reason"]) for i in acceptance.ignored] == [("bbbb", "superseded")]
+    assert acceptance.outcome == "accepted"
+    assert remediator.decided == [first.key]  # the second alert was never judged on its own
+    assert not lock_is_free(remediator.store, "default")  # held from decision to commit
+    run_all(acceptance.pending)
+    assert lock_is_free(remediator.store, "default")
+    assert [p.alert_key for p in recorder.plans] == [first.key]
+    fs = remediator.store.read().fleets["default"]
+    assert (fs.index, fs.vram_error_count, fs.history[-1].alert_key) == (1, 0, first.key)
+    # The superseded alert, delivered again, is about the model the switch replaced.
+    again = remediator.accept_alerts([second])
+    assert [i["reason"] for i in again.ignored] == ["stale_alert"]
+    assert again.pending == [] and len(recorder.plans) == 1
+
+
+def test_a_step_down_wins_over_a_step_up_in_one_delivery(tmp_path: Path) -> None:
+    auto = {"enabled": True, "quiet_seconds": 1, "failed_quiet_seconds": 1}
+    config = make_config(tmp_path, {"default": {"cooldown_seconds": 0, "auto_upgrade": auto}})
+    recorder = Recorder()
+    remediator = remediator_for(config, recorder)
+    with remediator.store.transaction() as state:
+        state.fleets["default"].apply_switch(
+            config.fleets["default"], 1, direction="down", trigger="manual", reason="", now=1.0
+        )
+    up, down = alert("up00", remediation="upgrade"), alert("down", remediation="downgrade")
+    acceptance = remediator.accept_alerts([up, down])
+    assert [a["fingerprint"] for a in acceptance.accepted] == ["down"]
+    assert [(i["fingerprint"], i["reason"]) for i in acceptance.ignored] == [("up00", "superseded")]
+    run_all(acceptance.pending)
+    assert [(p.direction, p.to_rung.name) for p in recorder.plans] == [("down", "tinyllama:1.1b")]
+
+
+def test_each_fleet_of_a_delivery_is_judged_under_its_own_lock(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"gpu0": {"cooldown_seconds": 0}, "gpu1": {}})
+    recorder = Recorder()
+    remediator = remediator_for(config, recorder)
+    acceptance = remediator.accept_alerts(
+        [alert("a0", fleet="gpu0"), alert("a1", fleet="gpu1"), alert("a2", fleet="gpu9")]
+    )
+    assert sorted(a["fleet"] for a in acceptance.accepted) == ["gpu0", "gpu1"]
+    assert [(i["fleet"], i["reason"]) for i in acceptance.ignored] == [("gpu9", "unknown_fleet")]
+    background = Background(len(config.fleets))
+    background.start(acceptance.pending)
+    background.shutdown(wait=True)
+    assert sorted(p.fleet.name for p in recorder.plans) == ["gpu0", "gpu1"]
+    assert all(lock_is_free(remediator.store, f) for f in ("gpu0", "gpu1"))
+
+
+def test_a_switching_fleet_answers_duplicates_and_queues_other_alerts(tmp_path: Path) -> None:
+    config, recorder = make_config(tmp_path), Recorder()
+    remediator = remediator_for(config, recorder)
+    running, other = alert("run0"), alert("late", LATER, value="7")
+    # Another worker (or the CLI) is switching the fleet for alert run0.
+    with remediator.store.switch_lock("default", handling=[running.key]):
+        redelivered = remediator.accept_alerts([running])
+        assert redelivered.outcome == "duplicate" and redelivered.pending == []
+        assert redelivered.ignored[0]["detail"] == "being handled"
+        queued = remediator.accept_alerts([other])
+        assert queued.outcome == "accepted" and "queued" in queued.accepted[0]["detail"]
+        assert remediator.decided == []  # nothing is judged without the lock ...
+        assert not config.state_file.exists()  # ... and nothing is written
+        waiter = threading.Thread(target=run_all, args=(queued.pending,))
+        waiter.start()
+        time.sleep(0.3)
+        assert recorder.plans == []  # it waits for the running switch
+    # That switch ended without switching (it failed, say): the queued alert acts now.
+    waiter.join(timeout=10)
+    assert remediator.decided == [other.key]
+    assert [p.alert_key for p in recorder.plans] == [other.key]
+
+
+def test_a_queued_alert_about_the_replaced_model_is_stale(tmp_path: Path) -> None:
+    config, recorder = make_config(tmp_path), Recorder()
+    remediator = remediator_for(config, recorder)
+    recorder.delay = 0.5
+    first = remediator.accept_alerts([alert("aaaa")])
+    background = Background(1)
+    background.start(first.pending)
+    late = remediator.accept_alerts([alert("bbbb", LATEST)])
+    assert "queued" in late.accepted[0]["detail"]
+    background.start(late.pending)
+    background.shutdown(wait=True)
+    assert len(recorder.plans) == 1
+    assert remediator.decided == [alert("aaaa").key, alert("bbbb", LATEST).key]
+    assert len(remediator.store.read().fleets["default"].history) == 1
+
+
+def test_concurrent_deliveries_decide_only_under_the_lock_and_switch_once(tmp_path: Path) -> None:
+    config, recorder = make_config(tmp_path), Recorder()
+    remediator = remediator_for(config, recorder)
+    recorder.delay = 0.2
+    background = Background(1)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        acceptance = remediator.accept_alerts([alert("same")])
+        background.start(acceptance.pending)
+        outcomes.append(acceptance.outcome)
+
+    threads = [threading.Thread(target=deliver) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    background.shutdown(wait=True)
+    assert len(outcomes) == 20 and outcomes.count("accepted") >= 1
+    assert len(recorder.plans) == 1
+    assert 1 <= len(remediator.decided) <= 20  # each under the lock (LockCheckingRemediator)
+
+
+def test_a_state_error_lets_go_of_the_fleet_lock(tmp_path: Path) -> None:
+    config = parse_config(
+        {"state_file": str(tmp_path / "state.json"), "lock_timeout_seconds": 0.1}, "test"
+    )
+    remediator = remediator_for(config, Recorder())
+    with file_lock(remediator.store.lock_path, 5), pytest.raises(LockTimeout):
+        remediator.accept_alerts([alert("aaaa")])
+    assert lock_is_free(remediator.store, "default")
+
+
+def test_the_webhook_answers_what_the_entry_point_decided(tmp_path: Path) -> None:
+    config, recorder = make_config(tmp_path), Recorder()
+    app = create_app(config, token=TOKEN, actions_for=recorder.for_fleet)
+    body = {
+        "version": "4",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "A", "fleet": "default", "remediation": "downgrade"},
+                "annotations": {"value": "6"},
+                "startsAt": starts,
+                "fingerprint": fingerprint,
+            }
+            for fingerprint, starts in (("aaaa", STARTS), ("bbbb", LATER))
+        ],
+    }
+    resp = app.test_client().post(
+        "/webhook/alertmanager", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert resp.status_code == 202
+    answer = resp.get_json()
+    assert answer["outcome"] == "accepted"
+    assert [a["fingerprint"] for a in answer["accepted"]] == ["aaaa"]
+    assert [(i["fingerprint"], i["reason"]) for i in answer["ignored"]] == [("bbbb", "superseded")]
+    app.extensions["model_fleet"].background.shutdown(wait=True)
+    history = StateStore(config).read().fleets["default"].history
+    assert [r.alert_key for r in history] == [f"aaaa@{STARTS}"]
+    assert history[0].time >= parse_time(STARTS)
