@@ -41,7 +41,7 @@ _EXPORTER_KEYS: Final = frozenset(
     }
 )
 # Of the fleets, only how their model servers' containers are found.
-_FLEET_KEYS: Final = ("containers.ollama", "containers.use_labels")
+_FLEET_KEYS: Final = ("containers.server", "containers.ollama", "containers.use_labels")
 # Every key path this parser reads ("*": a fleet name); the docs test checks the docs against it.
 CONFIG_KEYS: Final = frozenset(
     {f"exporter.{key}" for key in _EXPORTER_KEYS} | {f"fleets.*.{key}" for key in _FLEET_KEYS}

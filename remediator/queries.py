@@ -27,7 +27,7 @@ NO_AUTH_ENV: Final = env.NO_AUTH
 
 
 class ExitCode(IntEnum):
-    """The exit codes of ``model-fleet`` (documented in the README)."""
+    """The exit codes of ``model-fleet`` (documented in docs/operations.md)."""
 
     OK = 0
     FAILED = 1  # a switch was attempted and rolled back

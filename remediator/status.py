@@ -1,4 +1,4 @@
-"""The status JSON of DESIGN.md (the original system's shape, with extras)."""
+"""The status JSON of docs/architecture.md (the original system's shape, with extras)."""
 
 from __future__ import annotations
 

@@ -70,7 +70,7 @@ while true; do
 done
 """
 
-# The application: reads its model from the mounted config on start, as the README asks.
+# The application: reads its model from the mounted config on start, as docs/configuration.md asks.
 APP_SCRIPT = r"""
 trap 'exit 0' TERM
 . /config/app.env

@@ -304,7 +304,11 @@ def test_exporter_config_keys_are_the_keys_its_parser_accepts() -> None:
     assert exporter_keys == {f"exporter.{k}" for k in allowed.group(1).split(", ")}
     # Of the fleets, the exporter reads how their model servers' containers are found.
     fleet_keys = CONFIG_KEYS - exporter_keys
-    assert fleet_keys == {"fleets.*.containers.ollama", "fleets.*.containers.use_labels"}
+    assert fleet_keys == {
+        "fleets.*.containers.server",
+        "fleets.*.containers.ollama",  # the deprecated name of server
+        "fleets.*.containers.use_labels",
+    }
     config = parse_config(
         {"fleets": {"gpu0": {"containers": {"ollama": ["srv"], "use_labels": False}}}}
     )

@@ -8,6 +8,8 @@ rules), never from a copy; the docs' tables are parsed as GitHub renders them.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -22,8 +24,10 @@ from fleet_contract import labels
 from fleet_contract.env import ENV_VARS
 from fleet_contract.errors import ERROR_KINDS
 from fleet_contract.metrics import METRICS
+from remediator import queries
 from remediator.config import CONFIG_KEYS as REMEDIATOR_KEYS
-from remediator.config import DEPRECATED_KEYS
+from remediator.config import DEPRECATED_KEYS, default_config
+from remediator.state import StateStore
 from simulator.prom_env import (
     RULES_FILE,
     render_prometheus_config,
@@ -339,6 +343,19 @@ def test_error_kind_table_is_the_contract() -> None:
     documented = {_ticked(row[0])[0]: set(_ticked(row[1])) for row in rows}
     expected = {kind.name: set(kind.default_patterns) for kind in ERROR_KINDS}
     assert documented == expected
+
+
+# --- the status JSON -------------------------------------------------------------------------
+
+
+def test_status_table_and_example_name_every_key_the_status_has(tmp_path: Path) -> None:
+    config = dataclasses.replace(default_config(), state_file=tmp_path / "state.json")
+    keys = set(queries.status(config, StateStore(config), None))
+    rows = _table(_section(ARCHITECTURE, "Status JSON"))
+    documented = {key for row in rows for key in _ticked(row[0])}
+    assert documented == keys
+    [example] = [b for b in _code_blocks(_text(OPERATIONS), "json") if '"current_model"' in b]
+    assert set(json.loads(example)) == keys
 
 
 # --- runbooks --------------------------------------------------------------------------------
