@@ -161,8 +161,10 @@ def run(runs: int = 10) -> list[Row]:
                     results.append(one_run(stack, client))
                 except TimeoutError:
                     # What the remediator said, for the reader of a failed run.
-                    logs = stack.compose("logs", "--tail", "40", "remediator").stdout
-                    print(f"run {i + 1} failed; remediator log:\n{logs}", file=sys.stderr)
+                    logs = stack.compose("logs", "--tail", "2000", "remediator").stdout
+                    # Its own log lines, not gunicorn's access log.
+                    own = [line for line in logs.splitlines() if '" 20' not in line][-60:]
+                    print(f"run {i + 1} failed; remediator log:", *own, sep="\n", file=sys.stderr)
                     raise
                 done = results[-1]["total"]
                 print(f"run {i + 1}/{runs}: {done:.2f} s", file=sys.stderr, flush=True)
