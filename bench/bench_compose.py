@@ -163,11 +163,17 @@ def run(runs: int = 10) -> list[Row]:
                     # What the remediator said, for the reader of a failed run.
                     logs = stack.compose("logs", "--tail", "2000", "remediator").stdout
                     # Its own log lines, not gunicorn's access log.
-                    own = [line for line in logs.splitlines() if '" 20' not in line][-60:]
+                    own = [line for line in logs.splitlines() if '" 20' not in line][-30:]
                     print(f"run {i + 1} failed; remediator log:", *own, sep="\n", file=sys.stderr)
+                    exporter = stack.compose("logs", "--tail", "30", "exporter").stdout
+                    print("exporter log:", exporter, sep="\n", file=sys.stderr)
+                    prom = stack.url("prometheus", 9090)
+                    query = f'model_fleet_vram_errors_since_start{{fleet="{stack.fleet}"}}'
+                    for path in (f"/api/v1/query?query={quote(query)}", "/api/v1/alerts"):
+                        print(path, stack.get_json(prom + path), file=sys.stderr)
                     raise
-                done = results[-1]["total"]
-                print(f"run {i + 1}/{runs}: {done:.2f} s", file=sys.stderr, flush=True)
+                parts = ", ".join(f"{v:.2f}" for v in results[-1].values())
+                print(f"run {i + 1}/{runs}: {parts}", file=sys.stderr, flush=True)
         finally:
             stack.down()
             client.close()
