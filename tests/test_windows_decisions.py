@@ -232,3 +232,22 @@ def test_check_config_notes_say_whether_a_window_is_open() -> None:
         "fleet b: automatic step up only inside 00:00-24:00 (UTC): open now, and for good; "
         "next opening none found",
     ]
+
+
+def test_metrics_say_whether_the_window_is_open(tmp_path: Path) -> None:
+    """ModelFleetCanStepUp waits for model_fleet_step_up_window_open (alert_rules/)."""
+    opens = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(hours=12)
+    closed = f"{opens:%H:%M}-{opens + timedelta(minutes=1):%H:%M}"
+    config = parse_config(
+        {
+            "state_file": str(tmp_path / "state.json"),
+            "fleets": {
+                "night": {"auto_upgrade": {"windows": [closed], "timezone": "UTC"}},
+                "always": {},
+            },
+        }
+    )
+    app = create_app(config, token=TOKEN, actions_for=RecordingActions().for_fleet)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'model_fleet_step_up_window_open{fleet="night"} 0.0' in text
+    assert 'model_fleet_step_up_window_open{fleet="always"} 1.0' in text
