@@ -49,6 +49,7 @@ CAN_DOWNGRADE: Final = "model_fleet_can_downgrade"
 LADDER_MODEL_BYTES: Final = "model_fleet_ladder_model_bytes"
 NEXT_LARGER_MODEL_BYTES: Final = "model_fleet_next_larger_model_bytes"
 LAST_SWITCH_TIMESTAMP: Final = "model_fleet_last_switch_timestamp_seconds"
+STEP_UP_WINDOW_OPEN: Final = "model_fleet_step_up_window_open"
 SWITCHES: Final = "model_fleet_switches_total"
 REMEDIATION_FAILURES: Final = "model_fleet_remediation_failures_total"
 WEBHOOK_REQUESTS: Final = "model_fleet_webhook_requests_total"
@@ -128,6 +129,12 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
     _remediator(
         LAST_SWITCH_TIMESTAMP, "gauge", ("fleet",), "When the fleet last switched (0: never)."
+    ),
+    _remediator(
+        STEP_UP_WINDOW_OPEN,
+        "gauge",
+        ("fleet",),
+        "1 while auto_upgrade.windows allow the automatic step up (always 1 without windows).",
     ),
     _remediator(
         SWITCHES, "counter", ("fleet", "direction", "trigger"), "Model switches committed."

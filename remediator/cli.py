@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -22,6 +23,7 @@ from remediator.config import (
     config_warnings,
     effective_config,
     load_config,
+    window_notes,
 )
 from remediator.queries import CODES, ExitCode, TokenError, error_kind, load_token, outcome_kind
 from remediator.state import StateError, StateStore
@@ -235,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(effective_config(config))
             for warning in config_warnings(config):
                 print(f"warning: {warning}", file=sys.stderr)
+            for note in window_notes(config, time.time()):
+                print(f"note: {note}", file=sys.stderr)
             return ExitCode.OK
         if args.command == "serve":
             from remediator.serve import serve

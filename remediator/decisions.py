@@ -11,6 +11,7 @@ from typing import Final
 
 from remediator.config import MIB, FleetConfig
 from remediator.state_model import FleetState
+from remediator.windows import describe, window_state
 
 HOUR: Final = 3600.0
 
@@ -176,8 +177,11 @@ def choose_auto_upgrade(
     free_vram_bytes: int | None = None,
     alert: AlertRef | None = None,
 ) -> Decision:
-    """The automatic step up: one rung, after a quiet period, with VRAM headroom (hysteresis).
+    """The automatic step up: after a quiet period, with VRAM headroom (hysteresis).
 
+    Without ``auto_upgrade.windows``, one rung. With them, only while ``now`` is inside one,
+    and then to the highest rung that the free VRAM holds with headroom (the top, when it
+    fits); without a measurement, one rung.
     ``last_error_at`` is the time of the last VRAM error seen (None: none known).
     ``free_vram_bytes`` None means the caller could not measure; the alert rule that asked
     for the step up has then checked the headroom in Prometheus.
@@ -192,6 +196,15 @@ def choose_auto_upgrade(
     gate = _gates(fleet, state, now, "auto", alert)
     if gate is not None:
         return gate
+    if au.windows:
+        window = window_state(au.windows, au.timezone, now)
+        if not window.open:
+            nxt = describe(window.opens_at, au.timezone) if window.opens_at else "never"
+            return _no(
+                "outside_window",
+                f"outside the step-up windows ({'; '.join(w.text for w in au.windows)}); "
+                f"the next opens {nxt}",
+            )
     failed_recently = (
         state.last_upgrade_failed_at is not None
         and now - state.last_upgrade_failed_at < au.failed_quiet_seconds
@@ -204,16 +217,27 @@ def choose_auto_upgrade(
             "quiet_period",
             f"quiet for {now - calm_since:.0f} s of the {quiet:.0f} s required{why}",
         )
-    target = state.index - 1
-    larger = fleet.ladder[target]
+    ladder, current = fleet.ladder, state.index
+    target = current - 1
+    larger = ladder[target]
     if free_vram_bytes is not None:
-        available = free_vram_bytes + fleet.ladder[state.index].size_bytes
-        need = larger.size_bytes + au.headroom_mb * MIB
-        if available < need:
+        available = free_vram_bytes + ladder[current].size_bytes
+        need = au.headroom_mb * MIB
+        fitting = [i for i in range(current) if ladder[i].size_bytes + need <= available]
+        if au.windows and fitting and min(fitting) < target:
+            top = min(fitting)
+            return Decision(
+                top,
+                "step_up_fits",
+                f"{state.current_model} -> {ladder[top].name} ({current - top} rungs) inside a "
+                f"step-up window: {ladder[top].size_mb} MB + {au.headroom_mb} MB headroom fits "
+                f"in {available // MIB} MB",
+            )
+        if target not in fitting:
             return _no(
                 "no_headroom",
-                f"{larger.name} needs {need // MIB} MB with headroom, {available // MIB} MB "
-                "would be free",
+                f"{larger.name} needs {(larger.size_bytes + need) // MIB} MB with headroom, "
+                f"{available // MIB} MB would be free",
             )
     return Decision(
         target, "step_up", f"{state.current_model} -> {larger.name} after {quiet:.0f} s quiet"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
@@ -20,6 +21,7 @@ from fleet_contract import metrics as m
 from fleet_contract.env import PROMETHEUS_MULTIPROC_DIR
 from remediator.config import Config
 from remediator.state import StateError, StateStore
+from remediator.windows import window_state
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class FleetStateCollector(Collector):
             g[m.CAN_DOWNGRADE],
         )
         rung_bytes, next_larger = g[m.LADDER_MODEL_BYTES], g[m.NEXT_LARGER_MODEL_BYTES]
-        last = g[m.LAST_SWITCH_TIMESTAMP]
+        last, window = g[m.LAST_SWITCH_TIMESTAMP], g[m.STEP_UP_WINDOW_OPEN]
+        now = time.time()
         for name, fleet in self.config.fleets.items():
             fs = state.fleets[name]
             ladder = fleet.ladder
@@ -78,6 +81,8 @@ class FleetStateCollector(Collector):
             up = ladder[fs.index - 1].size_bytes if fs.index > 0 else 0
             next_larger.add_metric([name, fleet.gpu], up)
             last.add_metric([name], fs.last_switch_at or 0)
+            au = fleet.auto_upgrade
+            window.add_metric([name], 1 if window_state(au.windows, au.timezone, now).open else 0)
         yield from g.values()
 
 

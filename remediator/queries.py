@@ -104,11 +104,14 @@ def load_token(environ: Mapping[str, str] = os.environ) -> str | None:
     return environ.get(TOKEN_ENV) or None
 
 
-def status(config: Config, store: StateStore, fleet: str | None = None) -> dict[str, Any]:
-    """The status JSON (all fleets, or ``fleet``); KeyError for an unknown fleet."""
+def status(
+    config: Config, store: StateStore, fleet: str | None = None, now: float | None = None
+) -> dict[str, Any]:
+    """The status JSON (all fleets, or ``fleet``) at ``now`` (default: the time); KeyError
+    for an unknown fleet."""
     if fleet is not None:
         config.fleet(fleet)
-    return build_status(config, store.read(), fleet)
+    return build_status(config, store.read(), fleet, now)
 
 
 def history(

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from remediator.config import Config, FleetConfig
+from remediator.config import AutoUpgrade, Config, FleetConfig
 from remediator.state_model import FleetState, State
+from remediator.windows import iso, window_state
 
 
-def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:
+def step_up_status(au: AutoUpgrade, now: float) -> dict[str, Any]:
+    """Whether the automatic step up is on and its windows let it happen at ``now``."""
+    window = window_state(au.windows, au.timezone, now)
+
+    def when(instant: float | None) -> str | None:
+        return iso(instant, au.timezone) if instant is not None else None
+
+    return {
+        "enabled": au.enabled,
+        "allowed_now": au.enabled and window.open,
+        "windows": [w.text for w in au.windows],
+        "timezone": au.timezone,
+        "window_open": window.open,
+        "window_closes_at": when(window.closes_at),
+        "next_window_at": when(window.opens_at),
+    }
+
+
+def fleet_status(fleet: FleetConfig, fs: FleetState, now: float | None = None) -> dict[str, Any]:
     """One fleet's status: the seed's keys first, then model-fleet's extras."""
     rung = fleet.ladder[fs.index]
     last = fs.history[-1].to_dict() if fs.history else None
@@ -31,25 +51,29 @@ def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:
         "dry_run": fleet.dry_run,
         "last_switch": last,
         "last_failure": fs.last_failure,
+        "auto_upgrade": step_up_status(fleet.auto_upgrade, time.time() if now is None else now),
     }
 
 
-def build_status(config: Config, state: State, fleet: str | None = None) -> dict[str, Any]:
+def build_status(
+    config: Config, state: State, fleet: str | None = None, now: float | None = None
+) -> dict[str, Any]:
     """The status of one fleet (seed shape), or of all fleets when several are configured.
 
     With one fleet, or with ``fleet`` named, the result is that fleet's status object; with
     several, ``{"fleets": {name: status}}``. Problems with the state file appear as ``notices``,
     the alerts last delivered to people as ``notifications`` (oldest first; with ``fleet``
-    named, that fleet's only).
+    named, that fleet's only). ``now`` (default: the time) decides the step-up windows.
     """
     notices = [n.to_dict() for n in state.notices]
     if fleet is not None or len(config.fleets) == 1:
         fc = config.fleet(fleet)
-        result = fleet_status(fc, state.fleets[fc.name])
+        result = fleet_status(fc, state.fleets[fc.name], now)
     else:
         result = {
             "fleets": {
-                name: fleet_status(fc, state.fleets[name]) for name, fc in config.fleets.items()
+                name: fleet_status(fc, state.fleets[name], now)
+                for name, fc in config.fleets.items()
             }
         }
     result["notices"] = notices

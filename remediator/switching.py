@@ -139,6 +139,10 @@ class Remediator:
         self._clock = clock
         self.observer: SwitchObserver = observer or _NullObserver()
 
+    def now(self) -> float:
+        """The time on the remediator's clock: its decisions and its status read the same."""
+        return self._clock()
+
     def decide(
         self,
         fleet: FleetConfig,

@@ -19,6 +19,7 @@ from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
 from remediator.adapters.appconfig import FORMATS as APP_CONFIG_FORMATS
 from remediator.adapters.appconfig import AppConfigTarget
 from remediator.server import DEFAULT_KIND
+from remediator.windows import Window
 
 __all__ = [
     "APP_CONFIG_FORMATS",
@@ -131,12 +132,19 @@ class Containers:
 
 @dataclass(frozen=True)
 class AutoUpgrade:
-    """The automatic step back up: off by default."""
+    """The automatic step back up: off by default.
+
+    ``windows`` (remediator.windows): when set, the step up happens only inside one of them,
+    and there it may climb several rungs at once; ``timezone`` (IANA) is their zone, None the
+    host's local time.
+    """
 
     enabled: bool = False
     quiet_seconds: float = 3600.0
     failed_quiet_seconds: float = 4 * 3600.0
     headroom_mb: int = 512
+    windows: tuple[Window, ...] = ()
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from remediator.config.model import (
 )
 from remediator.config.reader import _join, _kind, _Reader
 from remediator.server import SERVER_KINDS
+from remediator.windows import Window, parse_window, zone_of
 
 __all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
 
@@ -87,7 +88,7 @@ _CONTAINER_KEYS: Final = frozenset(
 )
 _APP_CONFIG_KEYS: Final = frozenset({"path", "format", "key"})
 _AUTO_UPGRADE_KEYS: Final = frozenset(
-    {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb"}
+    {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb", "windows", "timezone"}
 )
 
 # Each mapping the parser reads, by its dotted path, and the keys it accepts there.
@@ -203,6 +204,35 @@ def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarg
     return tuple(targets)
 
 
+def _parse_windows(r: _Reader, m: dict[str, Any], where: str) -> tuple[Window, ...]:
+    here = _join(where, "windows")
+    value = m.get("windows")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise r.fail(here, f"must be a list of windows, got {_kind(value)}")
+    windows = []
+    for i, item in enumerate(value):
+        try:
+            windows.append(parse_window(item))
+        except ValueError as exc:
+            raise r.fail(f"{here}[{i}]", f"{item!r}: {exc}") from None
+    return tuple(windows)
+
+
+def _parse_timezone(r: _Reader, m: dict[str, Any], where: str) -> str | None:
+    if m.get("timezone") is None:
+        return None
+    name = r.string(m, "timezone", where, None)
+    try:
+        zone_of(name)
+    except ValueError as exc:
+        raise r.fail(_join(where, "timezone"), str(exc)) from None
+    return name
+
+
 def _parse_auto_upgrade(r: _Reader, value: Any, where: str) -> AutoUpgrade:
     m = r.mapping(value, where, _AUTO_UPGRADE_KEYS)
     d = AutoUpgrade()
@@ -211,6 +241,8 @@ def _parse_auto_upgrade(r: _Reader, value: Any, where: str) -> AutoUpgrade:
         quiet_seconds=r.number(m, "quiet_seconds", where, d.quiet_seconds),
         failed_quiet_seconds=r.number(m, "failed_quiet_seconds", where, d.failed_quiet_seconds),
         headroom_mb=r.integer(m, "headroom_mb", where, d.headroom_mb),
+        windows=_parse_windows(r, m, where),
+        timezone=_parse_timezone(r, m, where),
     )
     if au.failed_quiet_seconds < au.quiet_seconds:
         raise r.fail(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from remediator.config.model import SHIPPED_ALERT_THRESHOLD, Config, FleetConfig
+from remediator.windows import describe, window_state
 
-__all__ = ["config_warnings", "effective_config", "redact_url"]
+__all__ = ["config_warnings", "effective_config", "redact_url", "window_notes"]
 
 
 def redact_url(url: str | None) -> str | None:
@@ -52,6 +53,11 @@ def config_warnings(config: Config) -> list[str]:
             )
         if fleet.auto_upgrade.enabled and len(ladder) == 1:
             warnings.append(f"fleet {fleet.name}: auto_upgrade is enabled on a one-model ladder")
+        if fleet.auto_upgrade.windows and not fleet.auto_upgrade.enabled:
+            warnings.append(
+                f"fleet {fleet.name}: auto_upgrade.windows are set but auto_upgrade.enabled is "
+                "false: there is no automatic step up to schedule"
+            )
         if not fleet.app_config:
             warnings.append(
                 f"fleet {fleet.name}: no app_config targets: a switch changes the model server "
@@ -103,6 +109,8 @@ def effective_config(config: Config) -> dict[str, Any]:
                 "quiet_seconds": f.auto_upgrade.quiet_seconds,
                 "failed_quiet_seconds": f.auto_upgrade.failed_quiet_seconds,
                 "headroom_mb": f.auto_upgrade.headroom_mb,
+                "windows": [w.text for w in f.auto_upgrade.windows],
+                "timezone": f.auto_upgrade.timezone,
             },
         }
 
@@ -120,3 +128,28 @@ def effective_config(config: Config) -> dict[str, Any]:
         },
         "fleets": {name: fleet_dict(f) for name, f in config.fleets.items()},
     }
+
+
+def window_notes(config: Config, now: float) -> list[str]:
+    """For check-config: each fleet's step-up windows, whether one is open at ``now`` and
+    when the next opens (``now`` decides, as in the decisions)."""
+    notes = []
+    for fleet in config.fleets.values():
+        au = fleet.auto_upgrade
+        if not au.windows:
+            continue
+        zone = au.timezone or "local time"
+        ws = window_state(au.windows, au.timezone, now)
+        if ws.open and ws.closes_at is None:
+            where = "open now, and for good"
+        elif ws.open and ws.closes_at is not None:
+            where = f"open now until {describe(ws.closes_at, au.timezone)}"
+        else:
+            where = "closed now"
+        following = describe(ws.opens_at, au.timezone) if ws.opens_at else "none found"
+        texts = "; ".join(w.text for w in au.windows)
+        notes.append(
+            f"fleet {fleet.name}: automatic step up only inside {texts} ({zone}): {where}; "
+            f"next opening {following}"
+        )
+    return notes

@@ -30,7 +30,8 @@ def status() -> Any:
     """The status JSON of every fleet, or of ``?fleet=``."""
     svc = service()
     try:
-        return jsonify(queries.status(svc.config, svc.store, request.args.get("fleet")))
+        fleet, now = request.args.get("fleet"), svc.remediator.now()
+        return jsonify(queries.status(svc.config, svc.store, fleet, now))
     except KeyError as exc:
         return error("unknown_fleet", str(exc.args[0]))
 
