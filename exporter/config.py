@@ -3,8 +3,9 @@ container names, overridden by command-line flags. Errors name the file and the 
 
 The exporter parses the file itself (it never imports the remediator; both read it with
 fleet_contract.yamlfile). Of the ``fleets:`` section it reads only what it needs,
-``containers.server`` (or its old name ``ollama``) and ``containers.use_labels``, and leaves
-the rest to the remediator's own validation.
+``containers.server`` (or its old name ``ollama``), ``containers.use_labels``, the model
+server's URL (``server.url``, or its old name ``ollama_url``) and ``probe``, and leaves the rest
+to the remediator's own validation.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from exporter.classifier import DEFAULT_PATTERNS, LogClassifier, PatternError
@@ -38,10 +39,21 @@ _EXPORTER_KEYS: Final = frozenset(
         "nvml",
         "docker",
         "proc_root",
+        "server_poll_seconds",
     }
 )
-# Of the fleets, only how their model servers' containers are found.
-_FLEET_KEYS: Final = ("containers.server", "containers.ollama", "containers.use_labels")
+_PROBE_KEYS: Final = frozenset({"enabled", "interval_seconds", "num_predict", "prompt", "model"})
+# Of the fleets, how their model servers' containers are found, where their APIs answer, and
+# the synthetic probe.
+_FLEET_KEYS: Final = (
+    "containers.server",
+    "containers.ollama",
+    "containers.use_labels",
+    "server.url",
+    "ollama_url",  # the deprecated name of server.url
+    *(f"probe.{key}" for key in sorted(_PROBE_KEYS)),
+)
+DEFAULT_SERVER_URL: Final = "http://127.0.0.1:11434"  # the remediator's default too
 # Every key path this parser reads ("*": a fleet name); the docs test checks the docs against it.
 CONFIG_KEYS: Final = frozenset(
     {f"exporter.{key}" for key in _EXPORTER_KEYS} | {f"fleets.*.{key}" for key in _FLEET_KEYS}
@@ -78,6 +90,26 @@ class ContainerSelection:
 
 
 @dataclass(frozen=True)
+class ProbeSettings:
+    """The synthetic probe of a fleet's model server (opt-in)."""
+
+    enabled: bool = False
+    interval_seconds: float = 60.0
+    num_predict: int = 8
+    prompt: str = "Say OK."
+    model: str | None = None  # None: the model the server lists as loaded
+
+
+@dataclass(frozen=True)
+class ServerTarget:
+    """A fleet's model server, as the exporter polls and probes it."""
+
+    fleet: str
+    url: str = DEFAULT_SERVER_URL
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+
+
+@dataclass(frozen=True)
 class ExporterConfig:
     """The whole effective exporter configuration."""
 
@@ -88,6 +120,9 @@ class ExporterConfig:
     nvml: bool = True
     docker: bool = True
     proc_root: str = "/proc"
+    # No fleets section: the remediator's one fleet, at its default URL.
+    servers: tuple[ServerTarget, ...] = (ServerTarget(DEFAULT_FLEET),)
+    server_poll_seconds: float = 5.0  # 0: not polled
     source: str = "<defaults>"
 
     def classifier(self) -> LogClassifier:
@@ -112,6 +147,11 @@ def effective_config(config: ExporterConfig) -> dict[str, Any]:
         "nvml": config.nvml,
         "docker": config.docker,
         "proc_root": config.proc_root,
+        "server_poll_seconds": config.server_poll_seconds,
+        "servers": {
+            t.fleet: {"url": t.url, "probe": asdict(t.probe) if t.probe.enabled else None}
+            for t in config.servers
+        },
     }
 
 
@@ -150,6 +190,18 @@ class _Reader:
             raise self.fail(f"{where}.{key}", f"must be a non-empty string, got {value!r}")
         return value
 
+    def number(self, m: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        """A number >= 0 (``where.key`` in the error)."""
+        value = m.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise self.fail(f"{where}.{key}", f"must be a number >= 0, got {value!r}")
+        return float(value)
+
+    def url(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise self.fail(where, f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
     def names(self, value: Any, where: str) -> list[str]:
         if value is None:
             return []
@@ -176,10 +228,12 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
 
     names: dict[str, str] = {}
     fleets_use_labels: list[bool] = []
+    servers: list[ServerTarget] = []
     fleets = r.mapping(top.get("fleets"), "fleets")
     for fleet, settings in fleets.items():
         where = f"fleets.{fleet}"
         m = r.mapping(settings, where)
+        servers.append(_parse_server(r, str(fleet), m, where))
         containers = r.mapping(m.get("containers"), f"{where}.containers")
         for key in ("server", "ollama"):  # ollama: the deprecated name of server
             for name in r.names(containers.get(key), f"{where}.containers.{key}"):
@@ -230,6 +284,8 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         nvml=r.boolean(ex, "nvml", "exporter", d.nvml),
         docker=r.boolean(ex, "docker", "exporter", d.docker),
         proc_root=r.string(ex, "proc_root", "exporter", d.proc_root),
+        servers=tuple(servers) if "fleets" in top and top["fleets"] is not None else d.servers,
+        server_poll_seconds=r.number(ex, "server_poll_seconds", "exporter", d.server_poll_seconds),
         source=source,
     )
     try:
@@ -237,6 +293,43 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
     except PatternError as exc:
         raise r.fail("exporter.patterns", f"invalid regular expression {exc}") from exc
     return config
+
+
+def _parse_server(r: _Reader, fleet: str, m: Mapping[str, Any], where: str) -> ServerTarget:
+    server = r.mapping(m.get("server"), f"{where}.server")  # server.kind: the remediator's
+    url: Any = DEFAULT_SERVER_URL
+    if "url" in server and "ollama_url" in m:
+        raise r.fail(
+            f"{where}.ollama_url",
+            f"is the deprecated name of {where}.server.url, which is set too: keep only one",
+        )
+    if "url" in server:
+        url = r.url(server["url"], f"{where}.server.url")
+    elif "ollama_url" in m:
+        url = r.url(m["ollama_url"], f"{where}.ollama_url")
+    return ServerTarget(fleet=fleet, url=url, probe=_parse_probe(r, m.get("probe"), where))
+
+
+def _parse_probe(r: _Reader, value: Any, fleet_where: str) -> ProbeSettings:
+    where = f"{fleet_where}.probe"
+    p = r.mapping(value, where, _PROBE_KEYS)
+    d = ProbeSettings()
+    interval = r.number(p, "interval_seconds", where, d.interval_seconds)
+    if interval <= 0:
+        raise r.fail(f"{where}.interval_seconds", f"must be more than 0, got {interval:g}")
+    num_predict = p.get("num_predict", d.num_predict)
+    if isinstance(num_predict, bool) or not isinstance(num_predict, int) or num_predict < 1:
+        raise r.fail(f"{where}.num_predict", f"must be an integer >= 1, got {num_predict!r}")
+    model = p.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise r.fail(f"{where}.model", f"must be a model name or null, got {model!r}")
+    return ProbeSettings(
+        enabled=r.boolean(p, "enabled", where, d.enabled),
+        interval_seconds=interval,
+        num_predict=num_predict,
+        prompt=r.string(p, "prompt", where, d.prompt),
+        model=model,
+    )
 
 
 def _parse_patterns(r: _Reader, value: Any, *, keep_defaults: bool) -> dict[str, tuple[str, ...]]:

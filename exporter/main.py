@@ -15,12 +15,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.adapters.docker_logs import DockerLogSource
+from exporter.adapters.model_server import OllamaApi
 from exporter.adapters.nvml import NvmlCollector
 from exporter.classifier import LogClassifier, ScanResult, scan_stream
 from exporter.config import ExporterConfig, effective_config, parse_bind
 from exporter.logsource import LogSource
 from exporter.metrics import LogCollector, LogStore, gauge
 from exporter.server import make_server
+from exporter.serverpoll import ApiFactory, ServerCollector, ServerStore, ServerWatch
 from exporter.watcher import LogWatcher
 from fleet_contract.metrics import EXPORTER_DOCKER_UP
 
@@ -46,6 +48,7 @@ class Exporter:
     store: LogStore
     watcher: LogWatcher | None
     nvml: NvmlCollector | None
+    servers: ServerWatch
 
     def health(self) -> dict[str, Any]:
         """What /healthz reports: the process serves; NVML and Docker may be down."""
@@ -58,20 +61,28 @@ class Exporter:
         }
 
     def start(self) -> None:
-        """Start following logs (in the background)."""
+        """Start following logs and polling the model servers (in the background)."""
         if self.watcher is not None:
             self.watcher.start()
+        self.servers.start()
 
     def stop(self) -> None:
-        """Stop following logs."""
+        """Stop following logs and polling."""
+        self.servers.stop()
         if self.watcher is not None:
             self.watcher.stop()
 
 
-def build_exporter(config: ExporterConfig, *, source: LogSource | None = None) -> Exporter:
+def build_exporter(
+    config: ExporterConfig,
+    *,
+    source: LogSource | None = None,
+    server_api: ApiFactory = OllamaApi,
+) -> Exporter:
     """Assemble the exporter's parts for ``config`` (nothing runs until start()).
 
-    The logs come from ``source``, by default the Docker engine of the environment.
+    The logs come from ``source``, by default the Docker engine of the environment; each
+    fleet's model server is reached through ``server_api(url)``, by default Ollama's API.
     """
     registry = CollectorRegistry()
     classifier = config.classifier()
@@ -90,7 +101,10 @@ def build_exporter(config: ExporterConfig, *, source: LogSource | None = None) -
         )
         registry.register(nvml)
     registry.register(_DockerUpCollector(watcher))
-    return Exporter(config, registry, store, watcher, nvml)
+    server_store = ServerStore()
+    servers = ServerWatch(config.servers, config.server_poll_seconds, server_api, server_store)
+    registry.register(ServerCollector(server_store))
+    return Exporter(config, registry, store, watcher, nvml, servers)
 
 
 def serve(config: ExporterConfig, *, ready: Callable[[str, int], None] | None = None) -> int:

@@ -41,6 +41,11 @@ LOG_STREAM_UP: Final = "model_fleet_log_stream_up"
 LOG_STREAM_RECONNECTS: Final = "model_fleet_log_stream_reconnects_total"
 EXPORTER_DOCKER_UP: Final = "model_fleet_exporter_docker_up"
 EXPORTER_SCRAPE_DURATION: Final = "model_fleet_exporter_scrape_duration_seconds"
+MODEL_MEMORY: Final = "model_fleet_model_memory_bytes"
+MODEL_SERVER_UP: Final = "model_fleet_model_server_up"
+PROBE_SUCCESS: Final = "model_fleet_probe_success"
+PROBE_DURATION: Final = "model_fleet_probe_duration_seconds"
+PROBE_TOKENS_PER_SECOND: Final = "model_fleet_probe_tokens_per_second"
 # --- remediator -----------------------------------------------------------------------------
 CURRENT_MODEL_INFO: Final = "model_fleet_current_model_info"
 CURRENT_MODEL_INDEX: Final = "model_fleet_current_model_index"
@@ -112,6 +117,38 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "1 while the exporter is connected to Docker's events stream.",
     ),
     _exporter(EXPORTER_SCRAPE_DURATION, "histogram", (), "Time to answer a /metrics request."),
+    _exporter(
+        MODEL_MEMORY,
+        "gauge",
+        ("fleet", "model", "location"),
+        "Memory of a loaded model as the model server lists it (Ollama's /api/ps): "
+        'location="vram" on the GPU, location="system" offloaded to system memory.',
+    ),
+    _exporter(
+        MODEL_SERVER_UP,
+        "gauge",
+        ("fleet",),
+        "1 when the fleet's model server answered the last poll of its loaded models, else 0.",
+    ),
+    _exporter(
+        PROBE_SUCCESS,
+        "gauge",
+        ("fleet", "model"),
+        "1 when the last synthetic probe of the fleet's current model got an answer, else 0.",
+    ),
+    _exporter(
+        PROBE_DURATION,
+        "gauge",
+        ("fleet", "model"),
+        "Wall time of the last synthetic probe request.",
+    ),
+    _exporter(
+        PROBE_TOKENS_PER_SECOND,
+        "gauge",
+        ("fleet", "model"),
+        "Tokens per second the server measured for the last probe (eval_count over "
+        "eval_duration); absent when the probe failed.",
+    ),
     _remediator(CURRENT_MODEL_INFO, "gauge", ("fleet", "model"), "The model a fleet runs now."),
     _remediator(
         CURRENT_MODEL_INDEX, "gauge", ("fleet",), "Rung of the current model (0 = largest)."

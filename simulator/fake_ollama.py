@@ -1,11 +1,14 @@
-"""A stand-in for the Ollama endpoints the remediator uses, on a real 127.0.0.1 HTTP port.
+"""A stand-in for the Ollama endpoints model-fleet uses, on a real 127.0.0.1 HTTP port.
 
 It speaks ``GET /api/tags``, ``POST /api/pull`` (NDJSON progress in chunked encoding, shaped
 like Ollama's: ``pulling manifest``, ``pulling <digest>`` with ``total``/``completed``,
 ``verifying sha256 digest``, ``writing manifest``, ``success``; errors as ``{"error": ...}``),
-``POST /api/generate`` (``keep_alive: 0`` unloads, an empty prompt loads), ``GET /api/ps``
-and ``GET /api/version``. It records every call and fails on demand: refuse a pull, break a
-pull mid-stream, stall a pull, answer any path with an HTTP error, or go down altogether.
+``POST /api/generate`` (``keep_alive: 0`` unloads, an empty prompt loads, a prompt answers
+"ok" with Ollama's timing fields), ``GET /api/ps`` (``size``, ``size_vram``: :meth:`load` can
+load a model partly offloaded, and a request leaves a loaded model where it is; ``expires_at``:
+the last use plus Ollama's default keep-alive) and ``GET /api/version``. It records every
+call and fails on demand: refuse a pull, break a pull mid-stream, stall a pull, answer any
+path with an HTTP error, or go down altogether.
 Every response closes its connection, so "down" means down for every client at once.
 """
 
@@ -25,6 +28,7 @@ from typing import Any
 
 DEFAULT_SIZE = 400 * 1024 * 1024
 CREATED_AT = "2025-01-01T00:00:00.000000Z"
+KEEP_ALIVE_SECONDS = 300  # Ollama's default keep_alive: expires_at is the last use plus this
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,12 @@ def canonical(name: str) -> str:
 
 def _digest(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _rfc3339(at: float) -> str:
+    """Go's time format as Ollama writes it, in UTC with nanoseconds."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+    return f"{whole}.{int(at % 1 * 1e9):09d}Z"
 
 
 def _details() -> dict[str, Any]:
@@ -80,7 +90,9 @@ class FakeOllama:
         self.models: dict[str, int] = {canonical(k): v for k, v in (models or {}).items()}
         if store is not None and store.exists():
             self.models.update(json.loads(store.read_text(encoding="utf-8")))
-        self.loaded: dict[str, tuple[int, int]] = {}
+        self.loaded: dict[str, tuple[int, int]] = {}  # name -> (size, size_vram)
+        self._used_at: dict[str, float] = {}  # name -> last load or request (expires_at)
+        self.eval_seconds_per_token = 0.02  # eval_duration of the one token a generation makes
         # None: any model can be pulled (with DEFAULT_SIZE); else only these.
         self.registry = {canonical(k): v for k, v in registry.items()} if registry else None
         self.progress_steps = progress_steps
@@ -175,6 +187,7 @@ class FakeOllama:
         with self._lock:
             size = self.models.setdefault(key, DEFAULT_SIZE)
             self.loaded[key] = (size, size if size_vram is None else size_vram)
+            self._used_at[key] = time.time()
 
     def forget(self, name: str) -> None:
         """Remove a model from the local store (as ``ollama rm`` does)."""
@@ -220,6 +233,7 @@ class FakeOllama:
     def _ps(self) -> dict[str, Any]:
         with self._lock:
             items = sorted(self.loaded.items())
+            used = dict(self._used_at)
         return {
             "models": [
                 {
@@ -228,7 +242,8 @@ class FakeOllama:
                     "size": size,
                     "digest": _digest(name),
                     "details": _details(),
-                    "expires_at": "2099-01-01T00:00:00Z",
+                    # Ollama's default keep-alive: 5 minutes after the last request.
+                    "expires_at": _rfc3339(used.get(name, 0.0) + KEEP_ALIVE_SECONDS),
                     "size_vram": vram,
                 }
                 for name, (size, vram) in items
@@ -250,21 +265,24 @@ class FakeOllama:
             if body.get("keep_alive") in (0, "0", "0s", "0m"):
                 self.loaded.pop(name, None)
                 reply["done_reason"] = "unload"
-            elif not body.get("prompt"):
-                self.loaded[name] = (size, size)
+                return 200, reply
+            # A loaded model stays where it is (a partial offload too); else it loads whole.
+            self.loaded[name] = self.loaded.get(name, (size, size))
+            self._used_at[name] = time.time()
+            if not body.get("prompt"):
                 reply["done_reason"] = "load"
             else:
-                self.loaded[name] = (size, size)
                 reply["response"] = "ok"
                 reply["done_reason"] = "stop"
-                # Ollama's timing fields (nanoseconds): one token in 20 ms.
+                # Ollama's timing fields (nanoseconds): one token ("ok"), by default in 20 ms.
+                eval_ns = round(self.eval_seconds_per_token * 1e9)
                 reply.update(
-                    total_duration=25_000_000,
+                    total_duration=eval_ns + 5_000_000,
                     load_duration=1_000_000,
                     prompt_eval_count=len(str(body.get("prompt")).split()),
                     prompt_eval_duration=2_000_000,
                     eval_count=1,
-                    eval_duration=20_000_000,
+                    eval_duration=eval_ns,
                 )
         return 200, reply
 

@@ -21,6 +21,7 @@ from exporter.config import CONFIG_KEYS, ConfigError, ExporterConfig, parse_conf
 from exporter.logstream import Tally
 from exporter.main import build_exporter
 from exporter.server import make_server
+from exporter.serverpoll import LoadedModel, ProbeResult
 from fleet_contract import env, errors, labels, metrics
 from remediator import metrics as remediator_metrics
 from remediator.config import ConfigError as RemediatorConfigError
@@ -108,6 +109,10 @@ def exporter_metrics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     tally = Tally(lines=2, errors={errors.OOM: 1})
     store.update("default", "ollama", "c1", 1, tally, since_start=1, up=True, started_at="t0")
     store.reconnected("default", "ollama")
+    # The default fleet's model server, polled once with a partly offloaded model, and probed.
+    servers = exporter.servers.store
+    servers.report_poll("default", [LoadedModel("phi3:mini", 3 << 30, 2 << 30)])
+    servers.report_probe("default", ProbeResult("phi3:mini", True, 0.25, 42.0))
     server = make_server("127.0.0.1", 0, exporter.registry, exporter.health)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -302,12 +307,20 @@ def test_exporter_config_keys_are_the_keys_its_parser_accepts() -> None:
     assert allowed is not None
     exporter_keys = {k for k in CONFIG_KEYS if k.startswith("exporter.")}
     assert exporter_keys == {f"exporter.{k}" for k in allowed.group(1).split(", ")}
-    # Of the fleets, the exporter reads how their model servers' containers are found.
+    # Of the fleets, the exporter reads how their model servers' containers are found, where
+    # their APIs answer, and the synthetic probe.
     fleet_keys = CONFIG_KEYS - exporter_keys
     assert fleet_keys == {
         "fleets.*.containers.server",
         "fleets.*.containers.ollama",  # the deprecated name of server
         "fleets.*.containers.use_labels",
+        "fleets.*.server.url",
+        "fleets.*.ollama_url",  # the deprecated name of server.url
+        "fleets.*.probe.enabled",
+        "fleets.*.probe.interval_seconds",
+        "fleets.*.probe.num_predict",
+        "fleets.*.probe.prompt",
+        "fleets.*.probe.model",
     }
     config = parse_config(
         {"fleets": {"gpu0": {"containers": {"ollama": ["srv"], "use_labels": False}}}}

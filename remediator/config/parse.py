@@ -68,6 +68,7 @@ _FLEET_KEYS: Final = frozenset(
         "containers",
         "app_config",
         "auto_upgrade",
+        "probe",  # read by the exporter itself (its synthetic probe); the remediator leaves it
     }
 )
 _SERVER_KEYS: Final = frozenset({"kind", "url"})
