@@ -1,17 +1,59 @@
-"""The status JSON of docs/architecture.md (the original system's shape, with extras)."""
+"""The status JSON of docs/architecture.md (the original system's shape, with extras).
+
+Live figures (:mod:`remediator.live`) come in read already; with none, each figure says that
+no Prometheus was asked and ``vram_error_count`` is the one kept in the state file.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Mapping
+from typing import Any, Final
 
 from remediator.config import Config, FleetConfig
+from remediator.live import NOT_CONFIGURED, SOURCE, Figure, LiveFigures, unavailable
 from remediator.state_model import FleetState, State
 
+# Where vram_error_count comes from when Prometheus has no live count.
+STATE_SOURCE: Final = "state"
 
-def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:
-    """One fleet's status: the seed's keys first, then model-fleet's extras."""
+
+def _figure(live: LiveFigures, figure: Figure[Any], fallback: str | None = None) -> dict[str, Any]:
+    live_value = figure.value is not None and figure.sampled_at is not None
+    return {
+        "source": SOURCE if live_value else fallback,
+        "sampled_at": figure.sampled_at,
+        "age_seconds": figure.age(live.at),
+        "problem": figure.problem,
+    }
+
+
+def live_status(live: LiveFigures) -> dict[str, Any]:
+    """Where each live figure came from and how old it is, or why it is missing."""
+    return {
+        "source": SOURCE if live.url is not None else None,
+        "url": live.url,
+        "at": round(live.at, 3),
+        "error": live.error,
+        "figures": {
+            "vram_error_count": _figure(live, live.vram_errors, STATE_SOURCE),
+            "free_vram_bytes": _figure(live, live.free_vram_bytes),
+            "loaded_models": _figure(live, live.loaded_models),
+        },
+    }
+
+
+def fleet_status(
+    fleet: FleetConfig, fs: FleetState, live: LiveFigures | None = None
+) -> dict[str, Any]:
+    """One fleet's status: the seed's keys first, then model-fleet's extras.
+
+    ``vram_error_count`` is the live count when Prometheus has one, else the state's.
+    """
     rung = fleet.ladder[fs.index]
     last = fs.history[-1].to_dict() if fs.history else None
+    live = live or unavailable(None, time.time(), NOT_CONFIGURED)
+    errors = live.vram_errors.value
     return {
         "current_model": {
             "name": rung.name,
@@ -19,7 +61,7 @@ def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:
             "description": rung.description,
             "index": fs.index,
         },
-        "vram_error_count": fs.vram_error_count,
+        "vram_error_count": fs.vram_error_count if errors is None else errors,
         "max_vram_errors": fleet.max_vram_errors,
         "available_models": fleet.ladder.names,
         "fleet_size": len(fleet.ladder),
@@ -31,25 +73,35 @@ def fleet_status(fleet: FleetConfig, fs: FleetState) -> dict[str, Any]:
         "dry_run": fleet.dry_run,
         "last_switch": last,
         "last_failure": fs.last_failure,
+        "free_vram_bytes": live.free_vram_bytes.value,
+        "loaded_models": [m.to_dict() for m in live.loaded_models.value or ()],
+        "live": live_status(live),
     }
 
 
-def build_status(config: Config, state: State, fleet: str | None = None) -> dict[str, Any]:
+def build_status(
+    config: Config,
+    state: State,
+    fleet: str | None = None,
+    live: Mapping[str, LiveFigures] | None = None,
+) -> dict[str, Any]:
     """The status of one fleet (seed shape), or of all fleets when several are configured.
 
     With one fleet, or with ``fleet`` named, the result is that fleet's status object; with
     several, ``{"fleets": {name: status}}``. Problems with the state file appear as ``notices``,
     the alerts last delivered to people as ``notifications`` (oldest first; with ``fleet``
-    named, that fleet's only).
+    named, that fleet's only). ``live``: each fleet's live figures, when they were read.
     """
+    live = live or {}
     notices = [n.to_dict() for n in state.notices]
     if fleet is not None or len(config.fleets) == 1:
         fc = config.fleet(fleet)
-        result = fleet_status(fc, state.fleets[fc.name])
+        result = fleet_status(fc, state.fleets[fc.name], live.get(fc.name))
     else:
         result = {
             "fleets": {
-                name: fleet_status(fc, state.fleets[name]) for name, fc in config.fleets.items()
+                name: fleet_status(fc, state.fleets[name], live.get(name))
+                for name, fc in config.fleets.items()
             }
         }
     result["notices"] = notices
