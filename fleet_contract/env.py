@@ -67,8 +67,9 @@ ENV_VARS: Final[tuple[EnvVar, ...]] = (
     EnvVar(URL, ("cli",), "act through the remediator at this URL instead of the state file"),
     EnvVar(
         PROMETHEUS_URL,
-        ("cli",),
-        "the Prometheus `model-fleet watch` reads live figures from (else 127.0.0.1:9090)",
+        ("remediator", "cli"),
+        "the Prometheus live figures are read from; overrides prometheus.url "
+        "(`model-fleet watch`: else 127.0.0.1:9090)",
     ),
     EnvVar(WORKERS, ("remediator",), "gunicorn worker processes (default 3)"),
     EnvVar(THREADS, ("remediator",), "threads per gunicorn worker (default 8)"),

@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", help="only this fleet (default: all)")
     p.add_argument(
         "--prometheus",
-        default=os.environ.get(PROMETHEUS_URL_ENV) or PROMETHEUS_URL,
-        help=f"live figures from here (default: ${PROMETHEUS_URL_ENV}, else {PROMETHEUS_URL})",
+        default=None,
+        help=f"live figures from here (default: ${PROMETHEUS_URL_ENV}, else prometheus.url "
+        f"of the config, else {PROMETHEUS_URL})",
     )
     p.add_argument(
         "--interval", type=_seconds, default=2.0, help="seconds between frames (default 2)"
@@ -205,7 +206,13 @@ def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None)
             except StateError as exc:
                 raise StatusUnavailable(str(exc), CODES[str(error_kind(exc))].exit) from exc
 
-    watch = Watch(read_status, where, PrometheusAPI(args.prometheus), args.interval)
+    prometheus = (
+        args.prometheus
+        or os.environ.get(PROMETHEUS_URL_ENV)
+        or (config.prometheus.url if config is not None else None)
+        or PROMETHEUS_URL
+    )
+    watch = Watch(read_status, where, PrometheusAPI(prometheus), args.interval)
     return run(watch, sys.stdout, once=args.once)
 
 

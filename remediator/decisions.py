@@ -84,8 +84,13 @@ def choose_downgrade(
     trigger: str = "manual",
     alert: AlertRef | None = None,
     free_vram_bytes: int | None = None,
+    vram_source: str | None = None,
 ) -> Decision:
-    """Pick the rung to step down to under the fleet's policy, or say why not."""
+    """Pick the rung to step down to under the fleet's policy, or say why not.
+
+    ``free_vram_bytes`` is the GPU's free VRAM now (None: not measured); ``vram_source`` says
+    where it came from or, when it is None, why there is none (for the detail).
+    """
     if fleet is None or state is None:
         return _no("unknown_fleet", "no such fleet is configured")
     gate = _gates(fleet, state, now, trigger, alert)
@@ -109,10 +114,11 @@ def choose_downgrade(
         skipped = target - current - 1
         note = f", skipping {skipped} rung(s) that free no VRAM" if skipped else ""
         if fleet.policy == "fits":
+            why = f" ({vram_source})" if vram_source else ""
             return Decision(
                 target,
                 "no_vram_measurement",
-                f"{here.name} -> {ladder[target].name}: free VRAM unknown, took the next "
+                f"{here.name} -> {ladder[target].name}: free VRAM unknown{why}, took the next "
                 f"smaller rung{note}",
             )
         return Decision(target, "next_smaller", f"{here.name} -> {ladder[target].name}{note}")
@@ -121,20 +127,27 @@ def choose_downgrade(
     available = free_vram_bytes + here.size_bytes
     need = fleet.headroom_mb * MIB
     fitting = [i for i in lower if ladder[i].size_bytes + need <= available]
+    room = (
+        f"{available // MIB} MiB ({free_vram_bytes // MIB} MiB free + {here.size_mb} MiB of "
+        f"{here.name} once unloaded)"
+    )
+    source = f"; free VRAM from {vram_source}" if vram_source else ""
     if fitting:
         target = max(fitting, key=lambda i: (ladder[i].size_mb, -i))
+        big = [f"{ladder[i].name} ({ladder[i].size_mb} MiB)" for i in lower if i not in fitting]
+        too_large = f"; too large: {', '.join(big)}" if big else ""
         return Decision(
             target,
             "fits",
-            f"{here.name} -> {ladder[target].name}: {ladder[target].size_mb} MB + "
-            f"{fleet.headroom_mb} MB headroom fits in {available // MIB} MB",
+            f"{here.name} -> {ladder[target].name}: {ladder[target].size_mb} MiB + "
+            f"{fleet.headroom_mb} MiB headroom fits in {room}{too_large}{source}",
         )
     target = min(lower, key=lambda i: (ladder[i].size_mb, i))
     return Decision(
         target,
         "nothing_fits",
-        f"{here.name} -> {ladder[target].name}: no lower rung fits {available // MIB} MB with "
-        f"{fleet.headroom_mb} MB headroom; took the smallest",
+        f"{here.name} -> {ladder[target].name}: no lower rung fits {room} with "
+        f"{fleet.headroom_mb} MiB headroom; took the smallest{source}",
     )
 
 
@@ -176,6 +189,7 @@ def choose_auto_upgrade(
     last_error_at: float | None = None,
     free_vram_bytes: int | None = None,
     alert: AlertRef | None = None,
+    vram_source: str | None = None,
 ) -> Decision:
     """The automatic step up: after a quiet period, with VRAM headroom (hysteresis).
 
@@ -184,7 +198,8 @@ def choose_auto_upgrade(
     fits); without a measurement, one rung.
     ``last_error_at`` is the time of the last VRAM error seen (None: none known).
     ``free_vram_bytes`` None means the caller could not measure; the alert rule that asked
-    for the step up has then checked the headroom in Prometheus.
+    for the step up has then checked the headroom in Prometheus. ``vram_source`` says where
+    the figure came from or why there is none (for the detail).
     """
     if fleet is None or state is None:
         return _no("unknown_fleet", "no such fleet is configured")
@@ -219,11 +234,14 @@ def choose_auto_upgrade(
         )
     ladder, current = fleet.ladder, state.index
     target = current - 1
-    larger = ladder[target]
+    larger, here = ladder[target], ladder[current]
+    why = f" ({vram_source})" if vram_source else ""
+    room = f"; free VRAM unknown{why}: the step-up alert checked the headroom"
     if free_vram_bytes is not None:
-        available = free_vram_bytes + ladder[current].size_bytes
-        need = au.headroom_mb * MIB
-        fitting = [i for i in range(current) if ladder[i].size_bytes + need <= available]
+        available = free_vram_bytes + here.size_bytes
+        headroom = au.headroom_mb * MIB
+        source = f"; free VRAM from {vram_source}" if vram_source else ""
+        fitting = [i for i in range(current) if ladder[i].size_bytes + headroom <= available]
         if au.windows and fitting and min(fitting) < target:
             top = min(fitting)
             return Decision(
@@ -231,14 +249,18 @@ def choose_auto_upgrade(
                 "step_up_fits",
                 f"{state.current_model} -> {ladder[top].name} ({current - top} rungs) inside a "
                 f"step-up window: {ladder[top].size_mb} MB + {au.headroom_mb} MB headroom fits "
-                f"in {available // MIB} MB",
+                f"in {available // MIB} MB{source}",
             )
+        need = larger.size_bytes + headroom
+        room = (
+            f"; {larger.name} needs {need // MIB} MiB ({larger.size_mb} MiB + {au.headroom_mb} "
+            f"MiB headroom), {available // MIB} MiB would be free ({free_vram_bytes // MIB} MiB "
+            f"free + {here.size_mb} MiB of {here.name} once unloaded){source}"
+        )
         if target not in fitting:
-            return _no(
-                "no_headroom",
-                f"{larger.name} needs {(larger.size_bytes + need) // MIB} MB with headroom, "
-                f"{available // MIB} MB would be free",
-            )
+            return _no("no_headroom", room[2:])
     return Decision(
-        target, "step_up", f"{state.current_model} -> {larger.name} after {quiet:.0f} s quiet"
+        target,
+        "step_up",
+        f"{state.current_model} -> {larger.name} after {quiet:.0f} s quiet{room}",
     )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from remediator.alerts import AlertRequest, WebhookAlert, triage
 from remediator.config import FleetConfig
+from remediator.live import note_live_errors
 from remediator.state import LockTimeout
 
 if TYPE_CHECKING:
@@ -109,11 +110,18 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
     a config change) may act when Alertmanager delivers it again.
     """
     verdict = Verdict()
+    # Read before the transaction (Prometheus may take its timeout); one read serves all asks.
+    live = None
+    for ask in asks:
+        live = remediator.read_live(fleet, ask.direction, ask.trigger)
+        if live is not None:
+            break
     with remediator.store.transaction() as state:
         fs = state.fleets[fleet.name]
         for ask in asks:
             if ask.error_count is not None:
                 fs.vram_error_count = ask.error_count
+        note_live_errors(fs, live)
         for ask in sorted(asks, key=lambda a: a.direction != "down"):
             if verdict.plan is not None:
                 detail = (
@@ -121,7 +129,7 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
                 )
                 verdict.ignored.append({**ask.item, "reason": "superseded", "detail": detail})
                 continue
-            decision = remediator.decide(fleet, fs, ask.direction, ask.trigger, ask.ref)
+            decision = remediator.decide(fleet, fs, ask.direction, ask.trigger, ask.ref, live)
             if not decision.switch:
                 log.info(
                     "fleet %s: alert %s not acted on (%s): %s",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fleet_contract import env
 from remediator.config import Config
+from remediator.live import LiveReader, live_reader
 from remediator.state import LockTimeout, StateError, StateStore
 from remediator.status import build_status
 
@@ -105,13 +106,19 @@ def load_token(environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 def status(
-    config: Config, store: StateStore, fleet: str | None = None, now: float | None = None
+    config: Config,
+    store: StateStore,
+    fleet: str | None = None,
+    now: float | None = None,
+    live: LiveReader | None = None,
 ) -> dict[str, Any]:
-    """The status JSON (all fleets, or ``fleet``) at ``now`` (default: the time); KeyError
-    for an unknown fleet."""
-    if fleet is not None:
-        config.fleet(fleet)
-    return build_status(config, store.read(), fleet, now)
+    """The status JSON (all fleets, or ``fleet``) at ``now`` (default: the time), with the live
+    figures ``live`` reads now (default: from the configured Prometheus); KeyError for an
+    unknown fleet."""
+    shown = [config.fleet(fleet)] if fleet is not None else list(config.fleets.values())
+    state = store.read()
+    figures = (live or live_reader(config)).read_fleets(shown)
+    return build_status(config, state, fleet, figures, now)
 
 
 def history(

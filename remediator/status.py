@@ -1,13 +1,22 @@
-"""The status JSON of docs/architecture.md (the original system's shape, with extras)."""
+"""The status JSON of docs/architecture.md (the original system's shape, with extras).
+
+Live figures (:mod:`remediator.live`) come in read already; with none, each figure says that
+no Prometheus was asked and ``vram_error_count`` is the one kept in the state file.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 from remediator.config import AutoUpgrade, Config, FleetConfig
+from remediator.live import NOT_CONFIGURED, SOURCE, Figure, LiveFigures, unavailable
 from remediator.state_model import FleetState, State
 from remediator.windows import iso, window_state
+
+# Where vram_error_count comes from when Prometheus has no live count.
+STATE_SOURCE: Final = "state"
 
 
 def step_up_status(au: AutoUpgrade, now: float) -> dict[str, Any]:
@@ -28,10 +37,46 @@ def step_up_status(au: AutoUpgrade, now: float) -> dict[str, Any]:
     }
 
 
-def fleet_status(fleet: FleetConfig, fs: FleetState, now: float | None = None) -> dict[str, Any]:
-    """One fleet's status: the seed's keys first, then model-fleet's extras."""
+def _figure(live: LiveFigures, figure: Figure[Any], fallback: str | None = None) -> dict[str, Any]:
+    live_value = figure.value is not None and figure.sampled_at is not None
+    return {
+        "source": SOURCE if live_value else fallback,
+        "sampled_at": figure.sampled_at,
+        "age_seconds": figure.age(live.at),
+        "problem": figure.problem,
+    }
+
+
+def live_status(live: LiveFigures) -> dict[str, Any]:
+    """Where each live figure came from and how old it is, or why it is missing."""
+    return {
+        "source": SOURCE if live.url is not None else None,
+        "url": live.url,
+        "at": round(live.at, 3),
+        "error": live.error,
+        "figures": {
+            "vram_error_count": _figure(live, live.vram_errors, STATE_SOURCE),
+            "free_vram_bytes": _figure(live, live.free_vram_bytes),
+            "loaded_models": _figure(live, live.loaded_models),
+        },
+    }
+
+
+def fleet_status(
+    fleet: FleetConfig,
+    fs: FleetState,
+    live: LiveFigures | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """One fleet's status: the seed's keys first, then model-fleet's extras.
+
+    ``vram_error_count`` is the live count when Prometheus has one, else the state's; ``now``
+    (default: the time) decides the step-up windows.
+    """
     rung = fleet.ladder[fs.index]
     last = fs.history[-1].to_dict() if fs.history else None
+    live = live or unavailable(None, time.time(), NOT_CONFIGURED)
+    errors = live.vram_errors.value
     return {
         "current_model": {
             "name": rung.name,
@@ -39,7 +84,7 @@ def fleet_status(fleet: FleetConfig, fs: FleetState, now: float | None = None) -
             "description": rung.description,
             "index": fs.index,
         },
-        "vram_error_count": fs.vram_error_count,
+        "vram_error_count": fs.vram_error_count if errors is None else errors,
         "max_vram_errors": fleet.max_vram_errors,
         "available_models": fleet.ladder.names,
         "fleet_size": len(fleet.ladder),
@@ -52,27 +97,36 @@ def fleet_status(fleet: FleetConfig, fs: FleetState, now: float | None = None) -
         "last_switch": last,
         "last_failure": fs.last_failure,
         "auto_upgrade": step_up_status(fleet.auto_upgrade, time.time() if now is None else now),
+        "free_vram_bytes": live.free_vram_bytes.value,
+        "loaded_models": [m.to_dict() for m in live.loaded_models.value or ()],
+        "live": live_status(live),
     }
 
 
 def build_status(
-    config: Config, state: State, fleet: str | None = None, now: float | None = None
+    config: Config,
+    state: State,
+    fleet: str | None = None,
+    live: Mapping[str, LiveFigures] | None = None,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """The status of one fleet (seed shape), or of all fleets when several are configured.
 
     With one fleet, or with ``fleet`` named, the result is that fleet's status object; with
     several, ``{"fleets": {name: status}}``. Problems with the state file appear as ``notices``,
     the alerts last delivered to people as ``notifications`` (oldest first; with ``fleet``
-    named, that fleet's only). ``now`` (default: the time) decides the step-up windows.
+    named, that fleet's only). ``live``: each fleet's live figures, when they were read;
+    ``now`` (default: the time) decides the step-up windows.
     """
+    live = live or {}
     notices = [n.to_dict() for n in state.notices]
     if fleet is not None or len(config.fleets) == 1:
         fc = config.fleet(fleet)
-        result = fleet_status(fc, state.fleets[fc.name], now)
+        result = fleet_status(fc, state.fleets[fc.name], live.get(fc.name), now)
     else:
         result = {
             "fleets": {
-                name: fleet_status(fc, state.fleets[name], now)
+                name: fleet_status(fc, state.fleets[name], live.get(name), now)
                 for name, fc in config.fleets.items()
             }
         }

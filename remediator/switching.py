@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from remediator import decisions, intake
 from remediator.config import Config, FleetConfig, Rung
 from remediator.decisions import AlertRef, Decision
+from remediator.live import LiveFigures, LiveReader, live_reader, note_live_errors
 from remediator.state import StateStore
 from remediator.state_model import FleetState, SwitchRecord
 
@@ -132,12 +133,25 @@ class Remediator:
         *,
         clock: Callable[[], float] = time.time,
         observer: SwitchObserver | None = None,
+        live: LiveReader | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self._actions_for = actions_for
         self._clock = clock
         self.observer: SwitchObserver = observer or _NullObserver()
+        # Live figures come from Prometheus' clock: their ages are real time, not ``clock``'s.
+        self.live = live or live_reader(config)
+
+    def read_live(self, fleet: FleetConfig, direction: str, trigger: str) -> LiveFigures | None:
+        """The live figures a decision uses (a step down, an automatic step up), read now; None
+        for the others. Called before the state transaction: Prometheus may take its timeout."""
+        if direction != "down" and not (direction == "up" and trigger == "auto"):
+            return None
+        figures = self.live.read(fleet, models=False)
+        if figures.error is not None and figures.url is not None:
+            log.warning("fleet %s: deciding without live figures: %s", fleet.name, figures.error)
+        return figures
 
     def now(self) -> float:
         """The time on the remediator's clock: its decisions and its status read the same."""
@@ -150,13 +164,20 @@ class Remediator:
         direction: str,
         trigger: str,
         alert: AlertRef | None = None,
+        live: LiveFigures | None = None,
     ) -> Decision:
-        """The pure decision for this request, at this moment."""
+        """The pure decision for this request, at this moment, with ``live`` figures if read."""
         now = self._clock()
+        free = live.free_vram_bytes.value if live is not None else None
+        note = live.vram_note() if live is not None else None
         if direction == "down":
-            return decisions.choose_downgrade(fleet, fs, now, trigger=trigger, alert=alert)
+            return decisions.choose_downgrade(
+                fleet, fs, now, trigger=trigger, alert=alert, free_vram_bytes=free, vram_source=note
+            )
         if direction == "up" and trigger == "auto":
-            return decisions.choose_auto_upgrade(fleet, fs, now, alert=alert)
+            return decisions.choose_auto_upgrade(
+                fleet, fs, now, alert=alert, free_vram_bytes=free, vram_source=note
+            )
         if direction == "up":
             return decisions.choose_upgrade(fleet, fs, now, trigger=trigger)
         return decisions.choose_reset(fleet, fs)
@@ -180,9 +201,11 @@ class Remediator:
         fleet = self.config.fleet(fleet_name)
         started = time.monotonic()
         with self.store.switch_lock(fleet.name, lock_timeout):
+            live = self.read_live(fleet, direction, trigger)
             with self.store.transaction() as state:
                 fs = state.fleets[fleet.name]
-                decision = self.decide(fleet, fs, direction, trigger)
+                note_live_errors(fs, live)
+                decision = self.decide(fleet, fs, direction, trigger, live=live)
                 plan = self.plan(fleet, fs, decision, direction, trigger, reason)
             return self.carry_out(fleet, direction, decision, plan, dry_run, started)
 

@@ -355,6 +355,7 @@ def test_config_keys_name_every_key_of_the_effective_config() -> None:
         ("", {"bogus": 1}),
         ("alert_keys", {"alert_keys": {"bogus": 1}}),
         ("notifications", {"notifications": {"bogus": 1}}),
+        ("prometheus", {"prometheus": {"bogus": 1}}),
         ("fleets.*", {"fleets": {"a": {"bogus": 1}}}),
         ("fleets.*.server", {"fleets": {"a": {"server": {"bogus": 1}}}}),
         ("fleets.*.ladder[]", {"fleets": {"a": {"ladder": [{"bogus": 1}]}}}),

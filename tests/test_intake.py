@@ -18,6 +18,7 @@ from remediator.alerts import WebhookAlert, parse_time, parse_webhook
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.decisions import AlertRef, Decision
 from remediator.intake import Background
+from remediator.live import LiveFigures
 from remediator.service import create_app
 from remediator.state import LockTimeout, StateStore, file_lock
 from remediator.state_model import FleetState
@@ -66,11 +67,12 @@ class LockCheckingRemediator(Remediator):
         direction: str,
         trigger: str,
         alert: AlertRef | None = None,
+        live: LiveFigures | None = None,
     ) -> Decision:
         with pytest.raises(LockTimeout), self.store.switch_lock(fleet.name, 0):
             pass  # pragma: no cover - reached only when nobody holds the lock
         self.decided.append(alert.key if alert else None)
-        return super().decide(fleet, fs, direction, trigger, alert)
+        return super().decide(fleet, fs, direction, trigger, alert, live)
 
 
 def make_config(tmp_path: Path, fleets: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -43,6 +43,7 @@ __all__ = [
     "Notifications",
     "NotifyFormat",
     "Policy",
+    "PrometheusSettings",
     "Rung",
     "ServerSettings",
     "default_config",
@@ -162,6 +163,15 @@ class Notifications:
 
 
 @dataclass(frozen=True)
+class PrometheusSettings:
+    """Where the remediator reads live figures (free VRAM, VRAM errors, loaded models) at
+    decision time and for the status. No ``url``: no live figures, decisions as without them."""
+
+    url: str | None = None
+    timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """One model server (usually one GPU) with its ladder and its remediation settings."""
 
@@ -193,6 +203,7 @@ class Config:
     alert_key_ttl_seconds: float = 7 * 24 * 3600.0
     protect_reads: bool = False
     notifications: Notifications = field(default_factory=Notifications)
+    prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
     source: str = "<defaults>"
     # (old key, new key) for every deprecated key the file used, e.g.
     # ("fleets.a.ollama_url", "fleets.a.server.url"): check-config names them.

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
 from fleet_contract.yamlfile import config_path, load_yaml
 from remediator.adapters.appconfig import AppConfigError
 from remediator.config.model import (
@@ -28,6 +29,7 @@ from remediator.config.model import (
     FleetConfig,
     Ladder,
     Notifications,
+    PrometheusSettings,
     Rung,
     ServerSettings,
     default_config,
@@ -47,11 +49,15 @@ _TOP_KEYS: Final = frozenset(
         "protect_reads",
         "fleets",
         "notifications",
+        "prometheus",
         "exporter",  # read by the exporter itself; the remediator leaves it alone
     }
 )
 _ALERT_KEYS: Final = frozenset({"max", "ttl_seconds"})
 _NOTIFICATION_KEYS: Final = frozenset({"webhook_url", "format", "timeout_seconds"})
+_PROMETHEUS_KEYS: Final = frozenset({"url", "timeout_seconds"})
+# A decision waits for Prometheus under the fleet's lock: the timeout must stay short.
+PROMETHEUS_MAX_TIMEOUT: Final = 10.0
 _FLEET_KEYS: Final = frozenset(
     {
         "ladder",
@@ -97,6 +103,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "": _TOP_KEYS,
     "alert_keys": _ALERT_KEYS,
     "notifications": _NOTIFICATION_KEYS,
+    "prometheus": _PROMETHEUS_KEYS,
     "fleets.*": _FLEET_KEYS,
     "fleets.*.server": _SERVER_KEYS,
     "fleets.*.ladder[]": _LADDER_KEYS,
@@ -277,6 +284,27 @@ def _parse_notifications(r: _Reader, value: Any, where: str) -> Notifications:
     return Notifications(webhook_url=url, format=fmt, timeout_seconds=timeout)  # type: ignore[arg-type]
 
 
+def _parse_prometheus(r: _Reader, value: Any, where: str) -> PrometheusSettings:
+    m = r.mapping(value, where, _PROMETHEUS_KEYS)
+    d = PrometheusSettings()
+    raw, key = m.get("url"), _join(where, "url")
+    if os.environ.get(PROMETHEUS_URL_ENV):
+        raw, key = os.environ[PROMETHEUS_URL_ENV], f"{key} (from ${PROMETHEUS_URL_ENV})"
+    if raw is not None and (
+        not isinstance(raw, str) or not raw.startswith(("http://", "https://"))
+    ):
+        raise r.fail(key, f"must be an http(s) URL, got {raw!r}")
+    url = raw.rstrip("/") if raw is not None else None
+    timeout = r.number(m, "timeout_seconds", where, d.timeout_seconds)
+    if not 0 < timeout <= PROMETHEUS_MAX_TIMEOUT:
+        raise r.fail(
+            _join(where, "timeout_seconds"),
+            f"must be more than 0 and at most {PROMETHEUS_MAX_TIMEOUT:g} seconds (a decision "
+            f"waits for Prometheus), got {timeout:g}",
+        )
+    return PrometheusSettings(url=url, timeout_seconds=timeout)
+
+
 def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
     where = f"fleets.{name}"
     m = r.mapping(value, where, _FLEET_KEYS)
@@ -340,6 +368,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         ),
         protect_reads=r.boolean(top, "protect_reads", "", d.protect_reads),
         notifications=_parse_notifications(r, top.get("notifications"), "notifications"),
+        prometheus=_parse_prometheus(r, top.get("prometheus"), "prometheus"),
         source=source,
         deprecated_keys=tuple(r.deprecated),
     )

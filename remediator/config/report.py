@@ -7,7 +7,7 @@ from typing import Any
 from remediator.config.model import SHIPPED_ALERT_THRESHOLD, Config, FleetConfig
 from remediator.windows import describe, window_state
 
-__all__ = ["config_warnings", "effective_config", "redact_url", "window_notes"]
+__all__ = ["config_warnings", "effective_config", "redact_url", "strip_credentials", "window_notes"]
 
 
 def redact_url(url: str | None) -> str | None:
@@ -17,6 +17,15 @@ def redact_url(url: str | None) -> str | None:
     scheme, _, rest = url.partition("://")
     host = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
     return f"{scheme}://{host}/<redacted>"
+
+
+def strip_credentials(url: str | None) -> str | None:
+    """The URL without a ``user:password@`` part, for showing (Prometheus behind basic auth)."""
+    if url is None or "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -125,6 +134,10 @@ def effective_config(config: Config) -> dict[str, Any]:
             "webhook_url": redact_url(config.notifications.webhook_url),
             "format": config.notifications.format,
             "timeout_seconds": config.notifications.timeout_seconds,
+        },
+        "prometheus": {
+            "url": strip_credentials(config.prometheus.url),
+            "timeout_seconds": config.prometheus.timeout_seconds,
         },
         "fleets": {name: fleet_dict(f) for name, f in config.fleets.items()},
     }

@@ -1,0 +1,252 @@
+"""Live figures from Prometheus, read at the moment they are used: a decision or a status.
+
+Three figures per fleet: the free VRAM of the fleet's GPU, the fleet's VRAM errors since its
+model server started (the worst container, as the downgrade alert reads it) and the models
+loaded in its model server with the bytes of each in VRAM and in system memory (offload).
+Each figure carries the time of its sample (the scrape), so its age can be told, or the reason
+it is missing: no Prometheus configured (``prometheus.url``), Prometheus did not answer, or it
+has no sample. Callers then do what they did without the figure.
+
+This module does the I/O (through :mod:`remediator.adapters.prometheus`);
+:mod:`remediator.decisions` gets the figures as arguments and stays pure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+from fleet_contract import metrics
+from remediator.adapters.prometheus import PrometheusAPI, PrometheusError, Sample
+from remediator.config import Config, FleetConfig, strip_credentials
+from remediator.state_model import FleetState
+
+T = TypeVar("T")
+
+SOURCE: Final = "prometheus"
+# The exporter's offload detection (/api/ps): bytes of each loaded model per location.
+MODEL_MEMORY: Final = metrics.MODEL_MEMORY
+LOCATIONS: Final = ("vram", "system")
+NOT_CONFIGURED: Final = "no Prometheus configured (prometheus.url)"
+
+
+class Querier(Protocol):
+    """What the figures are read through: PrometheusAPI, or a test's stand-in."""
+
+    url: str
+
+    def query(self, expr: str) -> list[Sample]:
+        """An instant query's samples; PrometheusError when Prometheus does not answer."""
+        ...
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def free_vram_selector(gpu: str) -> str:
+    """The series of the GPU's free VRAM (NVML index ``gpu``)."""
+    return f'{metrics.GPU_MEMORY_FREE}{{gpu="{_label(gpu)}"}}'
+
+
+def errors_selector(fleet: str) -> str:
+    """The series of the fleet's VRAM errors since its model server started, per container."""
+    return f'{metrics.VRAM_ERRORS_SINCE_START}{{fleet="{_label(fleet)}"}}'
+
+
+def models_selector(fleet: str) -> str:
+    """The series of the bytes of each model the fleet's server has loaded, by location."""
+    return f'{MODEL_MEMORY}{{fleet="{_label(fleet)}"}}'
+
+
+# How each figure folds its series: two exporters scraping one GPU give the smaller free
+# figure; the fleet's errors are its worst container's, as the downgrade alert reads them.
+FREE_VRAM_AGGREGATION: Final = "min by (gpu)"
+ERRORS_AGGREGATION: Final = "max by (fleet)"
+MODELS_AGGREGATION: Final = "max by (model, location)"
+
+
+def sampled_at_query(selector: str) -> str:
+    """When the oldest sample of ``selector`` was scraped (epoch seconds).
+
+    ``timestamp()`` of a selector is the sample's own time, not the query's: the figure's age.
+    """
+    return f"min(timestamp({selector}))"
+
+
+@dataclass(frozen=True)
+class Figure(Generic[T]):
+    """One live figure: its value and when it was sampled, or why there is none."""
+
+    value: T | None
+    sampled_at: float | None = None
+    problem: str | None = None
+
+    def age(self, now: float) -> float | None:
+        """Seconds since the sample (never below 0: clocks differ a little), or None."""
+        return None if self.sampled_at is None else round(max(0.0, now - self.sampled_at), 1)
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """A loaded model and where its bytes are: VRAM, or system memory (offloaded to the CPU)."""
+
+    name: str
+    vram_bytes: int
+    system_bytes: int
+
+    @property
+    def offloaded_fraction(self) -> float:
+        """The share of the model's bytes outside VRAM (0: all on the GPU)."""
+        total = self.vram_bytes + self.system_bytes
+        return round(self.system_bytes / total, 4) if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the status shows it."""
+        return {
+            "name": self.name,
+            "vram_bytes": self.vram_bytes,
+            "system_bytes": self.system_bytes,
+            "offloaded_fraction": self.offloaded_fraction,
+        }
+
+
+@dataclass(frozen=True)
+class LiveFigures:
+    """One fleet's live figures, read at ``at``; ``url`` None when no Prometheus is configured.
+
+    ``error`` is why Prometheus gave nothing (not configured, did not answer); a figure it had
+    no sample of says so in its own ``problem``.
+    """
+
+    url: str | None
+    at: float
+    error: str | None
+    free_vram_bytes: Figure[int]
+    vram_errors: Figure[int]
+    loaded_models: Figure[tuple[ModelMemory, ...]]
+
+    def origin(self, figure: Figure[Any]) -> str:
+        """Where a figure came from, for a decision's detail: "Prometheus at URL, 3 s old"."""
+        age = figure.age(self.at)
+        old = f", sample {age:.0f} s old" if age is not None else ""
+        return f"Prometheus at {self.url}{old}"
+
+    def vram_note(self) -> str:
+        """For a decision's detail: where the free VRAM figure came from, or why it is missing."""
+        fig = self.free_vram_bytes
+        return self.origin(fig) if fig.value is not None else str(fig.problem)
+
+
+def unavailable(url: str | None, at: float, why: str) -> LiveFigures:
+    """Figures that are all missing for one reason."""
+    missing: Figure[Any] = Figure(None, problem=why)
+    return LiveFigures(url, at, why, missing, missing, missing)
+
+
+def _one(
+    prom: Querier,
+    aggregation: str,
+    selector: str,
+    parse: Callable[[list[Sample]], T | None],
+    what: str,
+) -> Figure[T]:
+    """Query a figure and its sample time; PrometheusError propagates (the round ends)."""
+    value = parse(prom.query(f"{aggregation} ({selector})"))
+    if value is None:
+        return Figure(None, problem=f"Prometheus at {_shown(prom.url)} has no sample of {what}")
+    stamps = prom.query(sampled_at_query(selector))
+    return Figure(value, stamps[0].value if stamps else None)
+
+
+def _count(samples: list[Sample]) -> int | None:
+    return int(max(s.value for s in samples)) if samples else None
+
+
+def _free(samples: list[Sample]) -> int | None:
+    return max(0, int(min(s.value for s in samples))) if samples else None
+
+
+def _models(samples: list[Sample]) -> tuple[ModelMemory, ...] | None:
+    if not samples:
+        return None  # no series: the exporter does not poll the server (or it loaded nothing)
+    memory: dict[str, dict[str, int]] = {}
+    for s in samples:
+        name, where = s.labels.get("model"), s.labels.get("location")
+        if name and where in LOCATIONS:
+            memory.setdefault(name, dict.fromkeys(LOCATIONS, 0))[where] = int(s.value)
+    return tuple(
+        ModelMemory(name, m["vram"], m["system"])
+        for name, m in sorted(memory.items())
+        if m["vram"] + m["system"] > 0  # unloaded by keep_alive: 0 bytes anywhere
+    )
+
+
+def _shown(url: str | None) -> str | None:
+    return strip_credentials(url)
+
+
+class LiveReader:
+    """Reads a fleet's live figures through one Prometheus (None: none configured)."""
+
+    def __init__(self, prometheus: Querier | None, clock: Callable[[], float] = time.time):
+        self.prometheus = prometheus
+        self._clock = clock
+
+    @property
+    def url(self) -> str | None:
+        """The Prometheus asked, without credentials; None when none is configured."""
+        return _shown(self.prometheus.url) if self.prometheus is not None else None
+
+    def read(self, fleet: FleetConfig, *, models: bool = True) -> LiveFigures:
+        """The fleet's figures now; the first failure of Prometheus ends the round (one timeout,
+        not six), and every figure then says why it is missing. ``models`` False: not the
+        loaded models (a decision does not use them)."""
+        at = self._clock()
+        prom = self.prometheus
+        if prom is None:
+            return unavailable(None, at, NOT_CONFIGURED)
+        gpu = f"GPU {fleet.gpu}'s free VRAM ({metrics.GPU_MEMORY_FREE})"
+        errs = f"fleet {fleet.name}'s VRAM errors ({metrics.VRAM_ERRORS_SINCE_START})"
+        try:
+            free = _one(prom, FREE_VRAM_AGGREGATION, free_vram_selector(fleet.gpu), _free, gpu)
+            errors = _one(prom, ERRORS_AGGREGATION, errors_selector(fleet.name), _count, errs)
+            loaded: Figure[tuple[ModelMemory, ...]] = Figure(None, problem="not read")
+            if models:
+                what = f"fleet {fleet.name}'s loaded models ({MODEL_MEMORY})"
+                loaded = _one(prom, MODELS_AGGREGATION, models_selector(fleet.name), _models, what)
+                if loaded.value is None:  # no series: nothing loaded that the exporter saw
+                    loaded = Figure((), problem=loaded.problem)
+        except PrometheusError as exc:
+            return unavailable(self.url, at, f"{exc}: no live figures")
+        return LiveFigures(self.url, at, None, free, errors, loaded)
+
+    def read_fleets(self, fleets: Iterable[FleetConfig]) -> dict[str, LiveFigures]:
+        """Each fleet's figures; once Prometheus has failed, the rest are not asked again."""
+        out: dict[str, LiveFigures] = {}
+        failed: LiveFigures | None = None
+        for fleet in fleets:
+            if failed is not None:
+                out[fleet.name] = unavailable(failed.url, failed.at, str(failed.error))
+                continue
+            out[fleet.name] = self.read(fleet)
+            if out[fleet.name].error is not None:
+                failed = out[fleet.name]
+        return out
+
+
+def note_live_errors(fs: FleetState, live: LiveFigures | None) -> None:
+    """Keep the live VRAM error count in the state: when Prometheus is away, the status then
+    shows the last live count rather than only the last alert's."""
+    if live is not None and live.vram_errors.value is not None:
+        fs.vram_error_count = live.vram_errors.value
+
+
+def live_reader(config: Config, clock: Callable[[], float] = time.time) -> LiveReader:
+    """The reader ``config`` asks for: its ``prometheus.url`` with its short timeout, or none."""
+    settings = config.prometheus
+    if settings.url is None:
+        return LiveReader(None, clock)
+    return LiveReader(PrometheusAPI(settings.url, settings.timeout_seconds), clock)
