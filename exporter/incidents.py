@@ -54,7 +54,10 @@ class Grouper:
         """Whether the line stamped ``ts_ns`` begins an incident (then it is the open one).
 
         ``boundary_ns``: where the current run began. A line on the other side of it from the
-        open incident's first line begins a new incident, however close in time.
+        open incident's first line begins a new incident, however close in time. The counters
+        group with the boundary known when a line is read (a runtime reports a restart before
+        the new run's lines are read); ``since_start`` (RunIncidents) groups again when a
+        boundary comes later.
         """
         first = self.first
         if (
