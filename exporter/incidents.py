@@ -140,6 +140,9 @@ class _FileGrouper:
                     self.error_lines[kind] += 1
                 return
             self._resolve(_stamp_ns(first))
+        # The first time stamp after the end of an earlier untimed line, and where it is (past
+        # the text: none), so that many untimed lines before it do not search again.
+        next_at, next_ns = -1, None
         for start, kind in matches:
             self.error_lines[kind] += 1
             end = text.find(b"\n", start)
@@ -149,9 +152,12 @@ class _FileGrouper:
                 self._add(_stamp_ns(own), kind)
                 continue
             self._untimed.append(kind)
-            following = _STAMP.search(text, end)
-            if following is not None:
-                self._resolve(_stamp_ns(following))
+            if end > next_at:
+                following = _STAMP.search(text, end)
+                next_at = len(text) + 1 if following is None else following.start()
+                next_ns = None if following is None else _stamp_ns(following)
+            if next_at <= len(text):
+                self._resolve(next_ns)
 
     def _resolve(self, ts_ns: int | None) -> None:
         for kind in self._untimed:
