@@ -6,7 +6,8 @@ stand-in Ollama, Debian's Prometheus and Alertmanager, no GPU), started by scrip
 the shipped intervals and health checks. One run:
 
   t0   Docker's timestamp of the third ``CUDA error: out of memory`` line on the Ollama
-       container's stdout (written with ``docker exec``)
+       container's stdout (written with ``docker exec``; the three lines further apart than
+       the exporter's incident window, so that each is an error of its own)
   t1   the remediator's status says the next rung (the switch is committed: pulled, config
        written, Ollama restarted and listing the model, the app restarted and naming it)
   t2   the app answers a prompt on the next rung (``GET /?prompt=...`` through Ollama)
@@ -37,6 +38,7 @@ import docker
 
 from bench.common import Row, median, percentile, table
 from remediator.alerts import parse_time
+from simulator.loop import ERROR_SPACING_SECONDS
 from simulator.stack import ComposeStack, build_standin_images
 
 OOM_LINE = "CUDA error: out of memory"
@@ -119,7 +121,10 @@ def one_run(stack: ComposeStack, client: docker.DockerClient) -> dict[str, float
     """
     server = client.containers.get(stack.container_id("ollama"))
     since = int(time.time()) - 1
-    stack.write_server_log([OOM_LINE] * 3)
+    for i in range(3):
+        if i:
+            time.sleep(ERROR_SPACING_SECONDS)
+        stack.write_server_log([OOM_LINE])
     logged = server.logs(timestamps=True, since=since).decode().splitlines()
     t0 = parse_time([line for line in logged if OOM_LINE in line][-1].split(" ", 1)[0])
     stack.wait(lambda: _model(stack) == NEXT, 120, f"the switch to {NEXT}", interval=0.05)

@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-nvml", action="store_true", help="do not export GPU metrics")
     s.add_argument("--no-docker", action="store_true", help="do not watch container logs")
     s.add_argument("--proc-root", help="where the host's /proc is mounted (default: /proc)")
-    c = sub.add_parser("scan", parents=[common], help="count the VRAM errors in a log file")
+    c = sub.add_parser(
+        "scan", parents=[common], help="count the VRAM errors (incidents and lines) in a log file"
+    )
     c.add_argument("file", help="log file, or - for standard input")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -130,12 +132,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model-fleet-exporter: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps({"lines": result.lines, "counts": result.counts}, indent=2))
+        doc = {
+            "lines": result.lines,
+            "incident_window_seconds": result.window_seconds,
+            "incidents": result.incidents,
+            "error_lines": result.error_lines,
+        }
+        print(json.dumps(doc, indent=2))
     else:
-        width = max([len("lines"), *(len(k) for k in result.counts)])
-        print(f"{'lines':<{width}}  {result.lines:>10}")
-        for kind, n in result.counts.items():
-            print(f"{kind:<{width}}  {n:>10}")
+        # One error is an incident: a kind's lines within the window of its first line.
+        width = max([len("log lines"), *(len(k) for k in result.incidents)])
+        print(f"{'kind':<{width}}  {'incidents':>10}  {'lines':>10}")
+        for kind, n in result.incidents.items():
+            print(f"{kind:<{width}}  {n:>10}  {result.error_lines[kind]:>10}")
+        print(f"{'log lines':<{width}}  {'':>10}  {result.lines:>10}")
+        print(f"incident window: {result.window_seconds:g} s")
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from exporter.classifier import DEFAULT_PATTERNS, LogClassifier, PatternError
+from exporter.incidents import DEFAULT_WINDOW_SECONDS
 from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
 from fleet_contract.labels import FLEET_LABEL, ROLE_LABEL, ROLE_SERVER
 from fleet_contract.yamlfile import ConfigError as ConfigError
@@ -36,6 +37,7 @@ _EXPORTER_KEYS: Final = frozenset(
         "patterns",
         "default_patterns",
         "case_sensitive",
+        "incident_window_seconds",
         "nvml",
         "docker",
         "proc_root",
@@ -117,6 +119,8 @@ class ExporterConfig:
     selection: ContainerSelection = field(default_factory=ContainerSelection)
     patterns: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PATTERNS))
     case_sensitive: bool = False
+    # matching lines within this many seconds of an incident's first line are one error
+    incident_window_seconds: float = DEFAULT_WINDOW_SECONDS
     nvml: bool = True
     docker: bool = True
     proc_root: str = "/proc"
@@ -144,6 +148,7 @@ def effective_config(config: ExporterConfig) -> dict[str, Any]:
         },
         "patterns": {kind: list(p) for kind, p in config.patterns.items()},
         "case_sensitive": config.case_sensitive,
+        "incident_window_seconds": config.incident_window_seconds,
         "nvml": config.nvml,
         "docker": config.docker,
         "proc_root": config.proc_root,
@@ -281,6 +286,9 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         selection=selection,
         patterns=patterns,
         case_sensitive=r.boolean(ex, "case_sensitive", "exporter", d.case_sensitive),
+        incident_window_seconds=_window(
+            r, ex.get("incident_window_seconds", d.incident_window_seconds)
+        ),
         nvml=r.boolean(ex, "nvml", "exporter", d.nvml),
         docker=r.boolean(ex, "docker", "exporter", d.docker),
         proc_root=r.string(ex, "proc_root", "exporter", d.proc_root),
@@ -330,6 +338,15 @@ def _parse_probe(r: _Reader, value: Any, fleet_where: str) -> ProbeSettings:
         prompt=r.string(p, "prompt", where, d.prompt),
         model=model,
     )
+
+
+def _window(r: _Reader, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+        raise r.fail(
+            "exporter.incident_window_seconds",
+            f"must be a number of seconds from 0 to 3600, got {value!r}",
+        )
+    return float(value)
 
 
 def _parse_patterns(r: _Reader, value: Any, *, keep_defaults: bool) -> dict[str, tuple[str, ...]]:

@@ -39,7 +39,9 @@ class Follower:
         self.name = name
         self._watcher = watcher
         self._source = watcher.source
-        self._log = ContainerLog(watcher.classifier, watcher.live_since_ns)
+        self._log = ContainerLog(
+            watcher.classifier, watcher.live_since_ns, watcher.incident_window_ns
+        )
         self._runs = RunTracker(self._log)
         self._wake = threading.Event()
         self._stop = threading.Event()

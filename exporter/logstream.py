@@ -13,10 +13,9 @@ Exactness rests on three rules:
   the cursor's timestamp (to the nanosecond) and the frames already consumed are skipped.
 * A line belongs to the container's current run when its timestamp is after the run's
   boundary (the end of the previous run, which RunTracker works out from the container's
-  states). ``since_start`` counts matches of the current run only, and drops to the new run's
-  count when a new run starts.
+  states). ``since_start`` counts the current run's incidents (exporter.incidents) only.
 * Lines stamped before the exporter started (``live_since_ns``) are history: they count for
-  ``since_start`` but not for the counters, which a restarted exporter must not replay.
+  ``since_start`` but not for the counters (nor an incident whose first line is history).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from exporter.classifier import LogClassifier
+from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents
 from exporter.timestamps import format_since, is_zero_time, parse_timestamp
 
 _HEADER = struct.Struct(">BxxxL")
@@ -39,7 +39,8 @@ class Tally:
     """What one batch added to the counters (lines stamped after the exporter started)."""
 
     lines: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # incidents, by their first line's kind
+    error_lines: dict[str, int] = field(default_factory=dict)  # matching lines, by kind
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,15 @@ class _Skip:
 class ContainerLog:
     """Decodes and counts one container's log across streams, reconnects and runs."""
 
-    def __init__(self, classifier: LogClassifier, live_since_ns: int) -> None:
+    def __init__(
+        self, classifier: LogClassifier, live_since_ns: int, window_ns: int = DEFAULT_WINDOW_NS
+    ) -> None:
         self._classifier = classifier
         self._live_since = live_since_ns
         self.cursor: Cursor | None = None
         self.boundary_ns: int | None = None
-        self._run_matches: list[int] = []
+        self._run = RunIncidents(window_ns)  # since_start
+        self._incidents = Grouper(window_ns)  # the counters
         self._rest = b""
         self._pending: list[tuple[bytes, bytes]] = []
         self._skip: _Skip | None = None
@@ -84,15 +88,14 @@ class ContainerLog:
 
     @property
     def since_start(self) -> int:
-        """Matching lines of the current run."""
-        return len(self._run_matches)
+        """Incidents of the current run."""
+        return self._run.count
 
     def start_run(self, boundary_ns: int | None) -> None:
         """A run begins after ``boundary_ns`` (None: the log holds only this run)."""
         self.boundary_ns = boundary_ns
         if boundary_ns is not None:
-            cut = bisect_right(self._run_matches, boundary_ns)
-            del self._run_matches[:cut]
+            self._run.cut(boundary_ns)
 
     def resume_ns(self) -> int | None:
         """Where the next stream starts: at the cursor, else at the run's boundary, else all."""
@@ -114,7 +117,7 @@ class ContainerLog:
 
     def end_stream(self, *, run_over: bool) -> Tally:
         """The stream ended. If the run is over too, a last line without newline is complete."""
-        tally = Tally(errors=dict.fromkeys(self._classifier.kinds, 0))
+        tally = self._tally()
         if run_over:
             if self._tty and self._rest:
                 self._consume_lines([self._rest + b"\n"], tally)
@@ -129,9 +132,13 @@ class ContainerLog:
         self._pending = []
         return tally
 
+    def _tally(self) -> Tally:
+        kinds = self._classifier.kinds
+        return Tally(errors=dict.fromkeys(kinds, 0), error_lines=dict.fromkeys(kinds, 0))
+
     def feed(self, data: bytes) -> Tally:
         """Decode and count a piece of the stream (any split); return what it adds."""
-        tally = Tally(errors=dict.fromkeys(self._classifier.kinds, 0))
+        tally = self._tally()
         if self._tty:
             buf = self._rest + data if self._rest else data
             cut = buf.rfind(b"\n") + 1
@@ -249,10 +256,12 @@ class ContainerLog:
         for offset, kind in self._classifier.matches(text):
             index = bisect_right(line_ends, offset)
             ts_ns = parse_timestamp(line_ts[index])
-            if index >= live_from:
+            if self._incidents.opens(ts_ns, boundary) and index >= live_from:
                 tally.errors[kind] += 1
+            if index >= live_from:
+                tally.error_lines[kind] += 1
             if boundary is None or ts_ns > boundary:
-                self._run_matches.append(ts_ns)
+                self._run.add(ts_ns)
 
     def _first_live(self, line_ts: list[bytes]) -> int:
         # Timestamps only grow within a stream, so the live lines are a suffix.

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter import incidents
 from exporter.adapters.docker_logs import DockerLogSource
 from exporter.adapters.model_server import OllamaApi
 from exporter.adapters.nvml import NvmlCollector
-from exporter.classifier import LogClassifier, ScanResult, scan_stream
 from exporter.config import ExporterConfig, effective_config, parse_bind
 from exporter.logsource import LogSource
 from exporter.metrics import LogCollector, LogStore, gauge
@@ -88,7 +88,13 @@ def build_exporter(
     classifier = config.classifier()
     store = LogStore(classifier.kinds)
     watcher = (
-        LogWatcher(config.selection, classifier, store, source or DockerLogSource())
+        LogWatcher(
+            config.selection,
+            classifier,
+            store,
+            source or DockerLogSource(),
+            incident_window_seconds=config.incident_window_seconds,
+        )
         if config.docker
         else None
     )
@@ -142,7 +148,6 @@ def serve(config: ExporterConfig, *, ready: Callable[[str, int], None] | None = 
     return 0
 
 
-def scan(config: ExporterConfig, stream: IO[bytes]) -> ScanResult:
-    """Count the lines of each kind in a log file (or stdin)."""
-    classifier: LogClassifier = config.classifier()
-    return scan_stream(classifier, stream.read)
+def scan(config: ExporterConfig, stream: IO[bytes]) -> incidents.Scan:
+    """Count the incidents and lines of each kind in a log file (or stdin)."""
+    return incidents.scan(config.classifier(), stream.read, config.incident_window_seconds)

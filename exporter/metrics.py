@@ -17,7 +17,8 @@ SeriesKey = tuple[str, str]  # (fleet, container name)
 
 @dataclass
 class _Series:
-    errors: dict[str, int]
+    errors: dict[str, int]  # incidents
+    error_lines: dict[str, int]
     lines: int = 0
     reconnects: int = 0
     since_start: int = 0
@@ -35,12 +36,13 @@ class SeriesSnapshot:
 
     fleet: str
     container: str
-    errors: dict[str, int]
+    errors: dict[str, int]  # incidents, by the kind of their first line
     lines: int
     reconnects: int
     since_start: int | None  # None: no container has this name now
     up: bool | None  # None: no container has this name now, and none is expected
     started_at: str | None  # Docker's StartedAt of the run since_start counts; None: no run
+    error_lines: dict[str, int] = field(default_factory=dict)  # matching lines, by kind
 
 
 @dataclass
@@ -68,7 +70,9 @@ class LogStore:
         key = (fleet, container)
         series = self._series.get(key)
         if series is None:
-            series = _Series(errors=dict.fromkeys(self.kinds, 0))
+            series = _Series(
+                errors=dict.fromkeys(self.kinds, 0), error_lines=dict.fromkeys(self.kinds, 0)
+            )
             self._series[key] = series
         return series
 
@@ -84,6 +88,8 @@ class LogStore:
         series.lines += tally.lines
         for kind, n in tally.errors.items():
             series.errors[kind] = series.errors.get(kind, 0) + n
+        for kind, n in tally.error_lines.items():
+            series.error_lines[kind] = series.error_lines.get(kind, 0) + n
 
     def update(
         self,
@@ -166,6 +172,7 @@ class LogStore:
                     since_start=s.since_start if s.present else None,
                     up=s.up if s.present else (False if s.expected else None),
                     started_at=s.started_at if s.present and s.started_at else None,
+                    error_lines=dict(s.error_lines),
                 )
                 for (fleet, name), s in sorted(self._series.items())
             ]
@@ -180,6 +187,7 @@ class LogCollector(Collector):
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         """The log metrics, one consistent snapshot per scrape."""
         errors = counter(m.VRAM_ERRORS)
+        error_lines = counter(m.VRAM_ERROR_LINES)
         since_start = gauge(m.VRAM_ERRORS_SINCE_START)
         lines = counter(m.LOG_LINES)
         up = gauge(m.LOG_STREAM_UP)
@@ -188,6 +196,8 @@ class LogCollector(Collector):
         for s in self._store.snapshot():
             for kind, n in s.errors.items():
                 errors.add_metric([s.fleet, s.container, kind], n)
+            for kind, n in s.error_lines.items():
+                error_lines.add_metric([s.fleet, s.container, kind], n)
             if s.since_start is not None:
                 since_start.add_metric([s.fleet, s.container], s.since_start)
             lines.add_metric([s.fleet, s.container], s.lines)
@@ -196,7 +206,7 @@ class LogCollector(Collector):
             if s.started_at is not None:
                 start_info.add_metric([s.fleet, s.container, s.started_at], 1)
             reconnects.add_metric([s.fleet, s.container], s.reconnects)
-        return [errors, since_start, start_info, lines, up, reconnects]
+        return [errors, error_lines, since_start, start_info, lines, up, reconnects]
 
 
 def gauge(name: str) -> GaugeMetricFamily:

@@ -17,6 +17,7 @@ from typing import Final
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
 from exporter.follower import Follower
+from exporter.incidents import DEFAULT_WINDOW_SECONDS, window_ns
 from exporter.logsource import (
     EVENT_ACTIONS,
     ContainerEvent,
@@ -43,6 +44,7 @@ class LogWatcher:
         source: LogSource,
         *,
         live_since_ns: int | None = None,
+        incident_window_seconds: float = DEFAULT_WINDOW_SECONDS,
     ) -> None:
         self.ready = threading.Event()  # set once the first container listing was handled
         self.selection = selection
@@ -50,6 +52,8 @@ class LogWatcher:
         self.store = store
         self.source = source
         self.live_since_ns = time.time_ns() if live_since_ns is None else live_since_ns
+        # matching lines this close to an incident's first line are part of it
+        self.incident_window_ns = window_ns(incident_window_seconds)
         self._followers: dict[str, Follower] = {}
         self._followers_lock = threading.Lock()
         self._stopping = threading.Event()

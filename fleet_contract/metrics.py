@@ -34,6 +34,7 @@ GPU_MEMORY_FREE: Final = "model_fleet_gpu_memory_free_bytes"
 GPU_PROCESS_MEMORY: Final = "model_fleet_gpu_process_memory_bytes"
 NVML_UP: Final = "model_fleet_nvml_up"
 VRAM_ERRORS: Final = "model_fleet_vram_errors_total"
+VRAM_ERROR_LINES: Final = "model_fleet_vram_error_lines_total"
 VRAM_ERRORS_SINCE_START: Final = "model_fleet_vram_errors_since_start"
 CONTAINER_START_INFO: Final = "model_fleet_container_start_info"
 LOG_LINES: Final = "model_fleet_log_lines_total"
@@ -87,13 +88,21 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         VRAM_ERRORS,
         "counter",
         ("fleet", "container", "kind"),
+        "VRAM errors of the model server: incidents (its matching log lines within "
+        "exporter.incident_window_seconds of the first), by the kind of their first line.",
+    ),
+    _exporter(
+        VRAM_ERROR_LINES,
+        "counter",
+        ("fleet", "container", "kind"),
         "Log lines of the model server classified as VRAM errors, by kind.",
     ),
     _exporter(
         VRAM_ERRORS_SINCE_START,
         "gauge",
         _STREAM,
-        "VRAM error lines since the container last started (exact across exporter restarts).",
+        "VRAM errors (incidents) since the container last started (exact across exporter "
+        "restarts).",
     ),
     _exporter(
         CONTAINER_START_INFO,

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulator.loop import MODEL_MIB, Loop, LoopOptions
+from simulator.loop import MODEL_MIB, Loop, LoopOptions, sample_values
 
 
 @dataclass
@@ -79,10 +79,17 @@ def run_demo(workdir: Path, *, exit_at_end: bool, max_seconds: float) -> int:
                 left = options.gpu_total_mib - other
                 tl.event(f"other work now uses {other} MiB: {left} MiB left for the model")
             loop.set_vram(other)
-            errors = loop.errors_since_start()
+            # One error per failed load, however many lines it prints (two here).
+            metrics = loop.exporter_metrics()
+            found = sample_values(metrics, "model_fleet_vram_errors_since_start", fleet=loop.fleet)
+            errors = max(found, default=-1.0)
             if errors > seen_errors:
+                lines = sample_values(
+                    metrics, "model_fleet_vram_error_lines_total", fleet=loop.fleet
+                )
                 tl.event(
-                    f"model server logged VRAM error #{errors:.0f} since it started (exporter)"
+                    f"model server logged VRAM error #{errors:.0f} since it started (exporter, "
+                    f"one per failed load; {sum(lines):.0f} matching log lines in all)"
                 )
                 if errors >= 3 and third_error_at is None:
                     third_error_at = time.monotonic()

@@ -23,7 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ import docker
 import docker.errors
 import yaml
 
+from exporter.incidents import DEFAULT_WINDOW_SECONDS
 from simulator import fake_nvml, prom_env
 from simulator.fake_ollama import FakeOllama
 from simulator.images import BUSYBOX_IMAGE, build_busybox_image
@@ -44,13 +45,16 @@ MODEL_MIB = {"llama3.2:3b": 2048, "phi3:mini": 2200, "tinyllama:1.1b": 637, "qwe
 
 # An Ollama-like model server. Lines written by the host into /ctl/emit are printed as they
 # are (the tests choose the exact lines). With /sim/free_mib present it also behaves like a
-# server short of VRAM: when its model (from the app's config) does not fit what is free, it
-# prints llama.cpp's allocation failure, as Ollama does, every 1.5 s.
+# server short of VRAM: when its model (from the app's config) does not fit what is free, its
+# load fails every 2.5 s (more than the exporter's incident window: one error each), printed
+# as Ollama does: llama.cpp's allocation failure, then the server's "error loading" line.
 MODEL_SERVER_SCRIPT = r"""
 trap 'exit 0' TERM
 LISTEN='level=INFO source=routes.go:1475 msg="Listening on [::]:11434 (version 0.12.6)"'
 ALLOC="ggml_backend_cuda_buffer_type_alloc_buffer: allocating"
 OOM="MiB on device 0: cudaMalloc failed: out of memory"
+FAILED='level=ERROR source=sched.go:456 msg="error loading llama server" error="llama runner'
+FAILED="$FAILED process has terminated: cudaMalloc failed: out of memory\""
 echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $LISTEN"
 while true; do
   if [ -f /ctl/emit ]; then cat /ctl/emit; rm -f /ctl/emit; fi
@@ -63,7 +67,8 @@ while true; do
     read free < /sim/free_mib
     if [ "$need" -gt "$free" ]; then
       echo "$ALLOC $need.00 $OOM"
-      sleep 1.5
+      echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $FAILED"
+      sleep 2.5
     fi
   fi
   sleep 0.1
@@ -82,6 +87,13 @@ OOM_LINE = (
     "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2048.00 MiB on device 0: "
     "cudaMalloc failed: out of memory"
 )
+# The server's line after it: the same failed load, so one error with OOM_LINE.
+LOAD_FAILED_LINE = (
+    'level=ERROR source=sched.go:456 msg="error loading llama server" '
+    'error="llama runner process has terminated: cudaMalloc failed: out of memory"'
+)
+# Errors this far apart are separate errors for the exporter (exporter.incidents).
+ERROR_SPACING_SECONDS = DEFAULT_WINDOW_SECONDS + 0.5
 
 
 def wait_until(
@@ -182,6 +194,7 @@ class Loop:
         self.alertmanagers: list[prom_env.Alertmanager] = []
         self.exporter_url = ""
         self.remediator_url = ""
+        self._last_error = -ERROR_SPACING_SECONDS  # time.monotonic() of the last emit_errors line
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -402,10 +415,17 @@ class Loop:
         os.replace(tmp, target)
         wait_until(lambda: not target.exists(), timeout, "the model server to print the lines")
 
-    def emit_errors(self, count: int, line: str = OOM_LINE) -> None:
-        """Print ``count`` VRAM error lines, one at a time."""
+    def emit_errors(self, count: int) -> None:
+        """Print ``count`` failed model loads (two matching lines each), one VRAM error each.
+
+        Each comes ERROR_SPACING_SECONDS after the previous one (the exporter groups the lines
+        of one failure on their timestamps); the last returns as soon as it was printed.
+        """
         for _ in range(count):
-            self.emit([line])
+            time.sleep(max(0.0, self._last_error + ERROR_SPACING_SECONDS - time.monotonic()))
+            stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+            self.emit([OOM_LINE, f"time={stamp}Z {LOAD_FAILED_LINE}"])
+            self._last_error = time.monotonic()
 
     def current_model_in_config(self) -> str:
         """The model the application's config names now."""

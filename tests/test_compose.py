@@ -21,6 +21,7 @@ from urllib.parse import quote
 import docker
 import pytest
 
+from simulator.loop import ERROR_SPACING_SECONDS
 from simulator.stack import ROOT, ComposeStack, build_standin_images
 
 pytestmark = [pytest.mark.compose, pytest.mark.docker, pytest.mark.slow]
@@ -159,8 +160,14 @@ def test_three_vram_errors_switch_once_and_the_app_answers_on_the_new_model(
 ) -> None:
     app = stack.url("app", 8000)
     assert stack.get_json(f"{app}/healthz")["model"] == "llama3.2:3b"
+    # Three errors: lines further apart than the exporter's incident window (2 s), so each is
+    # an error of its own (lines within it would be one failure, one error).
+    stack.write_server_log([OOM_LINE])
+    time.sleep(ERROR_SPACING_SECONDS)
+    stack.write_server_log([OOM_LINE])
+    time.sleep(ERROR_SPACING_SECONDS)
     started = time.monotonic()
-    stack.write_server_log([OOM_LINE] * 3)
+    stack.write_server_log([OOM_LINE])
 
     status = stack.wait(
         lambda: (s := stack.status())["current_model"]["name"] == "phi3:mini" and s,

@@ -1,8 +1,10 @@
 """The whole loop end to end on real parts (see simulator/loop.py): detect, alert, switch, restart.
 
-Three VRAM error lines from a real container reach the exporter, Prometheus fires the shipped
-rule, Alertmanager (shipped config) calls the remediator under gunicorn with the bearer token,
-and the remediator rewrites the application's config and restarts both containers for real.
+Three VRAM errors from a real container (failed model loads of two log lines each, further
+apart than the exporter's incident window: three errors, six lines) reach the exporter,
+Prometheus fires the shipped rule, Alertmanager (shipped config) calls the remediator under
+gunicorn with the bearer token, and the remediator rewrites the application's config and
+restarts both containers for real.
 """
 
 from __future__ import annotations
@@ -40,12 +42,26 @@ def switch_to(loop: Loop, model: str, count: int) -> None:
     assert loop.history()[count - 1]["to"] == model
 
 
+def oom_counters(loop: Loop) -> tuple[float, float]:
+    """The exporter's oom errors and oom lines for the loop's fleet so far."""
+    text = loop.exporter_metrics()
+    return (
+        sum(sample_values(text, "model_fleet_vram_errors_total", fleet=loop.fleet, kind="oom")),
+        sum(
+            sample_values(text, "model_fleet_vram_error_lines_total", fleet=loop.fleet, kind="oom")
+        ),
+    )
+
+
 def one_round(loop: Loop, expect_model: str, switches_before: int) -> None:
     """Three errors: the alert fires, the fleet moves one rung down, the alert resolves."""
     server_started = loop.started_at(loop.server)
     app_started = loop.started_at(loop.app)
+    errors, lines = oom_counters(loop)
     loop.emit_errors(3)
     wait_until(lambda: loop.errors_since_start() >= 3, 10, "the exporter to count 3 errors")
+    wait_until(lambda: oom_counters(loop)[1] >= lines + 6, 10, "the exporter to count 6 lines")
+    assert oom_counters(loop) == (errors + 3, lines + 6)  # one error per failed load
     switch_to(loop, expect_model, switches_before + 1)
     record = loop.history()[-1]
     assert (record["direction"], record["trigger"]) == ("down", "alert")

@@ -36,10 +36,17 @@ def write_config(tmp_path: Path, data: object) -> Path:
     return path
 
 
-def test_scan_prints_the_count_of_each_kind(capsys: pytest.CaptureFixture[str]) -> None:
+def test_scan_prints_the_errors_and_lines_of_each_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    # Two failed loads, each printing two matching lines: 2 errors (incidents), 4 lines.
     assert main(["scan", str(LOAD_OOM)]) == EXIT_OK
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert rows == [["lines", "24"], ["oom", "4"], ["vram_recovery_timeout", "0"]]
+    assert rows == [
+        ["kind", "incidents", "lines"],
+        ["oom", "2", "4"],
+        ["vram_recovery_timeout", "0", "0"],
+        ["log", "lines", "24"],
+        ["incident", "window:", "2", "s"],
+    ]
 
 
 def test_scan_reads_standard_input_and_prints_json() -> None:
@@ -54,7 +61,9 @@ def test_scan_reads_standard_input_and_prints_json() -> None:
     assert result.returncode == EXIT_OK, result.stderr
     assert json.loads(result.stdout) == {
         "lines": 33,
-        "counts": {"oom": 4, "vram_recovery_timeout": 4},
+        "incident_window_seconds": 2.0,
+        "incidents": {"oom": 2, "vram_recovery_timeout": 2},
+        "error_lines": {"oom": 4, "vram_recovery_timeout": 4},
     }
 
 
@@ -65,8 +74,23 @@ def test_scan_tries_the_patterns_of_the_config(
         tmp_path, {"exporter": {"patterns": {"ggml_assert": [r"GGML_ASSERT\(.*\) failed"]}}}
     )
     assert main(["scan", str(DATA / "ollama_vram_timeout.log"), "--config", str(config)]) == 0
-    counts = dict(line.split() for line in capsys.readouterr().out.splitlines())
-    assert counts == {"lines": "9", "oom": "0", "vram_recovery_timeout": "4", "ggml_assert": "2"}
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    counts = {row[0]: row[1:] for row in rows[1:4]}
+    # the assertion's two lines are one failed load
+    assert counts == {
+        "oom": ["0", "0"],
+        "vram_recovery_timeout": ["2", "4"],
+        "ggml_assert": ["1", "2"],
+    }
+
+
+def test_scan_takes_the_incident_window_of_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, {"exporter": {"incident_window_seconds": 0}})
+    assert main(["scan", str(LOAD_OOM), "--config", str(config)]) == EXIT_OK
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[1] == ["oom", "4", "4"] and rows[-1] == ["incident", "window:", "0", "s"]
 
 
 def test_scan_of_a_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,6 +106,8 @@ def test_scan_of_a_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixt
         ({"bind": "localhost"}, "exporter.bind"),
         ({"labels": ["model-fleet.role"]}, "exporter.labels"),
         ({"nvml": "yes"}, "exporter.nvml"),
+        ({"incident_window_seconds": -1}, "exporter.incident_window_seconds"),
+        ({"incident_window_seconds": "2s"}, "exporter.incident_window_seconds"),
         ({"colour": "blue"}, "exporter: unknown key(s) colour"),
         ({"patterns": {}, "default_patterns": False}, "exporter.patterns"),
     ],

@@ -1,5 +1,6 @@
 """The log watcher on a real Docker engine: containers printing Ollama's real error lines,
-restarted, recreated and appearing late while watched; counts checked exactly."""
+restarted, recreated and appearing late while watched; counts checked exactly, the lines of
+one failure counted as one error on Docker's own timestamps (exporter.incidents)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,30 @@ import pytest
 from exporter.adapters.docker_logs import DockerLogSource
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
+from exporter.incidents import window_ns
 from exporter.metrics import LogStore, SeriesSnapshot
+from exporter.timestamps import parse_timestamp
 from exporter.watcher import LogWatcher
 from tests.support import docker_env
 from tests.support.exporter_env import DATA, ExporterProcess, sample, wait_for
+from tests.test_exporter_incidents import reference
 
 pytestmark = pytest.mark.docker
 
 TEST_KEY = "model-fleet.exporter-test"
-# ollama_load_oom.log: 24 lines, 4 oom; ollama_vram_timeout.log: 9 lines, 4 timeouts.
-PRINT_ERRORS = "cat /data/ollama_load_oom.log /data/ollama_vram_timeout.log"
+# Most tests count with a window of 0.5 s and print the failures 1.5 s apart: on a busy
+# machine Docker may stamp a line late, never by a second.
+WINDOW = 0.5
+# ollama_load_oom.log: 24 lines, two failed loads of two oom lines each (13 lines, then 11);
+# ollama_vram_timeout.log: 9 lines, 4 timeouts within a moment here: 3 errors of 8 lines.
+PRINT_ERRORS = (
+    "head -n 13 /data/ollama_load_oom.log; sleep 1.5; tail -n +14 /data/ollama_load_oom.log; "
+    "sleep 1.5; cat /data/ollama_vram_timeout.log"
+)
 RUN_LINES = 24 + 9
-RUN_ERRORS = {"oom": 4, "vram_recovery_timeout": 4}
+RUN_ERRORS = {"oom": 2, "vram_recovery_timeout": 1}
+RUN_ERROR_LINES = {"oom": 4, "vram_recovery_timeout": 4}
+ZERO = {"oom": 0, "vram_recovery_timeout": 0}
 # Wait for /go (the test creates it), print, then idle. PID 1 ignores SIGTERM: tests stop
 # containers with timeout 0.
 GATED = f"while [ ! -e /go ]; do sleep 0.05; done; {PRINT_ERRORS}; exec sleep 3600"
@@ -46,6 +59,7 @@ def watch(docker_client: Any, busybox_image: str, tag: str) -> Iterator[StartWat
     watchers: list[LogWatcher] = []
 
     def start(names: dict[str, str] | None = None, **kwargs: Any) -> tuple[LogWatcher, LogStore]:
+        kwargs.setdefault("incident_window_seconds", WINDOW)
         selection = ContainerSelection(
             labels={"model-fleet.role": "ollama", TEST_KEY: tag}, names=names or {}
         )
@@ -102,19 +116,19 @@ def test_series_start_at_zero_then_count_real_lines_exactly(
     _, store = watch()
     c = model_server(docker_client, tag, GATED)  # appears after the watcher started
     s = wait_series(store, c.name, lambda s: bool(s.up), "stream attached")
-    assert (s.fleet, s.errors, s.lines, s.since_start) == (
-        "f1",
-        {"oom": 0, "vram_recovery_timeout": 0},
-        0,
-        0,
-    )
+    assert (s.fleet, s.errors, s.error_lines, s.lines, s.since_start) == ("f1", ZERO, ZERO, 0, 0)
 
     c.exec_run(["touch", "/go"])
     s = wait_series(store, c.name, lambda s: s.lines >= RUN_LINES, "all lines")
     time.sleep(0.3)  # nothing more may arrive
     s = series(store, c.name)
     assert s is not None
-    assert (s.lines, s.errors, s.since_start) == (RUN_LINES, RUN_ERRORS, 8)
+    assert (s.lines, s.errors, s.error_lines, s.since_start) == (
+        RUN_LINES,
+        RUN_ERRORS,
+        RUN_ERROR_LINES,
+        3,
+    )
 
 
 def test_restarts_reset_since_start_and_nothing_counts_twice(
@@ -124,7 +138,7 @@ def test_restarts_reset_since_start_and_nothing_counts_twice(
     c.exec_run(["touch", "/go"])
     wait_for(lambda: c.logs().count(b"\n") == RUN_LINES, "first run printed")
     _, store = watch()  # the first run is history for this exporter
-    wait_series(store, c.name, lambda s: s.since_start == 8, "first run counted")
+    wait_series(store, c.name, lambda s: s.since_start == 3, "first run counted")
     for run in (2, 3):
         c.restart(timeout=0)
         want = (run - 1) * RUN_LINES
@@ -135,7 +149,8 @@ def test_restarts_reset_since_start_and_nothing_counts_twice(
         # counters count what this exporter saw live: every run after the first
         assert s.lines == (run - 1) * RUN_LINES
         assert s.errors == {k: (run - 1) * v for k, v in RUN_ERRORS.items()}
-        assert s.since_start == 8 and s.up
+        assert s.error_lines == {k: (run - 1) * v for k, v in RUN_ERROR_LINES.items()}
+        assert s.since_start == 3 and s.up
         c.reload()
         assert s.started_at == c.attrs["State"]["StartedAt"]  # names the run being counted
 
@@ -157,22 +172,27 @@ def test_a_recreated_container_continues_the_counters_of_its_name(
     second.exec_run(["touch", "/go"])
     s = wait_series(store, name, lambda s: s.lines == 2 * RUN_LINES, "second container")
     assert s.errors == {k: 2 * v for k, v in RUN_ERRORS.items()}
-    assert s.since_start == 8
+    assert s.error_lines == {k: 2 * v for k, v in RUN_ERROR_LINES.items()}
+    assert s.since_start == 3
 
 
 def test_a_restarted_exporter_recounts_since_start_and_replays_no_counter(
     docker_client: Any, watch: StartWatcher, tag: str
 ) -> None:
-    # Running, second run: the first run printed 4 oom, the second (current) one 3.
+    # Running, second run: the first run printed 4 oom lines at once (one error here), the
+    # second (current) one 1 oom line, then 2 more 1.5 s later: 2 errors.
     twice = model_server(
         docker_client,
         tag,
-        "if [ -e /ran ]; then cat /data/ollama_cuda_error.log; "
+        "if [ -e /ran ]; then head -n 15 /data/ollama_cuda_error.log; sleep 1.5; "
+        "tail -n +16 /data/ollama_cuda_error.log; "
         "else touch /ran; cat /data/ollama_load_oom.log; fi; exec sleep 3600",
     )
-    # Exited after its second run; each run printed 1 oom and 4 timeouts.
+    # Exited after its second run; each run printed 1 oom line, then 4 timeouts 1.5 s later.
     exited = model_server(
-        docker_client, tag, "cat /data/ollama_runtime_oom.log /data/ollama_vram_timeout.log"
+        docker_client,
+        tag,
+        "cat /data/ollama_runtime_oom.log; sleep 1.5; cat /data/ollama_vram_timeout.log",
     )
     wait_for(lambda: twice.logs().count(b"\n") == 24, "first run printed")
     twice.restart(timeout=0)
@@ -182,13 +202,13 @@ def test_a_restarted_exporter_recounts_since_start_and_replays_no_counter(
     exited.wait(timeout=20)
 
     _, store = watch()  # the exporter (re)starts now
-    s = wait_series(store, twice.name, lambda s: s.since_start == 3, "current run recounted")
-    e = wait_series(store, exited.name, lambda s: s.since_start == 5, "last run recounted")
+    s = wait_series(store, twice.name, lambda s: s.since_start == 2, "current run recounted")
+    e = wait_series(store, exited.name, lambda s: s.since_start == 2, "last run recounted")
     time.sleep(0.3)
     for snap in (series(store, twice.name), series(store, exited.name)):
         assert snap is not None
-        assert snap.errors == {"oom": 0, "vram_recovery_timeout": 0}  # present, at 0
-        assert snap.lines == 0
+        assert snap.errors == snap.error_lines == ZERO  # present, at 0
+        assert snap.lines == 0 and snap.since_start == 2
     assert s.up is True and e.up is False
 
 
@@ -203,7 +223,8 @@ def test_broken_streams_reconnect_without_counting_a_line_twice(
         'if (i % 100 == 0) print "CUDA error: out of memory"}}\'; sleep 0.05; done; '
         "exec sleep 3600"
     )
-    watcher, store = watch()
+    window = 0.2  # a few batches per error
+    watcher, store = watch(incident_window_seconds=window)
     c = model_server(docker_client, tag, script)
     wait_series(store, c.name, lambda s: s.lines > 0, "first lines")
     deadline = time.monotonic() + 20
@@ -217,7 +238,13 @@ def test_broken_streams_reconnect_without_counting_a_line_twice(
     s = series(store, c.name)
     assert s is not None
     assert s.reconnects >= 1
-    assert (s.lines, s.errors["oom"], s.since_start) == (30 * 202, 60, 60)
+    assert (s.lines, s.error_lines["oom"]) == (30 * 202, 60)
+    # the errors as Docker's own timestamps group the lines, read in one go
+    logged = c.logs(timestamps=True).decode().splitlines()
+    oom = [(parse_timestamp(line.split(" ", 1)[0]), "oom") for line in logged if "CUDA" in line]
+    expected = reference(oom, window_ns(window))["oom"]
+    assert 1 < expected < 60
+    assert s.errors["oom"] == s.since_start == expected
 
 
 def test_a_tty_container_is_counted_too(docker_client: Any, watch: StartWatcher, tag: str) -> None:
@@ -232,7 +259,7 @@ def test_a_tty_container_is_counted_too(docker_client: Any, watch: StartWatcher,
     )
     c.exec_run(["touch", "/go"])
     s = wait_series(store, c.name, lambda s: s.lines == RUN_LINES, "all lines")
-    assert (s.errors, s.since_start) == (RUN_ERRORS, 8)
+    assert (s.errors, s.error_lines, s.since_start) == (RUN_ERRORS, RUN_ERROR_LINES, 3)
 
 
 def test_containers_named_in_the_config_are_watched_without_labels(
@@ -246,7 +273,7 @@ def test_containers_named_in_the_config_are_watched_without_labels(
     c = model_server(docker_client, tag, GATED, name=name, labelled=False)
     c.exec_run(["touch", "/go"])
     s = wait_series(store, name, lambda s: s.lines == RUN_LINES, "named container counted")
-    assert s.fleet == "named" and s.errors == RUN_ERRORS
+    assert s.fleet == "named" and s.errors == RUN_ERRORS and s.error_lines == RUN_ERROR_LINES
 
 
 def test_without_docker_the_watcher_waits_and_says_so_once(
@@ -299,9 +326,47 @@ def test_serve_exports_log_metrics_and_stops_on_sigterm(
         assert sample(m, "model_fleet_container_start_info", **labels, started_at=started_at) == 1
         assert sample(m, "model_fleet_log_stream_up", **labels) == 1
         assert sample(m, "model_fleet_vram_errors_total", **labels, kind="oom") == 0  # history
+        assert sample(m, "model_fleet_vram_error_lines_total", **labels, kind="oom") == 0
         assert sample(m, "model_fleet_exporter_docker_up") == 1
         assert sample(m, "model_fleet_nvml_up") is None  # --no-nvml
         started = time.monotonic()
         assert exporter.stop() == 0
         assert time.monotonic() - started < 5
         assert "effective configuration" in exporter.log()
+
+
+def test_two_failed_loads_are_two_errors_of_four_lines_on_metrics(
+    docker_client: Any, busybox_image: str, tag: str, tmp_path: Any
+) -> None:
+    # The default window (2 s). The two loads of ollama_load_oom.log 3 s apart: two errors.
+    # The second load's oom lines, then 1 s later the timeouts of the VRAM it left behind:
+    # one error, of the kind of its first line.
+    c = model_server(
+        docker_client,
+        tag,
+        "while [ ! -e /go ]; do sleep 0.05; done; head -n 13 /data/ollama_load_oom.log; "
+        "sleep 3; tail -n +14 /data/ollama_load_oom.log; sleep 1; "
+        "cat /data/ollama_vram_timeout.log; exec sleep 3600",
+    )
+    args = ["--no-nvml", "--label", f"{TEST_KEY}={tag}"]
+    with ExporterProcess(args, log_path=tmp_path / "exporter.log") as exporter:
+        exporter.wait_ready()
+        labels = {"fleet": "f1", "container": c.name}
+
+        def lines(kind: str) -> float | None:
+            return sample(
+                exporter.metrics(), "model_fleet_vram_error_lines_total", **labels, kind=kind
+            )
+
+        wait_for(lambda: lines("oom") == 0, "the series at 0")
+        c.exec_run(["touch", "/go"])
+        wait_for(lambda: lines("vram_recovery_timeout") == 4, "every line counted")
+        time.sleep(0.5)  # nothing more may arrive
+        m = exporter.metrics()
+        assert sample(m, "model_fleet_vram_errors_since_start", **labels) == 2
+        assert sample(m, "model_fleet_vram_errors_total", **labels, kind="oom") == 2
+        assert (
+            sample(m, "model_fleet_vram_errors_total", **labels, kind="vram_recovery_timeout") == 0
+        )
+        assert sample(m, "model_fleet_vram_error_lines_total", **labels, kind="oom") == 4
+        assert sample(m, "model_fleet_log_lines_total", **labels) == RUN_LINES

@@ -1,6 +1,7 @@
 """The log watcher through the LogSource seam, with no Docker: a list-backed source drives the
 same counting rules as tests/test_exporter_docker.py (restarts, broken streams, an exporter
-restarted after history, a source that goes away)."""
+restarted after history, a source that goes away), and the lines of one failure counted as
+one error (exporter.incidents) across all of that."""
 
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ OOM = "CUDA error: out of memory"
 TIMEOUT = "gpu VRAM usage didn't recover within timeout"
 NORMAL = 'level=INFO msg="llama runner started"'
 SERVER = {"model-fleet.role": "ollama", "model-fleet.fleet": "f1"}
+S = 1_000_000_000
+ZERO = {"oom": 0, "vram_recovery_timeout": 0}
 
 Watch = Callable[..., tuple[LogWatcher, LogStore]]
 
 
 @pytest.fixture
 def source() -> ListLogSource:
-    return ListLogSource()
+    # Each operation 3 s after the last, longer than the incident window (2 s): every error
+    # line is an error of its own, but the lines of one same_instant emit are one error.
+    return ListLogSource(tick_ns=3 * S)
 
 
 @pytest.fixture
@@ -68,29 +73,38 @@ def test_counts_are_exact_across_restarts_and_broken_streams(
     started = source.start("c1")
     source.emit("c1", NORMAL, OOM, NORMAL, OOM)
     s = settled(store, "srv", lambda s: s.lines == 4)
-    assert (s.fleet, s.errors["oom"], s.since_start, s.up, s.started_at) == (
+    assert (s.fleet, s.errors["oom"], s.error_lines["oom"], s.since_start, s.up, s.started_at) == (
         "f1",
+        2,
         2,
         2,
         True,
         started,
     )
 
-    # Many lines share one instant; streams break in the middle: nothing counts twice.
+    # Many lines share one instant; streams break in the middle: nothing counts twice. The
+    # lines of one instant are one error, of the kind of the first.
     for _ in range(5):
         source.emit("c1", NORMAL, OOM, TIMEOUT, same_instant=True)
         assert watcher.interrupt("srv")
     s = settled(store, "srv", lambda s: s.lines == 19)
-    assert s.errors == {"oom": 7, "vram_recovery_timeout": 5}
-    assert s.since_start == 12 and s.reconnects >= 1
+    assert s.errors == {"oom": 7, "vram_recovery_timeout": 0}
+    assert s.error_lines == {"oom": 7, "vram_recovery_timeout": 5}
+    assert s.since_start == 7 and s.reconnects >= 1
 
     source.stop("c1")
     s = settled(store, "srv", lambda s: s.up is False)
-    assert s.since_start == 12
+    assert s.since_start == 7
     again = source.start("c1")
     source.emit("c1", OOM, NORMAL)
     s = settled(store, "srv", lambda s: s.lines == 21)
-    assert (s.errors["oom"], s.since_start, s.up, s.started_at) == (8, 1, True, again)
+    assert (s.errors["oom"], s.error_lines["oom"], s.since_start, s.up, s.started_at) == (
+        8,
+        8,
+        1,
+        True,
+        again,
+    )
 
     source.remove("c1")
     s = settled(store, "srv", lambda s: s.since_start is None)
@@ -120,12 +134,51 @@ def test_a_restarted_exporter_recounts_the_current_run_only(
     stopped = settled(store, "stopped", lambda s: s.since_start == 2)
     running = settled(store, "running", lambda s: s.since_start == 1)
     for s in (stopped, running):
-        assert s.lines == 0 and s.errors == {"oom": 0, "vram_recovery_timeout": 0}
+        assert s.lines == 0 and s.errors == s.error_lines == ZERO
     assert stopped.up is False and running.up is True
 
     source.emit("c2", TIMEOUT)  # live from now on
     s = settled(store, "running", lambda s: s.lines == 1)
-    assert s.errors == {"oom": 0, "vram_recovery_timeout": 1} and s.since_start == 2
+    assert s.errors == s.error_lines == {"oom": 0, "vram_recovery_timeout": 1}
+    assert s.since_start == 2
+
+
+def test_lines_of_one_failure_are_one_error_across_broken_streams_and_restarts(
+    source: ListLogSource, watch: Watch
+) -> None:
+    source.tick_ns = 1000  # a microsecond between lines: within the window unless paused
+    watcher, store = watch()
+    source.create("c1", "srv", SERVER)
+    source.start("c1")
+    source.emit("c1", OOM, NORMAL)
+    settled(store, "srv", lambda s: s.lines == 2)
+    assert watcher.interrupt("srv")  # the stream breaks in the middle of the failure
+    source.emit("c1", OOM)
+    s = settled(store, "srv", lambda s: s.lines == 3)
+    assert (s.errors["oom"], s.error_lines["oom"], s.since_start) == (1, 2, 1)
+
+    source.pause(3 * S)  # a new failure, its first line of another kind
+    source.emit("c1", TIMEOUT, OOM)
+    s = settled(store, "srv", lambda s: s.lines == 5)
+    assert s.errors == {"oom": 1, "vram_recovery_timeout": 1}
+    assert s.error_lines == {"oom": 3, "vram_recovery_timeout": 1}
+    assert s.since_start == 2
+
+    # Restarted within the window: the new run's first line begins a new error.
+    source.stop("c1")
+    settled(store, "srv", lambda s: s.up is False)
+    source.start("c1")
+    source.emit("c1", OOM)
+    s = settled(store, "srv", lambda s: s.lines == 6)
+    assert (s.errors["oom"], s.error_lines["oom"], s.since_start) == (2, 4, 1)
+
+    # An exporter restarted in the middle of that failure recounts it, and counts none of it.
+    _, again = watch()
+    source.emit("c1", OOM)
+    r = settled(again, "srv", lambda s: s.lines == 1)
+    assert (r.errors, r.error_lines["oom"], r.since_start) == (ZERO, 1, 1)
+    s = settled(store, "srv", lambda s: s.lines == 7)
+    assert (s.errors["oom"], s.error_lines["oom"], s.since_start) == (2, 5, 1)
 
 
 def test_a_source_that_goes_away_is_reported_once_and_followed_again(

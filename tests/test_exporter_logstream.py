@@ -1,5 +1,8 @@
 """Docker's log stream (HTTP chunks of log frames) decoded and counted exactly across splits,
-reconnects and runs."""
+reconnects and runs.
+
+These tests count with an incident window of 0, where every matching line is an error of its
+own, so that each line's count shows; tests/test_exporter_incidents.py groups them."""
 
 from __future__ import annotations
 
@@ -38,22 +41,27 @@ def frame(ns: int, msg: bytes, stream: int = 1) -> bytes:
 
 
 def make_log(live_since_ns: int = 0) -> ContainerLog:
-    log = ContainerLog(LogClassifier(), live_since_ns)
+    log = ContainerLog(LogClassifier(), live_since_ns, window_ns=0)
     log.start_run(None)
     log.begin_stream(tty=False)
     return log
 
 
 def feed_all(log: ContainerLog, data: bytes, splits: list[int]) -> tuple[int, dict[str, int]]:
+    """Lines and errors the pieces added; with a window of 0, errors and error lines agree."""
     lines = 0
     errors = {"oom": 0, "vram_recovery_timeout": 0}
+    error_lines = dict(errors)
     pos = 0
     for cut in [*splits, len(data)]:
         tally = log.feed(data[pos:cut])
         lines += tally.lines
         for k, v in tally.errors.items():
             errors[k] += v
+        for k, v in tally.error_lines.items():
+            error_lines[k] += v
         pos = cut
+    assert error_lines == errors
     return lines, errors
 
 
@@ -78,13 +86,14 @@ def test_a_resumed_stream_skips_exactly_what_was_counted() -> None:
     frames = [frame(t, m) for t, m in zip(times, msgs, strict=True)]
     log = make_log()
     first = log.feed(b"".join(frames[:3]))  # up to the second frame at BASE_NS + 5
-    assert (first.lines, first.errors["oom"]) == (3, 2)
+    assert (first.lines, first.errors["oom"], first.error_lines["oom"]) == (3, 2, 2)
     assert log.since_param() == format_since(BASE_NS + 5)
 
     log.begin_stream(tty=False)  # the reconnect
     replay = b"".join(f for f, t in zip(frames, times, strict=True) if t >= BASE_NS + 5)
     second = log.feed(replay)
     assert (second.lines, second.errors) == (3, {"oom": 1, "vram_recovery_timeout": 1})
+    assert second.error_lines == second.errors
     assert log.since_start == 4
     assert log.cursor is not None and log.cursor.count == 2  # both frames at BASE_NS + 9
 
@@ -136,12 +145,12 @@ def test_a_last_line_without_newline_counts_once_when_the_run_ends() -> None:
     # ...and read again from the cursor, then completed when the container stops
     log.feed(frame(BASE_NS + 1, b"CUDA error: out of memory"))
     tally = log.end_stream(run_over=True)
-    assert (tally.lines, tally.errors["oom"]) == (1, 1)
+    assert (tally.lines, tally.errors["oom"], tally.error_lines["oom"]) == (1, 1, 1)
     assert log.since_start == 1
 
 
 def test_tty_streams_have_no_frame_headers() -> None:
-    log = ContainerLog(LogClassifier(), 0)
+    log = ContainerLog(LogClassifier(), 0, window_ns=0)
     log.start_run(None)
     log.begin_stream(tty=True)
     text = b"".join(stamp(BASE_NS + i) + b" " + m for i, m in enumerate([NORMAL, OOM, TIMEOUT]))

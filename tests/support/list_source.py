@@ -1,10 +1,10 @@
 """A LogSource held in lists, for tests: containers, runs, lines and events without Docker.
 
 The test drives it (create, start, emit, stop, remove, go down); the watcher reads it through
-the LogSource protocol only. Time is a counter that every operation advances by one
-microsecond, so lines, starts and stops are ordered and exact. Log streams are unframed
-(``<timestamp> <message>`` lines), follow the run they were opened in, and end when it stops;
-``since`` is inclusive, as Docker's.
+the LogSource protocol only. Time is a counter that every operation advances by one tick (a
+microsecond unless the test chooses another), so lines, starts and stops are ordered and exact.
+Log streams are unframed (``<timestamp> <message>`` lines), follow the run they were opened in,
+and end when it stops; ``since`` is inclusive, as Docker's.
 """
 
 from __future__ import annotations
@@ -111,9 +111,10 @@ class ListLogSource:
 
     name = "The list source"
 
-    def __init__(self) -> None:
+    def __init__(self, tick_ns: int = TICK_NS) -> None:
         self.changed = threading.Condition()
         self.now_ns = START_NS
+        self.tick_ns = tick_ns
         self.down = False
         self.event_log: list[ContainerEvent] = []
         self._history: list[tuple[str, str, int]] = []  # (container id, action, ns)
@@ -123,8 +124,13 @@ class ListLogSource:
 
     def tick(self) -> int:
         """Advance the clock; the new time in ns."""
-        self.now_ns += TICK_NS
+        self.now_ns += self.tick_ns
         return self.now_ns
+
+    def pause(self, ns: int) -> None:
+        """Time passes: the next operation happens ``ns`` later (plus its tick)."""
+        with self.changed:
+            self.now_ns += ns
 
     def create(self, cid: str, name: str, labels: Mapping[str, str]) -> None:
         """A new container, not started."""

@@ -1,0 +1,209 @@
+"""Incidents: the matching lines of one failure, counted once. Pure logic, no I/O.
+
+One failed model load makes Ollama print several matching lines within a moment: the runner's
+``cudaMalloc failed: out of memory``, then the server's ``error loading llama server ... out
+of memory``; while it waits for VRAM to come back it logs ``didn't recover within timeout``
+every 250 ms. Counted line by line, "3 errors" could mean one and a half failures.
+
+The rule, the same for the live counters, for the recount after an exporter restart and for
+``model-fleet-exporter scan``:
+
+* An incident begins with a matching line and takes in every matching line of the same log
+  (any kind) stamped less than the window after that first line. The next matching line at or
+  past the window begins the next incident. The window runs from the incident's first line,
+  not from line to line: errors that keep coming still count, one per window.
+* An incident has the kind of its first line (an ``oom`` line followed within the window by
+  a ``vram_recovery_timeout`` line is one ``oom`` incident): the alert counts failures, not
+  the kinds of line one failure prints. The lines of every kind are counted too.
+* Times are the lines' own timestamps (Docker's), never the time of reading, so a replay, a
+  reconnect or a recount groups the same lines the same way. An incident never spans two runs
+  of a container.
+* A window of 0 makes every matching line an incident of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from exporter.classifier import LogClassifier
+from exporter.timestamps import NS, TimestampError, parse_timestamp
+
+DEFAULT_WINDOW_SECONDS: Final = 2.0
+
+
+def window_ns(seconds: float) -> int:
+    """The window in nanoseconds."""
+    return round(seconds * NS)
+
+
+DEFAULT_WINDOW_NS: Final = window_ns(DEFAULT_WINDOW_SECONDS)
+
+
+class Grouper:
+    """Groups matching lines, in the order of the log, into incidents."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window  # ns
+        self.first: int | None = None  # time of the open incident's first line
+
+    def opens(self, ts_ns: int, boundary_ns: int | None = None) -> bool:
+        """Whether the line stamped ``ts_ns`` begins an incident (then it is the open one).
+
+        ``boundary_ns``: where the current run began. A line on the other side of it from the
+        open incident's first line begins a new incident, however close in time. The counters
+        group with the boundary known when a line is read (a runtime reports a restart before
+        the new run's lines are read); ``since_start`` (RunIncidents) groups again when a
+        boundary comes later.
+        """
+        first = self.first
+        if (
+            first is not None
+            and abs(ts_ns - first) < self.window
+            and (boundary_ns is None or (first > boundary_ns) == (ts_ns > boundary_ns))
+        ):
+            return False
+        self.first = ts_ns
+        return True
+
+
+class RunIncidents:
+    """The incidents of a container's current run (``since_start``), recounted exactly.
+
+    Holds the time of every matching line after the run's boundary; when a later boundary
+    turns out to cut the run shorter, the lines before it go and the rest is grouped again.
+    """
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._times: list[int] = []
+        self._group = Grouper(window)
+        self.count = 0
+
+    def add(self, ts_ns: int) -> None:
+        """A matching line of the run (lines come in the log's order)."""
+        self._times.append(ts_ns)
+        if self._group.opens(ts_ns):
+            self.count += 1
+
+    def cut(self, boundary_ns: int) -> None:
+        """The run begins after ``boundary_ns``: forget earlier lines, group the rest again."""
+        cut = bisect_right(self._times, boundary_ns)
+        if not cut:
+            return
+        del self._times[:cut]
+        self._group = Grouper(self._window)
+        self.count = sum(1 for ts in self._times if self._group.opens(ts))
+
+
+# --- scanning a log file ---------------------------------------------------------------------
+
+_TIME: Final = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"
+# Docker's --timestamps prefix, or Ollama's own `time=...` field.
+_STAMP: Final = re.compile(rb"(?m)^(" + _TIME + rb")[ \t]|\btime=(" + _TIME + rb")")
+
+
+@dataclass
+class Scan:
+    """What ``scan`` found: all lines, and per kind its incidents and matching lines."""
+
+    lines: int
+    incidents: dict[str, int]
+    error_lines: dict[str, int]
+    window_seconds: float
+
+
+class _FileGrouper:
+    """Incidents of a log file, whose lines carry their times in the text (if at all).
+
+    A line's time is Docker's prefix (``docker logs --timestamps``) or Ollama's ``time=``
+    field. A matching line without one (llama.cpp's own messages) takes the time of the next
+    line that has one: the server logs the failure right after its runner printed it. A
+    matching line with no time on or after it is an incident of its own.
+    """
+
+    def __init__(self, kinds: tuple[str, ...], window: int) -> None:
+        self.incidents = dict.fromkeys(kinds, 0)
+        self.error_lines = dict.fromkeys(kinds, 0)
+        self._group = Grouper(window)
+        self._untimed: list[str] = []  # kinds of matching lines waiting for a time
+
+    def chunk(self, text: bytes, matches: list[tuple[int, str]]) -> None:
+        if self._untimed:
+            first = _STAMP.search(text)
+            if first is None:
+                self._untimed.extend(kind for _, kind in matches)
+                for _, kind in matches:
+                    self.error_lines[kind] += 1
+                return
+            self._resolve(_stamp_ns(first))
+        # The first time stamp after the end of an earlier untimed line, and where it is (past
+        # the text: none), so that many untimed lines before it do not search again.
+        next_at, next_ns = -1, None
+        for start, kind in matches:
+            self.error_lines[kind] += 1
+            end = text.find(b"\n", start)
+            end = len(text) if end < 0 else end
+            own = _STAMP.search(text, start, end)
+            if own is not None:
+                self._add(_stamp_ns(own), kind)
+                continue
+            self._untimed.append(kind)
+            if end > next_at:
+                following = _STAMP.search(text, end)
+                next_at = len(text) + 1 if following is None else following.start()
+                next_ns = None if following is None else _stamp_ns(following)
+            if next_at <= len(text):
+                self._resolve(next_ns)
+
+    def _resolve(self, ts_ns: int | None) -> None:
+        for kind in self._untimed:
+            self._add(ts_ns, kind)
+        self._untimed = []
+
+    def _add(self, ts_ns: int | None, kind: str) -> None:
+        if ts_ns is None or self._group.opens(ts_ns):
+            self.incidents[kind] += 1
+
+    def end(self) -> None:
+        self._resolve(None)
+
+
+def _stamp_ns(m: re.Match[bytes]) -> int | None:
+    text = m.group(1) or m.group(2)
+    try:
+        return parse_timestamp(text)
+    except TimestampError:
+        return None
+
+
+def scan(
+    classifier: LogClassifier,
+    read: Callable[[int], bytes],
+    window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    chunk_size: int = 256 * 1024,
+) -> Scan:
+    """Count the lines, incidents and matching lines of what ``read(n)`` returns until b''."""
+    grouper = _FileGrouper(classifier.kinds, window_ns(window_seconds))
+    lines = 0
+    rest = b""
+    while True:
+        block = read(chunk_size)
+        if not block:
+            break
+        data = rest + block if rest else block
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            rest = data
+            continue
+        whole, rest = data[:cut], data[cut:]
+        lines += whole.count(b"\n")
+        grouper.chunk(whole, classifier.matches(whole))
+    if rest:
+        lines += 1
+        grouper.chunk(rest, classifier.matches(rest))
+    grouper.end()
+    return Scan(lines, grouper.incidents, grouper.error_lines, window_seconds)
