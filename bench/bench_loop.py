@@ -1,7 +1,8 @@
 """Time to remediation: from the third VRAM error to the application on the new model.
 
-Runs the whole loop (simulator/loop.py) with the shipped intervals (5 s scrape, 5 s rule
-evaluation, 1 s group_wait) and measures each stage, several times:
+Runs the whole loop (simulator/loop.py: host processes, busybox containers without health
+checks) with the shipped intervals (2 s exporter scrape, 2 s evaluation of the remediation
+rules, 1 s group_wait) and measures each stage, several times:
 
   line -> metric      the docker log timestamp of the 3rd error's first line (three failed
                       loads of two lines, further apart than the exporter's incident
@@ -95,7 +96,7 @@ def run(runs: int = 5) -> list[Row]:
         for _ in range(runs):
             settle(loop)
             results.append(one_run(loop))
-    name = f"time to remediation ({runs} runs, shipped intervals)"
+    name = f"time to remediation, host processes ({runs} runs, shipped intervals)"
     rows = []
     for stage in results[0]:
         values = [r[stage] for r in results]
