@@ -470,6 +470,17 @@ def exporter_exposition(scrape: int) -> str:
         (f"{m.EXPORTER_SCRAPE_DURATION}_sum", {}, 0.002 * scrape),
         (f"{m.EXPORTER_SCRAPE_DURATION}_count", {}, scrape),
     ]
+    # The model server's view (/api/ps and the probe): phi3:mini, a quarter of it offloaded.
+    model = {"fleet": "default", "model": LADDER[1][0]}
+    size = LADDER[1][1] * MIB
+    samples += [
+        (m.MODEL_SERVER_UP, {"fleet": "default"}, 1),
+        (m.MODEL_MEMORY, {**model, "location": "vram"}, size - size // 4),
+        (m.MODEL_MEMORY, {**model, "location": "system"}, size // 4),
+        (m.PROBE_SUCCESS, model, 1),
+        (m.PROBE_DURATION, model, 0.25),
+        (m.PROBE_TOKENS_PER_SECOND, model, 40.0 + scrape % 5),
+    ]
     return exposition(samples)
 
 
@@ -482,6 +493,7 @@ def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> 
         (m.CURRENT_MODEL_INDEX, fleet, current),
         (m.LADDER_SIZE, fleet, len(LADDER)),
         (m.CAN_DOWNGRADE, fleet, 1),
+        (m.OFFLOAD_TOLERANCE, fleet, 0.1),
     ]
     samples += [
         (m.LADDER_MODEL_BYTES, {**fleet, "model": name, "rung": str(i)}, mb * MIB)
