@@ -3,7 +3,8 @@
 ``start_prometheus(config, rule_files)`` and ``start_alertmanager(config)`` run the installed
 binaries on free local ports with throw-away storage and stop them on exit. The render_*
 functions turn the compose configs of monitoring/ into test copies by rewriting only the
-addresses (targets, webhook URLs, token file, rule files). ``MetricsEndpoint`` serves
+addresses (targets, webhook URLs, token file, rule files); ``render_rules`` shortens only the
+``for`` of named alerts. ``MetricsEndpoint`` serves
 Prometheus text over HTTP; ``exporter_exposition`` / ``remediator_exposition`` produce every
 metric of the contract (fleet_contract.metrics) so queries can be checked before the real
 services run.
@@ -159,6 +160,18 @@ def render_alertmanager_config(
     if not found:
         raise KeyError(f"no receiver {REMEDIATOR_RECEIVER!r} in the Alertmanager config")
     return config
+
+
+def render_rules(durations: Mapping[str, str], source: Path = RULES_FILE) -> dict[str, Any]:
+    """alert_rules/model_fleet.rules.yml with the ``for`` of the alerts named in ``durations``
+    (alert name -> Prometheus duration) replaced: a fast test copy. Nothing else changes."""
+    doc: dict[str, Any] = yaml.safe_load(source.read_text())
+    rules = {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    for name, duration in durations.items():
+        if name not in rules:
+            raise KeyError(f"no alert {name!r} in {source.name}")
+        rules[name]["for"] = duration
+    return doc
 
 
 def _config_text(config: str | Mapping[str, Any]) -> str:

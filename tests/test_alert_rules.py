@@ -12,7 +12,7 @@ import yaml
 
 from fleet_contract import metrics
 from remediator.config import MIB, SHIPPED_ALERT_THRESHOLD, AutoUpgrade, FleetConfig
-from simulator.prom_env import REPO, RULES_FILE, promql_metric_names
+from simulator.prom_env import REPO, RULES_FILE, promql_metric_names, render_rules
 
 RULE_TESTS = sorted((REPO / "alert_rules" / "tests").glob("*.yml"))
 RUNBOOK_URL = re.compile(
@@ -128,6 +128,26 @@ def test_offload_alert_asks_for_a_downgrade_about_the_current_model_only() -> No
         if any(r.get("alert") == "ModelFleetCPUOffload" for r in g["rules"])
     ]  # fmt: skip
     assert group["name"] == "model-fleet-remediation"
+
+
+def test_the_fast_test_copy_of_the_rules_changes_only_the_for(tmp_path: Path) -> None:
+    """tests/test_e2e.py runs ModelFleetCPUOffload with a shorter `for`; nothing else differs."""
+    rendered = render_rules({"ModelFleetCPUOffload": "10s"})
+    path = tmp_path / "fast.rules.yml"
+    path.write_text(yaml.safe_dump(rendered))
+    result = _promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    [rule] = [
+        r
+        for g in rendered["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "ModelFleetCPUOffload"
+    ]
+    assert rule["for"] == "10s"
+    rule["for"] = _alert("ModelFleetCPUOffload")["for"]
+    assert rendered == yaml.safe_load(RULES_FILE.read_text())
+    with pytest.raises(KeyError, match="NoSuchAlert"):
+        render_rules({"NoSuchAlert": "1s"})
 
 
 def test_probe_alert_is_for_people() -> None:
