@@ -56,6 +56,7 @@ LADDER_MODEL_BYTES: Final = "model_fleet_ladder_model_bytes"
 NEXT_LARGER_MODEL_BYTES: Final = "model_fleet_next_larger_model_bytes"
 LAST_SWITCH_TIMESTAMP: Final = "model_fleet_last_switch_timestamp_seconds"
 STEP_UP_WINDOW_OPEN: Final = "model_fleet_step_up_window_open"
+OFFLOAD_TOLERANCE: Final = "model_fleet_offload_tolerance_ratio"
 SWITCHES: Final = "model_fleet_switches_total"
 REMEDIATION_FAILURES: Final = "model_fleet_remediation_failures_total"
 WEBHOOK_REQUESTS: Final = "model_fleet_webhook_requests_total"
@@ -181,6 +182,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "gauge",
         ("fleet",),
         "1 while auto_upgrade.windows allow the automatic step up (always 1 without windows).",
+    ),
+    _remediator(
+        OFFLOAD_TOLERANCE,
+        "gauge",
+        ("fleet",),
+        "fleets.*.offload_tolerance: the fraction of the current model's bytes that may be "
+        "offloaded to system memory before ModelFleetCPUOffload fires.",
     ),
     _remediator(
         SWITCHES, "counter", ("fleet", "direction", "trigger"), "Model switches committed."

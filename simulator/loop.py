@@ -170,6 +170,9 @@ class LoopOptions:
     other_used_mib: int = 1024  # VRAM used by something other than the model
     remediator_workers: int = 2
     keep_logs: bool = False
+    # Alert name -> the `for` of a test copy of the shipped rules (prom_env.render_rules);
+    # empty: the shipped rules as they are.
+    alert_for: dict[str, str] = field(default_factory=dict)
 
 
 class Loop:
@@ -328,11 +331,14 @@ class Loop:
                     # container labelled as one on this machine.
                     "exporter": {
                         "labels": {"model-fleet.role": "ollama", LOOP_LABEL: self.fleet},
+                        # The stand-in's /api/ps (server.url below): loaded models, offload.
+                        "server_poll_seconds": 1,
                     },
                     "fleets": {
                         self.fleet: {
                             "gpu": "0",
                             "server": {"kind": "ollama", "url": self.ollama.url},
+                            "probe": {"enabled": True, "interval_seconds": 2},
                             "cooldown_seconds": self.options.cooldown_seconds,
                             "max_switches_per_hour": 60,
                             "containers": {"stop_timeout_seconds": 2, "ready_timeout_seconds": 30},
@@ -384,9 +390,16 @@ class Loop:
             self.alertmanagers.append(am)
 
     def _start_prometheus(self) -> None:
+        rules = prom_env.RULES_FILE
+        if self.options.alert_for:
+            rules = self.workdir / "rules" / rules.name
+            rules.parent.mkdir(exist_ok=True)
+            rendered = prom_env.render_rules(self.options.alert_for)
+            rules.write_text(yaml.safe_dump(rendered, sort_keys=False))
         config = prom_env.render_prometheus_config(
             exporter=self.exporter_url.removeprefix("http://"),
             remediator=self.remediator_url.removeprefix("http://"),
+            rule_files=[rules],
         )
         targets = [am.url.removeprefix("http://") for am in self.alertmanagers]
         config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": targets}]

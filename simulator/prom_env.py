@@ -3,7 +3,8 @@
 ``start_prometheus(config, rule_files)`` and ``start_alertmanager(config)`` run the installed
 binaries on free local ports with throw-away storage and stop them on exit. The render_*
 functions turn the compose configs of monitoring/ into test copies by rewriting only the
-addresses (targets, webhook URLs, token file, rule files). ``MetricsEndpoint`` serves
+addresses (targets, webhook URLs, token file, rule files); ``render_rules`` shortens only the
+``for`` of named alerts. ``MetricsEndpoint`` serves
 Prometheus text over HTTP; ``exporter_exposition`` / ``remediator_exposition`` produce every
 metric of the contract (fleet_contract.metrics) so queries can be checked before the real
 services run.
@@ -159,6 +160,18 @@ def render_alertmanager_config(
     if not found:
         raise KeyError(f"no receiver {REMEDIATOR_RECEIVER!r} in the Alertmanager config")
     return config
+
+
+def render_rules(durations: Mapping[str, str], source: Path = RULES_FILE) -> dict[str, Any]:
+    """alert_rules/model_fleet.rules.yml with the ``for`` of the alerts named in ``durations``
+    (alert name -> Prometheus duration) replaced: a fast test copy. Nothing else changes."""
+    doc: dict[str, Any] = yaml.safe_load(source.read_text())
+    rules = {r["alert"]: r for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    for name, duration in durations.items():
+        if name not in rules:
+            raise KeyError(f"no alert {name!r} in {source.name}")
+        rules[name]["for"] = duration
+    return doc
 
 
 def _config_text(config: str | Mapping[str, Any]) -> str:
@@ -470,6 +483,17 @@ def exporter_exposition(scrape: int) -> str:
         (f"{m.EXPORTER_SCRAPE_DURATION}_sum", {}, 0.002 * scrape),
         (f"{m.EXPORTER_SCRAPE_DURATION}_count", {}, scrape),
     ]
+    # The model server's view (/api/ps and the probe): phi3:mini, a quarter of it offloaded.
+    model = {"fleet": "default", "model": LADDER[1][0]}
+    size = LADDER[1][1] * MIB
+    samples += [
+        (m.MODEL_SERVER_UP, {"fleet": "default"}, 1),
+        (m.MODEL_MEMORY, {**model, "location": "vram"}, size - size // 4),
+        (m.MODEL_MEMORY, {**model, "location": "system"}, size // 4),
+        (m.PROBE_SUCCESS, model, 1),
+        (m.PROBE_DURATION, model, 0.25),
+        (m.PROBE_TOKENS_PER_SECOND, model, 40.0 + scrape % 5),
+    ]
     return exposition(samples)
 
 
@@ -482,6 +506,7 @@ def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> 
         (m.CURRENT_MODEL_INDEX, fleet, current),
         (m.LADDER_SIZE, fleet, len(LADDER)),
         (m.CAN_DOWNGRADE, fleet, 1),
+        (m.OFFLOAD_TOLERANCE, fleet, 0.1),
     ]
     samples += [
         (m.LADDER_MODEL_BYTES, {**fleet, "model": name, "rung": str(i)}, mb * MIB)

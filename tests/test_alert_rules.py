@@ -12,13 +12,17 @@ import yaml
 
 from fleet_contract import metrics
 from remediator.config import MIB, SHIPPED_ALERT_THRESHOLD, AutoUpgrade, FleetConfig
-from simulator.prom_env import REPO, RULES_FILE, promql_metric_names
+from simulator.prom_env import REPO, RULES_FILE, promql_metric_names, render_rules
 
 RULE_TESTS = sorted((REPO / "alert_rules" / "tests").glob("*.yml"))
 RUNBOOK_URL = re.compile(
     r"^\{\{ \$externalLabels\.runbook_base_url \}\}/docs/operations\.md#(runbook-[a-z0-9-]+)$"
 )
-REMEDIATION_ALERTS = {"ModelFleetVRAMErrors": "downgrade", "ModelFleetCanStepUp": "upgrade"}
+REMEDIATION_ALERTS = {
+    "ModelFleetVRAMErrors": "downgrade",
+    "ModelFleetCPUOffload": "downgrade",
+    "ModelFleetCanStepUp": "upgrade",
+}
 EXPECTED_ALERTS = {
     "ModelFleetVRAMErrors",
     "ModelFleetAtSmallestModel",
@@ -32,6 +36,8 @@ EXPECTED_ALERTS = {
     "ModelFleetRemediatorDown",
     "ModelFleetNVMLDown",
     "ModelFleetLogStreamDown",
+    "ModelFleetCPUOffload",
+    "ModelFleetProbeFailing",
 }
 
 
@@ -104,6 +110,50 @@ def test_downgrade_alert_fires_without_delay_and_carries_the_contract_labels() -
     assert rule["annotations"]["value"] == "{{ $value }}"
     # The inhibiting alert must be firing no later than the alert it inhibits.
     assert _alert("ModelFleetAtSmallestModel").get("for", "0s") in ("0s", "0m", 0)
+
+
+def test_offload_alert_asks_for_a_downgrade_about_the_current_model_only() -> None:
+    rule = _alert("ModelFleetCPUOffload")
+    assert rule["labels"] == {"remediation": "downgrade", "kind": "offload", "severity": "warning"}
+    # The issue's default time; docs/configuration.md names it as this rule's `for`.
+    assert rule["for"] == "1m"
+    expr = rule["expr"]
+    assert f'{metrics.MODEL_MEMORY}{{location="system"}}' in expr
+    assert metrics.OFFLOAD_TOLERANCE in expr and metrics.CURRENT_MODEL_INFO in expr
+    assert "by (fleet, model)" in expr, "one alert per fleet and model"
+    # The remediator reads a downgrade alert's `value` as the VRAM error count: none here.
+    assert "value" not in rule["annotations"]
+    [group] = [
+        g for g in yaml.safe_load(RULES_FILE.read_text())["groups"]
+        if any(r.get("alert") == "ModelFleetCPUOffload" for r in g["rules"])
+    ]  # fmt: skip
+    assert group["name"] == "model-fleet-remediation"
+
+
+def test_the_fast_test_copy_of_the_rules_changes_only_the_for(tmp_path: Path) -> None:
+    """tests/test_e2e.py runs ModelFleetCPUOffload with a shorter `for`; nothing else differs."""
+    rendered = render_rules({"ModelFleetCPUOffload": "10s"})
+    path = tmp_path / "fast.rules.yml"
+    path.write_text(yaml.safe_dump(rendered))
+    result = _promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    [rule] = [
+        r
+        for g in rendered["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "ModelFleetCPUOffload"
+    ]
+    assert rule["for"] == "10s"
+    rule["for"] = _alert("ModelFleetCPUOffload")["for"]
+    assert rendered == yaml.safe_load(RULES_FILE.read_text())
+    with pytest.raises(KeyError, match="NoSuchAlert"):
+        render_rules({"NoSuchAlert": "1s"})
+
+
+def test_probe_alert_is_for_people() -> None:
+    rule = _alert("ModelFleetProbeFailing")
+    assert rule["labels"] == {"severity": "warning"}
+    assert rule["for"] == "3m" and metrics.PROBE_SUCCESS in rule["expr"]
 
 
 def test_only_the_remediation_alerts_carry_a_remediation_label() -> None:

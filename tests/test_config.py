@@ -37,6 +37,7 @@ def test_defaults_reproduce_the_original_system(
     ]
     assert fleet.max_vram_errors == 3
     assert fleet.policy == "next"
+    assert fleet.offload_tolerance == 0.0  # any offload of the current model counts
     assert fleet.server == ServerSettings(kind="ollama", url="http://127.0.0.1:11434")
     assert (fleet.containers.server_names, fleet.containers.restart_server) == ((), True)
     assert str(config.state_file) == "model_fleet_state.json"
@@ -71,6 +72,7 @@ def test_several_fleets_each_with_its_own_settings(tmp_path: Path) -> None:
                             {"path": "/cfg/model.txt", "format": "text"},
                         ],
                         "auto_upgrade": {"enabled": True, "quiet_seconds": 60},
+                        "offload_tolerance": 0.1,
                     },
                 },
             }
@@ -91,6 +93,7 @@ def test_several_fleets_each_with_its_own_settings(tmp_path: Path) -> None:
     assert g1.app_config[1].key == "llm.model"
     assert g1.app_config[2].key is None
     assert g1.auto_upgrade.enabled and g1.auto_upgrade.quiet_seconds == 60
+    assert (g0.offload_tolerance, g1.offload_tolerance) == (0.0, 0.1)
     with pytest.raises(KeyError, match="several fleets"):
         config.fleet(None)
     with pytest.raises(KeyError, match="unknown fleet 'nope'"):
@@ -176,6 +179,14 @@ def test_environment_names_the_config_and_the_state_file(
         (
             {"fleets": {"a": {"auto_upgrade": {"quiet_seconds": 100, "failed_quiet_seconds": 10}}}},
             r"fleets\.a\.auto_upgrade\.failed_quiet_seconds: must be at least quiet_seconds",
+        ),
+        (
+            {"fleets": {"a": {"offload_tolerance": 1.5}}},
+            r"fleets\.a\.offload_tolerance: must be a fraction from 0 to 1 .*, got 1\.5",
+        ),
+        (
+            {"fleets": {"a": {"offload_tolerance": -0.1}}},
+            r"fleets\.a\.offload_tolerance: must be a number >= 0",
         ),
         ({"fleets": {}}, r"fleets: must be a non-empty mapping"),
         ({"fleets": {"a b": {}}}, r"fleets\.a b: fleet names use letters"),

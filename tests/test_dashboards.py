@@ -164,6 +164,16 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
     assert any("kind" in t["expr"] for p in by_metric[m.VRAM_ERRORS] for t in p["targets"]), (
         "the error rate is not by kind"
     )
+    # Offload: model memory by location per model; tokens/s next to VRAM in one panel.
+    assert any(
+        "location" in t["expr"] and "model" in t["expr"]
+        for p in by_metric[m.MODEL_MEMORY]
+        for t in p["targets"]
+    ), "no panel shows model memory by location per model"
+    assert any(
+        any('location="vram"' in t["expr"] for t in p["targets"])
+        for p in by_metric[m.PROBE_TOKENS_PER_SECOND]
+    ), "probe tokens/s are not shown next to VRAM used"
     # Errors since start against the threshold of the rule: a threshold step at 3.
     [errors] = by_metric[m.VRAM_ERRORS_SINCE_START]
     steps = errors["fieldConfig"]["defaults"]["thresholds"]["steps"]

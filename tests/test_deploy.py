@@ -414,6 +414,25 @@ def test_compose_config_file_fits_the_stack() -> None:
         assert f"OLLAMA_MODEL={fleet.ladder[0].name}" in text, f"{host_file} starts elsewhere"
 
 
+def test_the_exporter_reads_the_same_config_file_and_polls_the_stacks_server() -> None:
+    # Without the file the exporter would poll its default 127.0.0.1:11434: itself.
+    from exporter.config import load_config
+
+    services = combined()["services"]
+    exporter_svc, remediator_svc = services["exporter"], services["remediator"]
+    inside = exporter_svc["environment"]["MODEL_FLEET_CONFIG"]
+    host = container_to_host(exporter_svc, inside)
+    assert host == container_to_host(
+        remediator_svc, remediator_svc["environment"]["MODEL_FLEET_CONFIG"]
+    )
+    assert host is not None
+    [(_, _, read_only)] = [m for m in mounts(exporter_svc) if m[1] == inside]
+    assert read_only, "the exporter only reads the config"
+    config = load_config(host)
+    assert [(t.fleet, t.url) for t in config.servers] == [("default", "http://ollama:11434")]
+    assert config.server_poll_seconds > 0
+
+
 # --- images -----------------------------------------------------------------------------------
 
 

@@ -4,7 +4,11 @@ Three VRAM errors from a real container (failed model loads of two log lines eac
 apart than the exporter's incident window: three errors, six lines) reach the exporter,
 Prometheus fires the shipped rule, Alertmanager (shipped config) calls the remediator under
 gunicorn with the bearer token, and the remediator rewrites the application's config and
-restarts both containers for real.
+restarts both containers for real. The exporter also polls the stand-in Ollama's /api/ps and
+probes its current model: a model partly offloaded to system memory fires ModelFleetCPUOffload
+and the fleet steps down the same way. That rule waits a minute (`for: 1m`); this module's
+Prometheus loads a copy of the shipped rules in which only that `for` is shorter
+(OFFLOAD_FOR, simulator/prom_env.py's render_rules), so the case takes seconds.
 """
 
 from __future__ import annotations
@@ -16,18 +20,22 @@ from pathlib import Path
 import pytest
 
 from simulator.loop import Loop, LoopOptions, http_get, sample_values, wait_until
+from simulator.prom_env import http_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
 # Shipped intervals: 2 s exporter scrape + 2 s evaluation + 1 s group_wait, plus restarts.
 ALERT_TIMEOUT = 45.0
+# The `for` of ModelFleetCPUOffload in this module's copy of the rules (shipped: 1m).
+OFFLOAD_FOR = "10s"
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     # No cooldown: nothing but the alert contract keeps a stale or repeated alert from
     # switching twice, so these tests would see a second switch if one slipped through.
-    with Loop(tmp_path_factory.mktemp("e2e"), LoopOptions(cooldown_seconds=0)) as running:
+    options = LoopOptions(cooldown_seconds=0, alert_for={"ModelFleetCPUOffload": OFFLOAD_FOR})
+    with Loop(tmp_path_factory.mktemp("e2e"), options) as running:
         yield running
 
 
@@ -168,6 +176,88 @@ def test_a_refused_pull_rolls_back_and_fires_the_failure_alert(loop: Loop) -> No
         assert failures == [1.0]
     finally:
         loop.ollama.heal()
+
+
+def model_memory(loop: Loop, location: str, model: str | None = None) -> float:
+    """What the exporter says now of the fleet's models at ``location`` (summed)."""
+    labels = {"fleet": loop.fleet, "location": location} | ({"model": model} if model else {})
+    return sum(sample_values(loop.exporter_metrics(), "model_fleet_model_memory_bytes", **labels))
+
+
+def test_a_partly_offloaded_model_steps_the_fleet_down_and_the_offload_goes(loop: Loop) -> None:
+    """No error line at all: the stand-in lists the current model 40 % in system memory."""
+    assert loop.prometheus is not None
+    prom = loop.prometheus
+    assert loop.current_model_in_config() == "llama3.2:3b"
+    switches = len(loop.history())
+    size = loop.ollama.models["llama3.2:3b"]
+    began = time.time()
+    loop.ollama.load("llama3.2:3b", size_vram=size * 6 // 10)
+    wait_until(
+        lambda: model_memory(loop, "system", "llama3.2:3b") == size - size * 6 // 10,
+        10,
+        "the exporter to see the offload in /api/ps",
+    )
+    alert = wait_until(
+        lambda: loop.firing("ModelFleetCPUOffload"),
+        60,
+        "the offload alert",
+        diagnose=loop.diagnostics,
+    )
+    labels = alert[0]["labels"]
+    assert (labels["remediation"], labels["kind"], labels["model"]) == (
+        "downgrade",
+        "offload",
+        "llama3.2:3b",
+    )
+    assert float(alert[0]["value"]) == pytest.approx(0.4, abs=0.001)
+    switch_to(loop, "phi3:mini", switches + 1)
+    record = loop.history()[-1]
+    assert (record["direction"], record["trigger"]) == ("down", "alert") and record["alert_key"]
+    # The switch unloaded the offloaded model (keep_alive 0) ...
+    unloads = [
+        c
+        for c in loop.ollama.calls_to("/api/generate")
+        if c.at >= began and c.body.get("model") == "llama3.2:3b" and c.body.get("keep_alive") == 0
+    ]
+    assert unloads, "the switch did not unload llama3.2:3b"
+    wait_until(
+        lambda: loop.app_log_tail() == "app running phi3:mini", 30, "the app on the new model"
+    )
+    # ... and the application's first request loads the new one, whole: it fits.
+    answer = http_json(
+        f"{loop.ollama.url}/api/generate",
+        data={"model": "phi3:mini", "prompt": "hello", "stream": False},
+    )
+    assert answer["done"] is True
+    selector = f'model_fleet_model_memory_bytes{{fleet="{loop.fleet}"'
+    wait_until(
+        lambda: prom.query(f'{selector}, model="phi3:mini", location="vram"}} > 0'),
+        20,
+        "Prometheus to see phi3:mini in VRAM",
+    )
+    wait_until(
+        lambda: not prom.query(f'{selector}, location="system"}} > 0'),
+        20,
+        "no offload left in Prometheus",
+    )
+    assert model_memory(loop, "system") == 0
+    wait_until(
+        lambda: not loop.firing("ModelFleetCPUOffload"),
+        ALERT_TIMEOUT,
+        "the offload alert to resolve",
+        diagnose=loop.diagnostics,
+    )
+    # The probe follows the loaded model: tokens/s of phi3:mini (the dashboard's panel).
+    wait_until(
+        lambda: prom.query(
+            f'model_fleet_probe_tokens_per_second{{fleet="{loop.fleet}", model="phi3:mini"}}'
+        ),
+        20,
+        "a probe of phi3:mini",
+    )
+    assert len(loop.history()) == switches + 1
+    assert loop.status()["current_model"]["name"] == "phi3:mini"
 
 
 def test_every_dashboard_query_returns_data_from_the_real_services(loop: Loop) -> None:

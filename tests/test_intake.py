@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from remediator.alerts import WebhookAlert, parse_time, parse_webhook
 from remediator.config import Config, FleetConfig, parse_config
@@ -23,6 +24,7 @@ from remediator.service import create_app
 from remediator.state import LockTimeout, StateStore, file_lock
 from remediator.state_model import FleetState
 from remediator.switching import Remediator, SwitchPlan
+from simulator.prom_env import RULES_FILE
 
 
 def iso(t: float) -> str:
@@ -281,3 +283,64 @@ def test_the_webhook_answers_what_the_entry_point_decided(tmp_path: Path) -> Non
     history = StateStore(config).read().fleets["default"].history
     assert [r.alert_key for r in history] == [f"aaaa@{STARTS}"]
     assert history[0].time >= parse_time(STARTS)
+
+
+def offload_alert(fingerprint: str, starts_at: str, fleet: str = "default") -> WebhookAlert:
+    """A ModelFleetCPUOffload alert as Alertmanager delivers it: the rule's own labels."""
+    [rule] = [
+        r
+        for g in yaml.safe_load(RULES_FILE.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "ModelFleetCPUOffload"
+    ]
+    labels = {"alertname": "ModelFleetCPUOffload", **rule["labels"]}
+    labels |= {"fleet": fleet, "model": "llama3.2:3b"}
+    annotations = {"summary": f"Fleet {fleet}: 40% of llama3.2:3b runs from system memory"}
+    body = {
+        "version": "4",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": starts_at,
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+    return parse_webhook(body)[0]
+
+
+def test_an_offload_alert_steps_down_under_the_same_rules_as_vram_errors(tmp_path: Path) -> None:
+    config = make_config(tmp_path, {"default": {"cooldown_seconds": 600}})
+    recorder = Recorder()
+    remediator = remediator_for(config, recorder)
+    first = offload_alert("off1", STARTS)
+    acceptance = remediator.accept_alerts([first])
+    assert [a["fingerprint"] for a in acceptance.accepted] == ["off1"]
+    run_all(acceptance.pending)
+    assert [(p.direction, p.to_rung.name) for p in recorder.plans] == [("down", "phi3:mini")]
+    fs = remediator.store.read().fleets["default"]
+    # One rung down, trigger alert; no `value`: the VRAM error count is left alone.
+    assert (fs.index, fs.history[-1].trigger, fs.history[-1].alert_key) == (1, "alert", first.key)
+    assert fs.vram_error_count == 0
+    # Alertmanager repeats it: a duplicate. Another one that started before the switch: stale.
+    # One that started after it, within the fleet's cooldown: refused for the cooldown.
+    for again, reason in (
+        (first, "duplicate"),
+        (offload_alert("off2", LATER), "stale_alert"),
+        (offload_alert("off3", iso(time.time() + 1)), "cooldown"),
+    ):
+        answer = remediator.accept_alerts([again])
+        assert [i["reason"] for i in answer.ignored] == [reason]
+        assert answer.pending == []
+    assert len(recorder.plans) == 1
+
+
+def test_the_offload_tolerance_is_exported_per_fleet(tmp_path: Path) -> None:
+    """ModelFleetCPUOffload compares with model_fleet_offload_tolerance_ratio (alert_rules/)."""
+    config = make_config(tmp_path, {"tolerant": {"offload_tolerance": 0.1}, "strict": {}})
+    app = create_app(config, token=TOKEN, actions_for=Recorder().for_fleet)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'model_fleet_offload_tolerance_ratio{fleet="tolerant"} 0.1' in text
+    assert 'model_fleet_offload_tolerance_ratio{fleet="strict"} 0.0' in text

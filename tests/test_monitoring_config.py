@@ -82,7 +82,7 @@ def test_promtool_check_config_accepts_the_test_copy_with_its_rules(tmp_path: Pa
     result = _run("promtool", "check", "config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     # promtool loads the rule files the config names: proof the test copy points at ours.
-    assert str(RULES_FILE) in result.stdout and "SUCCESS: 12 rules found" in result.stdout
+    assert str(RULES_FILE) in result.stdout and "SUCCESS: 14 rules found" in result.stdout
 
 
 def test_prometheus_test_copy_changes_only_the_addresses() -> None:
@@ -143,6 +143,8 @@ ROUTING_CASES = [
       "severity": "warning"}, "remediator"),
     ({"alertname": "ModelFleetCanStepUp", "remediation": "upgrade", "fleet": "gpu1",
       "severity": "info"}, "remediator"),
+    ({"alertname": "ModelFleetCPUOffload", "remediation": "downgrade", "kind": "offload",
+      "fleet": "default", "model": "llama3.2:3b", "severity": "warning"}, "remediator"),
     # The regex is anchored: a look-alike value is not a remediation.
     ({"alertname": "Other", "remediation": "downgrade-maybe", "fleet": "default"}, "humans"),
     ({"alertname": "ModelFleetAtSmallestModel", "fleet": "default", "severity": "critical"},
@@ -163,6 +165,8 @@ ROUTING_CASES = [
     ({"alertname": "ModelFleetNVMLDown", "job": "model-fleet-exporter", "severity": "warning"},
      "humans"),
     ({"alertname": "ModelFleetLogStreamDown", "fleet": "default", "container": "ollama",
+      "severity": "warning"}, "humans"),
+    ({"alertname": "ModelFleetProbeFailing", "fleet": "default", "model": "phi3:mini",
       "severity": "warning"}, "humans"),
 ]  # fmt: skip
 

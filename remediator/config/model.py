@@ -189,6 +189,9 @@ class FleetConfig:
     containers: Containers = field(default_factory=Containers)
     app_config: tuple[AppConfigTarget, ...] = ()
     auto_upgrade: AutoUpgrade = field(default_factory=AutoUpgrade)
+    # The fraction (0..1) of the current model's bytes that may sit outside VRAM before
+    # ModelFleetCPUOffload asks for a step down (exported as model_fleet_offload_tolerance_ratio).
+    offload_tolerance: float = 0.0
 
 
 @dataclass(frozen=True)

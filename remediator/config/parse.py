@@ -74,6 +74,7 @@ _FLEET_KEYS: Final = frozenset(
         "containers",
         "app_config",
         "auto_upgrade",
+        "offload_tolerance",
         "probe",  # read by the exporter itself (its synthetic probe); the remediator leaves it
     }
 )
@@ -314,6 +315,12 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
         raise r.fail(
             _join(where, "policy"), f"must be one of {', '.join(POLICIES)}, got {policy!r}"
         )
+    tolerance = r.number(m, "offload_tolerance", where, d.offload_tolerance)
+    if tolerance > 1:
+        raise r.fail(
+            _join(where, "offload_tolerance"),
+            f"must be a fraction from 0 to 1 of the model's bytes, got {tolerance:g}",
+        )
     return FleetConfig(
         name=name,
         ladder=_parse_ladder(r, m.get("ladder"), _join(where, "ladder")),
@@ -333,6 +340,7 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
         containers=_parse_containers(r, m.get("containers"), _join(where, "containers")),
         app_config=_parse_app_config(r, m.get("app_config"), _join(where, "app_config")),
         auto_upgrade=_parse_auto_upgrade(r, m.get("auto_upgrade"), _join(where, "auto_upgrade")),
+        offload_tolerance=tolerance,
     )
 
 

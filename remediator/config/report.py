@@ -99,6 +99,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "gpu": f.gpu,
             "server": {"kind": f.server.kind, "url": f.server.url},
             "pull_timeout_seconds": f.pull_timeout_seconds,
+            "offload_tolerance": f.offload_tolerance,
             "containers": {
                 "use_labels": f.containers.use_labels,
                 "server": list(f.containers.server_names),
