@@ -15,8 +15,8 @@ from typing import Any
 import docker
 import pytest
 
-from exporter.adapters.chunked import SocketStream
-from exporter.adapters.docker_logs import DockerLogSource
+from exporter.adapters.chunked import Endpoint, SocketStream
+from exporter.adapters.docker_logs import DockerLogSource, engine_endpoint
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
 from exporter.incidents import window_ns
@@ -455,3 +455,12 @@ def test_a_tls_engine_keeps_the_sdks_session_and_says_so_once(
             source.follow("any", None)
     assert caplog.text.count("is not a plain socket") == 1
     source.close()
+
+
+def test_the_engines_socket_is_found_from_the_clients_address() -> None:
+    def endpoint(base_url: str, **kwargs: Any) -> Endpoint | None:
+        return engine_endpoint(docker.DockerClient(base_url=base_url, version="1.44", **kwargs).api)
+
+    assert endpoint("unix:///run/x/docker.sock") == Endpoint(unix_path="/run/x/docker.sock")
+    assert endpoint("tcp://127.0.0.1:2375") == Endpoint(host="127.0.0.1", port=2375)
+    assert endpoint("tcp://127.0.0.1:2376", tls=True) is None
