@@ -1,5 +1,5 @@
-"""Streamed HTTP bodies read in big blocks: the chunked decoder, and the one private attribute
-path it needs under requests/urllib3/http.client (this fails when a library changes it)."""
+"""Streamed HTTP bodies read in big blocks: the chunked decoder, and GETs on a plain socket
+against a real HTTP server (tests/test_exporter_docker.py runs them against Docker)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from exporter.adapters.chunked import ChunkedDecoder, ChunkedError, body_reader, buffered_socket
+from exporter.adapters.chunked import (
+    ChunkedDecoder,
+    ChunkedError,
+    Endpoint,
+    HTTPStatusError,
+    body_reader,
+    open_get,
+)
 
 
 def chunked(parts: list[bytes]) -> bytes:
@@ -50,6 +57,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     first_read = threading.Event()
 
     def do_GET(self) -> None:
+        if self.path == "/missing":
+            message = b'{"message": "No such container: missing"}'
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(message)))
+            self.end_headers()
+            self.wfile.write(message)
+            return
         self.send_response(200)
         if self.path == "/chunked":
             # Like Docker: one flushed chunk per log frame, the rest only once the first was
@@ -83,18 +97,37 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_the_socket_reader_is_still_where_the_fast_path_looks(server: str) -> None:
-    # If this fails, urllib3 or http.client moved the socket's buffered reader: the exporter
-    # still counts right (public read1) but falls behind `docker logs` on busy containers.
-    with requests.get(server + "/chunked", stream=True, timeout=10) as response:
-        assert buffered_socket(response) is not None
-        read = body_reader(response)
-        assert read() == PARTS[0]  # at once, before the server sends more
+def endpoint(server: str) -> Endpoint:
+    host, port = server.removeprefix("http://").split(":")
+    return Endpoint(host=host, port=int(port))
+
+
+def test_a_chunked_body_on_a_socket_arrives_piece_by_piece(server: str) -> None:
+    stream = open_get(endpoint(server), "/chunked", timeout=10)
+    try:
+        assert stream.read() == PARTS[0]  # at once, before the server sends more
         _Handler.first_read.set()
         rest = b""
-        while piece := read():
+        while piece := stream.read():
             rest += piece
         assert rest == b"".join(PARTS[1:])
+    finally:
+        stream.close()
+
+
+def test_a_body_of_known_length_on_a_socket_ends_with_it(server: str) -> None:
+    stream = open_get(endpoint(server), "/plain", timeout=10)
+    body = b""
+    while piece := stream.read():
+        body += piece
+    stream.close()
+    assert body == b"".join(PARTS)
+
+
+def test_another_status_raises_with_the_servers_message(server: str) -> None:
+    with pytest.raises(HTTPStatusError) as info:
+        open_get(endpoint(server), "/missing", timeout=10)
+    assert (info.value.status, info.value.message) == (404, "No such container: missing")
 
 
 def test_other_bodies_are_read_through_the_public_api(server: str) -> None:

@@ -5,6 +5,7 @@ one failure counted as one error on Docker's own timestamps (exporter.incidents)
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -14,10 +15,12 @@ from typing import Any
 import docker
 import pytest
 
-from exporter.adapters.docker_logs import DockerLogSource
+from exporter.adapters.chunked import Endpoint, SocketStream
+from exporter.adapters.docker_logs import DockerLogSource, engine_endpoint
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
 from exporter.incidents import window_ns
+from exporter.logsource import ContainerGone, SourceError
 from exporter.metrics import LogStore, SeriesSnapshot
 from exporter.timestamps import parse_timestamp
 from exporter.watcher import LogWatcher
@@ -370,3 +373,94 @@ def test_two_failed_loads_are_two_errors_of_four_lines_on_metrics(
         )
         assert sample(m, "model_fleet_vram_error_lines_total", **labels, kind="oom") == 4
         assert sample(m, "model_fleet_log_lines_total", **labels) == RUN_LINES
+
+
+# --- the log stream's own socket ----------------------------------------------------------------
+
+
+def read_in_thread(stream: Any) -> queue.Queue[bytes | BaseException]:
+    """Read the stream to its end on a thread; every piece (b'' last) lands in the queue."""
+    pieces: queue.Queue[bytes | BaseException] = queue.Queue()
+
+    def reader() -> None:
+        try:
+            while piece := stream.read():
+                pieces.put(piece)
+            pieces.put(b"")
+        except Exception as exc:
+            pieces.put(exc)
+
+    threading.Thread(target=reader, daemon=True).start()
+    return pieces
+
+
+def test_a_quiet_containers_line_arrives_at_once_on_a_socket_of_its_own(
+    docker_client: Any, busybox_image: str
+) -> None:
+    c = docker_env.run_busybox(
+        docker_client, "echo first; while [ ! -e /go ]; do sleep 0.05; done; echo second"
+    )
+    source = DockerLogSource()
+    stream = source.follow(c.id, None)
+    try:
+        assert isinstance(stream, SocketStream)  # not the SDK's session: a plain socket
+        pieces = read_in_thread(stream)
+        first = pieces.get(timeout=1)  # before the container prints anything more
+        assert isinstance(first, bytes) and first.endswith(b" first\n")
+        c.exec_run(["touch", "/go"])
+        second = pieces.get(timeout=5)
+        assert isinstance(second, bytes) and second.endswith(b" second\n")
+        assert pieces.get(timeout=10) == b""  # the container exited: the stream ends
+    finally:
+        stream.close()
+        source.close()
+
+
+def test_an_unknown_container_is_gone_with_the_engines_message(docker_client: Any) -> None:
+    source = DockerLogSource()
+    with pytest.raises(ContainerGone, match="No such container: mf-test-absent"):
+        source.follow("mf-test-absent-" + uuid.uuid4().hex, None)
+    source.close()
+
+
+def test_interrupting_ends_a_blocked_read_within_a_second(
+    docker_client: Any, busybox_image: str
+) -> None:
+    c = docker_env.run_busybox(docker_client, "echo one; exec sleep 3600")
+    source = DockerLogSource()
+    stream = source.follow(c.id, None)
+    pieces = read_in_thread(stream)
+    assert isinstance(pieces.get(timeout=5), bytes)
+    time.sleep(0.2)  # the reader now waits for a line that never comes
+    started = time.monotonic()
+    stream.interrupt()
+    assert pieces.get(timeout=1) == b""
+    assert time.monotonic() - started < 1
+    stream.close()
+    source.close()
+    c.remove(force=True)
+
+
+def test_a_tls_engine_keeps_the_sdks_session_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.adapters.docker_logs")
+
+    def tls_client() -> Any:  # nothing listens there: only the path taken matters
+        return docker.DockerClient(base_url="tcp://127.0.0.1:9", tls=True, version="1.44")
+
+    source = DockerLogSource(tls_client)
+    for _ in range(2):
+        with pytest.raises(SourceError):
+            source.follow("any", None)
+    assert caplog.text.count("is not a plain socket") == 1
+    source.close()
+
+
+def test_the_engines_socket_is_found_from_the_clients_address() -> None:
+    def endpoint(base_url: str, **kwargs: Any) -> Endpoint | None:
+        return engine_endpoint(docker.DockerClient(base_url=base_url, version="1.44", **kwargs).api)
+
+    assert endpoint("unix:///run/x/docker.sock") == Endpoint(unix_path="/run/x/docker.sock")
+    assert endpoint("tcp://127.0.0.1:2375") == Endpoint(host="127.0.0.1", port=2375)
+    assert endpoint("tcp://127.0.0.1:2376", tls=True) is None

@@ -1,22 +1,33 @@
 """The Docker engine as a LogSource: containers, events, states and log streams.
 
 Only this module (with exporter.adapters.chunked) talks to Docker. Log streams are
-``GET /containers/{id}/logs`` with ``follow``, ``timestamps`` and a nanosecond ``since``.
+``GET /containers/{id}/logs`` with ``follow``, ``timestamps`` and a nanosecond ``since``, sent
+on a socket of their own to the engine the client talks to (a unix socket or plain TCP); only
+a TLS or SSH engine's streams go through the Docker SDK's session, at about half the speed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
+from urllib.parse import urlencode, urlsplit
 
 import docker
 import docker.errors
 import requests
 
-from exporter.adapters.chunked import body_reader
+from exporter.adapters.chunked import (
+    Endpoint,
+    HTTPStatusError,
+    SocketStream,
+    body_reader,
+    open_get,
+)
 from exporter.logsource import (
     ContainerEvent,
     ContainerGone,
@@ -27,12 +38,36 @@ from exporter.logsource import (
 from exporter.logstream import RunState
 from exporter.timestamps import format_since
 
+log = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT: Final = 10.0
+DEFAULT_SOCKET: Final = "unix:///var/run/docker.sock"
 _DOCKER_ERRORS: Final = (docker.errors.DockerException, requests.RequestException, OSError)
 
 _HISTORY: Final = ["create", "die"]
 
 ClientFactory = Callable[[], Any]
+
+
+def engine_endpoint(api: Any) -> Endpoint | None:
+    """Where the client's engine listens on a plain socket; None for TLS and SSH engines.
+
+    Unix sockets sit behind the SDK's ``http+docker://localhost`` URL: requests' public
+    ``get_adapter`` gives the SDK's adapter for it, which names its ``socket_path``; were that
+    gone, DOCKER_HOST (or Docker's default socket) names it as it did for ``from_env``. The
+    socket test in tests/test_exporter_docker.py fails if neither finds the engine.
+    """
+    base = str(api.base_url)
+    url = urlsplit(base)
+    if url.scheme == "http" and url.hostname:
+        return Endpoint(host=url.hostname, port=url.port or 80)
+    if base != "http+docker://localhost":
+        return None
+    path = getattr(api.get_adapter(base), "socket_path", None)
+    if isinstance(path, str) and path:
+        return Endpoint(unix_path=path)
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+    return Endpoint(unix_path=host.removeprefix("unix://")) if host.startswith("unix://") else None
 
 
 def default_client() -> Any:
@@ -101,6 +136,7 @@ class DockerLogSource:
         self._client_factory = client_factory
         self._client: Any = None
         self._lock = threading.Lock()
+        self._said_slow = False
 
     def _docker(self) -> Any:
         with self._lock:
@@ -144,15 +180,44 @@ class DockerLogSource:
             framed=not (attrs.get("Config") or {}).get("Tty"),
         )
 
-    def follow(self, container_id: str, since_ns: int | None) -> _LogStream:
+    def follow(self, container_id: str, since_ns: int | None) -> _LogStream | SocketStream:
         """Stream the container's log from ``since_ns`` (inclusive), following."""
         api = self._docker().api
         params: dict[str, Any] = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 1}
         if since_ns is not None:
             params["since"] = format_since(since_ns)
-        url = f"{api.base_url}/v{api.api_version}/containers/{container_id}/logs"
+        path = f"/v{api.api_version}/containers/{container_id}/logs"
+        endpoint = engine_endpoint(api)
+        if endpoint is None:
+            self._say_slow_once(str(api.base_url))
+            return self._follow_session(api, container_id, path, params)
+        try:
+            return open_get(endpoint, f"{path}?{urlencode(params)}", CONNECT_TIMEOUT)
+        except HTTPStatusError as exc:
+            if exc.status == 404:
+                raise ContainerGone(f"{container_id}: {exc.message}") from exc
+            raise SourceError(f"{container_id}: logs answered {exc}") from exc
+        except OSError as exc:
+            raise SourceError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _say_slow_once(self, base_url: str) -> None:
+        with self._lock:
+            said, self._said_slow = self._said_slow, True
+        if not said:
+            log.info(
+                "Docker at %s is not a plain socket (TLS or SSH): log streams are read "
+                "through the Docker SDK, at about half the speed of `docker logs`",
+                base_url,
+            )
+
+    @staticmethod
+    def _follow_session(
+        api: Any, container_id: str, path: str, params: dict[str, Any]
+    ) -> _LogStream:
         with _answers():
-            response = api.get(url, params=params, stream=True, timeout=(CONNECT_TIMEOUT, None))
+            response = api.get(
+                f"{api.base_url}{path}", params=params, stream=True, timeout=(CONNECT_TIMEOUT, None)
+            )
         if response.status_code >= 400:
             response.close()
             if response.status_code == 404:
