@@ -15,7 +15,7 @@ correct, but slower.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -261,12 +261,9 @@ class ScanResult:
     counts: dict[str, int]
 
 
-def scan_stream(
-    classifier: LogClassifier, read: Callable[[int], bytes], chunk_size: int = 256 * 1024
-) -> ScanResult:
-    """Classify everything ``read(n)`` returns (a binary file's read) until it returns b''."""
-    counts = dict.fromkeys(classifier.kinds, 0)
-    lines = 0
+def line_blocks(read: Callable[[int], bytes], chunk_size: int = 256 * 1024) -> Iterator[bytes]:
+    """Whole lines of what ``read(n)`` returns until b'', a block at a time; the last block
+    may lack its newline (a file that does not end with one)."""
     rest = b""
     while True:
         block = read(chunk_size)
@@ -277,12 +274,20 @@ def scan_stream(
         if cut == 0:
             rest = data
             continue
-        whole, rest = data[:cut], data[cut:]
-        lines += whole.count(b"\n")
-        for _, kind in classifier.matches(whole):
-            counts[kind] += 1
+        yield data[:cut]
+        rest = data[cut:]
     if rest:
-        lines += 1
-        for _, kind in classifier.matches(rest):
+        yield rest
+
+
+def scan_stream(
+    classifier: LogClassifier, read: Callable[[int], bytes], chunk_size: int = 256 * 1024
+) -> ScanResult:
+    """Classify everything ``read(n)`` returns (a binary file's read) until it returns b''."""
+    counts = dict.fromkeys(classifier.kinds, 0)
+    lines = 0
+    for block in line_blocks(read, chunk_size):
+        lines += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        for _, kind in classifier.matches(block):
             counts[kind] += 1
     return ScanResult(lines=lines, counts=counts)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from exporter.classifier import LogClassifier
+from exporter.classifier import LogClassifier, line_blocks
 from exporter.timestamps import NS, TimestampError, parse_timestamp
 
 DEFAULT_WINDOW_SECONDS: Final = 2.0
@@ -189,21 +189,8 @@ def scan(
     """Count the lines, incidents and matching lines of what ``read(n)`` returns until b''."""
     grouper = _FileGrouper(classifier.kinds, window_ns(window_seconds))
     lines = 0
-    rest = b""
-    while True:
-        block = read(chunk_size)
-        if not block:
-            break
-        data = rest + block if rest else block
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            rest = data
-            continue
-        whole, rest = data[:cut], data[cut:]
-        lines += whole.count(b"\n")
-        grouper.chunk(whole, classifier.matches(whole))
-    if rest:
-        lines += 1
-        grouper.chunk(rest, classifier.matches(rest))
+    for block in line_blocks(read, chunk_size):
+        lines += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        grouper.chunk(block, classifier.matches(block))
     grouper.end()
     return Scan(lines, grouper.incidents, grouper.error_lines, window_seconds)
