@@ -20,11 +20,19 @@ import os
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+# Imported as simulator.fake_ollama, or run as a script from the stand-in image, where these
+# files lie next to each other and there is no simulator package.
+if __package__:
+    from simulator.fake_ollama_cli import cli_list, cli_pull, parse_host
+    from simulator.fake_ollama_http import make_handler
+else:
+    from fake_ollama_cli import cli_list, cli_pull, parse_host  # type: ignore[no-redef]
+    from fake_ollama_http import make_handler  # type: ignore[no-redef]
 
 DEFAULT_SIZE = 400 * 1024 * 1024
 CREATED_AT = "2025-01-01T00:00:00.000000Z"
@@ -115,7 +123,7 @@ class FakeOllama:
     def start(self) -> FakeOllama:
         """Listen on an ephemeral 127.0.0.1 port (the same port again after go_down)."""
         self._release.clear()
-        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        server = ThreadingHTTPServer((self.host, self.port), make_handler(self))
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
@@ -286,10 +294,13 @@ class FakeOllama:
                 )
         return 200, reply
 
-    def _pull_plan(self, name: str) -> tuple[int | None, tuple[int, str] | None, int | None]:
+    def _pull_plan(
+        self, requested: str
+    ) -> tuple[str, int | None, tuple[int, str] | None, int | None]:
+        name = canonical(requested)
         with self._lock:
             size = DEFAULT_SIZE if self.registry is None else self.registry.get(name)
-            return size, self._pull_error_after, self._pull_stall_after
+            return name, size, self._pull_error_after, self._pull_stall_after
 
     def _pull_lines(self, name: str, size: int) -> list[dict[str, Any]]:
         digest = _digest(name)
@@ -315,164 +326,6 @@ class FakeOllama:
                 tmp = self.store.with_suffix(".tmp")
                 tmp.write_text(json.dumps(self.models), encoding="utf-8")
                 tmp.replace(self.store)
-
-
-def _make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output clean; the fake records calls instead
-
-        def do_GET(self) -> None:
-            failure = fake._record("GET", self.path, None)
-            if failure:
-                self._json(failure[0], {"error": failure[1]})
-            elif self.path == "/api/tags":
-                self._json(200, fake._tags())
-            elif self.path == "/api/ps":
-                self._json(200, fake._ps())
-            elif self.path == "/api/version":
-                self._json(200, {"version": "0.12.6"})
-            elif self.path == "/":
-                self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
-            else:
-                self._send(404, b"404 page not found", "text/plain; charset=utf-8")
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw) if raw else {}
-            except ValueError:
-                body = None
-            failure = fake._record("POST", self.path, body)
-            if failure:
-                self._json(failure[0], {"error": failure[1]})
-            elif not isinstance(body, dict):
-                self._json(400, {"error": "invalid JSON body"})
-            elif self.path == "/api/generate":
-                self._json(*fake._generate(body))
-            elif self.path == "/api/pull":
-                self._pull(body)
-            else:
-                self._send(404, b"404 page not found", "text/plain; charset=utf-8")
-
-        def _pull(self, body: dict[str, Any]) -> None:
-            requested = body.get("model") or body.get("name")
-            if not isinstance(requested, str) or not requested:
-                self._json(400, {"error": "model is required"})
-                return
-            name = canonical(requested)
-            size, error_after, stall_after = fake._pull_plan(name)
-            if size is None:
-                lines: list[dict[str, Any]] = [
-                    {"status": "pulling manifest"},
-                    {"error": "pull model manifest: file does not exist"},
-                ]
-            else:
-                lines = fake._pull_lines(name, size)
-            if body.get("stream") is False:
-                last = lines[-1]
-                self._json(500 if "error" in last else 200, last)
-                if size is not None and "error" not in last:
-                    fake._pulled(name, size)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            for i, line in enumerate(lines):
-                if error_after is not None and i == error_after[0]:
-                    self._chunk({"error": error_after[1]})
-                    break
-                if stall_after is not None and i == stall_after:
-                    # Silent until released, then drop the connection without ending the stream.
-                    fake._release.wait()
-                    self.close_connection = True
-                    return
-                if line.get("status") == "success" and size is not None:
-                    fake._pulled(name, size)  # Ollama writes the manifest before it says so
-                self._chunk(line)
-                if "error" in line:
-                    break
-                time.sleep(fake.line_delay)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-
-        def _chunk(self, obj: dict[str, Any]) -> None:
-            data = json.dumps(obj).encode() + b"\n"
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
-
-        def _json(self, status: int, obj: dict[str, Any]) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
-
-        def _send(self, status: int, data: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-            self.close_connection = True
-
-    return Handler
-
-
-def _parse_host(value: str) -> tuple[str, int]:
-    """OLLAMA_HOST's forms: ``host``, ``host:port``, ``:port``, with or without ``http://``."""
-    value = value.split("://", 1)[-1].rstrip("/")
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        return value or "127.0.0.1", 11434
-    return host or "127.0.0.1", int(port)
-
-
-def _client_url() -> str:
-    host, port = _parse_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
-    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
-
-
-def _cli_list() -> int:
-    """``ollama list``: the local models as a table; exit 1 when the server does not answer."""
-    try:
-        with urllib.request.urlopen(f"{_client_url()}/api/tags", timeout=5) as response:
-            models = json.load(response)["models"]
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"Error: could not connect to ollama app, is it running? ({exc})", file=sys.stderr)
-        return 1
-    print(f"{'NAME':<24}{'ID':<16}{'SIZE':<10}MODIFIED")
-    for m in models:
-        print(
-            f"{m['name']:<24}{m['digest'][:12]:<16}{m['size'] // 2**20:>5} MB  {m['modified_at']}"
-        )
-    return 0
-
-
-def _cli_pull(name: str) -> int:
-    """``ollama pull NAME``: stream the progress lines; exit 1 on an error line."""
-    request = urllib.request.Request(
-        f"{_client_url()}/api/pull",
-        data=json.dumps({"model": name}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            for raw in response:
-                line = json.loads(raw)
-                if "error" in line:
-                    print(f"Error: {line['error']}", file=sys.stderr)
-                    return 1
-                done, total = line.get("completed"), line.get("total")
-                extra = f" {100 * done // total}%" if done is not None and total else ""
-                print(f"{line.get('status', '')}{extra}", file=sys.stderr, flush=True)
-    except (OSError, ValueError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,16 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "list":
-        return _cli_list()
+        return cli_list()
     if args.command == "pull":
         if not args.name:
             parser.error("pull needs a model name")
-        return _cli_pull(args.name)
+        return cli_pull(args.name)
     models = {}
     for item in args.model:
         name, _, size = item.partition("=")
         models[name] = int(size or 400) * 1024 * 1024
-    host, port = _parse_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
+    host, port = parse_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
     store = args.store or (
         Path(os.environ["OLLAMA_MODELS"]) / "models.json"
         if os.environ.get("OLLAMA_MODELS")

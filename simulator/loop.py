@@ -14,165 +14,51 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import docker.errors
 import yaml
 
-from exporter.incidents import DEFAULT_WINDOW_SECONDS
 from simulator import fake_nvml, prom_env
+from simulator.expositions import sample_values
 from simulator.fake_ollama import FakeOllama
 from simulator.images import BUSYBOX_IMAGE, build_busybox_image
+from simulator.local_http import http_get, http_post, wait_until
+from simulator.loop_setup import (
+    APP_SCRIPT,
+    ERROR_SPACING_SECONDS,
+    LOAD_FAILED_LINE,
+    LOOP_LABEL,
+    MODEL_MIB,
+    MODEL_SERVER_SCRIPT,
+    OOM_LINE,
+    LoopOptions,
+    remediator_config,
+    simulated_gpu,
+    stop_group,
+)
 
-T = TypeVar("T")
+# Where the e2e tests, the demo and the benchmarks import them from.
+__all__ = [
+    "ERROR_SPACING_SECONDS",
+    "MODEL_MIB",
+    "Loop",
+    "LoopOptions",
+    "http_get",
+    "http_post",
+    "running_loop",
+    "sample_values",
+    "wait_until",
+]
+
 MIB = 1024 * 1024
-LOOP_LABEL = "model-fleet.sim"
-
-# The default ladder's sizes, for the model server's "does my model fit?" check.
-MODEL_MIB = {"llama3.2:3b": 2048, "phi3:mini": 2200, "tinyllama:1.1b": 637, "qwen2.5:0.5b": 397}
-
-# An Ollama-like model server. Lines written by the host into /ctl/emit are printed as they
-# are (the tests choose the exact lines). With /sim/free_mib present it also behaves like a
-# server short of VRAM: when its model (from the app's config) does not fit what is free, its
-# load fails every 2.5 s (more than the exporter's incident window: one error each), printed
-# as Ollama does: llama.cpp's allocation failure, then the server's "error loading" line.
-MODEL_SERVER_SCRIPT = r"""
-trap 'exit 0' TERM
-LISTEN='level=INFO source=routes.go:1475 msg="Listening on [::]:11434 (version 0.12.6)"'
-ALLOC="ggml_backend_cuda_buffer_type_alloc_buffer: allocating"
-OOM="MiB on device 0: cudaMalloc failed: out of memory"
-FAILED='level=ERROR source=sched.go:456 msg="error loading llama server" error="llama runner'
-FAILED="$FAILED process has terminated: cudaMalloc failed: out of memory\""
-echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $LISTEN"
-while true; do
-  if [ -f /ctl/emit ]; then cat /ctl/emit; rm -f /ctl/emit; fi
-  if [ -f /sim/free_mib ] && [ -f /config/app.env ]; then
-    . /config/app.env
-    case "$OLLAMA_MODEL" in
-      llama3.2:3b) need=2048 ;; phi3:mini) need=2200 ;; tinyllama:1.1b) need=637 ;;
-      qwen2.5:0.5b) need=397 ;; *) need=1000 ;;
-    esac
-    read free < /sim/free_mib
-    if [ "$need" -gt "$free" ]; then
-      echo "$ALLOC $need.00 $OOM"
-      echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $FAILED"
-      sleep 2.5
-    fi
-  fi
-  sleep 0.1
-done
-"""
-
-# The application: reads its model from the mounted config on start, as docs/configuration.md asks.
-APP_SCRIPT = r"""
-trap 'exit 0' TERM
-. /config/app.env
-echo "app running $OLLAMA_MODEL"
-while true; do sleep 0.2; done
-"""
-
-OOM_LINE = (
-    "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2048.00 MiB on device 0: "
-    "cudaMalloc failed: out of memory"
-)
-# The server's line after it: the same failed load, so one error with OOM_LINE.
-LOAD_FAILED_LINE = (
-    'level=ERROR source=sched.go:456 msg="error loading llama server" '
-    'error="llama runner process has terminated: cudaMalloc failed: out of memory"'
-)
-# Errors this far apart are separate errors for the exporter (exporter.incidents).
-ERROR_SPACING_SECONDS = DEFAULT_WINDOW_SECONDS + 0.5
-
-
-def wait_until(
-    probe: Callable[[], T | None],
-    timeout: float,
-    what: str,
-    interval: float = 0.05,
-    diagnose: Callable[[], str] | None = None,
-) -> T:
-    """Poll ``probe`` until it returns a truthy value; raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            detail = f" ({last})" if last else ""
-            extra = f"\n{diagnose()}" if diagnose else ""
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}{detail}{extra}")
-        time.sleep(interval)
-
-
-def http_get(url: str, token: str | None = None, timeout: float = 5.0) -> bytes:
-    """GET ``url`` and return the body."""
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return bytes(resp.read())
-
-
-def http_post(
-    url: str, body: dict[str, Any], token: str, timeout: float = 120.0
-) -> tuple[int, Any]:
-    """POST JSON with the bearer token; return (status, decoded JSON)."""
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def sample_values(text: str, name: str, **labels: str) -> list[float]:
-    """Values of the samples called ``name`` whose labels include ``labels``, from /metrics text."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = []
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                out.append(float(s.value))
-    return out
-
-
-@dataclass
-class LoopOptions:
-    """What kind of loop to run."""
-
-    fleet: str = field(default_factory=lambda: f"e2e-{uuid.uuid4().hex[:6]}")
-    cooldown_seconds: float = 5.0
-    alertmanager_replicas: int = 1
-    simulate_vram: bool = False  # the demo: the server fails when its model does not fit
-    gpu_total_mib: int = 4096
-    other_used_mib: int = 1024  # VRAM used by something other than the model
-    remediator_workers: int = 2
-    keep_logs: bool = False
-    # Alert name -> the `for` of a test copy of the shipped rules (prom_env.render_rules);
-    # empty: the shipped rules as they are.
-    alert_for: dict[str, str] = field(default_factory=dict)
 
 
 class Loop:
@@ -233,7 +119,7 @@ class Loop:
     def close(self) -> None:
         """Stop everything that was started, newest first."""
         for name, proc in reversed(list(self.procs.items())):
-            _stop_group(proc)
+            stop_group(proc)
             self.procs.pop(name)
         self._stack.close()
 
@@ -282,21 +168,11 @@ class Loop:
         model = self.current_model_in_config()
         model_mib = MODEL_MIB.get(model, 1000)
         free_for_model = total - other_used_mib
-        fits = model_mib <= free_for_model
         pid = 0
         if self.server is not None:
             self.server.reload()
             pid = int(self.server.attrs["State"].get("Pid") or 0)
-        used = other_used_mib + (model_mib if fits else 0)
-        gpu = fake_nvml.FakeGpu(
-            name="Simulated GPU (model-fleet demo)",
-            uuid="GPU-00000000-0000-4000-8000-00000000d3m0",
-            total=total * MIB,
-            used=used * MIB,
-            reserved=0,
-            processes={pid: model_mib * MIB} if (fits and pid) else {},
-        )
-        fake_nvml.FakeNvmlState(gpus=(gpu,)).write(self.nvml_state)
+        simulated_gpu(total, other_used_mib, model_mib, pid).write(self.nvml_state)
         if self.options.simulate_vram:
             tmp = self.sim / ".free_mib"
             tmp.write_text(f"{free_for_model}\n")
@@ -325,29 +201,7 @@ class Loop:
         cfg = self.workdir / "model-fleet.yaml"
         cfg.write_text(
             yaml.safe_dump(
-                {
-                    "state_file": str(self.workdir / "model_fleet_state.json"),
-                    # The exporter watches only this loop's model server, not every
-                    # container labelled as one on this machine.
-                    "exporter": {
-                        "labels": {"model-fleet.role": "ollama", LOOP_LABEL: self.fleet},
-                        # The stand-in's /api/ps (server.url below): loaded models, offload.
-                        "server_poll_seconds": 1,
-                    },
-                    "fleets": {
-                        self.fleet: {
-                            "gpu": "0",
-                            "server": {"kind": "ollama", "url": self.ollama.url},
-                            "probe": {"enabled": True, "interval_seconds": 2},
-                            "cooldown_seconds": self.options.cooldown_seconds,
-                            "max_switches_per_hour": 60,
-                            "containers": {"stop_timeout_seconds": 2, "ready_timeout_seconds": 30},
-                            "app_config": [
-                                {"path": str(self.app_env), "format": "env", "key": "OLLAMA_MODEL"}
-                            ],
-                        }
-                    },
-                },
+                remediator_config(self.options, self.workdir, self.app_env, self.ollama.url),
                 sort_keys=False,
             )
         )
@@ -534,18 +388,6 @@ class Loop:
         """A process's log, for failure messages."""
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(15)
 
 
 @contextlib.contextmanager

@@ -79,7 +79,13 @@ def build_standin_images(client: docker.DockerClient) -> None:
         (
             OLLAMA_IMAGE,
             "ollama.Dockerfile",
-            {"fake_ollama.py": ROOT / "simulator/fake_ollama.py", "ollama": STANDINS / "ollama"},
+            {
+                **{
+                    f"{module}.py": ROOT / f"simulator/{module}.py"
+                    for module in ("fake_ollama", "fake_ollama_http", "fake_ollama_cli")
+                },
+                "ollama": STANDINS / "ollama",
+            },
         ),
         (
             PROMETHEUS_IMAGE,

@@ -8,7 +8,7 @@ restarts both containers for real. The exporter also polls the stand-in Ollama's
 probes its current model: a model partly offloaded to system memory fires ModelFleetCPUOffload
 and the fleet steps down the same way. That rule waits a minute (`for: 1m`); this module's
 Prometheus loads a copy of the shipped rules in which only that `for` is shorter
-(OFFLOAD_FOR, simulator/prom_env.py's render_rules), so the case takes seconds.
+(OFFLOAD_FOR, simulator/prom_config.py's render_rules), so the case takes seconds.
 """
 
 from __future__ import annotations

@@ -1,0 +1,152 @@
+"""What a loop is made of: its options, its containers' scripts, its configs, its processes.
+
+The model server is an Ollama-like busybox script whose log lines the tests choose; the
+application reads its model from a mounted file; the fake NVML state is one simulated GPU;
+the loop's processes run in their own sessions and stop as groups. Used by simulator.loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.incidents import DEFAULT_WINDOW_SECONDS
+from simulator import fake_nvml
+
+LOOP_LABEL = "model-fleet.sim"
+MIB = 1024 * 1024
+
+# The default ladder's sizes, for the model server's "does my model fit?" check.
+MODEL_MIB = {"llama3.2:3b": 2048, "phi3:mini": 2200, "tinyllama:1.1b": 637, "qwen2.5:0.5b": 397}
+
+# An Ollama-like model server. Lines written by the host into /ctl/emit are printed as they
+# are (the tests choose the exact lines). With /sim/free_mib present it also behaves like a
+# server short of VRAM: when its model (from the app's config) does not fit what is free, its
+# load fails every 2.5 s (more than the exporter's incident window: one error each), printed
+# as Ollama does: llama.cpp's allocation failure, then the server's "error loading" line.
+MODEL_SERVER_SCRIPT = r"""
+trap 'exit 0' TERM
+LISTEN='level=INFO source=routes.go:1475 msg="Listening on [::]:11434 (version 0.12.6)"'
+ALLOC="ggml_backend_cuda_buffer_type_alloc_buffer: allocating"
+OOM="MiB on device 0: cudaMalloc failed: out of memory"
+FAILED='level=ERROR source=sched.go:456 msg="error loading llama server" error="llama runner'
+FAILED="$FAILED process has terminated: cudaMalloc failed: out of memory\""
+echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $LISTEN"
+while true; do
+  if [ -f /ctl/emit ]; then cat /ctl/emit; rm -f /ctl/emit; fi
+  if [ -f /sim/free_mib ] && [ -f /config/app.env ]; then
+    . /config/app.env
+    case "$OLLAMA_MODEL" in
+      llama3.2:3b) need=2048 ;; phi3:mini) need=2200 ;; tinyllama:1.1b) need=637 ;;
+      qwen2.5:0.5b) need=397 ;; *) need=1000 ;;
+    esac
+    read free < /sim/free_mib
+    if [ "$need" -gt "$free" ]; then
+      echo "$ALLOC $need.00 $OOM"
+      echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $FAILED"
+      sleep 2.5
+    fi
+  fi
+  sleep 0.1
+done
+"""
+
+# The application: reads its model from the mounted config on start, as docs/configuration.md asks.
+APP_SCRIPT = r"""
+trap 'exit 0' TERM
+. /config/app.env
+echo "app running $OLLAMA_MODEL"
+while true; do sleep 0.2; done
+"""
+
+OOM_LINE = (
+    "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2048.00 MiB on device 0: "
+    "cudaMalloc failed: out of memory"
+)
+# The server's line after it: the same failed load, so one error with OOM_LINE.
+LOAD_FAILED_LINE = (
+    'level=ERROR source=sched.go:456 msg="error loading llama server" '
+    'error="llama runner process has terminated: cudaMalloc failed: out of memory"'
+)
+# Errors this far apart are separate errors for the exporter (exporter.incidents).
+ERROR_SPACING_SECONDS = DEFAULT_WINDOW_SECONDS + 0.5
+
+
+@dataclass
+class LoopOptions:
+    """What kind of loop to run."""
+
+    fleet: str = field(default_factory=lambda: f"e2e-{uuid.uuid4().hex[:6]}")
+    cooldown_seconds: float = 5.0
+    alertmanager_replicas: int = 1
+    simulate_vram: bool = False  # the demo: the server fails when its model does not fit
+    gpu_total_mib: int = 4096
+    other_used_mib: int = 1024  # VRAM used by something other than the model
+    remediator_workers: int = 2
+    keep_logs: bool = False
+    # Alert name -> the `for` of a test copy of the shipped rules (prom_config.render_rules);
+    # empty: the shipped rules as they are.
+    alert_for: dict[str, str] = field(default_factory=dict)
+
+
+def remediator_config(
+    options: LoopOptions, workdir: Path, app_env: Path, ollama_url: str
+) -> dict[str, Any]:
+    """The remediator's config for a loop: one fleet, its model server, its app's config."""
+    return {
+        "state_file": str(workdir / "model_fleet_state.json"),
+        # The exporter watches only this loop's model server, not every
+        # container labelled as one on this machine.
+        "exporter": {
+            "labels": {"model-fleet.role": "ollama", LOOP_LABEL: options.fleet},
+            # The stand-in's /api/ps (server.url below): loaded models, offload.
+            "server_poll_seconds": 1,
+        },
+        "fleets": {
+            options.fleet: {
+                "gpu": "0",
+                "server": {"kind": "ollama", "url": ollama_url},
+                "probe": {"enabled": True, "interval_seconds": 2},
+                "cooldown_seconds": options.cooldown_seconds,
+                "max_switches_per_hour": 60,
+                "containers": {"stop_timeout_seconds": 2, "ready_timeout_seconds": 30},
+                "app_config": [{"path": str(app_env), "format": "env", "key": "OLLAMA_MODEL"}],
+            }
+        },
+    }
+
+
+def simulated_gpu(
+    total_mib: int, other_used_mib: int, model_mib: int, pid: int
+) -> fake_nvml.FakeNvmlState:
+    """One GPU, ``other_used_mib`` of it used by others; ``pid`` holds the model if it fits."""
+    fits = model_mib <= total_mib - other_used_mib
+    used = other_used_mib + (model_mib if fits else 0)
+    gpu = fake_nvml.FakeGpu(
+        name="Simulated GPU (model-fleet demo)",
+        uuid="GPU-00000000-0000-4000-8000-00000000d3m0",
+        total=total_mib * MIB,
+        used=used * MIB,
+        reserved=0,
+        processes={pid: model_mib * MIB} if (fits and pid) else {},
+    )
+    return fake_nvml.FakeNvmlState(gpus=(gpu,))
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own session, and its children: TERM, then KILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(15)
