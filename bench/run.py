@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_compose, bench_exporter, bench_loop, bench_webhook
+from bench import bench_compose, bench_exporter, bench_limits, bench_loop, bench_webhook
 from bench.common import Row, machine, table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,6 +24,8 @@ PATHS = """Paths measured:
   docker-logs rows against the real Docker engine and busybox containers).
 - webhook storm: the remediator under gunicorn on 127.0.0.1, switches through the Ollama
   stand-in.
+- bounded work (bench/bench_limits.py): the remediator under gunicorn (default settings) on
+  127.0.0.1: /healthz under 100 half-sent requests and under one 10,000-alert delivery.
 - time to remediation (bench/bench_loop.py): the loop on host processes (exporter,
   remediator, real Prometheus and Alertmanager binaries) with busybox containers that have no
   health checks: the figure for the detection and decision path alone.
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, bench in (
         ("exporter", lambda: bench_exporter.run(lines=args.lines)),
         ("webhook storm", bench_webhook.run),
+        ("bounded work", bench_limits.run),
         ("time to remediation", lambda: bench_loop.run(args.runs)),
         ("compose stack", lambda: bench_compose.run(args.compose_runs)),
     ):

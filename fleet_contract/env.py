@@ -72,7 +72,7 @@ ENV_VARS: Final[tuple[EnvVar, ...]] = (
         "(`model-fleet watch`: else 127.0.0.1:9090)",
     ),
     EnvVar(WORKERS, ("remediator",), "gunicorn worker processes (default 3)"),
-    EnvVar(THREADS, ("remediator",), "threads per gunicorn worker (default 8)"),
+    EnvVar(THREADS, ("remediator",), "threads per gunicorn worker (default 64)"),
     EnvVar(
         HTTP_TIMEOUT,
         ("remediator",),

@@ -48,7 +48,7 @@ class FleetStateCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         """One consistent read of the state, turned into gauges."""
         try:
-            state = self.store.read()
+            state = self.store.snapshot()
         except StateError as exc:
             # A scrape must not fail because of the state file: the gauges go missing and
             # ModelFleetRemediatorDown-style alerts on absent() notice.

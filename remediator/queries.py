@@ -116,7 +116,7 @@ def status(
     figures ``live`` reads now (default: from the configured Prometheus); KeyError for an
     unknown fleet."""
     shown = [config.fleet(fleet)] if fleet is not None else list(config.fleets.values())
-    state = store.read()
+    state = store.snapshot()
     figures = (live or live_reader(config)).read_fleets(shown)
     return build_status(config, state, fleet, figures, now)
 
@@ -128,7 +128,7 @@ def history(
     of every fleet or of ``fleet``; KeyError for an unknown fleet."""
     if fleet is not None:
         config.fleet(fleet)
-    state = store.read()
+    state = store.snapshot()
     records = sorted(
         (
             r.to_dict()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from flask import Flask
+from flask import Flask, Response
 from prometheus_client import CollectorRegistry
 
 from remediator import metrics
@@ -24,6 +24,7 @@ from remediator.config import Config, FleetConfig, load_config
 from remediator.intake import Background
 from remediator.notifications import Notifier, Sink
 from remediator.queries import NO_AUTH_ENV, TOKEN_ENV, TOKEN_FILE_ENV, load_token
+from remediator.routes.body import refuse_large, too_large
 from remediator.routes.common import EXTENSION, Service
 from remediator.routes.reads import reads
 from remediator.routes.switches import switches
@@ -76,6 +77,14 @@ def create_app(
         sink = WebhookSink(config.notifications)
     app = Flask("model-fleet-remediator")
     app.config["JSON_SORT_KEYS"] = False
+    limit = config.http.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = limit  # werkzeug cuts a chunked body off at the limit
+    app.before_request(lambda: refuse_large(limit))  # a declared length: 413, nothing read
+
+    @app.errorhandler(413)
+    def _too_large(_: Exception) -> tuple[Response, int]:
+        return too_large(limit)
+
     app.extensions[EXTENSION] = Service(
         config=config,
         store=store,

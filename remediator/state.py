@@ -120,6 +120,32 @@ class StateStore:
         with self.transaction() as state:
             return state
 
+    def snapshot(self) -> State:
+        """The state as the last commit left it, read without taking the lock.
+
+        Every write replaces the file by ``rename``, so an open file is always one whole
+        commit: /healthz, /status and /metrics answer while a switch or a slow writer holds
+        the locks. A file that needs recovery (bad JSON, a model off its ladder) is read the
+        locked way, :meth:`read`, which recovers it as a write would.
+        """
+        raw = self._read_raw()
+        if raw is None:
+            return self._fresh()
+        state, _, _ = self._parse(raw)
+        if state is None:
+            return self.read()
+        for name, fleet in self.config.fleets.items():
+            fs = state.fleets.get(name)
+            if fs is None:
+                state.fleets[name] = FleetState.initial(fleet)
+                continue
+            index = fleet.ladder.index_of(fs.current_model)
+            if index is None:
+                return self.read()
+            fs.index = index
+        self._prune(state)
+        return state
+
     @contextlib.contextmanager
     def switch_lock(
         self, fleet: str, timeout: float | None = None, *, handling: Collection[str] = ()
@@ -169,15 +195,16 @@ class StateStore:
             _fsync_dir(self.path.parent)
         return target.name
 
-    def _load_locked(self) -> tuple[State, bool]:
-        """Load under the lock. Returns the state and whether it must be written back."""
+    def _read_raw(self) -> bytes | None:
         try:
-            raw = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
-            return self._fresh(), False
+            return None
         except OSError as exc:
             raise StateError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
 
+    def _parse(self, raw: bytes) -> tuple[State | None, str, str]:
+        """The state in ``raw``, or None with the problem and the tag to keep the file under."""
         problem: str | None = None
         tag = "corrupt"
         data: Any = None
@@ -212,9 +239,21 @@ class StateStore:
                 notifications = [Notification.from_dict(n) for n in data.get("notifications", [])]
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problem = f"the state file has a malformed entry ({type(exc).__name__}: {exc})"
-
-        now = self._clock()
         if problem is not None:
+            return None, problem, tag
+        state = State(
+            fleets=parsed, notices=notices, unconfigured=unconfigured, notifications=notifications
+        )
+        return state, "", tag
+
+    def _load_locked(self) -> tuple[State, bool]:
+        """Load under the lock. Returns the state and whether it must be written back."""
+        raw = self._read_raw()
+        if raw is None:
+            return self._fresh(), False
+        parsed_state, problem, tag = self._parse(raw)
+        now = self._clock()
+        if parsed_state is None:
             kept = self._keep_aside(tag, copy=False)
             message = (
                 f"{problem}; kept it as {kept} and started every fleet at the top of its ladder"
@@ -224,9 +263,7 @@ class StateStore:
             state.notices.append(Notice(now, message, kept))
             return state, True
 
-        state = State(
-            fleets=parsed, notices=notices, unconfigured=unconfigured, notifications=notifications
-        )
+        state = parsed_state
         must_write = False
         kept_copy: str | None = None
         for name, fleet in self.config.fleets.items():

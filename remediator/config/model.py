@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "Containers",
     "FleetConfig",
+    "HttpLimits",
     "Ladder",
     "Notifications",
     "NotifyFormat",
@@ -172,6 +173,22 @@ class PrometheusSettings:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP request may cost the service; beyond them it is refused before the work.
+
+    A real Alertmanager delivery measures about 0.7 KB per alert (tests/data, compact JSON as
+    Alertmanager sends it; ~2 KB with long annotations): 1,000 alerts are 0.7-2 MB and 10,000
+    are about 7 MB. 16 MiB and 10,000 alerts leave room for the largest batch seen (the 10,000
+    alerts of issue 13, one switch per fleet) while a 500 MB body is refused unread (413). An
+    Alertmanager payload nests 4 levels deep; 32 refuses only what no client sends (400).
+    """
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_alerts: int = 10_000
+    max_json_depth: int = 32
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """One model server (usually one GPU) with its ladder and its remediation settings."""
 
@@ -207,6 +224,7 @@ class Config:
     protect_reads: bool = False
     notifications: Notifications = field(default_factory=Notifications)
     prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    http: HttpLimits = field(default_factory=HttpLimits)
     source: str = "<defaults>"
     # (old key, new key) for every deprecated key the file used, e.g.
     # ("fleets.a.ollama_url", "fleets.a.server.url"): check-config names them.

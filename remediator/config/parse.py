@@ -15,6 +15,7 @@ from typing import Any, Final
 from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
 from fleet_contract.yamlfile import config_path, load_yaml
 from remediator.adapters.appconfig import AppConfigError
+from remediator.config.limits import HTTP_KEYS, parse_http
 from remediator.config.model import (
     APP_CONFIG_FORMATS,
     DEFAULT_LADDER,
@@ -50,6 +51,7 @@ _TOP_KEYS: Final = frozenset(
         "fleets",
         "notifications",
         "prometheus",
+        "http",
         "exporter",  # read by the exporter itself; the remediator leaves it alone
     }
 )
@@ -105,6 +107,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "alert_keys": _ALERT_KEYS,
     "notifications": _NOTIFICATION_KEYS,
     "prometheus": _PROMETHEUS_KEYS,
+    "http": HTTP_KEYS,
     "fleets.*": _FLEET_KEYS,
     "fleets.*.server": _SERVER_KEYS,
     "fleets.*.ladder[]": _LADDER_KEYS,
@@ -377,6 +380,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         protect_reads=r.boolean(top, "protect_reads", "", d.protect_reads),
         notifications=_parse_notifications(r, top.get("notifications"), "notifications"),
         prometheus=_parse_prometheus(r, top.get("prometheus"), "prometheus"),
+        http=parse_http(r, top.get("http")),
         source=source,
         deprecated_keys=tuple(r.deprecated),
     )

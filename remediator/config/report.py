@@ -140,6 +140,11 @@ def effective_config(config: Config) -> dict[str, Any]:
             "url": strip_credentials(config.prometheus.url),
             "timeout_seconds": config.prometheus.timeout_seconds,
         },
+        "http": {
+            "max_body_bytes": config.http.max_body_bytes,
+            "max_alerts": config.http.max_alerts,
+            "max_json_depth": config.http.max_json_depth,
+        },
         "fleets": {name: fleet_dict(f) for name, f in config.fleets.items()},
     }
 

@@ -15,10 +15,13 @@ reads = Blueprint("reads", __name__)
 
 @reads.get("/healthz")
 def healthz() -> Any:
-    """200 while the state file can be read, else 503 with the reason (never needs a token)."""
+    """200 while the state file can be read, else 503 with the reason (never needs a token).
+
+    It reads the last committed state without the locks: a running switch never delays it.
+    """
     svc = service()
     try:
-        svc.store.read()
+        svc.store.snapshot()
     except StateError as exc:
         return jsonify(status="error", error=str(exc)), queries.CODES["state"].http
     return jsonify(status="ok", fleets=list(svc.config.fleets))

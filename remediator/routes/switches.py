@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from remediator import queries
+from remediator.routes.body import BadBody, json_body, read_body
 from remediator.routes.common import error, service, token_required
 from remediator.state import StateError
 
@@ -18,7 +19,12 @@ switches = Blueprint("switches", __name__)
 
 
 def _switch(direction: str) -> Any:
-    body = request.get_json(silent=True) if request.data else {}
+    try:
+        body = json_body(service().config.http.max_json_depth)
+        if body is None and not read_body():
+            body = {}  # no body at all: the only fleet, no reason
+    except (BadBody, OSError) as exc:
+        return error("invalid", str(exc))
     if not isinstance(body, dict):
         return error("invalid", "the body must be a JSON object")
     fleet, reason, dry_run = body.get("fleet"), body.get("reason", ""), body.get("dry_run", False)

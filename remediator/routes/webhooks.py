@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from remediator.alerts import InvalidPayload, parse_webhook
+from remediator.routes.body import BadBody, alerts_within, json_body
 from remediator.routes.common import authorized, deny, error, service, token_required
 from remediator.state import StateError
 
@@ -30,9 +31,11 @@ def alertmanager() -> Any:
     if not authorized():
         counter.labels("unauthorized").inc()
         return deny()
+    limits = svc.config.http
     try:
-        alerts = parse_webhook(request.get_json(silent=True))
-    except InvalidPayload as exc:
+        body = alerts_within(json_body(limits.max_json_depth), limits.max_alerts)
+        alerts = parse_webhook(body)
+    except (BadBody, InvalidPayload) as exc:
         counter.labels("invalid").inc()
         log.warning("webhook: invalid payload: %s", exc)
         return error("invalid", f"invalid Alertmanager payload: {exc}")
@@ -59,10 +62,11 @@ def alertmanager() -> Any:
 @token_required
 def notify() -> Any:
     """Log, keep and forward the alerts meant for people (remediator/notifications.py)."""
-    body = request.get_json(silent=True)
+    limits = service().config.http
     try:
+        body = alerts_within(json_body(limits.max_json_depth), limits.max_alerts)
         alerts = parse_webhook(body)
-    except InvalidPayload as exc:
+    except (BadBody, InvalidPayload) as exc:
         log.warning("notify: invalid payload: %s", exc)
         return error("invalid", f"invalid Alertmanager payload: {exc}")
     delivery = service().notifier.deliver(cast(dict[str, Any], body), alerts)  # an object
