@@ -11,6 +11,8 @@ model of the rules (one switch per fleet per delivery, one rung per alert under 
 switches twice; the state file parses and agrees with the recorded switches (current model,
 history, processed keys). Most generated alerts are valid and fresh so that most examples
 reach the switch; the test asserts that fraction and prints the counts (``pytest -s``).
+A second property sends deliveries and a manual call at once from threads and checks the
+invariants that do not depend on their order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,6 +292,70 @@ def fuzz_service(data: st.DataObject) -> None:
         STATS["examples_switched"] += switched > 0
 
 
+def burst(run: Run, data: st.DataObject) -> None:
+    """Deliveries and a manual call at once, from threads: order-free invariants only."""
+    bodies = []
+    for _ in range(data.draw(st.integers(2, 4), label="deliveries")):
+        alerts = [draw_alert(run, data) for _ in range(data.draw(st.integers(1, 4), label="n"))]
+        run.sent += alerts
+        bodies.append(("/webhook/alertmanager", body_of(alerts)))
+    if data.draw(st.booleans(), label="with_manual"):
+        command = data.draw(st.sampled_from(["downgrade", "upgrade", "reset"]), label="command")
+        bodies.append((f"/{command}", {"fleet": data.draw(st.sampled_from(list(FLEETS)))}))
+    before, now = len(run.actions.plans), run.clock.now
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        codes = list(
+            pool.map(
+                lambda pb: run.app.test_client().post(pb[0], json=pb[1], headers=AUTH).status_code,
+                bodies,
+            )
+        )
+    run.background.settle()
+    STATS["deliveries"] += sum(1 for path, _ in bodies if path.startswith("/webhook"))
+    for code in codes:
+        STATS[f"http_{code // 100}xx"] += 1
+    assert all(code < 500 for code in codes), codes
+    firing = {
+        (a["labels"].get("fleet"), f"{a['fingerprint']}@{a['startsAt']}")
+        for _, body in bodies
+        for a in body.get("alerts", [])
+        if a["status"] == "firing"
+    }
+    for plan in run.actions.plans[before:]:
+        model, key = run.models[plan.fleet.name], plan.alert_key
+        names = model.config.ladder.names
+        assert plan.from_rung.name == names[model.index], "switches of a fleet overlapped"
+        target = names.index(plan.to_rung.name)
+        if key is not None:
+            last = model.last_switch_at
+            assert (plan.fleet.name, key) in firing, f"switch from a non-firing alert {key}"
+            assert all(key not in m.keys for m in run.models.values()), f"{key} switched twice"
+            assert last is None or parse(key.split("@", 1)[1]) >= last, f"stale {key} switched"
+            assert last is None or now - last >= model.config.cooldown_seconds
+            assert target - model.index == (1 if plan.direction == "down" else -1)
+            STATS["alert_switches"] += 1
+        model.apply(target, plan.direction, plan.trigger, key, now)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def fuzz_concurrent(data: st.DataObject) -> None:
+    with tempfile.TemporaryDirectory() as root, service(Path(root)) as run:
+        STATS["examples"] += 1
+        before = STATS["alert_switches"]
+        for _ in range(data.draw(st.integers(1, 4), label="bursts")):
+            run.clock.now += data.draw(st.sampled_from([0, 1, 30, 90]), label="advance")
+            burst(run, data)
+            check_state(run)
+        STATS["examples_switched"] += STATS["alert_switches"] > before
+
+
 @pytest.fixture
 def quiet_logs() -> Iterator[None]:
     logger = logging.getLogger("remediator")
@@ -304,4 +371,12 @@ def test_fuzzed_deliveries_and_manual_calls_keep_the_rules(quiet_logs: None) -> 
     print(f"\nfuzz: {dict(sorted(STATS.items()))}")
     assert STATS["http_5xx"] == 0
     # The generators must reach the switch: most examples switch on an alert.
+    assert STATS["examples_switched"] >= 0.6 * STATS["examples"], dict(STATS)
+
+
+def test_concurrent_deliveries_and_manual_calls_keep_the_rules(quiet_logs: None) -> None:
+    STATS.clear()
+    fuzz_concurrent()
+    print(f"\nfuzz (concurrent): {dict(sorted(STATS.items()))}")
+    assert STATS["http_5xx"] == 0
     assert STATS["examples_switched"] >= 0.6 * STATS["examples"], dict(STATS)
