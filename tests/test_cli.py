@@ -207,9 +207,13 @@ def test_lock_not_obtained_in_time(
     write_config(workdir, ollama, "default", lock_timeout_seconds=0.2)
     store = StateStore(parse_config({"lock_timeout_seconds": 0.2}))
     with file_lock(store.lock_path, 1.0):
-        code, _, err = run(capsys, "status")
-    assert code == ExitCode.LOCKED
-    assert "could not lock the state" in err
+        code, _, err = run(capsys, "downgrade", "--reason", "while locked")
+        assert code == ExitCode.LOCKED
+        assert "could not lock the state" in err
+        # Reads take no lock (the file is replaced atomically): status answers meanwhile.
+        code, out, _ = run(capsys, "status")
+    assert code == ExitCode.OK
+    assert json.loads(out)["current_model"]["name"] == "llama3.2:3b"
 
 
 def test_the_installed_command_and_the_original_flags(workdir: Path) -> None:
