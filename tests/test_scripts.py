@@ -463,6 +463,7 @@ def test_up_builds_starts_pulls_the_missing_models_and_prints_urls_and_status(
     assert host.compose_calls() == [
         ["version", "--short"],
         ["build"],
+        ["build", "remediator"],
         ["run", "--rm", "--no-deps", "-T", "remediator", "model-fleet", "check-config"],
         ["up", "-d", "--wait"],
         ["exec", "-T", "remediator", "model-fleet", "status"],
