@@ -1,6 +1,6 @@
 """All benchmarks in one command, printing one table (and writing BENCHMARKS.md with --write).
 
-    .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000]
+    .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000] [--rotation-trials 3]
 
 Everything runs on this machine against 127.0.0.1; nothing here is a pass/fail test, the
 figures are read against the targets in the table.
@@ -13,7 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_compose, bench_exporter, bench_limits, bench_loop, bench_webhook
+from bench import (
+    bench_compose,
+    bench_exporter,
+    bench_limits,
+    bench_loop,
+    bench_rotation,
+    bench_webhook,
+)
 from bench.common import Row, machine, table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 PATHS = """Paths measured:
 - classify, docker logs, /metrics: the exporter's code on this machine (host processes; the
   docker-logs rows against the real Docker engine and busybox containers).
+- log rotation (bench/bench_rotation.py): the exporter's log watcher in process, following
+  busybox containers on the real Docker engine (20.10, json-file) through rotations.
 - webhook storm: the remediator under gunicorn on 127.0.0.1, switches through the Ollama
   stand-in.
 - bounded work (bench/bench_limits.py): the remediator under gunicorn (default settings) on
@@ -48,17 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compose-runs", type=int, default=10, help="runs on the compose stack (0: skip)"
     )
+    parser.add_argument(
+        "--rotation-trials", type=int, default=3, help="trials per log rotation case (0: skip)"
+    )
     args = parser.parse_args(argv)
     started = time.time()
     rows: list[Row] = []
     for name, bench in (
         ("exporter", lambda: bench_exporter.run(lines=args.lines)),
+        ("log rotation", lambda: bench_rotation.run(args.rotation_trials)),
         ("webhook storm", bench_webhook.run),
         ("bounded work", bench_limits.run),
         ("time to remediation", lambda: bench_loop.run(args.runs)),
         ("compose stack", lambda: bench_compose.run(args.compose_runs)),
     ):
         if name == "compose stack" and args.compose_runs <= 0:
+            continue
+        if name == "log rotation" and args.rotation_trials <= 0:
             continue
         print(f"running the {name} benchmark ...", file=sys.stderr, flush=True)
         rows += bench()

@@ -8,8 +8,9 @@ request with ``since``) is exact: it reads every retained file from ``since`` in
 follows. The ledger turns that into exact counts, or reported gaps:
 
 * A frame is known by its timestamp and content (Docker stamps every message to the
-  nanosecond). A frame consumed before is a re-send and is dropped, wherever it comes; so is a
-  frame older than everything the ledger still remembers (its ``limit`` newest frames).
+  nanosecond). A frame consumed before is a re-send and is dropped, wherever it comes. The
+  ledger remembers the ``limit`` newest frames (by timestamp): a frame no newer than the
+  newest one forgotten is taken for a re-send too, and a check reaches back no further.
 * A frame not consumed before is counted even when it is older than the cursor: a line the
   follow skipped and a re-read delivered. Such frames are ``recovered``.
 * Each stream starts at a point: the cursor, or the verified point when a check is due. Its
@@ -26,13 +27,22 @@ follows. The ledger turns that into exact counts, or reported gaps:
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
 from exporter.timestamps import parse_timestamp
 
-# Frames remembered per container for telling re-sends from new frames (about 100 bytes each).
-HISTORY_LIMIT: Final = 65_536
+# Frames remembered per container for telling re-sends from new frames (about 170 bytes each,
+# about 22 MB once a container has logged this many lines; a 10 MB log file of Ollama's
+# 100-byte lines holds about 100,000).
+HISTORY_LIMIT: Final = 131_072
+
+# What ``Ledger.admit`` says of a frame.
+RESENT: Final = -1
+NEW: Final = 0
+RECOVERED: Final = 1
 
 
 @dataclass(frozen=True)
@@ -56,8 +66,13 @@ class Ledger:
 
     def __init__(self, limit: int = HISTORY_LIMIT) -> None:
         self._limit = limit
-        self._seen: dict[int, bytes] = {}  # hash of (timestamp, content) -> timestamp, oldest first
-        self._horizon = b""  # the newest timestamp forgotten: frames before it are re-sends
+        self._high = limit + max(1, limit // 64)  # forget in batches, down to the limit
+        self._width = 0  # the width of every timestamp seen; -1 once widths differ
+        self._seen: set[int] = set()  # hashes of (timestamp, content)
+        # (timestamp, hash) of every remembered frame: in order as most arrive, else in a heap
+        self._order: deque[tuple[bytes, int]] = deque()
+        self._late: list[tuple[bytes, int]] = []
+        self._horizon = b""  # the newest timestamp forgotten: frames up to it are re-sends
         self.verified: Cursor | None = None
         self.check_due = False  # the next stream starts at the verified point
         self.unverified = False  # live frames were consumed after the verified point
@@ -75,7 +90,12 @@ class Ledger:
     def start_point(self, cursor: Cursor | None) -> Cursor | None:
         """Where the next stream starts: the verified point when a check is due, else
         ``cursor`` (None: the beginning of the run)."""
-        return self.verified if self.check_due else cursor
+        if not self.check_due:
+            return cursor
+        verified = self.verified
+        if verified is not None and self._horizon and newer(self._horizon, verified.timestamp):
+            return Cursor(self._horizon, 1)  # a check reaches back to what is remembered
+        return verified
 
     def begin(self, cursor: Cursor | None) -> None:
         """A stream starts at ``start_point(cursor)``, ``cursor`` being the log's cursor."""
@@ -102,7 +122,7 @@ class Ledger:
             start = self._start
             if start is not None and start.count and newer(ts, start.timestamp):
                 self.gaps += 1  # the frame the stream began at is gone
-        if key in self._seen or (self._horizon and newer(self._horizon, ts)):
+        if key in self._seen or (self._horizon and not newer(ts, self._horizon)):
             self.resent += 1
             if self._live:
                 self.jumped = True  # a re-send in the live part of the stream
@@ -119,6 +139,27 @@ class Ledger:
             return False, True
         return False, False
 
+    def admit(self, ts: bytes, key: int) -> int:
+        """``resent_frame`` and ``remember`` for a line of one frame: RESENT, NEW or RECOVERED."""
+        last = self._last
+        if self._live and last and len(ts) == self._width and ts > last and key not in self._seen:
+            # the common case: a new frame after the newest, in the live part of a stream (every
+            # timestamp remembered has the same width so far: bytes compare as times)
+            order = self._order
+            if (not order or ts >= order[-1][0]) and ts > self._horizon:
+                self._seen.add(key)
+                order.append((ts, key))
+                self._last = ts
+                self.unverified = True
+                if len(order) > self._high:
+                    self._forget()
+                return NEW
+        resent, recovered = self.resent_frame(ts, key)
+        if resent:
+            return RESENT
+        self.remember(ts, key)
+        return RECOVERED if recovered else NEW
+
     def _go_live(self) -> None:
         # The stream passed the cursor it began with: everything before was read afresh.
         if self._from_verified and self._began is not None:
@@ -128,14 +169,33 @@ class Ledger:
 
     def remember(self, ts: bytes, key: int) -> None:
         """The frame is consumed: a later copy of it is a re-send."""
-        self._seen[key] = ts
+        if len(ts) != self._width:
+            self._width = len(ts) if self._width == 0 else -1
+        self._seen.add(key)
+        self._keep(ts, key)
         if self.verified is None:
             self.verified = Cursor(ts, 1)  # the first frame a stream from the start read
         if self._live:
             self.unverified = True
             if not self._last or newer(ts, self._last):
                 self._last = ts
-        while len(self._seen) > self._limit:
-            gone = self._seen.pop(next(iter(self._seen)))
+
+    def _keep(self, ts: bytes, key: int) -> None:
+        order = self._order
+        if not order or not newer(order[-1][0], ts):
+            order.append((ts, key))
+        else:
+            heapq.heappush(self._late, (ts, key))
+        if len(order) + len(self._late) > self._high:
+            self._forget()
+
+    def _forget(self) -> None:
+        order, late = self._order, self._late
+        while len(order) + len(late) > self._limit:
+            if late and (not order or newer(order[0][0], late[0][0])):
+                gone, gone_key = heapq.heappop(late)
+            else:
+                gone, gone_key = order.popleft()
+            self._seen.discard(gone_key)
             if not self._horizon or newer(gone, self._horizon):
                 self._horizon = gone

@@ -34,7 +34,7 @@ from typing import Final
 
 from exporter.classifier import LogClassifier
 from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents
-from exporter.logseen import Cursor, Ledger, newer
+from exporter.logseen import NEW, RECOVERED, RESENT, Cursor, Ledger, newer
 from exporter.runs import (
     RUN_START_SLACK_NS,
     History,
@@ -173,14 +173,16 @@ class ContainerLog:
         pos = 0
         end = len(buf)
         unpack = _HEADER.unpack_from
-        check = self.ledger.resent_frame
-        consumed = self._consumed
+        ledger = self.ledger
+        admit = ledger.admit
         parts: list[bytes] = []
         line_ts: list[bytes] = []
         line_ends: list[int] = []
         recovered: list[int] = []
         total = 0
         pending = self._pending
+        cursor = self.cursor
+        cur_ts, cur_n = (cursor.timestamp, cursor.count) if cursor is not None else (b"", 0)
         while end - pos >= _HEADER_SIZE:
             _, size = unpack(buf, pos)
             stop = pos + _HEADER_SIZE + size
@@ -193,24 +195,35 @@ class ContainerLog:
                 continue
             ts = buf[start:space]
             key = hash(buf[start:stop])
-            resent, found = check(ts, key)
-            if resent:
-                continue
-            msg = buf[space + 1 : stop]
-            if not pending and msg.endswith(b"\n"):
-                consumed(ts, key)
-                if found:
+            if not pending and buf[stop - 1] == 10:  # a whole line in one frame
+                code = admit(ts, key)
+                if code == RESENT:
+                    continue
+                if code == RECOVERED:
                     recovered.append(len(line_ts))
+                msg = buf[space + 1 : stop]
                 parts.append(msg)
                 total += len(msg)
                 line_ts.append(ts)
                 line_ends.append(total)
+                if ts == cur_ts:  # the cursor only moves forward: recovered frames are older
+                    cur_n += 1
+                elif code == NEW or not cur_ts or newer(ts, cur_ts):
+                    cur_ts, cur_n = ts, 1
                 continue
+            resent, found = ledger.resent_frame(ts, key)
+            if resent:
+                continue
+            msg = buf[space + 1 : stop]
             pending.append((ts, msg, key))
             if msg.endswith(b"\n"):
                 joined = b"".join(p[1] for p in pending)
                 for frame_ts, _, frame_key in pending:
-                    consumed(frame_ts, frame_key)
+                    ledger.remember(frame_ts, frame_key)
+                    if frame_ts == cur_ts:
+                        cur_n += 1
+                    elif not cur_ts or newer(frame_ts, cur_ts):
+                        cur_ts, cur_n = frame_ts, 1
                 if found:
                     recovered.append(len(line_ts))
                 parts.append(joined)
@@ -220,6 +233,7 @@ class ContainerLog:
                 pending.clear()
         self._rest = buf[pos:]
         if line_ts:
+            self.cursor = Cursor(cur_ts, cur_n)
             self._count(line_ts, line_ends, b"".join(parts), tally, recovered)
 
     def _consume_lines(

@@ -166,6 +166,8 @@ ROUTING_CASES = [
      "humans"),
     ({"alertname": "ModelFleetLogStreamDown", "fleet": "default", "container": "ollama",
       "severity": "warning"}, "humans"),
+    ({"alertname": "ModelFleetLogLinesLost", "fleet": "default", "container": "ollama",
+      "severity": "warning"}, "humans"),
     ({"alertname": "ModelFleetProbeFailing", "fleet": "default", "model": "phi3:mini",
       "severity": "warning"}, "humans"),
 ]  # fmt: skip
