@@ -2,8 +2,8 @@
 a model server printing numbered OOM lines, paced and in bursts, followed by the exporter's
 log watcher. Paced: every line counted once. Burst into a log too small for it: never a line
 counted twice, and every line not counted reported as a gap. Burst into the recommended
-sizes: every line counted once. (Restarts of the container, the exporter and dockerd stay
-exact: tests/test_exporter_docker.py.)"""
+sizes: every line counted once. (Restarts of the container and of the exporter, and broken
+streams, stay exact: tests/test_exporter_docker.py.)"""
 
 from __future__ import annotations
 
