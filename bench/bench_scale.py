@@ -12,9 +12,10 @@ synthetic probe on), each model-server container holds VRAM on one GPU. It scrap
 
 (containers: watched model-server containers; models: ladder rungs over all fleets) by least
 squares, checked against a shape the fit did not see. bench/bench_scale_prom.py then measures
-what those series cost a real Prometheus with K hosts, and what a two-replica Alertmanager
-cluster takes. Everything it creates (containers labelled model-fleet.bench-scale, processes,
-temporary files) is removed on exit.
+what those series cost a real Prometheus with K hosts, what a two-replica Alertmanager
+cluster takes, and the alerts and deliveries one switch makes on the whole loop. Everything
+it creates (containers labelled model-fleet.bench-scale, processes, temporary files) is
+removed on exit.
 
     .venv/bin/python -m bench.bench_scale [--quick]
 """
@@ -378,6 +379,8 @@ def run(quick: bool = False, hosts: Sequence[int] = (1, 8, 32, 64)) -> list[Row]
         finally:
             host.close()
     rows += bench_scale_prom.alertmanager_rows(alerts=1000 if quick else 5000)
+    with tempfile.TemporaryDirectory(prefix="mf-bench-switch-") as tmp:
+        rows += bench_scale_prom.switch_rows(Path(tmp))
     return rows
 
 

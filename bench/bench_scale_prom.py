@@ -12,6 +12,9 @@ pointed at a local sink. N downgrade alerts, one fleet each, are posted to both 
 Prometheus posts to every replica); measured: alerts/s ingested, then the time until the sink
 has one notification per fleet, and duplicates across the replicas.
 
+One switch: the whole loop (simulator/loop.py) makes one downgrade; counted are the alerts
+that fired and the deliveries that reached the remediator.
+
 Used by bench/bench_scale.py.
 """
 
@@ -340,3 +343,39 @@ def _tmpdir() -> Iterator[str]:
 
     with tempfile.TemporaryDirectory(prefix="mf-bench-am-") as tmp:
         yield tmp
+
+
+def switch_rows(workdir: Path, settle: float = 45.0) -> list[Row]:
+    """One downgrade on the whole loop (simulator/loop.py): the alerts and deliveries it makes.
+
+    Counts what reached the remediator within ``settle`` seconds of the switch: deliveries to
+    its switch webhook and to /webhook/notify (the humans' receiver), and the alerts Prometheus
+    had pending or firing. ModelFleetModelSwitched's resolution comes minutes later (2 min of
+    increase, then the humans route's 5 min group_interval) and is not waited for.
+    """
+    from simulator.loop import Loop, LoopOptions, sample_values, wait_until
+
+    name = "scale: alerts of one switch (the whole loop, shipped rules and routes)"
+    with Loop(workdir, LoopOptions(cooldown_seconds=5)) as loop:
+        assert loop.prometheus is not None
+        loop.emit_errors(3)
+        wait_until(lambda: len(loop.history()) >= 1, 60, "the switch", interval=0.5)
+        switched = time.monotonic()
+        time.sleep(settle)
+        text = loop.remediator_metrics()
+        hooks = sum(sample_values(text, "model_fleet_webhook_requests_total"))
+        notes = sum(sample_values(text, "model_fleet_notifications_total"))
+        window = f"{settle + 60:.0f}s"
+        seen = loop.prometheus.query(
+            f'count by (alertname) (count_over_time(ALERTS{{alertstate="firing"}}[{window}]))'
+        )
+        alerts = sorted(s["metric"]["alertname"] for s in seen)
+        waited = time.monotonic() - switched
+    return [
+        Row(
+            name,
+            f"within {waited:.0f} s of the switch",
+            f"{hooks:.0f} deliveries to the switch webhook, {notes:.0f} to /webhook/notify; "
+            f"alerts fired: {', '.join(alerts)}",
+        )
+    ]
