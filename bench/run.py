@@ -1,6 +1,11 @@
 """All benchmarks in one command, printing one table (and writing BENCHMARKS.md with --write).
 
-    .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000] [--rotation-trials 3]
+    .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000] [--scale]
+                                  [--rotation-trials 3]
+
+With --scale it also measures the per-host budget (bench/bench_scale.py, about 6 minutes),
+printed as its own table and written as its own section of BENCHMARKS.md; without it, --write
+keeps the section the last --scale run wrote.
 
 Everything runs on this machine against 127.0.0.1; nothing here is a pass/fail test, the
 figures are read against the targets in the table.
@@ -19,6 +24,7 @@ from bench import (
     bench_limits,
     bench_loop,
     bench_rotation,
+    bench_scale,
     bench_webhook,
 )
 from bench.common import Row, machine, table
@@ -42,8 +48,25 @@ PATHS = """Paths measured:
   shipped images and compose files started by scripts/up (stand-ins only for Ollama,
   Prometheus and Alertmanager, no GPU), shipped intervals and health checks, Prometheus
   restarted between runs so the phase varies. The issue's target applies to this one.
+- per-host budget (bench/bench_scale.py, --scale): a real exporter (fake NVML, 1-8 GPUs,
+  busybox containers on the real Docker engine) and remediator (gunicorn) per host shape,
+  their /metrics series fitted per GPU, fleet, container and model; a real Prometheus (shipped
+  config and rules, file_sd) scraping them as K hosts; a real two-replica Alertmanager
+  cluster (shipped config) taking a burst of alerts. docs/scale.md derives the sizing.
 
 """
+SCALE_HEADING = "## Per-host budget (bench/bench_scale.py)"
+
+
+def scale_section(rows: list[Row] | None, when: str) -> str:
+    """The BENCHMARKS.md section of the --scale run, or the one already written (or none)."""
+    if rows is not None:
+        return (
+            f"{SCALE_HEADING}\n\nMachine: {machine()}\n\nRun: {when}, "
+            f"`.venv/bin/python -m bench.run --scale`\n\n{table(rows)}\n"
+        )
+    old = (REPO / "BENCHMARKS.md").read_text() if (REPO / "BENCHMARKS.md").exists() else ""
+    return old[old.index(SCALE_HEADING) :] if SCALE_HEADING in old else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rotation-trials", type=int, default=3, help="trials per log rotation case (0: skip)"
+    )
+    parser.add_argument(
+        "--scale", action="store_true", help="also measure the per-host budget (docs/scale.md)"
     )
     args = parser.parse_args(argv)
     started = time.time()
@@ -78,15 +104,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running the {name} benchmark ...", file=sys.stderr, flush=True)
         rows += bench()
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    scale_rows = None
+    if args.scale:
+        print("running the scale benchmark ...", file=sys.stderr, flush=True)
+        scale_rows = bench_scale.run()
     text = (
         f"Machine: {machine()}\n\nRun: {when}, `.venv/bin/python -m bench.run --write` "
         f"({time.time() - started:.0f} s)\n\n{table(rows)}\n"
     )
     print(text)
+    if scale_rows is not None:
+        print(table(scale_rows))
     if args.write:
         (REPO / "BENCHMARKS.md").write_text(
             "# Benchmarks\n\nThe table `python -m bench.run` printed, committed as it came out. "
-            "Targets come from the issues; figures from a shared, noisy machine.\n\n" + PATHS + text
+            "Targets come from the issues; figures from a shared, noisy machine.\n\n"
+            + PATHS
+            + text
+            + "\n"
+            + scale_section(scale_rows, when)
         )
     return 0
 

@@ -15,7 +15,10 @@ from typing import Any
 
 from fleet_contract import metrics as m
 from fleet_contract.errors import ERROR_KINDS
+from fleet_contract.labels import HOST_LABEL
 
+# The host both stand-in services name on every sample (fleet_contract.labels.HOST_LABEL).
+HOST = "gpu-sim"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -74,11 +77,15 @@ def _family(sample: str) -> m.MetricSpec | None:
     return None
 
 
-def exposition(samples: Sequence[tuple[str, Mapping[str, str], float]]) -> str:
-    """Prometheus text format for (name, labels, value) samples, with # TYPE lines."""
+def exposition(
+    samples: Sequence[tuple[str, Mapping[str, str], float]], host: str | None = None
+) -> str:
+    """Prometheus text format for (name, labels, value) samples, with # TYPE lines; ``host``:
+    every sample labelled with it first, as both services label theirs."""
     lines: list[str] = []
     typed: set[str] = set()
-    for name, labels, value in samples:
+    for name, own, value in samples:
+        labels = {HOST_LABEL: host, **own} if host is not None else own
         spec = _family(name)
         family = spec.name if spec is not None else name
         if family not in typed:
@@ -98,8 +105,9 @@ LADDER = (
 )
 
 
-def exporter_exposition(scrape: int) -> str:
-    """Every exporter metric of the contract for fleet "default" on GPU "0"; counters grow."""
+def exporter_exposition(scrape: int, host: str = HOST) -> str:
+    """Every exporter metric of the contract for fleet "default" on GPU "0" of ``host``;
+    counters grow."""
     gpu = {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000", "name": "Fake T4"}
     total = 16 * GIB
     used = 6 * GIB + scrape * 10 * MIB
@@ -139,11 +147,14 @@ def exporter_exposition(scrape: int) -> str:
         (m.PROBE_DURATION, model, 0.25),
         (m.PROBE_TOKENS_PER_SECOND, model, 40.0 + scrape % 5),
     ]
-    return exposition(samples)
+    return exposition(samples, host)
 
 
-def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> str:
-    """Every remediator metric of the contract: fleet "default" on phi3:mini; counters grow."""
+def remediator_exposition(
+    scrape: int, now: Callable[[], float] = time.time, host: str = HOST
+) -> str:
+    """Every remediator metric of the contract: fleet "default" of ``host`` on phi3:mini;
+    counters grow."""
     current = 1
     fleet = {"fleet": "default"}
     samples: list[tuple[str, Mapping[str, str], float]] = [
@@ -165,7 +176,7 @@ def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> 
         (m.NOTIFICATIONS, {"outcome": "forwarded"}, scrape // 3),
         (m.LAST_SWITCH_TIMESTAMP, fleet, round(now()) - 30),
     ]
-    return exposition(samples)
+    return exposition(samples, host)
 
 
 def sample_values(text: str, name: str, **labels: str) -> list[float]:
