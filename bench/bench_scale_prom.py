@@ -57,6 +57,7 @@ ALERT_SCOPE: dict[str, tuple[str, int]] = {
     "ModelFleetNVMLDown": ("host", 1),
     "ModelFleetProbeFailing": ("fleet", 1),  # the current model only
     "ModelFleetLogStreamDown": ("container", 1),
+    "ModelFleetLogLinesLost": ("container", 1),
 }
 
 

@@ -20,8 +20,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "scale.md"
 
 
 def exporter_series(shape: Shape) -> int:
-    """docs/scale.md: 15 + 3 per GPU + 6 per fleet + 10 per watched container."""
-    return 15 + 3 * shape.gpus + 6 * shape.fleets + 10 * shape.containers
+    """docs/scale.md: 15 + 3 per GPU + 6 per fleet + 12 per watched container."""
+    return 15 + 3 * shape.gpus + 6 * shape.fleets + 12 * shape.containers
 
 
 def remediator_series(shape: Shape) -> int:
@@ -31,9 +31,9 @@ def remediator_series(shape: Shape) -> int:
 
 def test_the_docs_state_the_formulas_this_test_checks() -> None:
     text = DOC.read_text()
-    assert "15 + 3 per GPU + 6 per fleet + 10 per watched container" in text
+    assert "15 + 3 per GPU + 6 per fleet + 12 per watched container" in text
     assert "8 + 24 per fleet + 1 per ladder rung" in text
-    assert "3 + 2 per GPU + 21 per fleet + 2\nper watched container" in text
+    assert "3 + 2 per GPU + 21 per fleet + 3\nper watched container" in text
 
 
 def test_least_squares_recovers_an_exact_linear_model() -> None:
@@ -45,8 +45,8 @@ def test_least_squares_recovers_an_exact_linear_model() -> None:
 
 def test_alert_scope_covers_exactly_the_shipped_rules() -> None:
     row = alert_bound_row()  # raises when a rule is missing from ALERT_SCOPE or extra there
-    assert row.value.startswith("3 + 2*GPU + 21*fleet + 2*container")
-    assert len(ALERT_SCOPE) == 14
+    assert row.value.startswith("3 + 2*GPU + 21*fleet + 3*container")
+    assert len(ALERT_SCOPE) == 15
 
 
 @pytest.mark.docker
