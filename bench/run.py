@@ -1,6 +1,6 @@
 """All benchmarks in one command, printing one table (and writing BENCHMARKS.md with --write).
 
-    .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000]
+    .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000] [--crash-trials 200]
 
 Everything runs on this machine against 127.0.0.1; nothing here is a pass/fail test, the
 figures are read against the targets in the table.
@@ -13,7 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import bench_compose, bench_exporter, bench_limits, bench_loop, bench_webhook
+from bench import (
+    bench_compose,
+    bench_crash,
+    bench_exporter,
+    bench_limits,
+    bench_loop,
+    bench_webhook,
+)
 from bench.common import Row, machine, table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +40,9 @@ PATHS = """Paths measured:
   shipped images and compose files started by scripts/up (stand-ins only for Ollama,
   Prometheus and Alertmanager, no GPU), shipped intervals and health checks, Prometheus
   restarted between runs so the phase varies. The issue's target applies to this one.
+- crash recovery (bench/bench_crash.py, with --crash-trials): the remediator under gunicorn
+  (2 workers) on 127.0.0.1, SIGKILLed as a process group at random moments of a switch of
+  two busybox containers on the real Docker engine (Ollama stand-in), then restarted.
 
 """
 
@@ -48,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compose-runs", type=int, default=10, help="runs on the compose stack (0: skip)"
     )
+    parser.add_argument(
+        "--crash-trials",
+        type=int,
+        default=0,
+        help="random SIGKILLs mid-switch (bench/bench_crash.py; 0: skip, its default is 200)",
+    )
     args = parser.parse_args(argv)
     started = time.time()
     rows: list[Row] = []
@@ -57,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         ("bounded work", bench_limits.run),
         ("time to remediation", lambda: bench_loop.run(args.runs)),
         ("compose stack", lambda: bench_compose.run(args.compose_runs)),
+        ("crash recovery", lambda: bench_crash.run(args.crash_trials)),
     ):
         if name == "compose stack" and args.compose_runs <= 0:
+            continue
+        if name == "crash recovery" and args.crash_trials <= 0:
             continue
         print(f"running the {name} benchmark ...", file=sys.stderr, flush=True)
         rows += bench()
