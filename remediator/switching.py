@@ -6,7 +6,9 @@ share this one path. A fleet's switch lock is held from decision to commit, so t
 of one fleet never overlap, whether they come from threads, gunicorn workers or the CLI.
 Two entry points: :meth:`Remediator.request` (a person: decide and switch, then answer) and
 :meth:`Remediator.accept_alerts` (Alertmanager: decide and answer, then switch; the alert path
-is :mod:`remediator.intake`).
+is :mod:`remediator.intake`). Each real switch keeps its intent and its steps in the switch
+journal (:mod:`remediator.journal`); an entry a dead switch left open is resolved under the
+lock before the next decision (:mod:`remediator.recovery`).
 """
 
 from __future__ import annotations
@@ -334,7 +336,9 @@ class Remediator:
             outcome.record = recovery.commit(self, fleet, plan, decision.target)
         except StateError as exc:
             problems = recovery.undo_uncommitted(self, fleet, plan, actions, exc)
-            cause = f"switched, but the state could not be saved ({exc}); rolled back"
+            cause = f"switched, but the state could not be saved ({exc}); " + (
+                "rolled back" if not problems else "the rollback left the journal entry open"
+            )
             outcome.failure = SwitchFailed("state", cause, problems)
             log.error("fleet %s: %s", fleet.name, outcome.failure)
             outcome.duration_seconds = time.monotonic() - started
