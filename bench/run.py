@@ -1,7 +1,7 @@
 """All benchmarks in one command, printing one table (and writing BENCHMARKS.md with --write).
 
     .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000] [--scale]
-                                  [--rotation-trials 3]
+                                  [--rotation-trials 3] [--crash-trials 200]
 
 With --scale it also measures the per-host budget (bench/bench_scale.py, about 6 minutes),
 printed as its own table and written as its own section of BENCHMARKS.md; without it, --write
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench import (
     bench_compose,
+    bench_crash,
     bench_exporter,
     bench_limits,
     bench_loop,
@@ -53,20 +54,28 @@ PATHS = """Paths measured:
   their /metrics series fitted per GPU, fleet, container and model; a real Prometheus (shipped
   config and rules, file_sd) scraping them as K hosts; a real two-replica Alertmanager
   cluster (shipped config) taking a burst of alerts. docs/scale.md derives the sizing.
+- crash recovery (bench/bench_crash.py, with --crash-trials): the remediator under gunicorn
+  (2 workers) on 127.0.0.1, SIGKILLed as a process group at random moments of a switch of
+  two busybox containers on the real Docker engine (Ollama stand-in), then restarted.
 
 """
 SCALE_HEADING = "## Per-host budget (bench/bench_scale.py)"
 
 
-def scale_section(rows: list[Row] | None, when: str) -> str:
-    """The BENCHMARKS.md section of the --scale run, or the one already written (or none)."""
-    if rows is not None:
-        return (
-            f"{SCALE_HEADING}\n\nMachine: {machine()}\n\nRun: {when}, "
-            f"`.venv/bin/python -m bench.run --scale`\n\n{table(rows)}\n"
-        )
+def later_sections(scale_rows: list[Row] | None, when: str) -> str:
+    """The BENCHMARKS.md sections after the main table: the ones already written (separate
+    runs, e.g. the crash and rotation trials), with the per-host budget replaced by this run's
+    --scale figures when there are any."""
     old = (REPO / "BENCHMARKS.md").read_text() if (REPO / "BENCHMARKS.md").exists() else ""
-    return old[old.index(SCALE_HEADING) :] if SCALE_HEADING in old else ""
+    start = old.find("\n## ")
+    sections = [] if start < 0 else ["## " + part for part in old[start + 4 :].split("\n## ")]
+    if scale_rows is not None:
+        new = (
+            f"{SCALE_HEADING}\n\nMachine: {machine()}\n\nRun: {when}, "
+            f"`.venv/bin/python -m bench.run --scale`\n\n{table(scale_rows)}\n"
+        )
+        sections = [s for s in sections if not s.startswith(SCALE_HEADING)] + [new]
+    return "\n".join(s.rstrip("\n") + "\n" for s in sections)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale", action="store_true", help="also measure the per-host budget (docs/scale.md)"
     )
+    parser.add_argument(
+        "--crash-trials",
+        type=int,
+        default=0,
+        help="random SIGKILLs mid-switch (bench/bench_crash.py; 0: skip, its default is 200)",
+    )
     args = parser.parse_args(argv)
     started = time.time()
     rows: list[Row] = []
@@ -96,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         ("bounded work", bench_limits.run),
         ("time to remediation", lambda: bench_loop.run(args.runs)),
         ("compose stack", lambda: bench_compose.run(args.compose_runs)),
+        ("crash recovery", lambda: bench_crash.run(args.crash_trials)),
     ):
         if name == "compose stack" and args.compose_runs <= 0:
             continue
         if name == "log rotation" and args.rotation_trials <= 0:
+            continue
+        if name == "crash recovery" and args.crash_trials <= 0:
             continue
         print(f"running the {name} benchmark ...", file=sys.stderr, flush=True)
         rows += bench()
@@ -122,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             + PATHS
             + text
             + "\n"
-            + scale_section(scale_rows, when)
+            + later_sections(scale_rows, when)
         )
     return 0
 

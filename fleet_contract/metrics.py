@@ -63,6 +63,7 @@ STEP_UP_WINDOW_OPEN: Final = "model_fleet_step_up_window_open"
 OFFLOAD_TOLERANCE: Final = "model_fleet_offload_tolerance_ratio"
 SWITCHES: Final = "model_fleet_switches_total"
 REMEDIATION_FAILURES: Final = "model_fleet_remediation_failures_total"
+SWITCH_RECOVERIES: Final = "model_fleet_switch_recoveries_total"
 WEBHOOK_REQUESTS: Final = "model_fleet_webhook_requests_total"
 NOTIFICATIONS: Final = "model_fleet_notifications_total"
 
@@ -216,6 +217,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "counter",
         ("fleet", "step"),
         "Switches that failed and were rolled back, by the step that failed.",
+    ),
+    _remediator(
+        SWITCH_RECOVERIES,
+        "counter",
+        ("fleet", "outcome"),
+        "Interrupted switches found open in the switch journal and resolved: rolled_forward, "
+        "rolled_back, or failed (the entry stays open and is tried again).",
     ),
     _remediator(
         WEBHOOK_REQUESTS, "counter", ("outcome",), "Alertmanager webhook deliveries, by outcome."
