@@ -43,7 +43,7 @@ import docker.errors
 
 # Where the bridges' subnets are taken from: private, and far from Docker's default pools
 # (172.17.0.0/16 and up, 192.168.0.0/16).
-SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
+SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 BRIDGE_PREFIX = "mfbr"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -83,7 +83,7 @@ def used_networks() -> list[ipaddress.IPv4Network]:
 def free_subnet() -> ipaddress.IPv4Network:
     """A /24 of SUBNET_POOL that overlaps nothing on this machine (picked at random)."""
     used = used_networks()
-    candidates = list(SUBNET_POOL.subnets(new_prefix=24))
+    candidates: list[ipaddress.IPv4Network] = list(SUBNET_POOL.subnets(new_prefix=24))
     random.shuffle(candidates)
     for net in candidates:
         if not any(net.overlaps(other) for other in used):

@@ -100,7 +100,8 @@ class TwoHosts:
                 fleet=self.fleet, cooldown_seconds=0, docker_host=docker_host, host=host
             )
             loop = HostLoop(self.workdir / host, options)
-            self.hosts[host] = self._stack.enter_context(loop)
+            self._stack.enter_context(loop)
+            self.hosts[host] = loop
         am_web = [f"127.0.0.1:{prom_env.free_port()}" for _ in range(ALERTMANAGER_REPLICAS)]
         self.render(am_web)
         self._start_alertmanagers(am_web)
