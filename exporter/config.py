@@ -18,6 +18,8 @@ from typing import Any, Final
 
 from exporter.classifier import DEFAULT_PATTERNS, LogClassifier, PatternError
 from exporter.incidents import DEFAULT_WINDOW_SECONDS
+from fleet_contract.env import HOST as HOST_ENV
+from fleet_contract.hosts import default_host, resolve_host
 from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
 from fleet_contract.labels import FLEET_LABEL, ROLE_LABEL, ROLE_SERVER
 from fleet_contract.yamlfile import ConfigError as ConfigError
@@ -58,7 +60,9 @@ _FLEET_KEYS: Final = (
 DEFAULT_SERVER_URL: Final = "http://127.0.0.1:11434"  # the remediator's default too
 # Every key path this parser reads ("*": a fleet name); the docs test checks the docs against it.
 CONFIG_KEYS: Final = frozenset(
-    {f"exporter.{key}" for key in _EXPORTER_KEYS} | {f"fleets.*.{key}" for key in _FLEET_KEYS}
+    {"host"}  # the `host` label of every metric (fleet_contract.hosts)
+    | {f"exporter.{key}" for key in _EXPORTER_KEYS}
+    | {f"fleets.*.{key}" for key in _FLEET_KEYS}
 )
 _KIND_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -128,6 +132,7 @@ class ExporterConfig:
     servers: tuple[ServerTarget, ...] = (ServerTarget(DEFAULT_FLEET),)
     server_poll_seconds: float = 5.0  # 0: not polled
     source: str = "<defaults>"
+    host: str = field(default_factory=default_host)  # the `host` label of every metric
 
     def classifier(self) -> LogClassifier:
         """The LogClassifier for these patterns."""
@@ -139,6 +144,7 @@ def effective_config(config: ExporterConfig) -> dict[str, Any]:
     s = config.selection
     return {
         "source": config.source,
+        "host": config.host,
         "bind": config.bind,
         "containers": {
             "labels": dict(s.labels) if s.use_labels else None,
@@ -295,6 +301,7 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         servers=tuple(servers) if "fleets" in top and top["fleets"] is not None else d.servers,
         server_poll_seconds=r.number(ex, "server_poll_seconds", "exporter", d.server_poll_seconds),
         source=source,
+        host=resolve_host(top.get("host"), source, os.environ.get(HOST_ENV)),
     )
     try:
         config.classifier()
@@ -377,5 +384,5 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ExporterConfig:
     """Load ``path``, else $MODEL_FLEET_CONFIG, else ./model-fleet.yaml, else the defaults."""
     chosen = config_path(path)
     if chosen is None:
-        return ExporterConfig()
+        return parse_config({}, "<defaults>")
     return parse_config(load_yaml(chosen), str(chosen))

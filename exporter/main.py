@@ -20,7 +20,7 @@ from exporter.adapters.model_server import OllamaApi
 from exporter.adapters.nvml import NvmlCollector
 from exporter.config import ExporterConfig, effective_config, parse_bind
 from exporter.logsource import LogSource
-from exporter.metrics import LogCollector, LogStore, gauge
+from exporter.metrics import HostRegistry, LogCollector, LogStore, gauge
 from exporter.server import make_server
 from exporter.serverpoll import ApiFactory, ServerCollector, ServerStore, ServerWatch
 from exporter.watcher import LogWatcher
@@ -84,7 +84,7 @@ def build_exporter(
     The logs come from ``source``, by default the Docker engine of the environment; each
     fleet's model server is reached through ``server_api(url)``, by default Ollama's API.
     """
-    registry = CollectorRegistry()
+    registry = HostRegistry(config.host)  # every sample gets the `host` label there
     classifier = config.classifier()
     store = LogStore(classifier.kinds)
     watcher = (

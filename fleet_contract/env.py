@@ -30,6 +30,7 @@ ENV_FILE: Final = "MODEL_FLEET_ENV_FILE"
 ALLOW_NO_GPU: Final = "MODEL_FLEET_ALLOW_NO_GPU"
 SKIP_PULL: Final = "MODEL_FLEET_SKIP_PULL"
 CDI_DIRS: Final = "MODEL_FLEET_CDI_DIRS"
+HOST: Final = "MODEL_FLEET_HOST"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ _SERVICES: Final = ("remediator", "exporter", "cli")
 
 ENV_VARS: Final[tuple[EnvVar, ...]] = (
     EnvVar(CONFIG, _SERVICES, "the model-fleet.yaml to read (else ./model-fleet.yaml)"),
+    EnvVar(
+        HOST,
+        ("remediator", "exporter", "cli"),
+        "the GPU host the services run for (the `host` label); overrides host",
+    ),
     EnvVar(STATE_FILE, ("remediator", "cli"), "the state file; overrides state_file"),
     EnvVar(
         TOKEN_FILE,

@@ -13,3 +13,7 @@ ROLE_APP: Final = "app"
 ROLES: Final = (ROLE_SERVER, ROLE_APP)
 # The fleet of a selected container that has no fleet label.
 DEFAULT_FLEET: Final = "default"
+
+# The Prometheus label every metric of both services and every alert carries: the GPU host
+# (model-fleet.yaml's `host`, else $MODEL_FLEET_HOST, else the machine's name).
+HOST_LABEL: Final = "host"

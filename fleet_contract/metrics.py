@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from fleet_contract.labels import HOST_LABEL
+
 Kind = Literal["counter", "gauge", "histogram"]
 Service = Literal["exporter", "remediator"]
 
@@ -210,6 +212,16 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "failed to forward, or only logged (no webhook configured).",
     ),
 )
+
+# Labels every sample of both services carries besides its spec's: each service adds them in
+# one place where it renders /metrics (its HostRegistry), so a spec never lists them.
+COMMON_LABELS: Final = (HOST_LABEL,)
+
+
+def exposed_labels(metric: MetricSpec) -> tuple[str, ...]:
+    """The label names ``metric``'s samples carry on /metrics: the common ones, then its own."""
+    return (*COMMON_LABELS, *metric.labels)
+
 
 BY_NAME: Final[Mapping[str, MetricSpec]] = {m.name: m for m in METRICS}
 # Series Prometheus makes itself, which rules and dashboards may use besides ours.

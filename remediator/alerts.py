@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from fleet_contract.labels import HOST_LABEL
 from remediator.config import Config
 from remediator.decisions import AlertRef
 
@@ -136,14 +137,19 @@ def triage(
     config: Config, alerts: list[WebhookAlert]
 ) -> tuple[dict[str, list[AlertRequest]], list[dict[str, Any]]]:
     """Sort a delivery: the switch requests per fleet (in delivery order), and the alerts that
-    ask nothing (no known ``remediation`` label, an unknown fleet, resolved) with the reason."""
+    ask nothing (another host's, no known ``remediation`` label, an unknown fleet, resolved)
+    with the reason. An alert without a ``host`` label is this host's (single-host setups,
+    manual POSTs); one naming another host is never acted on, whatever its fleet."""
     requests: dict[str, list[AlertRequest]] = {}
     ignored: list[dict[str, Any]] = []
     for alert in alerts:
         item = alert.item()
         remediation = alert.labels.get("remediation")
         fleet = config.fleets.get(alert.labels.get("fleet", ""))
-        if remediation not in REMEDIATIONS:
+        host = alert.labels.get(HOST_LABEL)
+        if host and host != config.host:
+            ignored.append({**item, "reason": "other_host", "detail": f"this is {config.host}"})
+        elif remediation not in REMEDIATIONS:
             ignored.append({**item, "reason": "no_remediation"})
         elif fleet is None:
             ignored.append({**item, "reason": "unknown_fleet"})

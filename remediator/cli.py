@@ -91,7 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=_seconds, default=2.0, help="seconds between frames (default 2)"
     )
     p.add_argument("--once", action="store_true", help="print one frame and exit")
-    sub.add_parser("check-config", parents=[common], help="validate and print the configuration")
+    p = sub.add_parser(
+        "check-config", parents=[common], help="validate and print the configuration"
+    )
+    p.add_argument(
+        "--inventory",
+        help="validate this inventory instead (with --config: that the config's fleets are "
+        "those the inventory lists for its host)",
+    )
+    p = sub.add_parser(
+        "render-monitoring",
+        parents=[common],
+        help="write Prometheus' targets and config and Alertmanager's config for an inventory",
+    )
+    p.add_argument("--inventory", required=True, help="the inventory YAML (docs/multi-host.md)")
+    p.add_argument("--out", required=True, help="the directory to write into")
     p = sub.add_parser("serve", parents=[common], help="run the HTTP service under gunicorn")
     p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     p.add_argument("--workers", type=int, default=None, help="gunicorn workers (default 3)")
@@ -232,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "render-monitoring" or getattr(args, "inventory", None):
+        from remediator.hostscli import run_inventory_command
+
+        return run_inventory_command(args)
     url = args.url or os.environ.get(URL_ENV)
     config: Config | None = None
     if not url or args.command in ("check-config", "serve"):

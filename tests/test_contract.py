@@ -24,6 +24,7 @@ from exporter.server import make_server
 from exporter.serverpoll import LoadedModel, ProbeResult
 from fleet_contract import env, errors, labels, metrics
 from remediator import metrics as remediator_metrics
+from remediator.config import CONFIG_KEYS as RemediatorConfigKeys
 from remediator.config import ConfigError as RemediatorConfigError
 from remediator.config import parse_config as parse_remediator_config
 from remediator.state import StateStore
@@ -39,6 +40,8 @@ FORBIDDEN = frozenset(
 )
 # Hooks for the project's own tests, not settings: documented where they are read.
 TEST_HOOKS = frozenset({"MODEL_FLEET_POLICY_RC_D"})
+# The host the services below run for: every sample must carry it.
+HOST = "gpu-test.lan"
 
 
 def parse_exposition(text: str) -> Exposed:
@@ -62,7 +65,9 @@ def parse_exposition(text: str) -> Exposed:
 
 def contract_of(service: metrics.Service) -> Exposed:
     """What the contract says ``service`` exposes."""
-    return {m.name: (m.kind, frozenset(m.labels)) for m in metrics.of_service(service)}
+    return {
+        m.name: (m.kind, frozenset(metrics.exposed_labels(m))) for m in metrics.of_service(service)
+    }
 
 
 class _FakeNvml(types.SimpleNamespace):
@@ -101,7 +106,7 @@ class _FakeNvml(types.SimpleNamespace):
 def exporter_metrics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """GET /metrics of a real exporter (fake NVML, no Docker) with one watched container."""
     monkeypatch.setattr("exporter.adapters.nvml._load_pynvml", _FakeNvml)
-    config = ExporterConfig(docker=False, proc_root=str(tmp_path))
+    config = ExporterConfig(docker=False, proc_root=str(tmp_path), host=HOST)
     exporter = build_exporter(config)
     # One container that has run and reconnected: its gauges exist only then.
     store = exporter.store
@@ -128,7 +133,7 @@ def exporter_metrics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
 def remediator_metrics_text(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """The remediator's /metrics body for the default configuration, from a fresh registry."""
     monkeypatch.delenv(env.PROMETHEUS_MULTIPROC_DIR, raising=False)
-    config = parse_remediator_config({"state_file": str(tmp_path / "state.json")})
+    config = parse_remediator_config({"state_file": str(tmp_path / "state.json"), "host": HOST})
     registry = CollectorRegistry()
     remediator_metrics.RemediatorMetrics(config, registry)
     return remediator_metrics.render(config, StateStore(config), registry).decode()
@@ -152,6 +157,23 @@ def test_service_exposes_exactly_its_contract_metrics(
     assert sorted(set(contract) - set(real)) == [], "in the contract, but not exposed"
     for name, (kind, label_set) in contract.items():
         assert real[name] == (kind, label_set), f"{name}: exposed {real[name]}"
+
+
+@pytest.mark.parametrize("service", ["exporter", "remediator"])
+def test_every_sample_carries_the_services_host(
+    service: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(env.HOST, raising=False)
+    render = exporter_metrics if service == "exporter" else remediator_metrics_text
+    samples = [
+        sample
+        for family in text_string_to_metric_families(render(monkeypatch, tmp_path))
+        for sample in family.samples
+    ]
+    assert samples
+    for sample in samples:
+        assert sample.labels.get(labels.HOST_LABEL) == HOST, sample
+    assert metrics.COMMON_LABELS == (labels.HOST_LABEL,)
 
 
 def test_every_metric_belongs_to_one_service_once() -> None:
@@ -309,7 +331,8 @@ def test_exporter_config_keys_are_the_keys_its_parser_accepts() -> None:
     assert exporter_keys == {f"exporter.{k}" for k in allowed.group(1).split(", ")}
     # Of the fleets, the exporter reads how their model servers' containers are found, where
     # their APIs answer, and the synthetic probe.
-    fleet_keys = CONFIG_KEYS - exporter_keys
+    assert "host" in CONFIG_KEYS and "host" in RemediatorConfigKeys
+    fleet_keys = CONFIG_KEYS - exporter_keys - {"host"}
     assert fleet_keys == {
         "fleets.*.containers.server",
         "fleets.*.containers.ollama",  # the deprecated name of server

@@ -342,5 +342,6 @@ def test_the_offload_tolerance_is_exported_per_fleet(tmp_path: Path) -> None:
     config = make_config(tmp_path, {"tolerant": {"offload_tolerance": 0.1}, "strict": {}})
     app = create_app(config, token=TOKEN, actions_for=Recorder().for_fleet)
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    assert 'model_fleet_offload_tolerance_ratio{fleet="tolerant"} 0.1' in text
-    assert 'model_fleet_offload_tolerance_ratio{fleet="strict"} 0.0' in text
+    host = f'host="{config.host}"'
+    assert f'model_fleet_offload_tolerance_ratio{{fleet="tolerant",{host}}} 0.1' in text
+    assert f'model_fleet_offload_tolerance_ratio{{fleet="strict",{host}}} 0.0' in text

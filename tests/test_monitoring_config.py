@@ -196,7 +196,7 @@ def test_remediator_route_and_webhook_settings() -> None:
     assert route["matchers"] == ['remediation=~"downgrade|upgrade"']
     assert route.get("continue", False) is False
     root = _am_config()["route"]
-    assert route.get("group_by", root["group_by"]) == ["fleet", "alertname"]
+    assert route.get("group_by", root["group_by"]) == ["host", "fleet", "alertname"]
     assert _seconds(route["group_wait"]) <= 5
     # A repeat carries the same fingerprint+startsAt: the remediator must still remember it.
     ttl = default_config().alert_key_ttl_seconds
@@ -217,12 +217,12 @@ def test_inhibit_rules() -> None:
     assert (
         ('alertname="ModelFleetAtSmallestModel"',),
         ('remediation="downgrade"',),
-        ("fleet",),
+        ("host", "fleet"),
     ) in as_tuples
     assert (
         ('alertname="ModelFleetSwitchFlapping"',),
         ('remediation="upgrade"',),
-        ("fleet",),
+        ("host", "fleet"),
     ) in as_tuples
 
 

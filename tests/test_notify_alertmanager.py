@@ -9,6 +9,7 @@ run at once and every alert is posted before the first wait, so the module waits
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -168,7 +169,10 @@ def test_the_status_shows_the_notifications(stacks: dict[str, Stack], fmt: str) 
         ("ModelFleetRemediationFailed", "critical", "firing", "forwarded"),
     }  # fmt: skip
     metrics = _get(f"{stacks[fmt].remediator.url}/metrics").decode()
-    assert 'model_fleet_notifications_total{outcome="forwarded"} 2.0' in metrics
+    # Every sample carries the remediator's host (fleet_contract.labels.HOST_LABEL).
+    assert re.search(
+        r'model_fleet_notifications_total\{host="[^"]+",outcome="forwarded"\} 2\.0', metrics
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

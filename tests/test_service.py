@@ -157,7 +157,8 @@ def test_mutating_endpoints_need_the_bearer_token(
     drain(app)
     assert index(config) == 0
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'model_fleet_webhook_requests_total{outcome="unauthorized"} 1.0' in metrics
+    host = f'host="{config.host}"'
+    assert f'model_fleet_webhook_requests_total{{{host},outcome="unauthorized"}} 1.0' in metrics
 
 
 def test_reads_are_open_by_default_and_can_be_protected(tmp_path: Path) -> None:
@@ -200,11 +201,12 @@ def test_a_firing_alert_switches_once_in_the_background(
     assert (record.trigger, record.direction) == ("alert", "down")
     assert record.alert_key == "3f2a9c1b8e7d6054@2026-11-27T03:10:00.123456789Z"
     metrics = client.get("/metrics").get_data(as_text=True)
+    host = f'host="{config.host}"'
     assert (
-        'model_fleet_switches_total{direction="down",fleet="default",trigger="alert"} 1.0'
+        f'model_fleet_switches_total{{direction="down",fleet="default",{host},trigger="alert"}} 1.0'
         in metrics
     )
-    assert 'model_fleet_webhook_requests_total{outcome="duplicate"} 1.0' in metrics
+    assert f'model_fleet_webhook_requests_total{{{host},outcome="duplicate"}} 1.0' in metrics
 
 
 def test_the_error_count_comes_from_the_alert_and_resets_on_switch(
@@ -253,6 +255,40 @@ def test_a_group_is_sorted_into_accepted_and_ignored_with_reasons(
         "0011223344556677": "resolved",
         "8899aabbccddeeff": "unknown_fleet",
     }
+    wait_for(lambda: index(config) == 1)
+    drain(app)
+
+
+def test_an_alert_of_another_host_is_ignored_and_counted(
+    tmp_path: Path, actions: RecordingActions
+) -> None:
+    """Per-host autonomy: a remediator acts only on alerts of its host (the `host` label);
+    an alert without the label is its own (single-host setups, manual POSTs)."""
+    config = parse_config(
+        {
+            "host": "gpu-a",
+            "state_file": str(tmp_path / "state.json"),
+            "fleets": {"default": {"cooldown_seconds": 0}},
+        },
+        "test",
+    )
+    app = create_app(config, token=TOKEN, actions_for=actions.for_fleet)
+    client = app.test_client()
+    body = payload("alertmanager_firing.json")
+    body["alerts"][0]["labels"]["host"] = "gpu-b"
+    resp = client.post("/webhook/alertmanager", json=body, headers=AUTH)
+    assert resp.status_code == 202
+    answer = resp.get_json()
+    assert answer["outcome"] == "ignored" and answer["accepted"] == []
+    [ignored] = answer["ignored"]
+    assert ignored["reason"] == "other_host" and "gpu-a" in ignored["detail"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'model_fleet_webhook_requests_total{host="gpu-a",outcome="ignored"} 1.0' in metrics
+    assert index(config) == 0 and actions.plans == []
+    # The same alert for this host switches the fleet.
+    body["alerts"][0]["labels"]["host"] = "gpu-a"
+    resp = client.post("/webhook/alertmanager", json=body, headers=AUTH)
+    assert resp.get_json()["outcome"] == "accepted"
     wait_for(lambda: index(config) == 1)
     drain(app)
 
@@ -412,7 +448,11 @@ def test_a_failed_switch_answers_502_counts_and_changes_no_state(
     assert status["current_model"]["name"] == "llama3.2:3b"
     assert status["last_failure"]["step"] == "pull"
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'model_fleet_remediation_failures_total{fleet="default",step="pull"} 1.0' in metrics
+    host = f'host="{config.host}"'
+    assert (
+        f'model_fleet_remediation_failures_total{{fleet="default",{host},step="pull"}} 1.0'
+        in metrics
+    )
 
 
 def test_metrics_follow_the_contract(app: Flask) -> None:

@@ -46,7 +46,10 @@ def served(
 
 
 def samples(text: str, name: str) -> list[Any]:
-    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    """The samples called ``name``, each checked for the host label and shown without it."""
+    found = [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    assert all(s.labels.get("host") for s in found), found
+    return [s._replace(labels={k: v for k, v in s.labels.items() if k != "host"}) for s in found]
 
 
 def test_fifty_concurrent_duplicates_across_three_workers_switch_once(

@@ -249,5 +249,6 @@ def test_metrics_say_whether_the_window_is_open(tmp_path: Path) -> None:
     )
     app = create_app(config, token=TOKEN, actions_for=RecordingActions().for_fleet)
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    assert 'model_fleet_step_up_window_open{fleet="night"} 0.0' in text
-    assert 'model_fleet_step_up_window_open{fleet="always"} 1.0' in text
+    host = f'host="{config.host}"'
+    assert f'model_fleet_step_up_window_open{{fleet="night",{host}}} 0.0' in text
+    assert f'model_fleet_step_up_window_open{{fleet="always",{host}}} 1.0' in text

@@ -14,6 +14,7 @@ from typing import Final, Literal
 from fleet_contract.env import CONFIG as CONFIG_ENV
 from fleet_contract.env import NOTIFY_URL as NOTIFY_URL_ENV
 from fleet_contract.env import STATE_FILE as STATE_FILE_ENV
+from fleet_contract.hosts import default_host
 from fleet_contract.labels import DEFAULT_FLEET
 from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
 from remediator.adapters.appconfig import FORMATS as APP_CONFIG_FORMATS
@@ -216,6 +217,9 @@ class Config:
     """The whole effective configuration."""
 
     fleets: Mapping[str, FleetConfig]
+    # The GPU host this remediator acts for: its metrics' `host` label; alerts of another
+    # host are ignored (fleet_contract.hosts).
+    host: str = field(default_factory=default_host)
     state_file: Path = Path("model_fleet_state.json")
     lock_timeout_seconds: float = 10.0
     history_limit: int = 100

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from fleet_contract.env import HOST as HOST_ENV
 from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
+from fleet_contract.hosts import resolve_host
 from fleet_contract.yamlfile import config_path, load_yaml
 from remediator.adapters.appconfig import AppConfigError
 from remediator.config.limits import HTTP_KEYS, parse_http
@@ -43,6 +45,7 @@ __all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
 
 _TOP_KEYS: Final = frozenset(
     {
+        "host",
         "state_file",
         "lock_timeout_seconds",
         "history_limit",
@@ -370,6 +373,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     )
     return Config(
         fleets=fleets,
+        host=resolve_host(top.get("host"), source, os.environ.get(HOST_ENV)),
         state_file=Path(state_file),
         lock_timeout_seconds=r.number(top, "lock_timeout_seconds", "", d.lock_timeout_seconds),
         history_limit=r.integer(top, "history_limit", "", d.history_limit, lo=1),

@@ -126,6 +126,7 @@ def effective_config(config: Config) -> dict[str, Any]:
 
     return {
         "source": config.source,
+        "host": config.host,
         "state_file": str(config.state_file),
         "lock_timeout_seconds": config.lock_timeout_seconds,
         "history_limit": config.history_limit,

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet_contract.labels import HOST_LABEL
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
 T = TypeVar("T")
@@ -51,11 +53,17 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float = 20.0, interval:
 
 
 def parse_metrics(text: str) -> Samples:
-    """{(sample name, labels): value} for a Prometheus text exposition."""
+    """{(sample name, labels): value} for a Prometheus text exposition.
+
+    Every sample must carry the exporter's ``host`` label (checked here, for every test that
+    scrapes); the keys hold the other labels, which are what the tests compare.
+    """
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
+            labels = dict(s.labels)
+            assert labels.pop(HOST_LABEL, ""), f"a sample without the host label: {s}"
+            samples[(s.name, frozenset(labels.items()))] = s.value
     return samples
 
 
