@@ -4,9 +4,8 @@ Host A (``gpu-a``) runs on the machine's Docker engine, host B (``gpu-b``) on a 
 (simulator.engines). Each host has what simulator.loop starts for one (``Loop.start_host``): a
 model-server and an application container on its engine, an Ollama stand-in, a fake NVML, an
 exporter (DOCKER_HOST = its engine) and a remediator under gunicorn, each on its own 127.0.0.1
-port, with its own model-fleet.yaml (``host`` set), state file and token file. Both hosts serve
-a fleet of the same name, as two GPU machines running the same service do: only the ``host``
-label tells their alerts apart.
+port, with its own model-fleet.yaml (``host`` set), state file and token file, serving its own
+fleet (the inventory wants fleet names unique across hosts).
 
 The monitoring is what ``model-fleet render-monitoring`` makes of an inventory of the two
 hosts, used as it is: one Prometheus on the rendered prometheus.yml (file_sd targets), and a
@@ -60,12 +59,12 @@ class TwoHosts:
         workdir: Path,
         engine: SecondEngine,
         *,
-        fleet: str | None = None,
         alert_for: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.engine = engine
-        self.fleet = fleet or f"mh-{uuid.uuid4().hex[:6]}"
+        run = uuid.uuid4().hex[:6]
+        self.fleets = {HOST_A: f"mh-{run}-a", HOST_B: f"mh-{run}-b"}
         self.alert_for = alert_for or {}
         self.hosts: dict[str, HostLoop] = {}
         self.monitoring = workdir / "monitoring"
@@ -97,7 +96,7 @@ class TwoHosts:
         engines = {HOST_A: None, HOST_B: self.engine.docker_host}
         for host, docker_host in engines.items():
             options = LoopOptions(
-                fleet=self.fleet, cooldown_seconds=0, docker_host=docker_host, host=host
+                fleet=self.fleets[host], cooldown_seconds=0, docker_host=docker_host, host=host
             )
             loop = HostLoop(self.workdir / host, options)
             self._stack.enter_context(loop)

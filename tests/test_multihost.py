@@ -2,9 +2,9 @@
 
 Host A runs on the machine's engine, host B on a second dockerd this module starts with its own
 socket, data root, exec root, pid file and bridge (simulator/engines.py), and removes again.
-Each host has its own exporter and remediator; both serve a fleet of the same name, so only the
-``host`` label keeps them apart. The monitoring configs are `model-fleet render-monitoring`'s
-output for an inventory of the two hosts, used as they are (simulator/multihost.py).
+Each host has its own exporter, remediator and fleet. The monitoring configs are
+`model-fleet render-monitoring`'s output for an inventory of the two hosts, used as they are
+(simulator/multihost.py).
 
 VRAM errors on host B switch host B's fleet, once, and nothing of host A; with host A's
 remediator stopped, ModelFleetRemediatorDown fires for host A and reaches both Alertmanager
@@ -182,14 +182,16 @@ def test_cleanup_leaves_nothing_behind_and_the_first_engine_keeps_its_network(
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
         assert engine.bridge not in rules and str(engine.subnet) not in rules
     procs = [p for loop in scenario.hosts.hosts.values() for p in loop.procs.values()]
-    fleet = scenario.hosts.fleet
+    fleets = scenario.hosts.fleets.values()
     began = time.monotonic()
     scenario.hosts.close()
     engine.stop()
     scenario.timings["teardown"] = time.monotonic() - began
     assert engine.leftovers() == []
     assert all(p.poll() is not None for p in procs)
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LOOP_LABEL}={fleet}"})
+    for fleet in fleets:
+        mine = {"label": f"{LOOP_LABEL}={fleet}"}
+        assert not docker_client.containers.list(all=True, filters=mine)
     # The first engine: its bridge, its address, and its containers' network.
     assert bridge_address("docker0") == scenario.docker0
     witness = scenario.witness
