@@ -16,6 +16,7 @@ can run here (not root, no dockerd).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -189,6 +190,9 @@ def test_cleanup_leaves_nothing_behind_and_the_first_engine_keeps_its_network(
     scenario.timings["teardown"] = time.monotonic() - began
     assert engine.leftovers() == []
     assert all(p.poll() is not None for p in procs)
+    for proc in procs:  # and nothing of their process groups (gunicorn's workers)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)
     for fleet in fleets:
         mine = {"label": f"{LOOP_LABEL}={fleet}"}
         assert not docker_client.containers.list(all=True, filters=mine)
