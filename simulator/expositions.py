@@ -15,7 +15,10 @@ from typing import Any
 
 from fleet_contract import metrics as m
 from fleet_contract.errors import ERROR_KINDS
+from fleet_contract.labels import HOST_LABEL
 
+# The host both stand-in services name on every sample (fleet_contract.labels.HOST_LABEL).
+HOST = "gpu-sim"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -74,11 +77,15 @@ def _family(sample: str) -> m.MetricSpec | None:
     return None
 
 
-def exposition(samples: Sequence[tuple[str, Mapping[str, str], float]]) -> str:
-    """Prometheus text format for (name, labels, value) samples, with # TYPE lines."""
+def exposition(
+    samples: Sequence[tuple[str, Mapping[str, str], float]], host: str | None = None
+) -> str:
+    """Prometheus text format for (name, labels, value) samples, with # TYPE lines; ``host``:
+    every sample labelled with it first, as both services label theirs."""
     lines: list[str] = []
     typed: set[str] = set()
-    for name, labels, value in samples:
+    for name, own, value in samples:
+        labels = {HOST_LABEL: host, **own} if host is not None else own
         spec = _family(name)
         family = spec.name if spec is not None else name
         if family not in typed:
@@ -139,7 +146,7 @@ def exporter_exposition(scrape: int) -> str:
         (m.PROBE_DURATION, model, 0.25),
         (m.PROBE_TOKENS_PER_SECOND, model, 40.0 + scrape % 5),
     ]
-    return exposition(samples)
+    return exposition(samples, HOST)
 
 
 def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> str:
@@ -165,7 +172,7 @@ def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> 
         (m.NOTIFICATIONS, {"outcome": "forwarded"}, scrape // 3),
         (m.LAST_SWITCH_TIMESTAMP, fleet, round(now()) - 30),
     ]
-    return exposition(samples)
+    return exposition(samples, HOST)
 
 
 def sample_values(text: str, name: str, **labels: str) -> list[float]:

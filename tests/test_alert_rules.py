@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fleet_contract import metrics
+from fleet_contract import labels, metrics
 from remediator.config import MIB, SHIPPED_ALERT_THRESHOLD, AutoUpgrade, FleetConfig
 from simulator.prom_env import REPO, RULES_FILE, promql_metric_names, render_rules
 
@@ -104,7 +104,7 @@ def test_downgrade_alert_fires_without_delay_and_carries_the_contract_labels() -
     assert rule.get("for", "0s") in ("0s", "0m", 0), "the exact gauge needs no `for`"
     assert rule["labels"]["remediation"] == "downgrade"
     assert rule["labels"]["severity"]
-    assert re.search(r"by \(fleet\b", rule["expr"]), "the alert must keep the fleet label"
+    assert re.search(r"by \(host, fleet\b", rule["expr"]), "the alert must keep host and fleet"
     # One alert per start of the model server (see the rule's comment).
     assert "started_at" in rule["expr"]
     assert rule["annotations"]["value"] == "{{ $value }}"
@@ -120,7 +120,7 @@ def test_offload_alert_asks_for_a_downgrade_about_the_current_model_only() -> No
     expr = rule["expr"]
     assert f'{metrics.MODEL_MEMORY}{{location="system"}}' in expr
     assert metrics.OFFLOAD_TOLERANCE in expr and metrics.CURRENT_MODEL_INFO in expr
-    assert "by (fleet, model)" in expr, "one alert per fleet and model"
+    assert "by (host, fleet, model)" in expr, "one alert per host, fleet and model"
     # The remediator reads a downgrade alert's `value` as the VRAM error count: none here.
     assert "value" not in rule["annotations"]
     [group] = [
@@ -161,14 +161,25 @@ def test_only_the_remediation_alerts_carry_a_remediation_label() -> None:
     assert {k: v for k, v in found.items() if v} == REMEDIATION_ALERTS
 
 
+def test_every_aggregation_and_join_keeps_the_host() -> None:
+    """Two hosts with the same fleet, container and GPU names never mix (docs/multi-host.md):
+    each `by (...)` and `on (...)` names host, so every alert carries it too (hosts_test.yml)."""
+    for rule in _rules():
+        groups = re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", rule["expr"])
+        where = rule.get("alert") or rule.get("record")
+        for group in groups:
+            names = [n.strip() for n in group.split(",")]
+            assert names[0] == labels.HOST_LABEL, f"{where}: ({group}) without host first"
+
+
 def test_switch_notice_is_info_for_people_and_covers_every_switch() -> None:
     rule = _alert("ModelFleetModelSwitched")
     assert rule["labels"] == {"severity": "info"}, "info: never pages, never remediates"
     assert rule.get("for", "0s") in ("0s", "0m", 0), "a switch is news at once"
     assert metrics.SWITCHES in rule["expr"]
     # The alert keeps every label of the counter: one alert per kind of switch.
-    labels = ", ".join(metrics.spec(metrics.SWITCHES).labels)
-    assert f"by ({labels})" in rule["expr"]
+    switch_labels = ", ".join(metrics.exposed_labels(metrics.spec(metrics.SWITCHES)))
+    assert f"by ({switch_labels})" in rule["expr"]
 
 
 def test_step_up_rule_mirrors_the_auto_upgrade_defaults() -> None:

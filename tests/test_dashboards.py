@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from fleet_contract import metrics as m
+from fleet_contract.labels import HOST_LABEL
 from remediator.config import SHIPPED_ALERT_THRESHOLD
+from simulator.expositions import HOST
 from simulator.prom_env import (
     REPO,
     RULES_FILE,
@@ -37,6 +39,7 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",
     "$__interval": "5s",
     "$__range": "5m",
+    "$host": HOST,  # the host the stand-in services label their samples with
     "$fleet": "default",
     "$gpu": "0",
 }
@@ -134,6 +137,40 @@ def test_fleet_scoped_queries_follow_the_fleet_variable() -> None:
                     assert 'fleet=~"$fleet"' in selector, f"{where}: {name} ignores $fleet"
 
 
+def test_every_query_follows_the_host_variable() -> None:
+    """Every series carries `host` (both services add it): each selector of a contract metric,
+    of ALERTS and of up filters by $host, and each aggregation and join keeps it."""
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    host = variables[HOST_LABEL]
+    assert host["includeAll"] and host["allValue"] == ".*" and host["multi"]
+    assert next(iter(variables)) == HOST_LABEL, "host comes first: fleet and gpu follow it"
+    for name in ("fleet", "gpu"):
+        assert 'host=~"$host"' in variables[name]["query"]["query"], name
+    for where, expr in _queries().items():
+        if where == "variable 'host'":
+            continue
+        for name in promql_metric_names(expr):
+            for selector in re.findall(rf"\b{name}\b(\{{[^}}]*\}})?", expr):
+                # up{host=""}: a single host's targets (monitoring/prometheus.yml) have no host.
+                single = name == "up" and 'host=""' in selector
+                assert 'host=~"$host"' in selector or single, f"{where}: {name} ignores $host"
+        for group in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            assert HOST_LABEL in [n.strip() for n in group.split(",")], f"{where}: ({group})"
+
+
+def test_a_fleet_by_host_overview() -> None:
+    [table] = [p for p in _panels(_dashboard()) if p["title"] == "Fleets by host"]
+    assert table["type"] == "table" and table["gridPos"]["w"] == 24
+    exprs = [t["expr"] for t in table["targets"]]
+    assert all("by (host, fleet" in e for e in exprs)
+    shown = {n for e in exprs for n in promql_metric_names(e)}
+    assert {m.CURRENT_MODEL_INFO, m.CURRENT_MODEL_INDEX, m.VRAM_ERRORS_SINCE_START, "ALERTS"} <= (
+        shown
+    )
+    organize = [t for t in table["transformations"] if t["id"] == "organize"]
+    assert organize[0]["options"]["indexByName"][HOST_LABEL] == 0
+
+
 def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
     dashboard = _dashboard()
     by_metric: dict[str, list[dict[str, Any]]] = {}
@@ -175,7 +212,7 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
         for p in by_metric[m.PROBE_TOKENS_PER_SECOND]
     ), "probe tokens/s are not shown next to VRAM used"
     # Errors since start against the threshold of the rule: a threshold step at 3.
-    [errors] = by_metric[m.VRAM_ERRORS_SINCE_START]
+    [errors] = [p for p in by_metric[m.VRAM_ERRORS_SINCE_START] if p["type"] == "timeseries"]
     steps = errors["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s["value"] for s in steps if s["value"] is not None] == [SHIPPED_ALERT_THRESHOLD]
     annotations = [a.get("expr", "") for a in dashboard["annotations"]["list"]]
