@@ -157,6 +157,7 @@ def test_with_host_a_remediator_down_an_alert_says_so_and_b_still_remediates(
     )
     scenario.timings["remediator stop to alert"] = time.monotonic() - began
     assert alert[0]["labels"]["severity"] == "critical"
+    assert HOST_A in alert[0]["annotations"]["summary"]
     assert not hosts.firing("ModelFleetRemediatorDown", HOST_B)
     matchers = ('alertname="ModelFleetRemediatorDown"', f'host="{HOST_A}"')
     wait_until(lambda: all(hosts.in_alertmanagers(*matchers)), 30, "the alert in both replicas")
