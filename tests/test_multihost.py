@@ -50,6 +50,7 @@ class Scenario:
     engine: engines.SecondEngine
     witness: Any
     docker0: str  # the first engine's bridge address before the second engine started
+    first: docker.DockerClient  # the first engine
     stack: contextlib.ExitStack
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -73,11 +74,13 @@ def bridge_address(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def scenario(
-    tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient, busybox_image: str
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scenario]:
     reason = engines.why_not_available()
     if reason:
         pytest.skip(f"the two-engine test cannot start a second dockerd here: {reason}")
+    # Only now: where no second dockerd can run, the first engine is not asked for either.
+    docker_client: docker.DockerClient = request.getfixturevalue("docker_client")
     stack = contextlib.ExitStack()
     try:
         witness = run_busybox(docker_client, WITNESS_SCRIPT)
@@ -92,7 +95,7 @@ def scenario(
         )
         stack.enter_context(hosts)
         timings = {"engine start": engine.started_in, "setup": time.monotonic() - began}
-        yield Scenario(hosts, engine, witness, docker0, stack, timings)
+        yield Scenario(hosts, engine, witness, docker0, docker_client, stack, timings)
     finally:
         stack.close()  # the last test closes it already; this is for a run that stopped earlier
 
@@ -177,9 +180,9 @@ def test_with_host_a_remediator_down_an_alert_says_so_and_b_still_remediates(
 
 
 def test_cleanup_leaves_nothing_behind_and_the_first_engine_keeps_its_network(
-    scenario: Scenario, docker_client: docker.DockerClient
+    scenario: Scenario,
 ) -> None:
-    engine = scenario.engine
+    engine, docker_client = scenario.engine, scenario.first
     if shutil.which("iptables-save"):
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
         assert engine.bridge not in rules and str(engine.subnet) not in rules
