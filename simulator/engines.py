@@ -193,7 +193,9 @@ class SecondEngine:
             if self.proc.poll() is not None:
                 raise EngineError(f"dockerd exited with {self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() - began > START_TIMEOUT:
-                raise EngineError(f"dockerd did not answer in {START_TIMEOUT:.0f} s")
+                raise EngineError(
+                    f"dockerd did not answer in {START_TIMEOUT:.0f} s:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
         self.started_in = time.monotonic() - began
 
