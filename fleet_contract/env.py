@@ -50,8 +50,9 @@ ENV_VARS: Final[tuple[EnvVar, ...]] = (
     EnvVar(CONFIG, _SERVICES, "the model-fleet.yaml to read (else ./model-fleet.yaml)"),
     EnvVar(
         HOST,
-        ("remediator", "exporter", "cli"),
-        "the GPU host the services run for (the `host` label); overrides host",
+        ("remediator", "exporter", "cli", "scripts"),
+        "the GPU host the services run for (the `host` label); overrides host "
+        "(compose: also the containers' hostname, default model-fleet)",
     ),
     EnvVar(STATE_FILE, ("remediator", "cli"), "the state file; overrides state_file"),
     EnvVar(

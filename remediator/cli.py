@@ -226,7 +226,9 @@ def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None)
         or (config.prometheus.url if config is not None else None)
         or PROMETHEUS_URL
     )
-    watch = Watch(read_status, where, PrometheusAPI(prometheus), args.interval)
+    # Local: only this host's figures. Through --url the remediator's host is not known here.
+    host = config.host if config is not None else None
+    watch = Watch(read_status, where, PrometheusAPI(prometheus), args.interval, host)
     return run(watch, sys.stdout, once=args.once)
 
 

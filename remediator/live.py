@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from fleet_contract import metrics
+from fleet_contract.labels import HOST_LABEL
 from remediator.adapters.prometheus import PrometheusAPI, PrometheusError, Sample
 from remediator.config import Config, FleetConfig, strip_credentials
 from remediator.state_model import FleetState
@@ -46,19 +47,25 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def free_vram_selector(gpu: str) -> str:
-    """The series of the GPU's free VRAM (NVML index ``gpu``)."""
-    return f'{metrics.GPU_MEMORY_FREE}{{gpu="{_label(gpu)}"}}'
+def _on(host: str | None) -> str:
+    """The host matcher: one Prometheus may scrape many GPU hosts, and a remediator reads only
+    its own host's series (a GPU "0" or a fleet name may exist on every host)."""
+    return f'{HOST_LABEL}="{_label(host)}", ' if host is not None else ""
 
 
-def errors_selector(fleet: str) -> str:
+def free_vram_selector(gpu: str, host: str | None = None) -> str:
+    """The series of the GPU's free VRAM (NVML index ``gpu``) on ``host``."""
+    return f'{metrics.GPU_MEMORY_FREE}{{{_on(host)}gpu="{_label(gpu)}"}}'
+
+
+def errors_selector(fleet: str, host: str | None = None) -> str:
     """The series of the fleet's VRAM errors since its model server started, per container."""
-    return f'{metrics.VRAM_ERRORS_SINCE_START}{{fleet="{_label(fleet)}"}}'
+    return f'{metrics.VRAM_ERRORS_SINCE_START}{{{_on(host)}fleet="{_label(fleet)}"}}'
 
 
-def models_selector(fleet: str) -> str:
+def models_selector(fleet: str, host: str | None = None) -> str:
     """The series of the bytes of each model the fleet's server has loaded, by location."""
-    return f'{MODEL_MEMORY}{{fleet="{_label(fleet)}"}}'
+    return f'{MODEL_MEMORY}{{{_on(host)}fleet="{_label(fleet)}"}}'
 
 
 # How each figure folds its series: two exporters scraping one GPU give the smaller free
@@ -189,11 +196,18 @@ def _shown(url: str | None) -> str | None:
 
 
 class LiveReader:
-    """Reads a fleet's live figures through one Prometheus (None: none configured)."""
+    """Reads a fleet's live figures through one Prometheus (None: none configured), only the
+    series of ``host`` (None: whatever host)."""
 
-    def __init__(self, prometheus: Querier | None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        prometheus: Querier | None,
+        clock: Callable[[], float] = time.time,
+        host: str | None = None,
+    ):
         self.prometheus = prometheus
         self._clock = clock
+        self.host = host
 
     @property
     def url(self) -> str | None:
@@ -211,12 +225,14 @@ class LiveReader:
         gpu = f"GPU {fleet.gpu}'s free VRAM ({metrics.GPU_MEMORY_FREE})"
         errs = f"fleet {fleet.name}'s VRAM errors ({metrics.VRAM_ERRORS_SINCE_START})"
         try:
-            free = _one(prom, FREE_VRAM_AGGREGATION, free_vram_selector(fleet.gpu), _free, gpu)
-            errors = _one(prom, ERRORS_AGGREGATION, errors_selector(fleet.name), _count, errs)
+            on = self.host
+            free = _one(prom, FREE_VRAM_AGGREGATION, free_vram_selector(fleet.gpu, on), _free, gpu)
+            errors = _one(prom, ERRORS_AGGREGATION, errors_selector(fleet.name, on), _count, errs)
             loaded: Figure[tuple[ModelMemory, ...]] = Figure(None, problem="not read")
             if models:
                 what = f"fleet {fleet.name}'s loaded models ({MODEL_MEMORY})"
-                loaded = _one(prom, MODELS_AGGREGATION, models_selector(fleet.name), _models, what)
+                selector = models_selector(fleet.name, on)
+                loaded = _one(prom, MODELS_AGGREGATION, selector, _models, what)
                 if loaded.value is None:  # no series: nothing loaded that the exporter saw
                     loaded = Figure((), problem=loaded.problem)
         except PrometheusError as exc:
@@ -245,8 +261,10 @@ def note_live_errors(fs: FleetState, live: LiveFigures | None) -> None:
 
 
 def live_reader(config: Config, clock: Callable[[], float] = time.time) -> LiveReader:
-    """The reader ``config`` asks for: its ``prometheus.url`` with its short timeout, or none."""
+    """The reader ``config`` asks for: its ``prometheus.url`` with its short timeout, or none;
+    only the series of the config's host."""
     settings = config.prometheus
     if settings.url is None:
-        return LiveReader(None, clock)
-    return LiveReader(PrometheusAPI(settings.url, settings.timeout_seconds), clock)
+        return LiveReader(None, clock, config.host)
+    api = PrometheusAPI(settings.url, settings.timeout_seconds)
+    return LiveReader(api, clock, config.host)

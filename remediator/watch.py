@@ -13,16 +13,35 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from fleet_contract import metrics
+from fleet_contract.labels import HOST_LABEL
 from remediator.adapters.prometheus import PrometheusAPI, PrometheusError, Sample
 from remediator.queries import ExitCode
 
 # The exporter's gauge counts matches since the container last started, per container: the
 # fleet's figure is the worst container, as the downgrade alert reads it.
-ERRORS_QUERY: Final = f"max by (fleet) ({metrics.VRAM_ERRORS_SINCE_START})"
-# max, not sum: one GPU scraped twice (two exporters, a restart) must not count double.
-USED_QUERY: Final = f"max by (gpu) ({metrics.GPU_MEMORY_USED})"
-FREE_QUERY: Final = f"max by (gpu) ({metrics.GPU_MEMORY_FREE})"
-ALERTS_QUERY: Final = 'ALERTS{alertstate="firing"}'
+# max, not sum, for the GPUs: one GPU scraped twice (two exporters, a restart) must not count
+# double.
+
+
+def live_queries(host: str | None = None) -> tuple[str, str, str, str]:
+    """The errors, VRAM used, VRAM free and firing alerts queries, limited to ``host``'s series
+    (one Prometheus may scrape many GPU hosts, with the same GPU indexes and fleet names);
+    None: every host's."""
+    on = f'{HOST_LABEL}="{host}"' if host is not None else ""
+    selector = f"{{{on}}}" if on else ""
+    # Alerts of no host too: an absent() alert (ExporterDown with no target left) has none.
+    alerts = ""
+    if host is not None:
+        alerts = ", " + HOST_LABEL + '=~"' + host.replace(".", "\\\\.") + '|"'
+    return (
+        f"max by (fleet) ({metrics.VRAM_ERRORS_SINCE_START}{selector})",
+        f"max by (gpu) ({metrics.GPU_MEMORY_USED}{selector})",
+        f"max by (gpu) ({metrics.GPU_MEMORY_FREE}{selector})",
+        'ALERTS{alertstate="firing"' + alerts + "}",
+    )
+
+
+ERRORS_QUERY, USED_QUERY, FREE_QUERY, ALERTS_QUERY = live_queries()
 
 # Labels every ALERTS series has, or that the frame already shows by placing the alert.
 _ALERT_NOISE: Final = frozenset({"__name__", "alertname", "alertstate", "fleet"})
@@ -47,6 +66,7 @@ class Watch:
     status_from: str  # "state file PATH" or "remediator at URL", for the header
     prometheus: PrometheusAPI
     interval: float = 2.0
+    host: str | None = None  # only this GPU host's figures (None: the remediator's is unknown)
 
 
 @dataclass(frozen=True)
@@ -74,16 +94,18 @@ class Snapshot:
     refresh: float | None = None  # seconds between frames; None for a single frame
 
 
-def read_live(prometheus: PrometheusAPI) -> Live:
-    """Query the live figures; the first failure ends the round (one timeout, not four)."""
+def read_live(prometheus: PrometheusAPI, host: str | None = None) -> Live:
+    """Query the live figures (of ``host``); the first failure ends the round (one timeout,
+    not four)."""
 
     def by(label: str, samples: list[Sample]) -> dict[str, float]:
         return {s.labels[label]: s.value for s in samples if label in s.labels}
 
-    errors = by("fleet", prometheus.query(ERRORS_QUERY))
-    used = by("gpu", prometheus.query(USED_QUERY))
-    free = by("gpu", prometheus.query(FREE_QUERY))
-    alerts = [s.labels for s in prometheus.query(ALERTS_QUERY)]
+    errors_query, used_query, free_query, alerts_query = live_queries(host)
+    errors = by("fleet", prometheus.query(errors_query))
+    used = by("gpu", prometheus.query(used_query))
+    free = by("gpu", prometheus.query(free_query))
+    alerts = [s.labels for s in prometheus.query(alerts_query)]
     return Live(errors, used, free, alerts)
 
 
@@ -111,7 +133,7 @@ def snapshot(watch: Watch, now: float, *, once: bool = False) -> Snapshot:
         status_error = exc
     live, prometheus_error = None, None
     try:
-        live = read_live(watch.prometheus)
+        live = read_live(watch.prometheus, watch.host)
     except PrometheusError as exc:
         prometheus_error = str(exc)
     return Snapshot(

@@ -105,8 +105,9 @@ LADDER = (
 )
 
 
-def exporter_exposition(scrape: int) -> str:
-    """Every exporter metric of the contract for fleet "default" on GPU "0"; counters grow."""
+def exporter_exposition(scrape: int, host: str = HOST) -> str:
+    """Every exporter metric of the contract for fleet "default" on GPU "0" of ``host``;
+    counters grow."""
     gpu = {"gpu": "0", "uuid": "GPU-00000000-0000-0000-0000-000000000000", "name": "Fake T4"}
     total = 16 * GIB
     used = 6 * GIB + scrape * 10 * MIB
@@ -146,11 +147,14 @@ def exporter_exposition(scrape: int) -> str:
         (m.PROBE_DURATION, model, 0.25),
         (m.PROBE_TOKENS_PER_SECOND, model, 40.0 + scrape % 5),
     ]
-    return exposition(samples, HOST)
+    return exposition(samples, host)
 
 
-def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> str:
-    """Every remediator metric of the contract: fleet "default" on phi3:mini; counters grow."""
+def remediator_exposition(
+    scrape: int, now: Callable[[], float] = time.time, host: str = HOST
+) -> str:
+    """Every remediator metric of the contract: fleet "default" of ``host`` on phi3:mini;
+    counters grow."""
     current = 1
     fleet = {"fleet": "default"}
     samples: list[tuple[str, Mapping[str, str], float]] = [
@@ -172,7 +176,7 @@ def remediator_exposition(scrape: int, now: Callable[[], float] = time.time) -> 
         (m.NOTIFICATIONS, {"outcome": "forwarded"}, scrape // 3),
         (m.LAST_SWITCH_TIMESTAMP, fleet, round(now()) - 30),
     ]
-    return exposition(samples, HOST)
+    return exposition(samples, host)
 
 
 def sample_values(text: str, name: str, **labels: str) -> list[float]:

@@ -190,11 +190,16 @@ class Prometheus:
 
 @contextmanager
 def start_prometheus(
-    config: str | Mapping[str, Any], rule_files: Sequence[Path] = (), timeout: float = 30.0
+    config: str | Mapping[str, Any],
+    rule_files: Sequence[Path] = (),
+    timeout: float = 30.0,
+    files: Mapping[str, str] | None = None,
 ) -> Iterator[Prometheus]:
     """Run Prometheus with ``config`` (YAML text or dict) on a free 127.0.0.1 port.
 
     ``rule_files`` replaces the config's rule_files (absolute paths); empty keeps the config's.
+    ``files`` (path relative to the config file -> text) are written next to it first: what
+    the config names relative to itself, such as file_sd targets (render-monitoring's).
     """
     binary = _binary("prometheus")
     with tempfile.TemporaryDirectory(prefix="mf-prometheus-") as tmp:
@@ -204,6 +209,9 @@ def start_prometheus(
             cfg["rule_files"] = [str(Path(p).resolve()) for p in rule_files]
         config_file = workdir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        for relative, text in (files or {}).items():
+            (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / relative).write_text(text)
         url = f"http://127.0.0.1:{free_port()}"
         argv = [
             binary,

@@ -21,6 +21,7 @@ from remediator.service import create_app
 from remediator.state import StateStore
 from simulator.prom_env import Prometheus, free_port
 from tests.support.live_env import (
+    HOST,
     MIB,
     OLD_SECONDS,
     Recorder,
@@ -105,6 +106,7 @@ def test_model_fleet_status_shows_the_live_figures(
     path.write_text(
         yaml.safe_dump(
             {
+                "host": HOST,
                 "state_file": str(tmp_path / "state.json"),
                 "prometheus": {"url": f"http://127.0.0.1:{free_port()}"},
                 "fleets": {"tight": {"gpu": 0}},

@@ -4,8 +4,10 @@ shipped monitoring/ files they follow."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,17 @@ from remediator.cli import main
 from remediator.config import ConfigError
 from remediator.inventory import INVENTORY_KEYS, load_inventory, parse_inventory
 from remediator.render import render_files, write_files
-from simulator.prom_env import ALERTMANAGER_CONFIG, PROMETHEUS_CONFIG
+from simulator.local_http import free_port
+from simulator.prom_env import (
+    ALERTMANAGER_CONFIG,
+    PROMETHEUS_CONFIG,
+    RULES_FILE,
+    MetricsEndpoint,
+    exporter_exposition,
+    remediator_exposition,
+    start_prometheus,
+    wait_for,
+)
 
 INVENTORY = """\
 hosts:
@@ -286,3 +298,44 @@ def test_write_files_reports_what_changed(tmp_path: Path) -> None:
     inventory = parse_inventory(yaml.safe_load(INVENTORY), str(tmp_path / "hosts.yml"))
     assert len(write_files(inventory, tmp_path / "out")) == 4
     assert write_files(inventory, tmp_path / "out") == []
+
+
+def test_a_real_prometheus_scrapes_two_hosts_of_the_same_shape_apart() -> None:
+    """The rendered prometheus.yml and targets/ on a real Prometheus: two hosts whose stand-in
+    services publish the same fleet, container and GPU (each labelling its samples with its
+    own host) give two series everywhere, `up` names each host, and each host's errors raise
+    that host's own ModelFleetVRAMErrors."""
+    with ExitStack() as stack:
+        hosts = []
+        for name in ("gpu-a", "gpu-b"):
+            exporter = stack.enter_context(
+                MetricsEndpoint(functools.partial(exporter_exposition, host=name))
+            )
+            remediator = stack.enter_context(
+                MetricsEndpoint(functools.partial(remediator_exposition, host=name))
+            )
+            hosts.append(
+                f"  {name}: {{exporter: '{exporter.target}', "
+                f"remediator: 'http://{remediator.target}', fleets: [{name.replace('-', '')}]}}"
+            )
+        text = "hosts:\n" + "\n".join(hosts) + f"\nalertmanagers: ['127.0.0.1:{free_port()}']\n"
+        files = render_files(parse_inventory(yaml.safe_load(text), "hosts.yml"))
+        config = files.pop("prometheus.yml")
+        prom = stack.enter_context(start_prometheus(config, [RULES_FILE], files=files))
+        prom.wait_targets_up(timeout=30)
+        up = {(s["metric"]["job"], s["metric"]["host"]) for s in prom.query("up")}
+        assert up == {
+            (job, host)
+            for job in ("model-fleet-exporter", "model-fleet-remediator")
+            for host in ("gpu-a", "gpu-b")
+        }
+        errors = prom.query("model_fleet_vram_errors_since_start")
+        assert sorted(s["metric"]["host"] for s in errors) == ["gpu-a", "gpu-b"]
+        assert prom.query('{exported_host!=""}') == [], "honor_labels keeps the service's host"
+
+        def both_fire() -> list[str]:
+            alerts = prom.query('ALERTS{alertname="ModelFleetVRAMErrors", alertstate="firing"}')
+            found = sorted(a["metric"]["host"] for a in alerts)
+            return found if found == ["gpu-a", "gpu-b"] else []
+
+        wait_for(both_fire, 30, "one ModelFleetVRAMErrors per host")

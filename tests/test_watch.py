@@ -39,6 +39,10 @@ from simulator.services import start_remediator
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "watch-test-token"
+# The host of the fleets below (model-fleet.yaml's host), and another one the same Prometheus
+# scrapes (docs/multi-host.md).
+HOST = "gpu-watch"
+OTHER_HOST = "gpu-elsewhere"
 RULES = {
     "groups": [
         {
@@ -58,18 +62,24 @@ RULES = {
 
 
 def live_figures(scrape: int) -> str:
-    """Fleet "default" on GPU 0 (2 errors in its worst container), fleet "other" on GPU 1."""
+    """Fleet "default" on GPU 0 (2 errors in its worst container), fleet "other" on GPU 1, on
+    host HOST; and OTHER_HOST's GPU 0, more free: a local watch shows only its own host's."""
     samples: list[tuple[str, Mapping[str, str], float]] = []
-    for gpu, used, total in (("0", 6 * GIB, 16 * GIB), ("1", 1 * GIB, 24 * GIB)):
-        labels = {"gpu": gpu, "uuid": f"GPU-{gpu}", "name": "Fake T4"}
+    for host, gpu, used, total in (
+        (HOST, "0", 6 * GIB, 16 * GIB),
+        (HOST, "1", 1 * GIB, 24 * GIB),
+        (OTHER_HOST, "0", 1 * GIB, 16 * GIB),
+    ):
+        labels = {"host": host, "gpu": gpu, "uuid": f"GPU-{host}-{gpu}", "name": "Fake T4"}
         samples.append(("model_fleet_gpu_memory_used_bytes", labels, used))
         samples.append(("model_fleet_gpu_memory_free_bytes", labels, total - used))
-    for fleet, container, errors in (
-        ("default", "ollama", 2),
-        ("default", "ollama-b", 1),
-        ("other", "ollama", 5),
+    for host, fleet, container, errors in (
+        (HOST, "default", "ollama", 2),
+        (HOST, "default", "ollama-b", 1),
+        (HOST, "other", "ollama", 5),
+        (OTHER_HOST, "default", "ollama", 1),
     ):
-        labels = {"fleet": fleet, "container": container}
+        labels = {"host": host, "fleet": fleet, "container": container}
         samples.append(("model_fleet_vram_errors_since_start", labels, errors))
     return exposition(samples)
 
@@ -116,7 +126,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ollama: FakeOllama)
         }
         for name, gpu in (("default", 0), ("other", 1))
     }
-    (tmp_path / "model-fleet.yaml").write_text(yaml.safe_dump({"fleets": fleets}))
+    (tmp_path / "model-fleet.yaml").write_text(yaml.safe_dump({"host": HOST, "fleets": fleets}))
     return tmp_path
 
 

@@ -31,24 +31,33 @@ ERRORS = {("tight", "ollama"): 2, ("tight", "ollama-b"): 1, ("roomy", "ollama"):
 OLD_SECONDS = 45
 # tight's server has llama3.2:3b loaded, 548 of its 2048 MiB offloaded to system memory.
 LOADED = {("tight", "llama3.2:3b"): (1500 * MIB, 548 * MIB)}
+# The host the remediator under test runs for: every series above carries it.
+HOST = "gpu-live"
+# Another GPU host scraped by the same Prometheus, with the same GPU and fleet names and other
+# figures: a remediator that read them would decide for roomy with 10 MiB free and 7 errors.
+OTHER_HOST = "gpu-other"
+OTHER_FREE_MIB = {"1": 10}
+OTHER_ERRORS = {("roomy", "ollama"): 7}
 
 
 def live_figures(scrape: int) -> str:
     """The exporter's figures, as Prometheus text (explicit timestamps where told)."""
     old = int((time.time() - OLD_SECONDS) * 1000)
     lines = ["# TYPE model_fleet_gpu_memory_free_bytes gauge"]
-    for gpu, mib in FREE_MIB.items():
-        labels = f'gpu="{gpu}",uuid="GPU-{gpu}",name="Fake T4"'
-        lines.append(f"model_fleet_gpu_memory_free_bytes{{{labels}}} {mib * MIB}")
+    for host, free in ((HOST, FREE_MIB), (OTHER_HOST, OTHER_FREE_MIB)):
+        for gpu, mib in free.items():
+            labels = f'host="{host}",gpu="{gpu}",uuid="GPU-{host}-{gpu}",name="Fake T4"'
+            lines.append(f"model_fleet_gpu_memory_free_bytes{{{labels}}} {mib * MIB}")
     lines.append("# TYPE model_fleet_vram_errors_since_start gauge")
-    for (fleet, container), count in ERRORS.items():
-        stamp = f" {old}" if fleet == "roomy" else ""
-        labels = f'fleet="{fleet}",container="{container}"'
-        lines.append(f"model_fleet_vram_errors_since_start{{{labels}}} {count}{stamp}")
+    for host, errors in ((HOST, ERRORS), (OTHER_HOST, OTHER_ERRORS)):
+        for (fleet, container), count in errors.items():
+            stamp = f" {old}" if fleet == "roomy" else ""
+            labels = f'host="{host}",fleet="{fleet}",container="{container}"'
+            lines.append(f"model_fleet_vram_errors_since_start{{{labels}}} {count}{stamp}")
     lines.append("# TYPE model_fleet_model_memory_bytes gauge")
     for (fleet, model), (vram, system) in LOADED.items():
         for location, size in (("vram", vram), ("system", system)):
-            labels = f'fleet="{fleet}",model="{model}",location="{location}"'
+            labels = f'host="{HOST}",fleet="{fleet}",model="{model}",location="{location}"'
             lines.append(f"model_fleet_model_memory_bytes{{{labels}}} {size}")
     return "\n".join(lines) + "\n"
 
@@ -65,7 +74,10 @@ def live_prometheus() -> Iterator[Prometheus]:
         }
         with start_prometheus(config) as prom:
             wait_for(
-                lambda: len(prom.query("model_fleet_vram_errors_since_start")) == len(ERRORS),
+                lambda: (
+                    len(prom.query("model_fleet_vram_errors_since_start"))
+                    == len(ERRORS) + len(OTHER_ERRORS)
+                ),
                 45,
                 "Prometheus to scrape the live figures",
             )
@@ -104,6 +116,7 @@ def make_config(tmp_path: Path, url: str | None, timeout: float = 2.0) -> Config
     }
     return parse_config(
         {
+            "host": HOST,
             "state_file": str(tmp_path / "state.json"),
             "prometheus": {"url": url, "timeout_seconds": timeout},
             "fleets": fleets,
