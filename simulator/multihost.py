@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,12 @@ class TwoHosts:
             options = LoopOptions(
                 fleet=self.fleets[host], cooldown_seconds=0, docker_host=docker_host, host=host
             )
-            loop = HostLoop(self.workdir / host, options)
-            self._stack.enter_context(loop)
-            self.hosts[host] = loop
+            self.hosts[host] = HostLoop(self.workdir / host, options)
+            self._stack.callback(self.hosts[host].close)
+        # Side by side: the hosts share nothing but the machine.
+        with ThreadPoolExecutor(len(self.hosts)) as pool:
+            for started in [pool.submit(loop.start) for loop in self.hosts.values()]:
+                started.result()
         am_web = [f"127.0.0.1:{prom_env.free_port()}" for _ in range(ALERTMANAGER_REPLICAS)]
         self.render(am_web)
         self._start_alertmanagers(am_web)
