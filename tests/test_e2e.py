@@ -283,7 +283,7 @@ def test_every_dashboard_query_returns_data_from_the_real_services(loop: Loop) -
             .replace("$__rate_interval", "1m")
             .replace("$__interval", "15s")
         )
-        query = query.replace("$gpu", ".*")
+        query = query.replace("$gpu", ".*").replace("$host", ".*")  # All, as Grafana sends it
         series = loop.prometheus.query_range(query, seconds=600, step="5s")
         if not series:
             empty.append(title)
