@@ -152,6 +152,7 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
     credentials = _string(top, "credentials_file", "", DEFAULT_CREDENTIALS_FILE, fail)
     hosts: dict[str, HostEntry] = {}
     fleet_hosts: dict[str, str] = {}
+    addresses: dict[tuple[str, str], str] = {}  # (exporter | remediator, address) -> host
     for name in sorted(raw_hosts, key=str):
         where = f"hosts.{name}"
         if not is_host_name(name):
@@ -164,6 +165,14 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
         if not _address_ok(exporter):
             raise fail(f"{where}.exporter", f"must be HOST:PORT, got {exporter!r}")
         remediator = _url(entry, "remediator", where, fail)
+        for key, address in (("exporter", exporter), ("remediator", remediator)):
+            if (key, address) in addresses:
+                raise fail(
+                    f"{where}.{key}",
+                    f"{address} is host {addresses[key, address]}'s {key} too: each host has "
+                    "its own",
+                )
+            addresses[key, address] = name
         fleets = _fleets(entry.get("fleets"), f"{where}.fleets", fail)
         for fleet in fleets:
             if fleet in fleet_hosts:

@@ -60,7 +60,8 @@ def _no_switches(fleet: Any) -> Any:
 
 def counter(app: Flask, outcome: str) -> float:
     text = app.test_client().get("/metrics").get_data(as_text=True)
-    line = f'model_fleet_notifications_total{{outcome="{outcome}"}} '
+    host = app.extensions["model_fleet"].config.host  # every sample carries it
+    line = f'model_fleet_notifications_total{{host="{host}",outcome="{outcome}"}} '
     [value] = [ln.removeprefix(line) for ln in text.splitlines() if ln.startswith(line)]
     return float(value)
 

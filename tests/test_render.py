@@ -109,6 +109,9 @@ INVALID = [
      "notify_url: must be an http(s) URL"),
     ("hosts:\n  a: {exporter: 'a:1', remediator: 'http://a:1', fleets: [x]}\nroute: {}\n",
      "top level: unknown key(s) route"),
+    ("hosts:\n  a: {exporter: 'a:1', remediator: 'http://a:1', fleets: [x]}\n"
+     "  b: {exporter: 'a:1', remediator: 'http://b:1', fleets: [y]}\n",
+     "hosts.b.exporter: a:1 is host a's exporter too"),
 ]  # fmt: skip
 
 
