@@ -349,3 +349,26 @@ def test_exporter_config_keys_are_the_keys_its_parser_accepts() -> None:
         {"fleets": {"gpu0": {"containers": {"ollama": ["srv"], "use_labels": False}}}}
     )
     assert config.selection.names == {"srv": "gpu0"} and not config.selection.use_labels
+
+
+def test_both_services_name_their_host_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model-fleet.yaml's `host`, overridden by $MODEL_FLEET_HOST, else the machine's name;
+    a name that is no label-safe value is an error naming where it came from."""
+    import socket
+
+    parsers = (parse_config, parse_remediator_config)
+    monkeypatch.delenv(env.HOST, raising=False)
+    for parse in parsers:
+        assert parse({"host": "gpu-a.lan"}, "f.yaml").host == "gpu-a.lan"
+        assert parse({}, "f.yaml").host == socket.gethostname()
+        with pytest.raises(ConfigError, match=r"^f\.yaml: host: must be a host name .* 'gpu a'"):
+            parse({"host": "gpu a"}, "f.yaml")
+        with pytest.raises(ConfigError, match="must be a host name"):
+            parse({"host": 7}, "f.yaml")
+    monkeypatch.setenv(env.HOST, "gpu-b")
+    for parse in parsers:
+        assert parse({"host": "gpu-a"}, "f.yaml").host == "gpu-b"
+    monkeypatch.setenv(env.HOST, "-bad")
+    for parse in parsers:
+        with pytest.raises(ConfigError, match=r"^\$MODEL_FLEET_HOST: must be a host name"):
+            parse({}, "f.yaml")
