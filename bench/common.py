@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: result rows, percentiles, free ports, the machine."""
+"""Shared pieces of the benchmarks: result rows, percentiles, a least-squares fit, free ports, the
+machine."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 import socket
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -41,6 +43,22 @@ def percentile(values: list[float], q: float) -> float:
 def median(values: list[float]) -> float:
     """The median."""
     return statistics.median(values)
+
+
+def solve_least_squares(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
+    """Least-squares coefficients (normal equations, Gauss-Jordan with partial pivoting)."""
+    n = len(rows[0])
+    a = [[sum(r[i] * r[j] for r in rows) for j in range(n)] for i in range(n)]
+    b = [sum(r[i] * y for r, y in zip(rows, ys, strict=True)) for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda k: abs(a[k][col]))
+        a[col], a[pivot], b[col], b[pivot] = a[pivot], a[col], b[pivot], b[col]
+        for k in range(n):
+            if k != col and a[col][col]:
+                f = a[k][col] / a[col][col]
+                a[k] = [x - f * y for x, y in zip(a[k], a[col], strict=True)]
+                b[k] -= f * b[col]
+    return [b[i] / a[i][i] for i in range(n)]
 
 
 def free_port() -> int:

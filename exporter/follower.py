@@ -50,6 +50,7 @@ class Follower:
         self._framed = True
         self._broken = False  # the last stream ended while the container kept running
         self._failures = 0
+        self._checked_end: tuple[str, str] | None = None  # the run end last read again
         self.thread = threading.Thread(target=self._main, name=f"logs-{name}", daemon=True)
 
     # --- control from other threads ------------------------------------------------------------
@@ -110,7 +111,7 @@ class Follower:
                 self._runs.started_at,
                 self._log.boundary_ns,
             )
-        if self._runs.idle(info.state):
+        if self._runs.idle(info.state) and not self._log.ledger.check_due:
             self._report(up=False)
             self._wake.wait()
             return False
@@ -119,6 +120,12 @@ class Follower:
         outcome = self._read(info.state.running)
         if self._stop.is_set() or outcome == "gone":
             return True
+        if outcome == "jumped":
+            # Docker's follow sent old lines again at a rotation, and may have skipped some:
+            # read again from the verified point at once (exporter.logseen).
+            store.add(self.fleet, self.name, self._log.end_stream(run_over=False))
+            log.debug("%s: the log stream jumped at a rotation; reading it again", self.name)
+            return False
         # Why did the stream end? Ask the source before deciding what the tail means.
         try:
             after: RunState | None = self._why_ended()
@@ -130,6 +137,13 @@ class Follower:
             after = None
         run_over = self._runs.stream_ended(after)
         store.add(self.fleet, self.name, self._log.end_stream(run_over=run_over))
+        if run_over and after is not None and self._log.ledger.unverified:
+            # A rotation can skip lines silently: read the run's end again once, from the
+            # verified point (lines found are counted, a log that lost them is a gap).
+            end = (after.started_at, after.finished_at)
+            if end != self._checked_end:
+                self._checked_end = end
+                self._log.verify()
         if run_over:
             self._broken = False
             self._failures = 0
@@ -182,7 +196,7 @@ class Follower:
         )
 
     def _read(self, running: bool) -> str:
-        """Read one log stream to its end: 'data', 'empty', 'error' or 'gone'."""
+        """Read one log stream to its end: 'data', 'empty', 'error', 'gone' or 'jumped'."""
         try:
             stream = self._source.follow(self.id, self._log.resume_ns())
         except ContainerGone:
@@ -204,6 +218,12 @@ class Follower:
                 got_data = True
                 for start in range(0, len(payload), FEED_SIZE):
                     tally = self._log.feed(payload[start : start + FEED_SIZE])
+                    if tally.gaps:
+                        log.warning(
+                            "%s: Docker rotated log lines away before the exporter read them; "
+                            "lines may be lost (model_fleet_log_gaps_total)",
+                            self.name,
+                        )
                     store.update(
                         self.fleet,
                         self.name,
@@ -214,6 +234,8 @@ class Follower:
                         up=running,
                         started_at=self._runs.started_at or "",
                     )
+                if self._log.jumped:
+                    break
         except Exception as exc:  # any failure ends this stream; the caller decides what next
             error = exc
         with self._stream_lock:
@@ -223,6 +245,8 @@ class Follower:
         if error is not None and not self._stop.is_set():
             log.debug("%s: log stream broke: %s", self.name, error)
             return "data" if got_data else "error"
+        if self._log.jumped and not self._stop.is_set():
+            return "jumped"
         return "data" if got_data else "empty"
 
 

@@ -22,6 +22,8 @@ class _Series:
     error_lines: dict[str, int]
     lines: int = 0
     reconnects: int = 0
+    recovered: int = 0
+    gaps: int = 0
     since_start: int = 0
     up: bool = False
     present: bool = False  # a container backs this name now
@@ -44,6 +46,8 @@ class SeriesSnapshot:
     up: bool | None  # None: no container has this name now, and none is expected
     started_at: str | None  # Docker's StartedAt of the run since_start counts; None: no run
     error_lines: dict[str, int] = field(default_factory=dict)  # matching lines, by kind
+    recovered: int = 0  # lines a re-read found after Docker's follow skipped them
+    gaps: int = 0  # times the retained log no longer reached back to where reading resumed
 
 
 @dataclass
@@ -79,7 +83,7 @@ class LogStore:
 
     def add(self, fleet: str, container: str, tally: Tally) -> None:
         """Add a batch's lines and errors to the counters."""
-        if not tally.lines and not any(tally.errors.values()):
+        if not tally.lines and not tally.gaps and not any(tally.errors.values()):
             return
         with self._lock:
             self._count(self._get(fleet, container), tally)
@@ -87,6 +91,8 @@ class LogStore:
     @staticmethod
     def _count(series: _Series, tally: Tally) -> None:
         series.lines += tally.lines
+        series.recovered += tally.recovered
+        series.gaps += tally.gaps
         for kind, n in tally.errors.items():
             series.errors[kind] = series.errors.get(kind, 0) + n
         for kind, n in tally.error_lines.items():
@@ -174,6 +180,8 @@ class LogStore:
                     up=s.up if s.present else (False if s.expected else None),
                     started_at=s.started_at if s.present and s.started_at else None,
                     error_lines=dict(s.error_lines),
+                    recovered=s.recovered,
+                    gaps=s.gaps,
                 )
                 for (fleet, name), s in sorted(self._series.items())
             ]
@@ -194,6 +202,8 @@ class LogCollector(Collector):
         up = gauge(m.LOG_STREAM_UP)
         start_info = gauge(m.CONTAINER_START_INFO)
         reconnects = counter(m.LOG_STREAM_RECONNECTS)
+        recovered = counter(m.LOG_LINES_RECOVERED)
+        gaps = counter(m.LOG_GAPS)
         for s in self._store.snapshot():
             for kind, n in s.errors.items():
                 errors.add_metric([s.fleet, s.container, kind], n)
@@ -207,7 +217,11 @@ class LogCollector(Collector):
             if s.started_at is not None:
                 start_info.add_metric([s.fleet, s.container, s.started_at], 1)
             reconnects.add_metric([s.fleet, s.container], s.reconnects)
-        return [errors, error_lines, since_start, start_info, lines, up, reconnects]
+            recovered.add_metric([s.fleet, s.container], s.recovered)
+            gaps.add_metric([s.fleet, s.container], s.gaps)
+        families: list[CounterMetricFamily | GaugeMetricFamily] = [errors, error_lines]
+        families += [since_start, start_info, lines, up, reconnects]
+        return [*families, recovered, gaps]
 
 
 def gauge(name: str) -> GaugeMetricFamily:

@@ -31,6 +31,7 @@ ALLOW_NO_GPU: Final = "MODEL_FLEET_ALLOW_NO_GPU"
 SKIP_PULL: Final = "MODEL_FLEET_SKIP_PULL"
 CDI_DIRS: Final = "MODEL_FLEET_CDI_DIRS"
 HOST: Final = "MODEL_FLEET_HOST"
+TEST_CRASH_AFTER: Final = "MODEL_FLEET_TEST_CRASH_AFTER"
 
 
 @dataclass(frozen=True)
@@ -104,5 +105,11 @@ ENV_VARS: Final[tuple[EnvVar, ...]] = (
         CDI_DIRS,
         ("scripts",),
         "where CDI specs are looked for (default /etc/cdi:/var/run/cdi)",
+    ),
+    EnvVar(
+        TEST_CRASH_AFTER,
+        ("remediator", "cli"),
+        "tests only: SIGKILL the process group once the switch journal records this step "
+        "(docs/development.md); never set it in production",
     ),
 )

@@ -42,6 +42,8 @@ CONTAINER_START_INFO: Final = "model_fleet_container_start_info"
 LOG_LINES: Final = "model_fleet_log_lines_total"
 LOG_STREAM_UP: Final = "model_fleet_log_stream_up"
 LOG_STREAM_RECONNECTS: Final = "model_fleet_log_stream_reconnects_total"
+LOG_LINES_RECOVERED: Final = "model_fleet_log_lines_recovered_total"
+LOG_GAPS: Final = "model_fleet_log_gaps_total"
 EXPORTER_DOCKER_UP: Final = "model_fleet_exporter_docker_up"
 EXPORTER_SCRAPE_DURATION: Final = "model_fleet_exporter_scrape_duration_seconds"
 MODEL_MEMORY: Final = "model_fleet_model_memory_bytes"
@@ -61,6 +63,7 @@ STEP_UP_WINDOW_OPEN: Final = "model_fleet_step_up_window_open"
 OFFLOAD_TOLERANCE: Final = "model_fleet_offload_tolerance_ratio"
 SWITCHES: Final = "model_fleet_switches_total"
 REMEDIATION_FAILURES: Final = "model_fleet_remediation_failures_total"
+SWITCH_RECOVERIES: Final = "model_fleet_switch_recoveries_total"
 WEBHOOK_REQUESTS: Final = "model_fleet_webhook_requests_total"
 NOTIFICATIONS: Final = "model_fleet_notifications_total"
 
@@ -121,6 +124,20 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "counter",
         _STREAM,
         "Log streams that ended while their container kept running, and were attached again.",
+    ),
+    _exporter(
+        LOG_LINES_RECOVERED,
+        "counter",
+        _STREAM,
+        "Log lines (of model_fleet_log_lines_total) that Docker's follow skipped at a log "
+        "rotation and a re-read of the retained log files found.",
+    ),
+    _exporter(
+        LOG_GAPS,
+        "counter",
+        _STREAM,
+        "Times the container's retained log no longer reached back to where the exporter "
+        "resumed it (Docker rotated files away unread): lines may be lost, how many is unknown.",
     ),
     _exporter(
         EXPORTER_DOCKER_UP,
@@ -200,6 +217,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "counter",
         ("fleet", "step"),
         "Switches that failed and were rolled back, by the step that failed.",
+    ),
+    _remediator(
+        SWITCH_RECOVERIES,
+        "counter",
+        ("fleet", "outcome"),
+        "Interrupted switches found open in the switch journal and resolved: rolled_forward, "
+        "rolled_back, or failed (the entry stays open and is tried again).",
     ),
     _remediator(
         WEBHOOK_REQUESTS, "counter", ("outcome",), "Alertmanager webhook deliveries, by outcome."

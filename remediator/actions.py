@@ -16,6 +16,7 @@ from typing import NamedTuple
 from remediator.adapters import appconfig
 from remediator.adapters.appconfig import AppConfigError, ConfigSnapshot
 from remediator.config import FleetConfig
+from remediator.journal import crash_point
 from remediator.runtime import (
     ROLE_APP,
     ROLE_SERVER,
@@ -26,13 +27,24 @@ from remediator.runtime import (
     Runtime,
 )
 from remediator.server import ModelServer, ModelServerError
-from remediator.switching import SwitchFailed, SwitchPlan
+from remediator.switching import StepRecorder, SwitchFailed, SwitchPlan
 
 # The application's own readiness: (health URL, model) -> None when it answers on the model,
 # else why not (remediator.adapters.probes.app_reports_model for an HTTP health endpoint).
 AppProbe = Callable[[str, str], str | None]
 
 log = logging.getLogger(__name__)
+
+
+def _ignore(step: str, detail: str = "") -> None:
+    pass
+
+
+def _read_model(target: appconfig.AppConfigTarget) -> str | None:
+    try:
+        return target.read_model()
+    except AppConfigError as exc:
+        return f"unreadable: {exc}"
 
 
 class Ready(NamedTuple):
@@ -71,10 +83,16 @@ class FleetActions:
 
     # -- the transaction -----------------------------------------------------------------
 
-    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
-        """Perform the plan, or raise SwitchFailed after putting everything back."""
+    def execute(
+        self, plan: SwitchPlan, dry_run: bool, record: StepRecorder | None = None
+    ) -> list[str]:
+        """Perform the plan, or raise SwitchFailed after putting everything back.
+
+        ``record`` is told each completed step (the switch journal, remediator/journal.py).
+        """
         if dry_run:
             return self._dry_run(plan)
+        note: StepRecorder = record or _ignore
         steps: list[str] = []
         fleet, new, old = self.fleet, plan.to_rung.name, plan.from_rung.name
 
@@ -83,6 +101,7 @@ class FleetActions:
         except ModelServerError as exc:
             raise SwitchFailed("pull", str(exc)) from exc
         steps.append(f"pulled {new}" if pulled else f"{new} already pulled")
+        note("pulled", new)
 
         try:
             servers, apps = self._find()
@@ -95,18 +114,21 @@ class FleetActions:
                 fleet.name,
             )
             steps.append("no containers found")
+        note("found", " ".join(ref.name for ref in servers + apps))
 
         try:
             freed = self.server.unload(old)
         except ModelServerError as exc:
             raise SwitchFailed("unload", str(exc)) from exc
         steps.append(f"unloaded {old}" if freed else f"{old} was not loaded")
+        note("unloaded", old)
 
         try:
             snap = appconfig.write_all(self.targets, new)
         except AppConfigError as exc:
             raise SwitchFailed("write_config", str(exc)) from exc
         steps += [f"wrote {t.describe()}" for t in self.targets]
+        note("config_written", new)
 
         touched: list[ContainerRef] = []
         ready: list[Ready] = []
@@ -118,10 +140,13 @@ class FleetActions:
                 for ref in group:
                     touched.append(ref)
                     self.runtime.restart(ref, fleet.containers.stop_timeout_seconds)
+                    note(f"restarted_{role}", ref.name)
                 step = "verify"
                 ready += self._wait_ready(group, self._probe(role, new))
                 steps += [f"restarted {ref.name}" for ref in group]
+                note(f"verified_{role}", new)
             self._settle(ready)
+            note("settled")
         except ContainerError as exc:
             problems = self._roll_back(snap, touched, old)
             raise SwitchFailed(step, str(exc), problems) from exc
@@ -202,6 +227,66 @@ class FleetActions:
             len(touched),
             f"; could not undo: {'; '.join(problems)}" if problems else "",
         )
+        return problems
+
+    # -- resolving an interrupted switch (remediator/recovery.py) ---------------------------
+
+    def inspect(self, model: str) -> list[str]:
+        """Why the fleet does not run ``model`` now: the app configs name it, the model server
+        lists it, every container of the fleet runs and the app's health probe names it.
+        Empty when it does."""
+        problems = [
+            f"{t.describe()} names {found!r}"
+            for t in self.targets
+            if (found := _read_model(t)) != model
+        ]
+        try:
+            if not self.server.has_model(model):
+                problems.append(f"the model server does not list {model}")
+        except ModelServerError as exc:
+            problems.append(f"model server not answering: {exc}")
+        try:
+            servers, apps = self._find()
+            for ref in servers + apps:
+                state = self.runtime.state(ref)
+                if state.status != "running":
+                    problems.append(f"{ref.name} is {state.status}")
+        except ContainerError as exc:
+            problems.append(str(exc))
+        app = self._probe(ROLE_APP, model)
+        if app is not None and (why := app()) is not None:
+            problems.append(why)
+        return problems
+
+    def restore(self, old: str, new: str, *, restart: bool) -> list[str]:
+        """Put the fleet back on ``old``: the configs name it, ``new`` is unloaded and, with
+        ``restart``, every container of the fleet is restarted and found ready on ``old``.
+        Returns what could not be done (empty: the fleet runs ``old``). Idempotent."""
+        problems: list[str] = []
+        try:
+            appconfig.write_all(self.targets, old)
+        except AppConfigError as exc:
+            problems.append(str(exc))
+        crash_point("recovery_config_written")
+        if new != old:
+            try:
+                self.server.unload(new)
+            except ModelServerError as exc:
+                log.warning("fleet %s: could not unload %s: %s", self.fleet.name, new, exc)
+        if not restart:
+            return problems
+        try:
+            servers, apps = self._find()
+        except ContainerError as exc:
+            return [*problems, str(exc)]
+        c = self.fleet.containers
+        try:
+            for group, role in ((servers, ROLE_SERVER), (apps, ROLE_APP)):
+                for ref in group:
+                    self.runtime.restart(ref, c.stop_timeout_seconds)
+                self._settle(self._wait_ready(group, self._probe(role, old)))
+        except ContainerError as exc:
+            problems.append(str(exc))
         return problems
 
     def _dry_run(self, plan: SwitchPlan) -> list[str]:

@@ -104,12 +104,16 @@ def accept(remediator: Remediator, alerts: Sequence[WebhookAlert]) -> Acceptance
 def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertRequest]) -> Verdict:
     """Judge one fleet's alerts in one state transaction; the caller holds the fleet's lock.
 
+    An interrupted switch of the fleet (its journal entry open) is resolved first.
+
     A step down is judged before a step up (VRAM errors outweigh headroom), and once one alert
     is chosen the others of the delivery are ``superseded``: one switch per fleet. Refusals
     are not recorded, so an alert refused for a reason that passes (cooldown, the hourly cap,
     a config change) may act when Alertmanager delivers it again.
     """
     verdict = Verdict()
+    # A switch of this fleet that died half-way is resolved before anything is decided.
+    remediator.resolve_open(fleet)
     # Read before the transaction (Prometheus may take its timeout); one read serves all asks.
     live = None
     for ask in asks:

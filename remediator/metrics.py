@@ -32,6 +32,8 @@ STEPS = ("pull", "unload", "write_config", "find_containers", "restart", "verify
 WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ignored", "unauthorized", "invalid")
 # What became of an Alertmanager delivery to /webhook/notify (remediator/notifications.py).
 NOTIFICATION_OUTCOMES = ("forwarded", "failed", "logged")
+# How an interrupted switch found in the journal ended (remediator/recovery.py).
+RECOVERY_OUTCOMES = ("rolled_forward", "rolled_back", "failed")
 
 
 def _counter(name: str, registry: CollectorRegistry) -> Counter:
@@ -98,6 +100,7 @@ class RemediatorMetrics:
         self.failures = _counter(m.REMEDIATION_FAILURES, registry)
         self.webhooks = _counter(m.WEBHOOK_REQUESTS, registry)
         self.notifications = _counter(m.NOTIFICATIONS, registry)
+        self.recoveries = _counter(m.SWITCH_RECOVERIES, registry)
         # Every label set exists at 0 from the start, so increase() sees the first event.
         for fleet in config.fleets:
             for direction in DIRECTIONS:
@@ -105,6 +108,8 @@ class RemediatorMetrics:
                     self.switches.labels(fleet, direction, trigger)
             for step in STEPS:
                 self.failures.labels(fleet, step)
+            for outcome in RECOVERY_OUTCOMES:
+                self.recoveries.labels(fleet, outcome)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhooks.labels(outcome)
         for outcome in NOTIFICATION_OUTCOMES:
@@ -117,6 +122,10 @@ class RemediatorMetrics:
     def failed(self, fleet: str, step: str) -> None:
         """Count a failed switch."""
         self.failures.labels(fleet, step).inc()
+
+    def recovered(self, fleet: str, outcome: str) -> None:
+        """Count an interrupted switch resolved from the journal (or a failed try)."""
+        self.recoveries.labels(fleet, outcome).inc()
 
     def notified(self, outcome: str) -> None:
         """Count a delivery to /webhook/notify by what became of it."""

@@ -19,7 +19,7 @@ from typing import Final
 from flask import Flask, Response
 from prometheus_client import CollectorRegistry
 
-from remediator import metrics
+from remediator import metrics, recovery
 from remediator.config import Config, FleetConfig, load_config
 from remediator.intake import Background
 from remediator.notifications import Notifier, Sink
@@ -85,10 +85,11 @@ def create_app(
     def _too_large(_: Exception) -> tuple[Response, int]:
         return too_large(limit)
 
+    remediator = Remediator(config, store, actions_for, clock=clock, observer=counters)
     app.extensions[EXTENSION] = Service(
         config=config,
         store=store,
-        remediator=Remediator(config, store, actions_for, clock=clock, observer=counters),
+        remediator=remediator,
         notifier=Notifier(config.notifications, sink, store, counters, clock),
         counters=counters,
         registry=registry,
@@ -97,4 +98,7 @@ def create_app(
     )
     for blueprint in (reads, switches, webhooks):
         app.register_blueprint(blueprint)
+    # A switch that died with the last run (its journal entry open) is resolved now, under
+    # the fleet's switch lock: in one gunicorn worker; the others find nothing open.
+    recovery.resolve_in_background(remediator)
     return app

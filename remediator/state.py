@@ -77,8 +77,12 @@ def file_lock(
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
         if note is not None:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, note.encode(), 0)
+            # Advisory (keys_in_switch): a full disk must not fail the lock that was obtained.
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, note.encode(), 0)
+            except OSError as exc:
+                log.warning("could not note the holder's work in %s: %s", path, exc)
         try:
             yield
         finally:

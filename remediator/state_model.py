@@ -29,10 +29,13 @@ class SwitchRecord:
     trigger: str  # alert | manual | auto
     reason: str
     alert_key: str | None = None
+    # Set when a start-up or a later switch resolved this switch from its journal entry:
+    # ``rolled_forward`` (it counts as a switch) or ``rolled_back`` (it never took effect).
+    recovery: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``from``/``to`` as in the history endpoint)."""
-        return {
+        d: dict[str, Any] = {
             "time": self.time,
             "fleet": self.fleet,
             "from": self.from_model,
@@ -42,6 +45,9 @@ class SwitchRecord:
             "reason": self.reason,
             "alert_key": self.alert_key,
         }
+        if self.recovery is not None:
+            d["recovery"] = self.recovery
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SwitchRecord:
@@ -56,8 +62,75 @@ class SwitchRecord:
             trigger=_str(d["trigger"]),
             reason=str(d.get("reason", "")),
             alert_key=None if alert_key is None else _str(alert_key),
+            recovery=None if d.get("recovery") is None else _str(d["recovery"]),
         )
         return record
+
+
+@dataclass
+class SwitchJournal:
+    """A switch under way: written before its first side effect, closed by its commit.
+
+    ``done`` lists the steps completed, in order (``restarted_app app-1``: step, then what).
+    An entry found open by a process that holds the fleet's switch lock belongs to a switch
+    that died: :mod:`remediator.recovery` rolls it forward or back.
+    """
+
+    started_at: float
+    from_model: str
+    to_model: str
+    target: int
+    direction: str
+    trigger: str
+    reason: str
+    alert_key: str | None = None
+    planned: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    recovery_attempts: int = 0
+
+    def has(self, step: str) -> bool:
+        """Whether ``step`` (a step name, without what it was done to) was recorded."""
+        return any(d.split(" ", 1)[0] == step for d in self.done)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "started_at": self.started_at,
+            "from": self.from_model,
+            "to": self.to_model,
+            "target": self.target,
+            "direction": self.direction,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "alert_key": self.alert_key,
+            "planned": list(self.planned),
+            "done": list(self.done),
+            "recovery_attempts": self.recovery_attempts,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SwitchJournal:
+        """Parse the JSON form; raise ValueError/KeyError/TypeError when malformed."""
+        if not isinstance(d, dict):
+            raise TypeError("journal entry is not an object")
+        target, attempts = d["target"], d.get("recovery_attempts", 0)
+        for v in (target, attempts):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"expected a non-negative integer, got {v!r}")
+        alert_key = d.get("alert_key")
+        return cls(
+            started_at=_num(d["started_at"]),
+            from_model=_str(d["from"]),
+            to_model=_str(d["to"]),
+            target=target,
+            direction=_str(d["direction"]),
+            trigger=_str(d["trigger"]),
+            reason=str(d.get("reason", "")),
+            alert_key=None if alert_key is None else _str(alert_key),
+            planned=[_str(s) for s in d.get("planned", [])],
+            done=[_str(s) for s in d.get("done", [])],
+            recovery_attempts=attempts,
+        )
 
 
 @dataclass
@@ -73,6 +146,7 @@ class FleetState:
     last_failure: dict[str, Any] | None = None
     history: list[SwitchRecord] = field(default_factory=list)
     processed_alerts: dict[str, float] = field(default_factory=dict)
+    journal: SwitchJournal | None = None  # the switch under way (or interrupted), if any
 
     @classmethod
     def initial(cls, fleet: FleetConfig) -> FleetState:
@@ -90,8 +164,10 @@ class FleetState:
         now: float,
         alert_key: str | None = None,
         upgrade_failed: bool = False,
+        recovery: str | None = None,
     ) -> SwitchRecord:
-        """Move the fleet to rung ``target`` and record it; returns the history record."""
+        """Move the fleet to rung ``target``, record it and close the journal entry; returns
+        the history record."""
         record = SwitchRecord(
             time=now,
             fleet=fleet.name,
@@ -101,7 +177,9 @@ class FleetState:
             trigger=trigger,
             reason=reason,
             alert_key=alert_key,
+            recovery=recovery,
         )
+        self.journal = None
         self.current_model = record.to_model
         self.index = target
         self.vram_error_count = 0
@@ -121,8 +199,8 @@ class FleetState:
         return record
 
     def switches_since(self, since: float) -> int:
-        """How many switches happened at or after ``since``."""
-        return sum(1 for r in self.history if r.time >= since)
+        """How many switches happened at or after ``since`` (a rolled-back one never did)."""
+        return sum(1 for r in self.history if r.time >= since and r.recovery != "rolled_back")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -136,6 +214,7 @@ class FleetState:
             "last_failure": self.last_failure,
             "history": [r.to_dict() for r in self.history],
             "processed_alerts": dict(sorted(self.processed_alerts.items())),
+            "journal": None if self.journal is None else self.journal.to_dict(),
         }
 
     @classmethod
@@ -146,6 +225,7 @@ class FleetState:
         history = d.get("history", [])
         alerts = d.get("processed_alerts", {})
         failure = d.get("last_failure")
+        journal = d.get("journal")
         if not isinstance(history, list) or not isinstance(alerts, dict):
             raise TypeError("history must be a list and processed_alerts an object")
         if failure is not None and not isinstance(failure, dict):
@@ -166,6 +246,7 @@ class FleetState:
             last_failure=failure,
             history=[SwitchRecord.from_dict(r) for r in history],
             processed_alerts={_str(k): _num(v) for k, v in alerts.items()},
+            journal=None if journal is None else SwitchJournal.from_dict(journal),
         )
 
 

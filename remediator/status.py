@@ -74,7 +74,8 @@ def fleet_status(
     (default: the time) decides the step-up windows.
     """
     rung = fleet.ladder[fs.index]
-    last = fs.history[-1].to_dict() if fs.history else None
+    switched = [r for r in fs.history if r.recovery != "rolled_back"]  # rolled back: never was
+    last = switched[-1].to_dict() if switched else None
     live = live or unavailable(None, time.time(), NOT_CONFIGURED)
     errors = live.vram_errors.value
     return {
@@ -96,6 +97,8 @@ def fleet_status(
         "dry_run": fleet.dry_run,
         "last_switch": last,
         "last_failure": fs.last_failure,
+        # A switch under way, or one that died and is not resolved yet (the switch journal).
+        "switch_in_progress": None if fs.journal is None else fs.journal.to_dict(),
         "auto_upgrade": step_up_status(fleet.auto_upgrade, time.time() if now is None else now),
         "free_vram_bytes": live.free_vram_bytes.value,
         "loaded_models": [m.to_dict() for m in live.loaded_models.value or ()],

@@ -6,7 +6,9 @@ share this one path. A fleet's switch lock is held from decision to commit, so t
 of one fleet never overlap, whether they come from threads, gunicorn workers or the CLI.
 Two entry points: :meth:`Remediator.request` (a person: decide and switch, then answer) and
 :meth:`Remediator.accept_alerts` (Alertmanager: decide and answer, then switch; the alert path
-is :mod:`remediator.intake`).
+is :mod:`remediator.intake`). Each real switch keeps its intent and its steps in the switch
+journal (:mod:`remediator.journal`); an entry a dead switch left open is resolved under the
+lock before the next decision (:mod:`remediator.recovery`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from remediator import decisions, intake
+from remediator import decisions, intake, recovery
 from remediator.config import Config, FleetConfig, Rung
 from remediator.decisions import AlertRef, Decision
+from remediator.journal import PLANNED, Journal, crash_point
 from remediator.live import LiveFigures, LiveReader, live_reader, note_live_errors
-from remediator.state import StateStore
-from remediator.state_model import FleetState, SwitchRecord
+from remediator.state import StateError, StateStore
+from remediator.state_model import FleetState, SwitchJournal, SwitchRecord
 
 if TYPE_CHECKING:
     from remediator.alerts import WebhookAlert
@@ -57,11 +60,21 @@ class SwitchFailed(RuntimeError):
         super().__init__(f"switch failed at step '{step}': {cause}{extra}")
 
 
+class StepRecorder(Protocol):
+    """Told each completed step of a switch: ``(step, what it was done to)``."""
+
+    def __call__(self, step: str, detail: str = "") -> None: ...
+
+
 class Actions(Protocol):
     """Carries out a planned switch in the outside world, or raises SwitchFailed after rollback."""
 
-    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
-        """Perform the plan; return the steps taken (or that would be taken, in a dry run)."""
+    def execute(
+        self, plan: SwitchPlan, dry_run: bool, record: StepRecorder | None = None
+    ) -> list[str]:
+        """Perform the plan; return the steps taken (or that would be taken, in a dry run).
+
+        ``record`` (when given) is told each completed step, for the switch journal."""
         ...
 
 
@@ -113,12 +126,20 @@ class SwitchObserver(Protocol):
         """A switch failed at ``step``."""
         ...
 
+    def recovered(self, fleet: str, outcome: str) -> None:
+        """An interrupted switch was resolved (``rolled_forward``, ``rolled_back``) or not
+        (``failed``)."""
+        ...
+
 
 class _NullObserver:
     def switched(self, fleet: str, direction: str, trigger: str) -> None:
         pass
 
     def failed(self, fleet: str, step: str) -> None:
+        pass
+
+    def recovered(self, fleet: str, outcome: str) -> None:
         pass
 
 
@@ -134,8 +155,11 @@ class Remediator:
         clock: Callable[[], float] = time.time,
         observer: SwitchObserver | None = None,
         live: LiveReader | None = None,
+        on_step: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        # Tests: called after each journal step is recorded (e.g. to fill the disk there).
+        self.on_step = on_step
         self.store = store
         self._actions_for = actions_for
         self._clock = clock
@@ -201,6 +225,7 @@ class Remediator:
         fleet = self.config.fleet(fleet_name)
         started = time.monotonic()
         with self.store.switch_lock(fleet.name, lock_timeout):
+            self.resolve_open(fleet)
             live = self.read_live(fleet, direction, trigger)
             with self.store.transaction() as state:
                 fs = state.fleets[fleet.name]
@@ -208,6 +233,16 @@ class Remediator:
                 decision = self.decide(fleet, fs, direction, trigger, live=live)
                 plan = self.plan(fleet, fs, decision, direction, trigger, reason)
             return self.carry_out(fleet, direction, decision, plan, dry_run, started)
+
+    def actions(self, fleet: FleetConfig) -> Actions:
+        """The actions that carry out ``fleet``'s switches."""
+        return self._actions_for(fleet)
+
+    def resolve_open(self, fleet: FleetConfig) -> str | None:
+        """Resolve ``fleet``'s interrupted switch, if its journal holds one (the caller holds
+        the fleet's switch lock): ``rolled_forward``, ``rolled_back`` or None (none open).
+        Raises RecoveryFailed when the fleet could not be put right; the entry stays open."""
+        return recovery.resolve(self, fleet)
 
     def accept_alerts(self, alerts: Sequence[WebhookAlert]) -> Acceptance:
         """The webhook's entry point: judge a delivery once per fleet under the fleet's lock.
@@ -276,8 +311,15 @@ class Remediator:
             decision.reason,
             ", dry run" if dry_run else "",
         )
+        actions = self._actions_for(fleet)
+        record: StepRecorder | None = None
+        if not dry_run:
+            # The intent first: a StateError here means nothing was done (the caller's error).
+            journal = Journal(self.store, fleet.name, clock=self._clock, on_step=self.on_step)
+            journal.open(self.intent(plan, decision.target))
+            record = journal.record
         try:
-            outcome.steps = self._actions_for(fleet).execute(plan, dry_run)
+            outcome.steps = actions.execute(plan, dry_run, record)
         except SwitchFailed as exc:
             outcome.failure = exc
             outcome.duration_seconds = time.monotonic() - started
@@ -290,20 +332,19 @@ class Remediator:
             outcome.duration_seconds = time.monotonic() - started
             log.info("fleet %s: dry run, nothing changed: %s", fleet.name, "; ".join(outcome.steps))
             return outcome
-        with self.store.transaction() as state:
-            fs = state.fleets[fleet.name]
-            now = self._clock()
-            failed_up = direction == "down" and decisions.upgrade_failed(fleet, fs, now)
-            outcome.record = fs.apply_switch(
-                fleet,
-                decision.target,
-                direction=direction,
-                trigger=plan.trigger,
-                reason=plan.reason,
-                now=now,
-                alert_key=plan.alert_key,
-                upgrade_failed=failed_up,
+        try:
+            outcome.record = recovery.commit(self, fleet, plan, decision.target)
+        except StateError as exc:
+            problems = recovery.undo_uncommitted(self, fleet, plan, actions, exc)
+            cause = f"switched, but the state could not be saved ({exc}); " + (
+                "rolled back" if not problems else "the rollback left the journal entry open"
             )
+            outcome.failure = SwitchFailed("state", cause, problems)
+            log.error("fleet %s: %s", fleet.name, outcome.failure)
+            outcome.duration_seconds = time.monotonic() - started
+            self.observer.failed(fleet.name, "state")
+            return outcome
+        crash_point("committed")
         outcome.switched = True
         outcome.duration_seconds = time.monotonic() - started
         self.observer.switched(fleet.name, direction, plan.trigger)
@@ -312,10 +353,28 @@ class Remediator:
         )
         return outcome
 
+    def intent(self, plan: SwitchPlan, target: int) -> SwitchJournal:
+        """The journal entry of a switch about to start."""
+        return SwitchJournal(
+            started_at=self._clock(),
+            from_model=plan.from_rung.name,
+            to_model=plan.to_rung.name,
+            target=target,
+            direction=plan.direction,
+            trigger=plan.trigger,
+            reason=plan.reason,
+            alert_key=plan.alert_key,
+            planned=list(PLANNED),
+        )
+
     def _record_failure(self, fleet: FleetConfig, plan: SwitchPlan, exc: SwitchFailed) -> None:
+        """Record a failed switch; its journal entry closes unless the rollback left something
+        undone, which the next start or switch then resolves."""
         with self.store.transaction() as state:
             fs = state.fleets[fleet.name]
             now = self._clock()
+            if not exc.rollback_errors:
+                fs.journal = None
             fs.last_failure = {
                 "time": now,
                 "step": exc.step,

@@ -37,6 +37,7 @@ from simulator.loop_setup import (
     LOAD_FAILED_LINE,
     LOOP_LABEL,
     MODEL_MIB,
+    MODEL_SERVER_LOG_CONFIG,
     MODEL_SERVER_SCRIPT,
     OOM_LINE,
     LoopOptions,
@@ -141,6 +142,7 @@ class Loop:
             ["sh", "-c", MODEL_SERVER_SCRIPT],
             name=f"{self.fleet}-ollama",
             labels=self._labels("ollama"),
+            log_config=MODEL_SERVER_LOG_CONFIG,
             volumes={
                 **config,
                 str(self.ctl): {"bind": "/ctl", "mode": "rw"},

@@ -67,6 +67,9 @@ echo "app running $OLLAMA_MODEL"
 while true; do sleep 0.2; done
 """
 
+# The model server's logging, as docker-compose.gpu.yml ships it (docs/operations.md "Model
+# server logging"): rotation the exporter's log follower cannot fall a whole file behind.
+MODEL_SERVER_LOG_CONFIG = {"type": "json-file", "config": {"max-size": "10m", "max-file": "5"}}
 OOM_LINE = (
     "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2048.00 MiB on device 0: "
     "cudaMalloc failed: out of memory"

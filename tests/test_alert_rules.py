@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "ModelFleetRemediatorDown",
     "ModelFleetNVMLDown",
     "ModelFleetLogStreamDown",
+    "ModelFleetLogLinesLost",
     "ModelFleetCPUOffload",
     "ModelFleetProbeFailing",
 }

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from simulator.loop_setup import MODEL_SERVER_LOG_CONFIG
 from simulator.stack import compose_command
 from tests.support import docker_env
 
@@ -321,6 +322,16 @@ def load_owned(path: str) -> Any:
     owner = next((o for p, o in OWNERS.items() if path.startswith(p)), "another engineer")
     assert full.is_file(), f"{path} is missing (owned by {owner}; expected until it lands)"
     return yaml.safe_load(full.read_text(encoding="utf-8"))
+
+
+def test_the_model_servers_log_rotates_at_sizes_that_keep_counts_exact() -> None:
+    # docs/operations.md "Model server logging"; the sizes tests/test_exporter_rotation.py and
+    # the simulator's loop use
+    logging = combined()["services"]["ollama"]["logging"]
+    assert logging == {
+        "driver": MODEL_SERVER_LOG_CONFIG["type"],
+        "options": MODEL_SERVER_LOG_CONFIG["config"],
+    }
 
 
 def test_prometheus_config_matches_the_compose_stack() -> None:

@@ -48,7 +48,7 @@ class Recorder:
     def for_fleet(self, fleet: FleetConfig) -> Recorder:
         return self
 
-    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+    def execute(self, plan: SwitchPlan, dry_run: bool, record: object = None) -> list[str]:
         time.sleep(self.delay)
         with self.lock:
             self.plans.append(plan)

@@ -82,7 +82,7 @@ def test_promtool_check_config_accepts_the_test_copy_with_its_rules(tmp_path: Pa
     result = _run("promtool", "check", "config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     # promtool loads the rule files the config names: proof the test copy points at ours.
-    assert str(RULES_FILE) in result.stdout and "SUCCESS: 14 rules found" in result.stdout
+    assert str(RULES_FILE) in result.stdout and "SUCCESS: 15 rules found" in result.stdout
 
 
 def test_prometheus_test_copy_changes_only_the_addresses() -> None:
@@ -165,6 +165,8 @@ ROUTING_CASES = [
     ({"alertname": "ModelFleetNVMLDown", "job": "model-fleet-exporter", "severity": "warning"},
      "humans"),
     ({"alertname": "ModelFleetLogStreamDown", "fleet": "default", "container": "ollama",
+      "severity": "warning"}, "humans"),
+    ({"alertname": "ModelFleetLogLinesLost", "fleet": "default", "container": "ollama",
       "severity": "warning"}, "humans"),
     ({"alertname": "ModelFleetProbeFailing", "fleet": "default", "model": "phi3:mini",
       "severity": "warning"}, "humans"),

@@ -51,7 +51,7 @@ class RecordingActions:
     def for_fleet(self, fleet: FleetConfig) -> RecordingActions:
         return self
 
-    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+    def execute(self, plan: SwitchPlan, dry_run: bool, record: object = None) -> list[str]:
         time.sleep(self.delay)
         if self.fail_step:
             raise SwitchFailed(self.fail_step, "simulated failure")

@@ -35,7 +35,7 @@ class RecordingActions:
     def for_fleet(self, fleet: FleetConfig) -> RecordingActions:
         return self
 
-    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+    def execute(self, plan: SwitchPlan, dry_run: bool, record: object = None) -> list[str]:
         if not dry_run:
             with self.lock:
                 self.plans.append(plan)

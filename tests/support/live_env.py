@@ -94,7 +94,7 @@ class Recorder:
     def for_fleet(self, fleet: FleetConfig) -> Recorder:
         return self
 
-    def execute(self, plan: SwitchPlan, dry_run: bool) -> list[str]:
+    def execute(self, plan: SwitchPlan, dry_run: bool, record: object = None) -> list[str]:
         with self.lock:
             self.plans.append(plan)
         return [f"switched to {plan.to_rung.name}"]
