@@ -41,6 +41,8 @@ from simulator.loop_setup import (
     MODEL_SERVER_SCRIPT,
     OOM_LINE,
     LoopOptions,
+    base_env,
+    engine_client,
     remediator_config,
     simulated_gpu,
     stop_group,
@@ -71,7 +73,7 @@ class Loop:
         self.fleet = self.options.fleet
         self.token = secrets.token_urlsafe(24)
         self._stack = contextlib.ExitStack()
-        self.docker = docker.from_env(timeout=60)
+        self.docker = engine_client(self.options)
         self.app_env = workdir / "app" / "app.env"
         self.ctl = workdir / "ctl"
         self.sim = workdir / "sim"
@@ -101,6 +103,12 @@ class Loop:
 
     def start(self) -> None:
         """Start every part and wait until Prometheus scrapes both services."""
+        self.start_host()
+        self._start_alertmanagers()
+        self._start_prometheus()
+
+    def start_host(self) -> None:
+        """Start one host's parts: containers, Ollama stand-in, NVML, remediator, exporter."""
         for d in (self.app_env.parent, self.ctl, self.sim):
             d.mkdir(parents=True, exist_ok=True)
         self.app_env.write_text("OLLAMA_MODEL=llama3.2:3b\n")
@@ -114,8 +122,6 @@ class Loop:
         self._start_nvml()
         self._start_remediator()
         self._start_exporter()
-        self._start_alertmanagers()
-        self._start_prometheus()
 
     def close(self) -> None:
         """Stop everything that was started, newest first."""
@@ -194,11 +200,6 @@ class Loop:
         self.procs[name] = proc
         return proc
 
-    def _base_env(self) -> dict[str, str]:
-        return {
-            k: v for k, v in os.environ.items() if not k.startswith(("MODEL_FLEET_", "PROMETHEUS_"))
-        }
-
     def _start_remediator(self) -> None:
         cfg = self.workdir / "model-fleet.yaml"
         cfg.write_text(
@@ -209,7 +210,7 @@ class Loop:
         )
         port = prom_env.free_port()
         self.remediator_url = f"http://127.0.0.1:{port}"
-        env = {**self._base_env(), "MODEL_FLEET_TOKEN_FILE": str(self.workdir / "token")}
+        env = {**base_env(self.options), "MODEL_FLEET_TOKEN_FILE": str(self.workdir / "token")}
         exe = [sys.executable, "-m", "remediator.cli"]
         argv = [*exe, "serve", "--config", str(cfg), "--bind", f"127.0.0.1:{port}"]
         argv += ["--workers", str(self.options.remediator_workers)]
@@ -219,7 +220,7 @@ class Loop:
     def _start_exporter(self) -> None:
         port = prom_env.free_port()
         self.exporter_url = f"http://127.0.0.1:{port}"
-        env = {**self._base_env(), **fake_nvml.env_for(self.nvml_lib, self.nvml_state)}
+        env = {**base_env(self.options), **fake_nvml.env_for(self.nvml_lib, self.nvml_state)}
         argv = [sys.executable, "-m", "exporter.cli", "serve", "--bind", f"127.0.0.1:{port}"]
         proc = self._spawn("exporter", argv, env)
         self._wait_http(self.exporter_url + "/healthz", proc, "the exporter")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
+
 from exporter.incidents import DEFAULT_WINDOW_SECONDS
 from simulator import fake_nvml
 
@@ -96,13 +98,34 @@ class LoopOptions:
     # Alert name -> the `for` of a test copy of the shipped rules (prom_config.render_rules);
     # empty: the shipped rules as they are.
     alert_for: dict[str, str] = field(default_factory=dict)
+    # The Docker engine of the loop's containers, exporter and remediator (DOCKER_HOST's
+    # form); None: the environment's. And the machine name in model-fleet.yaml's `host`.
+    docker_host: str | None = None
+    host: str | None = None
+
+
+def engine_client(options: LoopOptions) -> docker.DockerClient:
+    """A client for the loop's Docker engine."""
+    if options.docker_host:
+        return docker.DockerClient(base_url=options.docker_host, timeout=60)
+    return docker.from_env(timeout=60)
+
+
+def base_env(options: LoopOptions) -> dict[str, str]:
+    """The environment of the loop's processes: none of the caller's model-fleet settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_FLEET_", "PROMETHEUS_"))}
+    if options.docker_host:
+        env["DOCKER_HOST"] = options.docker_host
+    return env
 
 
 def remediator_config(
     options: LoopOptions, workdir: Path, app_env: Path, ollama_url: str
 ) -> dict[str, Any]:
     """The remediator's config for a loop: one fleet, its model server, its app's config."""
+    host = {"host": options.host} if options.host else {}
     return {
+        **host,
         "state_file": str(workdir / "model_fleet_state.json"),
         # The exporter watches only this loop's model server, not every
         # container labelled as one on this machine.

@@ -77,6 +77,7 @@ __all__ = [
     "render_rules",
     "start_alertmanager",
     "start_prometheus",
+    "start_prometheus_file",
     "wait_for",
 ]
 
@@ -224,6 +225,23 @@ def start_prometheus(
             yield prom
 
 
+@contextmanager
+def start_prometheus_file(config_file: Path, timeout: float = 30.0) -> Iterator[Prometheus]:
+    """Run Prometheus on ``config_file`` as it is (relative paths resolve next to it)."""
+    with tempfile.TemporaryDirectory(prefix="mf-prometheus-") as tmp:
+        url = f"http://127.0.0.1:{free_port()}"
+        argv = [
+            _binary("prometheus"),
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={Path(tmp) / 'data'}",
+            f"--web.listen-address={url.removeprefix('http://')}",
+            "--log.level=warn",
+        ]
+        prom = Prometheus(url, Path(tmp))
+        with _serve(argv, url, prom.log, "Prometheus", timeout):
+            yield prom
+
+
 class Alertmanager:
     """A running Alertmanager: its URL and its v2 API."""
 
@@ -257,18 +275,20 @@ def start_alertmanager(
     *,
     cluster_listen: str | None = None,
     peers: Sequence[str] = (),
+    listen: str | None = None,
 ) -> Iterator[Alertmanager]:
     """Run Alertmanager with ``config`` (YAML text or dict) on a free 127.0.0.1 port.
 
     With ``cluster_listen`` ("127.0.0.1:PORT") it joins a high-availability cluster with
     ``peers``: replicas gossip notification logs, so one alert is delivered once.
+    ``listen`` ("127.0.0.1:PORT") fixes the API's address (else a free port).
     """
     binary = _binary("prometheus-alertmanager", "alertmanager")
     with tempfile.TemporaryDirectory(prefix="mf-alertmanager-") as tmp:
         workdir = Path(tmp)
         config_file = workdir / "alertmanager.yml"
         config_file.write_text(config_text(config))
-        url = f"http://127.0.0.1:{free_port()}"
+        url = f"http://{listen or f'127.0.0.1:{free_port()}'}"
         argv = [
             binary,
             f"--config.file={config_file}",
