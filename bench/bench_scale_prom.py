@@ -102,21 +102,31 @@ def _rule_durations(prom: prom_env.Prometheus) -> dict[str, float]:
 def _prom_config(workdir: Path, urls: tuple[str, str], hosts: int) -> dict[str, Any]:
     exporter, remediator = (u.removeprefix("http://").removesuffix("/metrics") for u in urls)
     config = prom_env.render_prometheus_config(exporter=exporter, remediator=remediator)
-    relabel = [
+    # The shipped jobs honor the services' own `host` label, the same for every simulated host:
+    # each target also carries `sim_host`, which becomes the samples' `host` (and a prefix of
+    # `fleet` and `gpu`), so that K hosts are K distinct sets of series.
+    relabel: list[dict[str, Any]] = [
         {
-            "source_labels": ["host", label],
+            "source_labels": ["sim_host", label],
             "regex": "(.+);(.+)",
             "target_label": label,
             "replacement": "${1}-${2}",
         }
         for label in ("fleet", "gpu")
     ]
+    relabel += [
+        {"source_labels": ["sim_host"], "regex": "(.+)", "target_label": "host"},
+        {"regex": "sim_host", "action": "labeldrop"},
+    ]
     for job, address in (
         (prom_env.EXPORTER_JOB, exporter),
         (prom_env.REMEDIATOR_JOB, remediator),
     ):
         sd = workdir / f"{job}.json"
-        groups = [{"targets": [address], "labels": {"host": f"h{k:03d}"}} for k in range(hosts)]
+        groups = [
+            {"targets": [address], "labels": {"host": f"h{k:03d}", "sim_host": f"h{k:03d}"}}
+            for k in range(hosts)
+        ]
         sd.write_text(json.dumps(groups))
         scrape = next(s for s in config["scrape_configs"] if s["job_name"] == job)
         scrape.pop("static_configs")
@@ -165,6 +175,9 @@ def prometheus_rows(
     rows, figures = [alert_bound_row()], {}
     for k in hosts:
         f = figures[k] = one_prometheus(workdir, urls, k)
+        first = figures[min(figures)]
+        if f["series"] < 0.9 * k * first["series"] / min(figures):
+            raise RuntimeError(f"K={k}: {f['series']:.0f} head series, the hosts share series")
         evals = ", ".join(
             f"{key.removeprefix('eval:model-fleet-')} {v * 1000:.1f} ms "
             f"(max {f['evalmax:' + key.removeprefix('eval:')] * 1000:.1f})"
