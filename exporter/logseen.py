@@ -11,6 +11,10 @@ follows. The ledger turns that into exact counts, or reported gaps:
   nanosecond). A frame consumed before is a re-send and is dropped, wherever it comes. The
   ledger remembers the ``limit`` newest frames (by timestamp): a frame no newer than the
   newest one forgotten is taken for a re-send too, and a check reaches back no further.
+* A re-send repeats its frame's timestamp, so in the live part of a stream a frame stamped
+  later than every frame remembered is new without a look-up (the common case: the decoder
+  collects such frames per chunk, ``fast_point``/``add_new``). Their keys join the look-up set
+  only when a later frame needs a look-up.
 * A frame not consumed before is counted even when it is older than the cursor: a line the
   follow skipped and a re-read delivered. Such frames are ``recovered``.
 * Each stream starts at a point: the cursor, or the verified point when a check is due. Its
@@ -28,16 +32,19 @@ follows. The ledger turns that into exact counts, or reported gaps:
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
 from exporter.timestamps import parse_timestamp
 
-# Frames remembered per container for telling re-sends from new frames (about 170 bytes each,
-# about 22 MB once a container has logged this many lines; a 10 MB log file of Ollama's
-# 100-byte lines holds about 100,000).
+# Frames remembered per container for telling re-sends from new frames (a 10 MB log file of
+# Ollama's 100-byte lines holds about 100,000). Each costs its timestamp and a 64-bit key in a
+# block (about 40 bytes: 5 MB at the limit); a stream's checks that reach back to old frames
+# put their keys in a set too (about 70 bytes more each, until those frames are forgotten).
 HISTORY_LIMIT: Final = 131_072
+_BLOCK: Final = 4096  # frames per block at most (a block goes once all its frames are forgotten)
 
 # What ``Ledger.admit`` says of a frame.
 RESENT: Final = -1
@@ -61,6 +68,23 @@ def newer(a: bytes, b: bytes) -> bool:
     return parse_timestamp(a) > parse_timestamp(b)
 
 
+class _Block:
+    """Remembered frames in timestamp order: their timestamps (of one width) and keys."""
+
+    __slots__ = ("first", "indexed", "keys", "stamps", "width")
+
+    def __init__(self, width: int, *, indexed: bool) -> None:
+        self.width = width
+        self.stamps = bytearray()  # the timestamps, back to back
+        self.keys = array("q")
+        self.first = 0  # frames before it are forgotten
+        self.indexed = indexed  # its keys are in ``Ledger._seen``
+
+    def stamp(self, i: int) -> bytes:
+        w = self.width
+        return bytes(self.stamps[i * w : (i + 1) * w])
+
+
 class Ledger:
     """The consumed frames of one container's log, and where the current stream stands."""
 
@@ -68,10 +92,15 @@ class Ledger:
         self._limit = limit
         self._high = limit + max(1, limit // 64)  # forget in batches, down to the limit
         self._width = 0  # the width of every timestamp seen; -1 once widths differ
-        self._seen: set[int] = set()  # hashes of (timestamp, content)
-        # (timestamp, hash) of every remembered frame: in order as most arrive, else in a heap
-        self._order: deque[tuple[bytes, int]] = deque()
+        # Every remembered frame: in blocks in timestamp order as most arrive, else in a heap.
+        # ``_seen`` holds the keys of the heap and of the blocks but the last ``_unindexed``
+        # ones (frames later than all before them are added without a look at ``_seen``).
+        self._seen: set[int] = set()
+        self._blocks: deque[_Block] = deque()
+        self._unindexed = 0
+        self._count = 0  # frames remembered in blocks
         self._late: list[tuple[bytes, int]] = []
+        self._newest = b""  # the newest timestamp ever remembered
         self._horizon = b""  # the newest timestamp forgotten: frames up to it are re-sends
         self.verified: Cursor | None = None
         self.check_due = False  # the next stream starts at the verified point
@@ -117,6 +146,8 @@ class Ledger:
 
         Returns (re-sent, recovered). Call ``remember`` once the frame's line is consumed.
         """
+        if self._unindexed:
+            self._index()
         if self._first:
             self._first = False
             start = self._start
@@ -139,21 +170,44 @@ class Ledger:
             return False, True
         return False, False
 
+    def fast_point(self) -> bytes | None:
+        """The newest timestamp remembered, when the stream is live past its first frame and
+        every timestamp remembered has the same width (bytes compare as times); else None.
+
+        A frame of that width stamped later is new: only a re-send repeats a timestamp. Hand
+        such frames to ``add_new`` without asking ``admit``.
+        """
+        if self._live and self._last and self._width > 0:
+            return self._newest
+        return None
+
+    def add_new(self, stamps: list[bytes], keys: list[int]) -> None:
+        """Frames consumed in the live part of the stream, stamped in increasing order each later
+        than ``fast_point()`` and of its width, with their keys."""
+        if not stamps:
+            return
+        blocks = self._blocks
+        block = blocks[-1] if blocks else None
+        width = len(stamps[0])
+        if block is None or block.indexed or block.width != width or len(block.keys) >= _BLOCK:
+            block = _Block(width, indexed=False)
+            blocks.append(block)
+            self._unindexed += 1
+        block.stamps += b"".join(stamps)
+        block.keys.extend(keys)
+        self._count += len(stamps)
+        self._newest = self._last = stamps[-1]
+        self.unverified = True
+        if self._count + len(self._late) > self._high:
+            self._forget()
+
     def admit(self, ts: bytes, key: int) -> int:
         """``resent_frame`` and ``remember`` for a line of one frame: RESENT, NEW or RECOVERED."""
-        last = self._last
-        if self._live and last and len(ts) == self._width and ts > last and key not in self._seen:
-            # the common case: a new frame after the newest, in the live part of a stream (every
-            # timestamp remembered has the same width so far: bytes compare as times)
-            order = self._order
-            if (not order or ts >= order[-1][0]) and ts > self._horizon:
-                self._seen.add(key)
-                order.append((ts, key))
-                self._last = ts
-                self.unverified = True
-                if len(order) > self._high:
-                    self._forget()
-                return NEW
+        if self._live and self._last and len(ts) == self._width and ts > self._newest:
+            self._keep(ts, key)  # later than every frame remembered: new
+            self._last = ts
+            self.unverified = True
+            return NEW
         resent, recovered = self.resent_frame(ts, key)
         if resent:
             return RESENT
@@ -171,7 +225,6 @@ class Ledger:
         """The frame is consumed: a later copy of it is a re-send."""
         if len(ts) != self._width:
             self._width = len(ts) if self._width == 0 else -1
-        self._seen.add(key)
         self._keep(ts, key)
         if self.verified is None:
             self.verified = Cursor(ts, 1)  # the first frame a stream from the start read
@@ -180,22 +233,60 @@ class Ledger:
             if not self._last or newer(ts, self._last):
                 self._last = ts
 
+    def _index(self) -> None:
+        # Add the keys of the blocks not yet in ``_seen``: the last ``_unindexed`` ones.
+        blocks = self._blocks
+        for i in range(len(blocks) - self._unindexed, len(blocks)):
+            block = blocks[i]
+            self._seen.update(block.keys[block.first :])
+            block.indexed = True
+        self._unindexed = 0
+
     def _keep(self, ts: bytes, key: int) -> None:
-        order = self._order
-        if not order or not newer(order[-1][0], ts):
-            order.append((ts, key))
+        if self._unindexed:
+            self._index()
+        self._seen.add(key)
+        blocks = self._blocks
+        block = blocks[-1] if blocks else None
+        if block is None or not newer(block.stamp(len(block.keys) - 1), ts):
+            if block is None or block.width != len(ts) or len(block.keys) >= _BLOCK:
+                block = _Block(len(ts), indexed=True)
+                blocks.append(block)
+            block.stamps += ts
+            block.keys.append(key)
+            self._count += 1
         else:
             heapq.heappush(self._late, (ts, key))
-        if len(order) + len(self._late) > self._high:
+        if not self._newest or newer(ts, self._newest):
+            self._newest = ts
+        if self._count + len(self._late) > self._high:
             self._forget()
 
     def _forget(self) -> None:
-        order, late = self._order, self._late
-        while len(order) + len(late) > self._limit:
-            if late and (not order or newer(order[0][0], late[0][0])):
+        # Oldest first (by timestamp), down to the limit; whole runs of a block at once.
+        blocks, late, seen = self._blocks, self._late, self._seen
+        excess = self._count + len(late) - self._limit
+        while excess > 0:
+            block = blocks[0] if blocks else None
+            if late and (block is None or newer(block.stamp(block.first), late[0][0])):
                 gone, gone_key = heapq.heappop(late)
+                seen.discard(gone_key)
+                excess -= 1
             else:
-                gone, gone_key = order.popleft()
-            self._seen.discard(gone_key)
+                assert block is not None
+                first, size = block.first, len(block.keys)
+                n = 1 if late else min(excess, size - first)
+                stop = first + n
+                if block.indexed:
+                    seen.difference_update(block.keys[first:stop])
+                gone = block.stamp(stop - 1)
+                self._count -= n
+                excess -= n
+                if stop < size:
+                    block.first = stop
+                else:
+                    blocks.popleft()
+                    if not block.indexed:
+                        self._unindexed -= 1
             if not self._horizon or newer(gone, self._horizon):
                 self._horizon = gone

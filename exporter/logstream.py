@@ -183,6 +183,12 @@ class ContainerLog:
         pending = self._pending
         cursor = self.cursor
         cur_ts, cur_n = (cursor.timestamp, cursor.count) if cursor is not None else (b"", 0)
+        # Frames stamped later than everything the ledger remembers are new (only a re-send
+        # repeats a timestamp): collected here, handed over before any other frame is checked.
+        newest = ledger.fast_point() or b""
+        width = len(newest) if newest else -1
+        fresh_ts: list[bytes] = []
+        fresh_keys: list[int] = []
         while end - pos >= _HEADER_SIZE:
             _, size = unpack(buf, pos)
             stop = pos + _HEADER_SIZE + size
@@ -194,14 +200,25 @@ class ContainerLog:
             if space < 0:  # no timestamp: not a frame of a timestamped stream
                 continue
             ts = buf[start:space]
-            key = hash(buf[start:stop])
+            msg = buf[space + 1 : stop]
+            key = hash(ts) ^ hash(msg)  # the frame: its timestamp and content
             if not pending and buf[stop - 1] == 10:  # a whole line in one frame
-                code = admit(ts, key)
-                if code == RESENT:
-                    continue
-                if code == RECOVERED:
-                    recovered.append(len(line_ts))
-                msg = buf[space + 1 : stop]
+                if space - start == width and ts > newest:
+                    fresh_ts.append(ts)
+                    fresh_keys.append(key)
+                    newest = ts
+                    code = NEW
+                else:
+                    if fresh_ts:
+                        ledger.add_new(fresh_ts, fresh_keys)
+                        fresh_ts, fresh_keys = [], []
+                    code = admit(ts, key)
+                    if code == RESENT:
+                        continue
+                    if code == RECOVERED:
+                        recovered.append(len(line_ts))
+                    newest = ledger.fast_point() or b""
+                    width = len(newest) if newest else -1
                 parts.append(msg)
                 total += len(msg)
                 line_ts.append(ts)
@@ -211,10 +228,14 @@ class ContainerLog:
                 elif code == NEW or not cur_ts or newer(ts, cur_ts):
                     cur_ts, cur_n = ts, 1
                 continue
+            if fresh_ts:
+                ledger.add_new(fresh_ts, fresh_keys)
+                fresh_ts, fresh_keys = [], []
             resent, found = ledger.resent_frame(ts, key)
             if resent:
+                newest = ledger.fast_point() or b""
+                width = len(newest) if newest else -1
                 continue
-            msg = buf[space + 1 : stop]
             pending.append((ts, msg, key))
             if msg.endswith(b"\n"):
                 joined = b"".join(p[1] for p in pending)
@@ -231,6 +252,10 @@ class ContainerLog:
                 line_ts.append(ts)
                 line_ends.append(total)
                 pending.clear()
+                newest = ledger.fast_point() or b""
+                width = len(newest) if newest else -1
+        if fresh_ts:
+            ledger.add_new(fresh_ts, fresh_keys)
         self._rest = buf[pos:]
         if line_ts:
             self.cursor = Cursor(cur_ts, cur_n)

@@ -161,3 +161,22 @@ def test_a_check_reaches_back_only_to_what_is_remembered() -> None:
     log.verify()
     log.begin_stream(tty=False)  # from 29, the cursor the check began with
     assert log.feed(lines(range(29, 32))).lines == 0
+
+
+def test_frames_newer_than_all_remembered_skip_the_lookup_yet_stay_known() -> None:
+    # Frames later than every remembered one are taken without a look-up, in chunks; a re-send
+    # of any of them (across chunks and forgetting) is still dropped, and a distinct frame
+    # with the newest frame's own timestamp still counts.
+    log = make_log()
+    log.ledger = Ledger(limit=16)
+    for r in (range(0, 10), range(10, 20), range(20, 30)):
+        assert log.feed(lines(r)).lines == 10
+    assert not log.jumped
+    same_ts = frame(BASE_NS + 29 * US, b"n=29 other " + OOM)
+    tally = log.feed(lines([20]) + same_ts)  # 20: remembered, a re-send; then a new frame
+    assert (tally.lines, log.ledger.resent) == (1, 1) and log.jumped
+    assert log.cursor == Cursor(stamp(BASE_NS + 29 * US), 2)
+    log.end_stream(run_over=False)
+    log.begin_stream(tty=False)
+    assert log.feed(lines(range(13, 30)) + same_ts).lines == 0  # 13 is forgotten: too old
+    assert log.since_start == 31
