@@ -20,11 +20,12 @@ from exporter.adapters.model_server import OllamaApi
 from exporter.adapters.nvml import NvmlCollector
 from exporter.config import ExporterConfig, effective_config, parse_bind
 from exporter.logsource import LogSource
-from exporter.metrics import HostRegistry, LogCollector, LogStore, gauge
+from exporter.metrics import LogCollector, LogStore, gauge
 from exporter.server import make_server
 from exporter.serverpoll import ApiFactory, ServerCollector, ServerStore, ServerWatch
 from exporter.watcher import LogWatcher
 from fleet_contract.metrics import EXPORTER_DOCKER_UP
+from fleet_exposition import HostRegistry
 
 log = logging.getLogger("model-fleet-exporter")
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from exporter.logstream import Tally
 from fleet_contract import metrics as m
-from fleet_contract.labels import HOST_LABEL
 
 SeriesKey = tuple[str, str]  # (fleet, container name)
 
@@ -234,27 +233,3 @@ def counter(name: str) -> CounterMetricFamily:
     """An empty counter family for the contract's metric ``name``."""
     spec = m.spec(name)
     return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
-
-
-class HostRegistry(CollectorRegistry):
-    """A registry whose every sample carries the ``host`` label (fleet_contract.labels).
-
-    The one place the exporter adds the label: the collectors and the contract's specs stay
-    host-free, and a metric added later carries it without a change of its own.
-    """
-
-    def __init__(self, host: str) -> None:
-        super().__init__()
-        self.host = host
-
-    def collect(self) -> Iterator[Metric]:
-        """Every family of the registered collectors, each sample labelled with the host."""
-        for family in super().collect():
-            yield with_host(family, self.host)
-
-
-def with_host(family: Metric, host: str) -> Metric:
-    """A copy of ``family`` whose samples carry ``host=<host>`` first."""
-    labelled = Metric(family.name, family.documentation, family.type, family.unit)
-    labelled.samples = [s._replace(labels={HOST_LABEL: host, **s.labels}) for s in family.samples]
-    return labelled

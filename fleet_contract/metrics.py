@@ -238,7 +238,7 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
 )
 
 # Labels every sample of both services carries besides its spec's: each service adds them in
-# one place where it renders /metrics (its HostRegistry), so a spec never lists them.
+# one place where it renders /metrics (fleet_exposition.HostRegistry), so a spec never lists them.
 COMMON_LABELS: Final = (HOST_LABEL,)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from fleet_contract import metrics as m
 from fleet_contract.env import PROMETHEUS_MULTIPROC_DIR
-from fleet_contract.labels import HOST_LABEL
+from fleet_exposition import HostRegistry
 from remediator.config import Config
 from remediator.state import StateError, StateStore
 from remediator.windows import window_state
@@ -154,27 +154,3 @@ class _Forward(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self.inner.collect()
-
-
-class HostRegistry(CollectorRegistry):
-    """A registry whose every sample carries the ``host`` label (fleet_contract.labels).
-
-    The one place the remediator adds the label: the collectors and the contract's specs stay
-    host-free, and a metric added later carries it without a change of its own.
-    """
-
-    def __init__(self, host: str) -> None:
-        super().__init__()
-        self.host = host
-
-    def collect(self) -> Iterator[Metric]:
-        """Every family of the registered collectors, each sample labelled with the host."""
-        for family in super().collect():
-            yield with_host(family, self.host)
-
-
-def with_host(family: Metric, host: str) -> Metric:
-    """A copy of ``family`` whose samples carry ``host=<host>`` first."""
-    labelled = Metric(family.name, family.documentation, family.type, family.unit)
-    labelled.samples = [s._replace(labels={HOST_LABEL: host, **s.labels}) for s in family.samples]
-    return labelled

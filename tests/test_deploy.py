@@ -601,7 +601,9 @@ def test_build_context_holds_only_the_package_sources(
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
     files = {line.removeprefix("/ctx/") for line in listing.stdout.split()}
-    allowed = re.compile(r"(pyproject\.toml|README\.md|(fleet_contract|remediator|exporter)/.+)")
+    allowed = re.compile(
+        r"(pyproject\.toml|README\.md|(fleet_contract|fleet_exposition|remediator|exporter)/.+)"
+    )
     extra = sorted(f for f in files if not allowed.fullmatch(f) or "__pycache__" in f)
     assert not extra, f".dockerignore lets these into the image build context: {extra}"
     assert "secrets/model_fleet_token" not in files
