@@ -201,7 +201,6 @@ def start_prometheus(
     ``files`` (path relative to the config file -> text) are written next to it first: what
     the config names relative to itself, such as file_sd targets (render-monitoring's).
     """
-    binary = _binary("prometheus")
     with tempfile.TemporaryDirectory(prefix="mf-prometheus-") as tmp:
         workdir = Path(tmp)
         cfg = yaml.safe_load(config_text(config))
@@ -212,34 +211,34 @@ def start_prometheus(
         for relative, text in (files or {}).items():
             (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
             (workdir / relative).write_text(text)
-        url = f"http://127.0.0.1:{free_port()}"
-        argv = [
-            binary,
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address={url.removeprefix('http://')}",
-            "--log.level=warn",
-        ]
-        prom = Prometheus(url, workdir)
-        with _serve(argv, url, prom.log, "Prometheus", timeout):
+        with _run_prometheus(config_file, workdir, timeout) as prom:
             yield prom
 
 
 @contextmanager
 def start_prometheus_file(config_file: Path, timeout: float = 30.0) -> Iterator[Prometheus]:
     """Run Prometheus on ``config_file`` as it is (relative paths resolve next to it)."""
-    with tempfile.TemporaryDirectory(prefix="mf-prometheus-") as tmp:
-        url = f"http://127.0.0.1:{free_port()}"
-        argv = [
-            _binary("prometheus"),
-            f"--config.file={config_file}",
-            f"--storage.tsdb.path={Path(tmp) / 'data'}",
-            f"--web.listen-address={url.removeprefix('http://')}",
-            "--log.level=warn",
-        ]
-        prom = Prometheus(url, Path(tmp))
-        with _serve(argv, url, prom.log, "Prometheus", timeout):
-            yield prom
+    with (
+        tempfile.TemporaryDirectory(prefix="mf-prometheus-") as tmp,
+        _run_prometheus(config_file, Path(tmp), timeout) as prom,
+    ):
+        yield prom
+
+
+@contextmanager
+def _run_prometheus(config_file: Path, workdir: Path, timeout: float) -> Iterator[Prometheus]:
+    """Prometheus on ``config_file`` and a free 127.0.0.1 port, its data and log in ``workdir``."""
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = [
+        _binary("prometheus"),
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address={url.removeprefix('http://')}",
+        "--log.level=warn",
+    ]
+    prom = Prometheus(url, workdir)
+    with _serve(argv, url, prom.log, "Prometheus", timeout):
+        yield prom
 
 
 class Alertmanager:
