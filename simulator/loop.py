@@ -32,6 +32,8 @@ from simulator.fake_ollama import FakeOllama
 from simulator.images import BUSYBOX_IMAGE, build_busybox_image
 from simulator.local_http import http_get, http_post, wait_until
 from simulator.loop_setup import (
+    APP_HEALTH_PORT,
+    APP_HEALTH_SCRIPT,
     APP_SCRIPT,
     ERROR_SPACING_SECONDS,
     LOAD_FAILED_LINE,
@@ -86,6 +88,7 @@ class Loop:
         self.alertmanagers: list[prom_env.Alertmanager] = []
         self.exporter_url = ""
         self.remediator_url = ""
+        self.app_health_url = ""  # with LoopOptions.app_health: the app's /healthz
         self._last_error = -ERROR_SPACING_SECONDS  # time.monotonic() of the last emit_errors line
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -111,13 +114,13 @@ class Loop:
         """Start one host's parts: containers, Ollama stand-in, NVML, remediator, exporter."""
         for d in (self.app_env.parent, self.ctl, self.sim):
             d.mkdir(parents=True, exist_ok=True)
-        self.app_env.write_text("OLLAMA_MODEL=llama3.2:3b\n")
+        self.app_env.write_text(f"OLLAMA_MODEL={self.options.initial_model}\n")
         (self.workdir / "token").write_text(self.token + "\n")
         build_busybox_image(self.docker)
         self._stack.callback(self._remove_containers)
         self.ollama.start()
         self._stack.callback(self.ollama.stop)
-        self.ollama.load("llama3.2:3b")
+        self.ollama.load(self.options.initial_model)
         self._start_containers()
         self._start_nvml()
         self._start_remediator()
@@ -150,13 +153,20 @@ class Loop:
             },
             detach=True,
         )
+        app: dict[str, Any] = {}
+        if self.options.app_health:
+            # A fixed host port: an ephemeral one would change with every restart.
+            port = prom_env.free_port()
+            self.app_health_url = f"http://127.0.0.1:{port}/healthz"
+            app["ports"] = {f"{APP_HEALTH_PORT}/tcp": ("127.0.0.1", port)}
         self.app = self.docker.containers.run(
             BUSYBOX_IMAGE,
-            ["sh", "-c", APP_SCRIPT],
+            ["sh", "-c", APP_HEALTH_SCRIPT if self.options.app_health else APP_SCRIPT],
             name=f"{self.fleet}-app",
             labels=self._labels("app"),
             volumes=config,
             detach=True,
+            **app,
         )
 
     def _remove_containers(self) -> None:
@@ -187,7 +197,8 @@ class Loop:
             os.replace(tmp, self.sim / "free_mib")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
+        # Appended: a part started again (a scenario's restart) keeps its earlier log.
+        log = (self.workdir / f"{name}.log").open("ab")
         self._stack.callback(log.close)
         proc = subprocess.Popen(
             argv,

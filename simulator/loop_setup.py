@@ -67,6 +67,21 @@ echo "app running $OLLAMA_MODEL"
 while true; do sleep 0.2; done
 """
 
+# The application of config/model-fleet.yaml's `containers.app_health_url`: as APP_SCRIPT, and
+# busybox httpd on port 8000 answers /healthz with the model it started with (read once, at
+# start, as a real application does), so a switch commits when the app names the new model.
+APP_HEALTH_SCRIPT = r"""
+trap 'exit 0' TERM
+. /config/app.env
+mkdir -p /www
+echo "{\"model\": \"$OLLAMA_MODEL\"}" > /www/healthz
+httpd -f -p 8000 -h /www &
+echo "app running $OLLAMA_MODEL"
+while true; do sleep 0.2; done
+"""
+# The port APP_HEALTH_SCRIPT serves on, inside the container.
+APP_HEALTH_PORT = 8000
+
 # The model server's logging, as docker-compose.gpu.yml ships it (docs/operations.md "Model
 # server logging"): rotation the exporter's log follower cannot fall a whole file behind.
 MODEL_SERVER_LOG_CONFIG = {"type": "json-file", "config": {"max-size": "10m", "max-file": "5"}}
@@ -95,6 +110,12 @@ class LoopOptions:
     other_used_mib: int = 1024  # VRAM used by something other than the model
     remediator_workers: int = 2
     keep_logs: bool = False
+    # The app serves /healthz naming its model (APP_HEALTH_SCRIPT) on a 127.0.0.1 port of the
+    # host (Loop.app_health_url), for a remediator config with `containers.app_health_url`.
+    app_health: bool = False
+    # The model the app's config names when the loop starts (a scenario's state file may
+    # start the fleet lower on the ladder).
+    initial_model: str = "llama3.2:3b"
     # Alert name -> the `for` of a test copy of the shipped rules (prom_config.render_rules);
     # empty: the shipped rules as they are.
     alert_for: dict[str, str] = field(default_factory=dict)

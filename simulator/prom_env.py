@@ -115,7 +115,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _serve(
     argv: list[str], url: str, log: Path, what: str, timeout: float
 ) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
+    # Appended: a process restarted on the same work directory keeps its earlier log.
+    with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
 
@@ -194,15 +195,19 @@ def start_prometheus(
     rule_files: Sequence[Path] = (),
     timeout: float = 30.0,
     files: Mapping[str, str] | None = None,
+    *,
+    listen: str | None = None,
+    workdir: Path | None = None,
 ) -> Iterator[Prometheus]:
     """Run Prometheus with ``config`` (YAML text or dict) on a free 127.0.0.1 port.
 
     ``rule_files`` replaces the config's rule_files (absolute paths); empty keeps the config's.
     ``files`` (path relative to the config file -> text) are written next to it first: what
     the config names relative to itself, such as file_sd targets (render-monitoring's).
+    ``listen`` ("127.0.0.1:PORT") fixes the address and ``workdir`` keeps the config, data and
+    log there (else a throw-away directory): a restart on both is the same Prometheus again.
     """
-    with tempfile.TemporaryDirectory(prefix="mf-prometheus-") as tmp:
-        workdir = Path(tmp)
+    with _workdir("mf-prometheus-", workdir) as workdir:
         cfg = yaml.safe_load(config_text(config))
         if rule_files:
             cfg["rule_files"] = [str(Path(p).resolve()) for p in rule_files]
@@ -211,8 +216,19 @@ def start_prometheus(
         for relative, text in (files or {}).items():
             (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
             (workdir / relative).write_text(text)
-        with _run_prometheus(config_file, workdir, timeout) as prom:
+        with _run_prometheus(config_file, workdir, timeout, listen) as prom:
             yield prom
+
+
+@contextmanager
+def _workdir(prefix: str, keep: Path | None) -> Iterator[Path]:
+    """``keep`` (created if missing, never removed), or a temporary directory."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 @contextmanager
@@ -226,9 +242,12 @@ def start_prometheus_file(config_file: Path, timeout: float = 30.0) -> Iterator[
 
 
 @contextmanager
-def _run_prometheus(config_file: Path, workdir: Path, timeout: float) -> Iterator[Prometheus]:
-    """Prometheus on ``config_file`` and a free 127.0.0.1 port, its data and log in ``workdir``."""
-    url = f"http://127.0.0.1:{free_port()}"
+def _run_prometheus(
+    config_file: Path, workdir: Path, timeout: float, listen: str | None = None
+) -> Iterator[Prometheus]:
+    """Prometheus on ``config_file`` and ``listen`` (else a free 127.0.0.1 port), its data and
+    log in ``workdir``."""
+    url = f"http://{listen or f'127.0.0.1:{free_port()}'}"
     argv = [
         _binary("prometheus"),
         f"--config.file={config_file}",
@@ -275,16 +294,18 @@ def start_alertmanager(
     cluster_listen: str | None = None,
     peers: Sequence[str] = (),
     listen: str | None = None,
+    workdir: Path | None = None,
 ) -> Iterator[Alertmanager]:
     """Run Alertmanager with ``config`` (YAML text or dict) on a free 127.0.0.1 port.
 
     With ``cluster_listen`` ("127.0.0.1:PORT") it joins a high-availability cluster with
     ``peers``: replicas gossip notification logs, so one alert is delivered once.
-    ``listen`` ("127.0.0.1:PORT") fixes the API's address (else a free port).
+    ``listen`` ("127.0.0.1:PORT") fixes the API's address (else a free port); ``workdir``
+    keeps its config, data (notification log, silences) and log there (else a throw-away
+    directory): a restart on both is the same Alertmanager again.
     """
     binary = _binary("prometheus-alertmanager", "alertmanager")
-    with tempfile.TemporaryDirectory(prefix="mf-alertmanager-") as tmp:
-        workdir = Path(tmp)
+    with _workdir("mf-alertmanager-", workdir) as workdir:
         config_file = workdir / "alertmanager.yml"
         config_file.write_text(config_text(config))
         url = f"http://{listen or f'127.0.0.1:{free_port()}'}"
