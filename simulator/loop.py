@@ -395,7 +395,9 @@ class Loop:
                 parts.append(f"{what}: {get()}")
             except Exception as exc:  # diagnostics must never hide the original failure
                 parts.append(f"{what}: <{exc}>")
-        tail = "\n".join(self.log("remediator").splitlines()[-40:])
+        # Without gunicorn's access lines for reads: a waiting test polls /history and /status.
+        lines = [line for line in self.log("remediator").splitlines() if '"GET /' not in line]
+        tail = "\n".join(lines[-40:])
         return "\n".join([*parts, "remediator log:", tail])
 
     def log(self, name: str) -> str:
