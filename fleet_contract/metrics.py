@@ -66,6 +66,7 @@ REMEDIATION_FAILURES: Final = "model_fleet_remediation_failures_total"
 SWITCH_RECOVERIES: Final = "model_fleet_switch_recoveries_total"
 WEBHOOK_REQUESTS: Final = "model_fleet_webhook_requests_total"
 NOTIFICATIONS: Final = "model_fleet_notifications_total"
+ALERTS_DEFERRED: Final = "model_fleet_alerts_deferred_total"
 
 _GPU: Final = ("gpu", "uuid", "name")
 _STREAM: Final = ("fleet", "container")
@@ -224,6 +225,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         ("fleet", "outcome"),
         "Interrupted switches found open in the switch journal and resolved: rolled_forward, "
         "rolled_back, or failed (the entry stays open and is tried again).",
+    ),
+    _remediator(
+        ALERTS_DEFERRED,
+        "counter",
+        ("fleet", "reason"),
+        "Alerts refused for a reason that passes (cooldown, rate_limited, quiet_period, "
+        "outside_window) and kept to be judged again when it has passed.",
     ),
     _remediator(
         WEBHOOK_REQUESTS, "counter", ("outcome",), "Alertmanager webhook deliveries, by outcome."

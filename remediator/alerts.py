@@ -8,7 +8,7 @@ judgement (duplicate, stale, cooldown, ...) is the remediator's, under the fleet
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -62,6 +62,7 @@ class AlertRequest:
     ref: AlertRef
     item: dict[str, Any]
     error_count: int | None = None  # a downgrade alert's ``value``: the fleet's VRAM errors
+    labels: dict[str, str] = field(default_factory=dict)  # the alert's own (for a deferral)
 
 
 def parse_time(value: str) -> float:
@@ -167,9 +168,27 @@ def triage(
                     AlertRef(alert.key, alert.started_at),
                     item,
                     count,
+                    dict(alert.labels),
                 )
             )
     return requests, ignored
+
+
+def resolutions(config: Config, alerts: list[WebhookAlert]) -> dict[str, list[str]]:
+    """The keys of this host's resolved remediation alerts, per configured fleet: a deferred
+    alert among them no longer asks for anything."""
+    out: dict[str, list[str]] = {}
+    for alert in alerts:
+        host = alert.labels.get(HOST_LABEL)
+        fleet = alert.labels.get("fleet", "")
+        if (
+            alert.status == "resolved"
+            and alert.labels.get("remediation") in REMEDIATIONS
+            and fleet in config.fleets
+            and (not host or host == config.host)
+        ):
+            out.setdefault(fleet, []).append(alert.key)
+    return out
 
 
 def _count(value: str | None) -> int | None:

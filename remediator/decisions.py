@@ -22,11 +22,17 @@ AUTOMATIC_TRIGGERS: Final = frozenset({"alert", "auto"})
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do: switch to ``target`` (a ladder index), or nothing, and why."""
+    """What to do: switch to ``target`` (a ladder index), or nothing, and why.
+
+    A refusal for a reason that passes by itself (the cooldown, the hourly cap, a step-up
+    window not yet open, a quiet period) says when in ``retry_at`` (epoch seconds): an alert
+    refused so is deferred and judged again then (:mod:`remediator.deferrals`).
+    """
 
     target: int | None
     reason: str
     detail: str
+    retry_at: float | None = None
 
     @property
     def switch(self) -> bool:
@@ -42,8 +48,23 @@ class AlertRef:
     started_at: float
 
 
-def _no(reason: str, detail: str) -> Decision:
-    return Decision(None, reason, detail)
+def _no(reason: str, detail: str, retry_at: float | None = None) -> Decision:
+    return Decision(None, reason, detail, retry_at)
+
+
+def cap_clears_at(fleet: FleetConfig, state: FleetState, at: float) -> float:
+    """The first moment from ``at`` on when the hourly cap allows another switch.
+
+    ``switches_since(now - HOUR)`` counts a switch at ``t`` until ``now`` passes ``t + HOUR``:
+    the cap clears when enough of the oldest switches of the hour have aged out.
+    """
+    times = sorted(
+        r.time for r in state.history if r.recovery != "rolled_back" and r.time >= at - HOUR
+    )
+    excess = len(times) - fleet.max_switches_per_hour
+    if excess < 0:
+        return at
+    return max(at, times[excess] + HOUR + 0.001)
 
 
 def _gates(
@@ -63,15 +84,21 @@ def _gates(
         return None
     if state.last_switch_at is not None and now - state.last_switch_at < fleet.cooldown_seconds:
         left = fleet.cooldown_seconds - (now - state.last_switch_at)
+        ends = state.last_switch_at + fleet.cooldown_seconds
         return _no(
-            "cooldown", f"last switch {now - state.last_switch_at:.0f} s ago; {left:.0f} s left"
+            "cooldown",
+            f"last switch {now - state.last_switch_at:.0f} s ago; {left:.0f} s left",
+            cap_clears_at(fleet, state, ends),
         )
     recent = state.switches_since(now - HOUR)
     if recent >= fleet.max_switches_per_hour:
+        clears = cap_clears_at(fleet, state, now)
         return _no(
             "rate_limited",
             f"{recent} switches in the last hour "
-            f"(max_switches_per_hour={fleet.max_switches_per_hour})",
+            f"(max_switches_per_hour={fleet.max_switches_per_hour}); the next is allowed in "
+            f"{clears - now:.0f} s",
+            clears,
         )
     return None
 
@@ -219,6 +246,7 @@ def choose_auto_upgrade(
                 "outside_window",
                 f"outside the step-up windows ({'; '.join(w.text for w in au.windows)}); "
                 f"the next opens {nxt}",
+                window.opens_at,
             )
     failed_recently = (
         state.last_upgrade_failed_at is not None
@@ -231,6 +259,7 @@ def choose_auto_upgrade(
         return _no(
             "quiet_period",
             f"quiet for {now - calm_since:.0f} s of the {quiet:.0f} s required{why}",
+            calm_since + quiet,
         )
     ladder, current = fleet.ladder, state.index
     target = current - 1

@@ -25,10 +25,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from remediator.alerts import AlertRequest, WebhookAlert, triage
+from remediator.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.config import FleetConfig
 from remediator.live import note_live_errors
 from remediator.state import LockTimeout
+from remediator.state_model import DeferredAlert, FleetState
+from remediator.windows import iso
 
 if TYPE_CHECKING:
     from remediator.decisions import Decision
@@ -56,13 +58,17 @@ class Acceptance:
 
     accepted: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[dict[str, Any]] = field(default_factory=list)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
     pending: list[PendingWork] = field(default_factory=list)
 
     @property
     def outcome(self) -> str:
-        """``accepted``, ``duplicate`` (every alert was handled already) or ``ignored``."""
+        """``accepted``, ``deferred`` (kept to be judged again), ``duplicate`` (every alert
+        was handled already) or ``ignored``."""
         if self.accepted:
             return "accepted"
+        if self.deferred:
+            return "deferred"
         if self.ignored and all(i["reason"] == "duplicate" for i in self.ignored):
             return "duplicate"
         return "ignored"
@@ -80,6 +86,7 @@ class Verdict:
 
     accepted: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[dict[str, Any]] = field(default_factory=list)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
     decision: Decision | None = None
     plan: SwitchPlan | None = None
 
@@ -92,6 +99,7 @@ def accept(remediator: Remediator, alerts: Sequence[WebhookAlert]) -> Acceptance
     """
     requests, ignored = triage(remediator.config, list(alerts))
     acceptance = Acceptance(ignored=ignored)
+    forget_resolved(remediator, resolutions(remediator.config, list(alerts)))
     try:
         for name, asks in requests.items():
             _accept_fleet(remediator, remediator.config.fleets[name], asks, acceptance)
@@ -107,9 +115,11 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
     An interrupted switch of the fleet (its journal entry open) is resolved first.
 
     A step down is judged before a step up (VRAM errors outweigh headroom), and once one alert
-    is chosen the others of the delivery are ``superseded``: one switch per fleet. Refusals
-    are not recorded, so an alert refused for a reason that passes (cooldown, the hourly cap,
-    a config change) may act when Alertmanager delivers it again.
+    is chosen the others of the delivery are ``superseded``: one switch per fleet. An alert
+    refused for a reason that passes by itself (the decision's ``retry_at``: cooldown, the
+    hourly cap, ...) is deferred: kept in the fleet's state and judged again when the reason
+    has passed (:mod:`remediator.deferrals`), whether or not Alertmanager delivers it again.
+    Any other refusal, or the switch, ends its deferral.
     """
     verdict = Verdict()
     # A switch of this fleet that died half-way is resolved before anything is decided.
@@ -134,6 +144,10 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
                 verdict.ignored.append({**ask.item, "reason": "superseded", "detail": detail})
                 continue
             decision = remediator.decide(fleet, fs, ask.direction, ask.trigger, ask.ref, live)
+            if decision.retry_at is not None:
+                _defer(remediator, fleet, fs, ask, decision, verdict)
+                continue
+            fs.deferred.pop(ask.ref.key, None)
             if not decision.switch:
                 log.info(
                     "fleet %s: alert %s not acted on (%s): %s",
@@ -154,6 +168,64 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
     return verdict
 
 
+def _defer(
+    remediator: Remediator,
+    fleet: FleetConfig,
+    fs: FleetState,
+    ask: AlertRequest,
+    decision: Decision,
+    verdict: Verdict,
+) -> None:
+    """Keep ``ask`` in the fleet's state, to be judged again at ``decision.retry_at``."""
+    assert decision.retry_at is not None
+    now = remediator.now()
+    new = fs.defer(
+        DeferredAlert(
+            key=ask.ref.key,
+            direction=ask.direction,
+            trigger=ask.trigger,
+            reason=decision.reason,
+            detail=decision.detail,
+            started_at=ask.ref.started_at,
+            deferred_at=now,
+            acts_at=decision.retry_at,
+            labels=ask.labels,
+            error_count=ask.error_count,
+        )
+    )
+    if new:
+        remediator.observer.deferred(fleet.name, decision.reason)
+    acts_at = iso(decision.retry_at, "UTC")
+    log.info(
+        "fleet %s: alert %s deferred (%s): %s; judged again at %s (in %.0f s) if it still fires",
+        fleet.name,
+        ask.ref.key,
+        decision.reason,
+        decision.detail,
+        acts_at,
+        max(0.0, decision.retry_at - now),
+    )
+    verdict.deferred.append(
+        {**ask.item, "reason": decision.reason, "detail": decision.detail, "acts_at": acts_at}
+    )
+
+
+def forget_resolved(remediator: Remediator, resolved: dict[str, list[str]]) -> None:
+    """End the deferral of each resolved alert (read first: most deliveries touch none)."""
+    if not resolved:
+        return
+    snapshot = remediator.store.snapshot()
+    if not any(
+        key in snapshot.fleets[name].deferred for name, keys in resolved.items() for key in keys
+    ):
+        return
+    with remediator.store.transaction() as state:
+        for name, keys in resolved.items():
+            for key in keys:
+                if state.fleets[name].deferred.pop(key, None) is not None:
+                    log.info("fleet %s: deferred alert %s resolved: dropped", name, key)
+
+
 def _accept_fleet(
     remediator: Remediator,
     fleet: FleetConfig,
@@ -172,6 +244,7 @@ def _accept_fleet(
         verdict = judge(remediator, fleet, asks)
         acceptance.accepted += verdict.accepted
         acceptance.ignored += verdict.ignored
+        acceptance.deferred += verdict.deferred
         if verdict.plan is not None:
             acceptance.pending.append(HeldSwitch(remediator, verdict, held.pop_all(), started))
 

@@ -13,8 +13,9 @@ This module does the I/O (through :mod:`remediator.adapters.prometheus`);
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -25,6 +26,7 @@ from remediator.config import Config, FleetConfig, strip_credentials
 from remediator.state_model import FleetState
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SOURCE: Final = "prometheus"
 # The exporter's offload detection (/api/ps): bytes of each loaded model per location.
@@ -238,6 +240,29 @@ class LiveReader:
         except PrometheusError as exc:
             return unavailable(self.url, at, f"{exc}: no live figures")
         return LiveFigures(self.url, at, None, free, errors, loaded)
+
+    def alert_firing(self, labels: Mapping[str, str]) -> bool | None:
+        """Whether Prometheus evaluates the alert with these labels as firing now; None when it
+        cannot tell (no Prometheus configured, no answer, no ``alertname``).
+
+        ``ALERTS`` carries the rule's labels; an alert as Alertmanager delivers it carries the
+        external labels too, so a series matches when each of its labels (but ``__name__`` and
+        ``alertstate``) is one of the alert's.
+        """
+        name = labels.get("alertname")
+        if self.prometheus is None or not name:
+            return None
+        try:
+            series = self.prometheus.query(
+                f'ALERTS{{alertname="{_label(name)}",alertstate="firing"}}'
+            )
+        except PrometheusError as exc:
+            log.warning("cannot ask Prometheus whether %s still fires: %s", name, exc)
+            return None
+        own = {"__name__", "alertstate"}
+        return any(
+            all(labels.get(k) == v for k, v in s.labels.items() if k not in own) for s in series
+        )
 
     def read_fleets(self, fleets: Iterable[FleetConfig]) -> dict[str, LiveFigures]:
         """Each fleet's figures; once Prometheus has failed, the rest are not asked again."""

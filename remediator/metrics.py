@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 DIRECTIONS = ("down", "up", "reset")
 TRIGGERS = ("alert", "manual", "auto")
 STEPS = ("pull", "unload", "write_config", "find_containers", "restart", "verify", "state")
-WEBHOOK_OUTCOMES = ("accepted", "duplicate", "ignored", "unauthorized", "invalid")
+WEBHOOK_OUTCOMES = ("accepted", "deferred", "duplicate", "ignored", "unauthorized", "invalid")
+# Why an alert was deferred: the refusals that pass by themselves (remediator/decisions.py).
+DEFERRAL_REASONS = ("cooldown", "rate_limited", "quiet_period", "outside_window")
 # What became of an Alertmanager delivery to /webhook/notify (remediator/notifications.py).
 NOTIFICATION_OUTCOMES = ("forwarded", "failed", "logged")
 # How an interrupted switch found in the journal ended (remediator/recovery.py).
@@ -101,6 +103,7 @@ class RemediatorMetrics:
         self.webhooks = _counter(m.WEBHOOK_REQUESTS, registry)
         self.notifications = _counter(m.NOTIFICATIONS, registry)
         self.recoveries = _counter(m.SWITCH_RECOVERIES, registry)
+        self.deferrals = _counter(m.ALERTS_DEFERRED, registry)
         # Every label set exists at 0 from the start, so increase() sees the first event.
         for fleet in config.fleets:
             for direction in DIRECTIONS:
@@ -110,6 +113,8 @@ class RemediatorMetrics:
                 self.failures.labels(fleet, step)
             for outcome in RECOVERY_OUTCOMES:
                 self.recoveries.labels(fleet, outcome)
+            for reason in DEFERRAL_REASONS:
+                self.deferrals.labels(fleet, reason)
         for outcome in WEBHOOK_OUTCOMES:
             self.webhooks.labels(outcome)
         for outcome in NOTIFICATION_OUTCOMES:
@@ -126,6 +131,10 @@ class RemediatorMetrics:
     def recovered(self, fleet: str, outcome: str) -> None:
         """Count an interrupted switch resolved from the journal (or a failed try)."""
         self.recoveries.labels(fleet, outcome).inc()
+
+    def deferred(self, fleet: str, reason: str) -> None:
+        """Count an alert deferred (kept to be judged again when ``reason`` has passed)."""
+        self.deferrals.labels(fleet, reason).inc()
 
     def notified(self, outcome: str) -> None:
         """Count a delivery to /webhook/notify by what became of it."""

@@ -33,7 +33,8 @@ def gunicorn_argv(bind: str, workers: int | None) -> list[str]:
     ]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    return [*argv, "remediator.service:create_app()"]
+    # Each worker judges deferred alerts when they fall due (remediator/deferrals.py).
+    return [*argv, "remediator.service:create_app(judge_deferred=True)"]
 
 
 def serve(config: Config, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from remediator import metrics, recovery
 from remediator.config import Config, FleetConfig, load_config
+from remediator.deferrals import DeferralClock
 from remediator.intake import Background
 from remediator.notifications import Notifier, Sink
 from remediator.queries import NO_AUTH_ENV, TOKEN_ENV, TOKEN_FILE_ENV, load_token
@@ -47,8 +48,14 @@ def create_app(
     allow_no_auth: bool | None = None,
     actions_for: Callable[[FleetConfig], Actions] | None = None,
     clock: Callable[[], float] = time.time,
+    judge_deferred: bool = False,
 ) -> Flask:
-    """Build the service. With no arguments it reads config and token from the environment."""
+    """Build the service. With no arguments it reads config and token from the environment.
+
+    ``judge_deferred``: start the thread that judges deferred alerts when they fall due
+    (``model-fleet serve`` does, in each gunicorn worker; tests call
+    :func:`remediator.deferrals.judge_due` themselves, at the moment they choose).
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -101,4 +108,6 @@ def create_app(
     # A switch that died with the last run (its journal entry open) is resolved now, under
     # the fleet's switch lock: in one gunicorn worker; the others find nothing open.
     recovery.resolve_in_background(remediator)
+    if judge_deferred:
+        DeferralClock(remediator).start()
     return app

@@ -15,6 +15,9 @@ from remediator.config import FleetConfig
 SCHEMA_VERSION: Final = 1
 MAX_NOTICES: Final = 20
 MAX_NOTIFICATIONS: Final = 50
+# Deferred alerts kept per fleet: Alertmanager sends one per start of the model server, so a
+# handful at most; the bound only stops a flood of distinct alerts from growing the file.
+MAX_DEFERRED: Final = 20
 
 
 @dataclass
@@ -134,6 +137,70 @@ class SwitchJournal:
 
 
 @dataclass
+class DeferredAlert:
+    """An alert refused for a reason that passes (the cooldown, the hourly cap, ...), kept to be
+    judged again at ``acts_at`` if it still fires then (:mod:`remediator.deferrals`).
+
+    Kept in the state file, not in memory: a remediator restarted meanwhile still acts on it.
+    ``labels`` are the alert's own, to ask Prometheus whether it still fires.
+    """
+
+    key: str  # fingerprint@startsAt
+    direction: str  # down | up
+    trigger: str  # alert | auto
+    reason: str  # the refusal's reason code: cooldown, rate_limited, ...
+    detail: str
+    started_at: float  # the alert's startsAt
+    deferred_at: float  # first refused
+    acts_at: float  # when the reason passes
+    labels: dict[str, str] = field(default_factory=dict)
+    error_count: int | None = None  # a downgrade alert's ``value``
+
+    @property
+    def alertname(self) -> str:
+        """The alert's name, from its labels."""
+        return self.labels.get("alertname", "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "key": self.key,
+            "direction": self.direction,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "detail": self.detail,
+            "started_at": self.started_at,
+            "deferred_at": self.deferred_at,
+            "acts_at": self.acts_at,
+            "labels": dict(sorted(self.labels.items())),
+            "error_count": self.error_count,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeferredAlert:
+        """Parse the JSON form; raise ValueError/KeyError/TypeError when malformed."""
+        if not isinstance(d, dict):
+            raise TypeError("deferred alert is not an object")
+        labels, count = d.get("labels", {}), d.get("error_count")
+        if not isinstance(labels, dict):
+            raise TypeError("labels must be an object")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise TypeError(f"error_count must be an integer, got {count!r}")
+        return cls(
+            key=_str(d["key"]),
+            direction=_str(d["direction"]),
+            trigger=_str(d["trigger"]),
+            reason=_str(d["reason"]),
+            detail=str(d.get("detail", "")),
+            started_at=_num(d["started_at"]),
+            deferred_at=_num(d["deferred_at"]),
+            acts_at=_num(d["acts_at"]),
+            labels={_str(k): _str(v) for k, v in labels.items()},
+            error_count=count,
+        )
+
+
+@dataclass
 class FleetState:
     """Where one fleet stands."""
 
@@ -147,6 +214,20 @@ class FleetState:
     history: list[SwitchRecord] = field(default_factory=list)
     processed_alerts: dict[str, float] = field(default_factory=dict)
     journal: SwitchJournal | None = None  # the switch under way (or interrupted), if any
+    # Alerts refused for a reason that passes, by key: judged again when it has passed.
+    deferred: dict[str, DeferredAlert] = field(default_factory=dict)
+
+    def defer(self, alert: DeferredAlert) -> bool:
+        """Keep ``alert`` (replacing an entry of the same key, keeping when it was first
+        deferred); True when it is newly deferred or deferred for another reason."""
+        old = self.deferred.get(alert.key)
+        if old is not None:
+            alert.deferred_at = old.deferred_at
+        self.deferred[alert.key] = alert
+        while len(self.deferred) > MAX_DEFERRED:
+            oldest = min(self.deferred.values(), key=lambda a: (a.started_at, a.key))
+            del self.deferred[oldest.key]
+        return old is None or old.reason != alert.reason
 
     @classmethod
     def initial(cls, fleet: FleetConfig) -> FleetState:
@@ -215,6 +296,7 @@ class FleetState:
             "history": [r.to_dict() for r in self.history],
             "processed_alerts": dict(sorted(self.processed_alerts.items())),
             "journal": None if self.journal is None else self.journal.to_dict(),
+            "deferred": [a.to_dict() for a in sorted(self.deferred.values(), key=_by_time)],
         }
 
     @classmethod
@@ -226,8 +308,11 @@ class FleetState:
         alerts = d.get("processed_alerts", {})
         failure = d.get("last_failure")
         journal = d.get("journal")
+        deferred = d.get("deferred", [])  # absent from files written before it existed
         if not isinstance(history, list) or not isinstance(alerts, dict):
             raise TypeError("history must be a list and processed_alerts an object")
+        if not isinstance(deferred, list):
+            raise TypeError("deferred must be a list")
         if failure is not None and not isinstance(failure, dict):
             raise TypeError("last_failure must be an object")
         index = d["index"]
@@ -247,7 +332,12 @@ class FleetState:
             history=[SwitchRecord.from_dict(r) for r in history],
             processed_alerts={_str(k): _num(v) for k, v in alerts.items()},
             journal=None if journal is None else SwitchJournal.from_dict(journal),
+            deferred={a.key: a for a in map(DeferredAlert.from_dict, deferred)},
         )
+
+
+def _by_time(alert: DeferredAlert) -> tuple[float, str]:
+    return (alert.acts_at, alert.key)
 
 
 @dataclass

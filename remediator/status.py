@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from remediator.config import AutoUpgrade, Config, FleetConfig
 from remediator.live import NOT_CONFIGURED, SOURCE, Figure, LiveFigures, unavailable
-from remediator.state_model import FleetState, State
+from remediator.state_model import DeferredAlert, FleetState, State
 from remediator.windows import iso, window_state
 
 # Where vram_error_count comes from when Prometheus has no live count.
@@ -62,6 +62,26 @@ def live_status(live: LiveFigures) -> dict[str, Any]:
     }
 
 
+def sorted_deferred(fs: FleetState) -> list[DeferredAlert]:
+    """The fleet's deferred alerts, the first to act first."""
+    return sorted(fs.deferred.values(), key=lambda a: (a.acts_at, a.key))
+
+
+def deferred_status(alert: DeferredAlert) -> dict[str, Any]:
+    """One deferred alert as the status shows it: what it asks, why it waits, when it acts."""
+    return {
+        "alert_key": alert.key,
+        "alertname": alert.alertname or None,
+        "direction": alert.direction,
+        "trigger": alert.trigger,
+        "reason": alert.reason,
+        "detail": alert.detail,
+        "deferred_at": iso(alert.deferred_at, "UTC"),
+        "acts_at": iso(alert.acts_at, "UTC"),
+        "acts_at_epoch": alert.acts_at,
+    }
+
+
 def fleet_status(
     fleet: FleetConfig,
     fs: FleetState,
@@ -99,6 +119,8 @@ def fleet_status(
         "last_failure": fs.last_failure,
         # A switch under way, or one that died and is not resolved yet (the switch journal).
         "switch_in_progress": None if fs.journal is None else fs.journal.to_dict(),
+        # Alerts refused for a reason that passes, judged again when it has (deferrals.py).
+        "deferred_alerts": [deferred_status(a) for a in sorted_deferred(fs)],
         "auto_upgrade": step_up_status(fleet.auto_upgrade, time.time() if now is None else now),
         "free_vram_bytes": live.free_vram_bytes.value,
         "loaded_models": [m.to_dict() for m in live.loaded_models.value or ()],

@@ -131,6 +131,10 @@ class SwitchObserver(Protocol):
         (``failed``)."""
         ...
 
+    def deferred(self, fleet: str, reason: str) -> None:
+        """An alert was deferred: refused for ``reason``, to be judged again once it passed."""
+        ...
+
 
 class _NullObserver:
     def switched(self, fleet: str, direction: str, trigger: str) -> None:
@@ -140,6 +144,9 @@ class _NullObserver:
         pass
 
     def recovered(self, fleet: str, outcome: str) -> None:
+        pass
+
+    def deferred(self, fleet: str, reason: str) -> None:
         pass
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from remediator.config import MIB, AutoUpgrade, FleetConfig, Ladder, Rung
 from remediator.decisions import (
+    HOUR,
     AlertRef,
+    cap_clears_at,
     choose_auto_upgrade,
     choose_downgrade,
     choose_reset,
@@ -80,6 +82,7 @@ def test_cooldown_holds_automatic_switches_but_not_a_person() -> None:
     d = choose_downgrade(cfg, fs, NOW, trigger="alert", alert=AlertRef("k", NOW - 5))
     assert (d.target, d.reason) == (None, "cooldown")
     assert "30 s left" in d.detail
+    assert d.retry_at == NOW + 30  # the refusal passes by itself: when the cooldown ends
     assert choose_downgrade(cfg, fs, NOW, trigger="manual").target == 2
     assert (
         choose_downgrade(cfg, fs, NOW + 31, trigger="alert", alert=AlertRef("k", NOW)).target == 2
@@ -108,8 +111,55 @@ def test_hourly_cap_counts_switches_in_the_last_hour_only() -> None:
     )
     d = choose_downgrade(cfg, fs, NOW, trigger="alert", alert=AlertRef("k", NOW))
     assert (d.target, d.reason) == (None, "rate_limited")
+    # The cap clears once the older of the hour's two switches has aged out of the hour.
+    assert d.retry_at is not None and NOW - 1000 + HOUR < d.retry_at < NOW - 1000 + HOUR + 0.01
+    assert "the next is allowed in 2600 s" in d.detail
+    later = d.retry_at
+    assert choose_downgrade(cfg, fs, later, trigger="alert", alert=AlertRef("k", NOW)).target == 2
+    assert choose_downgrade(
+        cfg, fs, later - 0.01, trigger="alert", alert=AlertRef("k", NOW)
+    ).reason == ("rate_limited")
     fs.history.pop()
     assert choose_downgrade(cfg, fs, NOW, trigger="alert", alert=AlertRef("k", NOW)).target == 2
+
+
+def rec(t: float, recovery: str | None = None) -> SwitchRecord:
+    return SwitchRecord(t, "f", "a", "b", "down", "alert", "", recovery=recovery)
+
+
+def test_the_cap_clears_when_enough_of_the_hours_oldest_switches_have_aged_out() -> None:
+    cfg = fleet(cooldown_seconds=60, max_switches_per_hour=6)
+    # Six switches in the hour, the oldest 30 s from leaving it; one rolled back (it never was).
+    times = [NOW - HOUR + 30, NOW - HOUR + 40, NOW - 900, NOW - 600, NOW - 300, NOW - 120]
+    history = [rec(t) for t in times] + [rec(NOW - 100, "rolled_back")]
+    fs = at(cfg, 1, last_switch_at=NOW - 120, history=history)
+    assert cap_clears_at(cfg, fs, NOW) == NOW + 30 + 0.001
+    # One more switch in the hour: the two oldest must age out.
+    fs.history.append(rec(NOW - 90))
+    assert cap_clears_at(cfg, fs, NOW) == NOW + 40 + 0.001
+    # Under the cap: now.
+    assert cap_clears_at(cfg, at(cfg, 1, history=[rec(NOW - 5)]), NOW) == NOW
+
+
+def test_a_cooldown_that_ends_over_the_cap_retries_when_both_allow() -> None:
+    cfg = fleet(cooldown_seconds=60, max_switches_per_hour=2)
+    fs = at(cfg, 1, last_switch_at=NOW - 10, history=[rec(NOW - HOUR + 200), rec(NOW - 10)])
+    d = choose_downgrade(cfg, fs, NOW, trigger="alert", alert=AlertRef("k", NOW))
+    assert d.reason == "cooldown"
+    assert d.retry_at == NOW + 200 + 0.001  # the cap, later than the cooldown's end (NOW + 50)
+    assert choose_downgrade(cfg, fs, d.retry_at, trigger="alert", alert=AlertRef("k", NOW)).switch
+
+
+def test_final_refusals_never_say_when_to_retry() -> None:
+    cfg = fleet(cooldown_seconds=0)
+    fs = at(cfg, 1, last_switch_at=NOW - 100, processed_alerts={"seen": NOW - 200})
+    for d in (
+        choose_downgrade(cfg, fs, NOW, trigger="alert", alert=AlertRef("new", NOW - 101)),
+        choose_downgrade(cfg, fs, NOW, trigger="alert", alert=AlertRef("seen", NOW - 50)),
+        choose_downgrade(cfg, at(cfg, 3), NOW, trigger="alert"),
+        choose_upgrade(cfg, at(cfg, 0), NOW, trigger="auto"),
+    ):
+        assert not d.switch and d.retry_at is None, d
 
 
 def test_upgrade_one_rung_and_reset_to_the_top() -> None:
@@ -136,6 +186,7 @@ def test_auto_upgrade_needs_quiet_period_since_switch_and_last_error() -> None:
     assert choose_auto_upgrade(cfg, fs, NOW).target == 1
     d = choose_auto_upgrade(cfg, fs, NOW, last_error_at=NOW - 100)
     assert (d.target, d.reason) == (None, "quiet_period")
+    assert d.retry_at == NOW - 100 + cfg.auto_upgrade.quiet_seconds  # when the quiet is long enough
     assert (
         choose_auto_upgrade(cfg, at(cfg, 2, last_switch_at=NOW - 100), NOW).reason == "quiet_period"
     )

@@ -325,15 +325,17 @@ def test_an_offload_alert_steps_down_under_the_same_rules_as_vram_errors(tmp_pat
     assert (fs.index, fs.history[-1].trigger, fs.history[-1].alert_key) == (1, "alert", first.key)
     assert fs.vram_error_count == 0
     # Alertmanager repeats it: a duplicate. Another one that started before the switch: stale.
-    # One that started after it, within the fleet's cooldown: refused for the cooldown.
-    for again, reason in (
-        (first, "duplicate"),
-        (offload_alert("off2", LATER), "stale_alert"),
-        (offload_alert("off3", iso(time.time() + 1)), "cooldown"),
-    ):
+    for again, reason in ((first, "duplicate"), (offload_alert("off2", LATER), "stale_alert")):
         answer = remediator.accept_alerts([again])
         assert [i["reason"] for i in answer.ignored] == [reason]
         assert answer.pending == []
+    # One that started after it, within the fleet's cooldown: deferred until the cooldown ends.
+    third = offload_alert("off3", iso(time.time() + 1))
+    answer = remediator.accept_alerts([third])
+    assert (answer.outcome, answer.ignored, answer.pending) == ("deferred", [], [])
+    assert [(i["fingerprint"], i["reason"]) for i in answer.deferred] == [("off3", "cooldown")]
+    deferred = remediator.store.read().fleets["default"].deferred[third.key]
+    assert deferred.acts_at == pytest.approx(fs.last_switch_at + 600)
     assert len(recorder.plans) == 1
 
 

@@ -68,6 +68,9 @@ class Observer:
     def recovered(self, fleet: str, outcome: str) -> None:
         self.events.append(("recovered", fleet, outcome))
 
+    def deferred(self, fleet: str, reason: str) -> None:
+        self.events.append(("deferred", fleet, reason))
+
 
 class FlakyStore(StateStore):
     """A store whose writes fail (ENOSPC) while ``failing`` > 0 (each failure counts down;

@@ -25,6 +25,8 @@ from werkzeug.serving import make_server
 
 from remediator.alerts import parse_time
 from remediator.config import Config, FleetConfig, parse_config
+from remediator.deferrals import Pass, judge_due
+from remediator.routes.common import EXTENSION
 from remediator.service import create_app
 from remediator.state import StateStore
 from remediator.switching import SwitchFailed, SwitchPlan
@@ -107,6 +109,12 @@ def drain(app: Flask) -> None:
 
 def index(config: Config) -> int:
     return StateStore(config).read().fleets["default"].index
+
+
+def alert_key(body: dict[str, Any]) -> str:
+    """The idempotency key of a delivery's first alert."""
+    alert = body["alerts"][0]
+    return f"{alert['fingerprint']}@{alert['startsAt']}"
 
 
 def test_parse_time_handles_alertmanager_nanoseconds() -> None:
@@ -317,24 +325,83 @@ def test_a_stale_alert_yields_no_switch(
     assert actions.plans == []
 
 
-def test_cooldown_refusal_leaves_the_alert_free_to_act_later(
+def test_an_alert_refused_for_the_cooldown_acts_when_it_ends_without_a_redelivery(
     tmp_path: Path, actions: RecordingActions
 ) -> None:
     config = make_config(tmp_path, cooldown_seconds=3600)
-    app = create_app(config, token=TOKEN, actions_for=actions.for_fleet)
     with StateStore(config).transaction() as state:
         state.fleets["default"].last_switch_at = 1.0  # long ago, but ...
     now = [2.0]  # ... the clock says 1 s later
     app = create_app(config, token=TOKEN, actions_for=actions.for_fleet, clock=lambda: now[0])
+    remediator = app.extensions[EXTENSION].remediator
     body = payload("alertmanager_firing.json")
     body["alerts"][0]["startsAt"] = "1970-01-01T00:00:01.5Z"
     resp = app.test_client().post("/webhook/alertmanager", json=body, headers=AUTH)
-    assert resp.get_json()["ignored"][0]["reason"] == "cooldown"
-    assert StateStore(config).read().fleets["default"].processed_alerts == {}
-    now[0] = 4000.0
+    answer = resp.get_json()
+    assert (resp.status_code, answer["outcome"], answer["accepted"]) == (202, "deferred", [])
+    [deferred] = answer["deferred"]
+    assert (deferred["reason"], deferred["acts_at"]) == ("cooldown", "1970-01-01T01:00:01+00:00")
+    fs = StateStore(config).read().fleets["default"]
+    assert fs.processed_alerts == {} and list(fs.deferred) == [alert_key(body)]
+    [shown] = app.test_client().get("/status").get_json()["deferred_alerts"]
+    assert (shown["alert_key"], shown["reason"], shown["acts_at_epoch"]) == (
+        alert_key(body),
+        "cooldown",
+        3601.0,
+    )
+    assert shown["alertname"] == body["alerts"][0]["labels"]["alertname"]
+    # Not due yet: nothing happens.
+    assert judge_due(remediator) == Pass()
+    # The cooldown ends: the remediator judges the alert again by itself.
+    now[0] = 3601.5
+    assert judge_due(remediator) == Pass(judged=1, switched=1)
+    # Read on the service's clock (a reader on the real one would expire the alert keys).
+    fs = remediator.store.read().fleets["default"]
+    assert fs.index == 1 and actions.plans[-1].alert_key == alert_key(body)
+    assert fs.deferred == {} and alert_key(body) in fs.processed_alerts
+    assert app.test_client().get("/status").get_json()["deferred_alerts"] == []
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    host = f'host="{config.host}"'
+    counted = f'model_fleet_alerts_deferred_total{{fleet="default",{host},reason="cooldown"}} 1.0'
+    assert counted in metrics
+    # Alertmanager's repeat of it later is a duplicate.
     resp = app.test_client().post("/webhook/alertmanager", json=body, headers=AUTH)
-    assert resp.get_json()["outcome"] == "accepted"
+    assert resp.get_json()["outcome"] == "duplicate"
+    drain(app)
+
+
+def test_a_deferred_alert_that_resolves_or_is_redelivered_is_not_judged_again(
+    tmp_path: Path, actions: RecordingActions
+) -> None:
+    config = make_config(tmp_path, cooldown_seconds=3600)
+    with StateStore(config).transaction() as state:
+        state.fleets["default"].last_switch_at = 1.0
+    now = [2.0]
+    app = create_app(config, token=TOKEN, actions_for=actions.for_fleet, clock=lambda: now[0])
+    remediator = app.extensions[EXTENSION].remediator
+    body = payload("alertmanager_firing.json")
+    body["alerts"][0]["startsAt"] = "1970-01-01T00:00:01.5Z"
+    client = app.test_client()
+    assert client.post("/webhook/alertmanager", json=body, headers=AUTH).get_json()["deferred"]
+    # Alertmanager tells of its resolution: the deferral ends, nothing is judged at the end.
+    resolved = copy.deepcopy(body)
+    resolved["status"] = resolved["alerts"][0]["status"] = "resolved"
+    assert client.post("/webhook/alertmanager", json=resolved, headers=AUTH).status_code == 202
+    assert StateStore(config).read().fleets["default"].deferred == {}
+    now[0] = 3602.0
+    assert judge_due(remediator) == Pass()
+    assert actions.plans == []
+    # Deferred again, then redelivered once the cooldown has ended: it acts on the redelivery,
+    # and the deferral is over.
+    body["alerts"][0]["startsAt"] = "1970-01-01T00:00:03Z"
+    now[0] = 3.0
+    assert client.post("/webhook/alertmanager", json=body, headers=AUTH).get_json()["deferred"]
+    now[0] = 3602.0
+    assert client.post("/webhook/alertmanager", json=body, headers=AUTH).get_json()["accepted"]
     wait_for(lambda: index(config) == 1)
+    assert StateStore(config).read().fleets["default"].deferred == {}
+    assert judge_due(remediator) == Pass()
+    assert len(actions.plans) == 1
     drain(app)
 
 

@@ -142,9 +142,17 @@ def test_the_upgrade_alert_waits_for_a_window_and_a_person_does_not(tmp_path: Pa
     resp = client.post(
         "/webhook/alertmanager", json=payload("alertmanager_upgrade.json"), headers=auth
     )
-    [ignored] = resp.get_json()["ignored"]
-    assert ignored["reason"] == "outside_window"
-    assert ignored["detail"].endswith("the next opens Fri 2026-11-27 22:00 UTC")
+    # Deferred until the window opens: judged again then, if it still fires.
+    [deferred] = resp.get_json()["deferred"]
+    assert deferred["reason"] == "outside_window"
+    assert deferred["detail"].endswith("the next opens Fri 2026-11-27 22:00 UTC")
+    assert deferred["acts_at"] == "2026-11-27T22:00:00+00:00"
+    [shown] = client.get("/status").get_json()["deferred_alerts"]
+    assert (shown["direction"], shown["trigger"], shown["reason"]) == (
+        "up",
+        "auto",
+        "outside_window",
+    )
     step_up = client.get("/status").get_json()["auto_upgrade"]
     assert step_up == {
         "enabled": True,

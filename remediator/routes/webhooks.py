@@ -47,14 +47,18 @@ def alertmanager() -> Any:
     svc.background.start(acceptance.pending)
     counter.labels(acceptance.outcome).inc()
     log.info(
-        "webhook: %d alert(s): %d accepted, %d ignored (%s)",
+        "webhook: %d alert(s): %d accepted, %d deferred, %d ignored (%s)",
         len(alerts),
         len(acceptance.accepted),
+        len(acceptance.deferred),
         len(acceptance.ignored),
         ", ".join(sorted({str(i["reason"]) for i in acceptance.ignored})) or "-",
     )
     return jsonify(
-        outcome=acceptance.outcome, accepted=acceptance.accepted, ignored=acceptance.ignored
+        outcome=acceptance.outcome,
+        accepted=acceptance.accepted,
+        deferred=acceptance.deferred,
+        ignored=acceptance.ignored,
     ), 202
 
 
