@@ -55,7 +55,13 @@ def report(name: str, started: float, **figures: float) -> None:
     print(f"\nscenario {name}: runtime {time.monotonic() - started:.1f} s; {shown}")
 
 
-def deferred(scenario: Scenario, reason: str, timeout: float = ALERT_TIMEOUT) -> dict[str, Any]:
+def deferred(
+    scenario: Scenario,
+    reason: str,
+    timeout: float = ALERT_TIMEOUT,
+    alertname: str = "ModelFleetVRAMErrors",
+    direction: str = "down",
+) -> dict[str, Any]:
     """Wait until the remediator keeps an alert for later for ``reason``; the entry."""
     found = wait_until(
         lambda: [d for d in scenario.deferred_alerts() if d["reason"] == reason],
@@ -65,16 +71,16 @@ def deferred(scenario: Scenario, reason: str, timeout: float = ALERT_TIMEOUT) ->
         diagnose=scenario.diagnostics,
     )
     entry = dict(found[0])
-    assert entry["direction"] == "down" and entry["alertname"] == "ModelFleetVRAMErrors", entry
+    assert (entry["direction"], entry["alertname"]) == (direction, alertname), entry
     return entry
 
 
 def acts_at(entry: dict[str, Any]) -> float:
-    """A deferred alert's ``acts_at`` as epoch seconds (a number or an RFC 3339 text)."""
-    value = entry["acts_at"]
-    if isinstance(value, int | float):
-        return float(value)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    """When a deferred alert is judged again (epoch seconds), checked against its ISO form."""
+    epoch = float(entry["acts_at_epoch"])
+    iso = datetime.fromisoformat(str(entry["acts_at"]).replace("Z", "+00:00")).timestamp()
+    assert iso == pytest.approx(epoch, abs=1), entry
+    return epoch
 
 
 def firing_since(scenario: Scenario, alertname: str) -> float:
@@ -297,8 +303,9 @@ def test_a_step_up_whose_model_fails_steps_back_down_once_and_not_up_again(
     steps up; llama3.2:3b then fails three times at once, and the fleet steps back down once,
     at most 10 s after the cooldown ends. Then the step-up alert comes again (the same alert,
     posted to Alertmanager, as the rule would send it) once the cooldown has passed: the
-    remediator refuses it for the failed step up's quiet period, and nothing switches for a
-    while. At most 2 switches in the hour.
+    remediator defers it to the end of the failed step up's quiet period
+    (auto_upgrade.failed_quiet_seconds, 4 h), and nothing switches for a while. At most 2
+    switches in the hour.
 
     Changed in the copies, for the runtime: `cooldown_seconds` 30 (shipped 60; the step up's
     model still fails inside it), ModelFleetCanStepUp's `for` 10s (shipped 5m). auto_upgrade
@@ -340,6 +347,7 @@ def test_a_step_up_whose_model_fails_steps_back_down_once_and_not_up_again(
         wait_until(lambda: s.runs_model(LADDER[0]), 30, f"the app on {LADDER[0]}")
         s.emit_errors(3)  # the larger model fails at once
         assert s.emitted[-1] < up_at + STEP_UP_COOLDOWN, "not inside the cooldown"
+        assert acts_at(deferred(s, "cooldown")) == pytest.approx(up_at + STEP_UP_COOLDOWN, abs=1)
         history_now = s.wait_switches(3, STEP_UP_COOLDOWN + 2 * SLACK)
         down = history_now[2]
         down_at = float(down["time"])
@@ -356,11 +364,9 @@ def test_a_step_up_whose_model_fails_steps_back_down_once_and_not_up_again(
         s.alertmanagers[0].post_alerts(
             [{"labels": step_up["labels"], "annotations": step_up["annotations"], "startsAt": now}]
         )
-        wait_until(
-            lambda: "not acted on (quiet_period)" in s.log("remediator"),
-            ALERT_TIMEOUT,
-            "the remediator to refuse the step up for the failed step up's quiet period",
-            diagnose=s.diagnostics,
+        entry = deferred(s, "quiet_period", alertname="ModelFleetCanStepUp", direction="up")
+        assert acts_at(entry) == pytest.approx(
+            down_at + fc.auto_upgrade.failed_quiet_seconds, abs=1
         )
         s.observe(SLACK, switches=3)
         in_hour = [t for t in s.switch_times() if t > time.time() - 3600]
