@@ -67,7 +67,7 @@ def _started(workdir: Path, options: LoopOptions, signals: StopSignals) -> Itera
             print(f"model-fleet demo: removed {', '.join(removed)}, left by a demo that was killed")
         if unknown:
             names = " ".join(unknown)
-            print(f"model-fleet demo: containers of an older demo are there (docker rm -f {names})")
+            print(f"model-fleet demo: an older demo's, left alone (docker rm -f {names})")
         loop.start()
         yield loop
     except Stopped as stop:
@@ -178,7 +178,9 @@ def run_demo(workdir: Path, signals: StopSignals, *, exit_at_end: bool, max_seco
         )
         try:
             while True:
-                time.sleep(3600)
+                # Short: a signal that another thread (the Ollama stand-in's) takes runs its
+                # handler only when the main thread wakes.
+                time.sleep(0.5)
         except Stopped:
             _say("stopping ...")
     return 0

@@ -3,14 +3,10 @@ everything it started however it ends, and runs beside another demo on one engin
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import docker
 import pytest
@@ -19,7 +15,6 @@ from tests.support.demo_run import DemoRun, live_groups, start_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
-REPO = Path(__file__).resolve().parents[1]
 # The demo's start takes about 20 s (2 loaded cores); two at once share the cores.
 START_SECONDS = 120.0
 # From the signal until the demo has exited and every one of its process groups is gone: its
@@ -27,18 +22,16 @@ START_SECONDS = 120.0
 STOP_SECONDS = 45.0
 
 
-def test_the_demo_steps_down_until_the_model_fits_and_prints_a_timeline() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "simulator.demo", "--exit", "--max-seconds", "180"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = result.stdout
-    assert result.returncode == 0, f"{out}\n{result.stderr[-3000:]}"
+def test_the_demo_steps_down_until_the_model_fits_and_prints_a_timeline(
+    demo: Callable[..., DemoRun], docker_client: docker.DockerClient
+) -> None:
+    run = demo("--exit", "--max-seconds", "180")
+    code = run.wait_exit(300)
+    out = run.output()
+    assert code == 0, out
+    # --exit's end stops what it started, as every other end does.
+    assert run.containers(docker_client) == [], out
+    assert live_groups(run.groups) == {}, out
     # VRAM fills: llama3.2:3b no longer fits, phi3:mini (larger) fails too, tinyllama fits.
     order = [
         "model server logged VRAM error #3",
@@ -97,15 +90,23 @@ def _wait_up(run: DemoRun, client: docker.DockerClient) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "signums",
+    [(signal.SIGTERM,), (signal.SIGHUP,), (signal.SIGINT, signal.SIGINT)],
+    ids=["SIGTERM", "SIGHUP", "ctrl-c-twice"],
+)
 def test_a_signal_during_the_timeline_stops_everything_the_demo_started(
-    signum: int, demo: Callable[..., DemoRun], docker_client: docker.DockerClient
+    signums: tuple[int, ...], demo: Callable[..., DemoRun], docker_client: docker.DockerClient
 ) -> None:
     run = demo("--exit")
     _wait_up(run, docker_client)
     sent = time.monotonic()
-    run.send(signum)  # SIGTERM: kill's, to the PID; SIGHUP: a closed terminal's, to the group
-    _assert_stopped(run, signum, docker_client, sent)
+    # SIGTERM: kill's, to the PID; SIGHUP: a closed terminal's, and SIGINT, to the group.
+    run.send(signums[0])
+    for again in signums[1:]:
+        time.sleep(0.5)  # the clean-up is under way: a second Ctrl-C must not cut it short
+        run.send(again)
+    _assert_stopped(run, signums[0], docker_client, sent)
 
 
 @pytest.mark.slow

@@ -87,7 +87,7 @@ class DemoRun:
         deadline = time.monotonic() + timeout
         while not ready():
             self.collect_groups()
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None and not ready():
                 raise AssertionError(f"the demo exited ({self.proc.returncode}):\n{self.output()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {what} after {timeout:g} s:\n{self.output()}")
