@@ -2,7 +2,9 @@
 
 The model server is an Ollama-like busybox script whose log lines the tests choose; the
 application reads its model from a mounted file; the fake NVML state is one simulated GPU;
-the loop's processes run in their own sessions and stop as groups. Used by simulator.loop.
+the loop's processes run in their own sessions and stop as groups; its containers name the
+process that made them, so that a later run removes them only once that one has ended. Used by
+simulator.loop.
 """
 
 from __future__ import annotations
