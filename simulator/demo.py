@@ -4,20 +4,35 @@ Runs the whole loop of simulator/loop.py on this machine (no GPU needed: the exp
 simulated GPU through the fake NVML library) and prints a timeline of what happened, with the
 seconds between each step. Then it leaves Prometheus, Alertmanager and the remediator up until
 Ctrl-C (or exits at once with --exit, as the tests run it).
+
+However it ends (the timeline's end, --exit, Ctrl-C, SIGTERM, a closed terminal's SIGHUP, an
+error; during start-up too) it stops what it started: its processes' groups and its
+containers. Each run has a fleet of its own (demo-<6 hex digits>), and with it container names,
+labels, ports and a work dir of its own, so that two demos run side by side on one engine. The
+containers of an earlier demo that was killed outright (SIGKILL) are removed at start, once
+the process that made them is gone.
+
+Exit status: 0 when the fleet settled (also when stopped after that, as it asks to be); 1 when
+it did not settle in time; 128 + the signal's number when a signal stopped it before that.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import contextlib
+import secrets
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulator.loop import MODEL_MIB, Loop, LoopOptions, sample_values
+from simulator.loop_setup import remove_orphans
+from simulator.stop_signals import Stopped, StopSignals
+
+DEMO_FLEET = "demo"  # each run's fleet is demo-<6 hex digits>
 
 
 @dataclass
@@ -36,10 +51,39 @@ class Timeline:
         self.last = now
 
 
-def run_demo(workdir: Path, *, exit_at_end: bool, max_seconds: float) -> int:
+def _say(line: str) -> None:
+    """A line on stderr; a closed terminal (SIGHUP) must not stop the clean-up."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _started(workdir: Path, options: LoopOptions, signals: StopSignals) -> Iterator[Loop]:
+    """A started Loop, stopped however the demo ends; no signal cuts that clean-up short."""
+    loop = Loop(workdir, options)
+    try:
+        removed, unknown = remove_orphans(loop.docker, DEMO_FLEET)
+        if removed:
+            print(f"model-fleet demo: removed {', '.join(removed)}, left by a demo that was killed")
+        if unknown:
+            names = " ".join(unknown)
+            print(f"model-fleet demo: an older demo's, left alone (docker rm -f {names})")
+        loop.start()
+        yield loop
+    except Stopped as stop:
+        _say(f"model-fleet demo: {stop.name}, stopping everything it started ...")
+        raise
+    finally:
+        try:
+            signals.stopping()
+        finally:  # even if a signal came just before stopping() took effect
+            loop.close()
+
+
+def run_demo(workdir: Path, signals: StopSignals, *, exit_at_end: bool, max_seconds: float) -> int:
     """Run the scenario; return 0 when the fleet settled on a model that fits."""
     options = LoopOptions(
-        fleet="demo",
+        fleet=f"{DEMO_FLEET}-{secrets.token_hex(3)}",
         simulate_vram=True,
         cooldown_seconds=5,
         gpu_total_mib=4096,
@@ -47,9 +91,10 @@ def run_demo(workdir: Path, *, exit_at_end: bool, max_seconds: float) -> int:
     )
     print("model-fleet demo: starting Docker containers, the exporter, the remediator,")
     print("Prometheus and Alertmanager on 127.0.0.1 (about 20 s) ...", flush=True)
-    with Loop(workdir, options) as loop:
+    with _started(workdir, options, signals) as loop:
         assert loop.prometheus is not None
         print()
+        print(f"  fleet         {loop.fleet} (containers {loop.server.name}, {loop.app.name})")
         print(f"  Prometheus    {loop.prometheus.url}/alerts")
         print(f"  Alertmanager  {loop.alertmanagers[0].url}")
         print(f"  remediator    {loop.remediator_url}/status")
@@ -131,11 +176,13 @@ def run_demo(workdir: Path, *, exit_at_end: bool, max_seconds: float) -> int:
         print(
             "Prometheus, Alertmanager and the remediator stay up; press Ctrl-C to stop.", flush=True
         )
-        stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        stop.wait()
-        print("stopping ...")
+        try:
+            while True:
+                # Short: a signal that another thread (the Ollama stand-in's) takes runs its
+                # handler only when the main thread wakes.
+                time.sleep(0.5)
+        except Stopped:
+            _say("stopping ...")
     return 0
 
 
@@ -145,8 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit", action="store_true", help="exit after the timeline")
     parser.add_argument("--max-seconds", type=float, default=240, help="give up after this long")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="model-fleet-demo-") as tmp:
-        return run_demo(Path(tmp), exit_at_end=args.exit, max_seconds=args.max_seconds)
+    with StopSignals() as signals:
+        try:
+            with tempfile.TemporaryDirectory(prefix="model-fleet-demo-") as tmp:
+                return run_demo(
+                    Path(tmp), signals, exit_at_end=args.exit, max_seconds=args.max_seconds
+                )
+        except Stopped as stop:
+            return stop.exit_code
 
 
 if __name__ == "__main__":

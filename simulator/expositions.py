@@ -173,6 +173,7 @@ def remediator_exposition(
         (m.SWITCHES, {**fleet, "direction": "down", "trigger": "alert"}, scrape),
         (m.REMEDIATION_FAILURES, {**fleet, "step": "pull"}, scrape // 2),
         (m.WEBHOOK_REQUESTS, {"outcome": "accepted"}, scrape),
+        (m.ALERTS_DEFERRED, {**fleet, "reason": "cooldown"}, scrape // 2),
         (m.NOTIFICATIONS, {"outcome": "forwarded"}, scrape // 3),
         (m.LAST_SWITCH_TIMESTAMP, fleet, round(now()) - 30),
     ]

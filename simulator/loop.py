@@ -42,9 +42,11 @@ from simulator.loop_setup import (
     MODEL_SERVER_LOG_CONFIG,
     MODEL_SERVER_SCRIPT,
     OOM_LINE,
+    OWNER_LABEL,
     LoopOptions,
     base_env,
     engine_client,
+    process_owner,
     remediator_config,
     simulated_gpu,
     stop_group,
@@ -136,7 +138,13 @@ class Loop:
     # -- parts ----------------------------------------------------------------------------
 
     def _labels(self, role: str) -> dict[str, str]:
-        return {"model-fleet.fleet": self.fleet, "model-fleet.role": role, LOOP_LABEL: self.fleet}
+        # The owner: what a later run may remove once this process has ended (a SIGKILL).
+        return {
+            "model-fleet.fleet": self.fleet,
+            "model-fleet.role": role,
+            LOOP_LABEL: self.fleet,
+            OWNER_LABEL: process_owner(),
+        }
 
     def _start_containers(self) -> None:
         config = {str(self.app_env.parent): {"bind": "/config", "mode": "ro"}}

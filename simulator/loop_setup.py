@@ -2,7 +2,9 @@
 
 The model server is an Ollama-like busybox script whose log lines the tests choose; the
 application reads its model from a mounted file; the fake NVML state is one simulated GPU;
-the loop's processes run in their own sessions and stop as groups. Used by simulator.loop.
+the loop's processes run in their own sessions and stop as groups; its containers name the
+process that made them, so that a later run removes them only once that one has ended. Used by
+simulator.loop.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -17,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 
 from exporter.incidents import DEFAULT_WINDOW_SECONDS
 from simulator import fake_nvml
 
 LOOP_LABEL = "model-fleet.sim"
+# Which process started a loop's container: "<host>:<pid>:<start time>". The start time (in
+# clock ticks after boot, /proc/<pid>/stat) tells a reused PID from the owner.
+OWNER_LABEL = "model-fleet.sim.owner"
 MIB = 1024 * 1024
 
 # The default ladder's sizes, for the model server's "does my model fit?" check.
@@ -197,3 +204,50 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(15)
+
+
+def process_owner(pid: int | None = None) -> str:
+    """The OWNER_LABEL value of process ``pid`` (default: this one)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def owner_gone(owner: str) -> bool:
+    """True when the process an OWNER_LABEL value names has ended (known only on its host)."""
+    host, _, rest = owner.partition(":")
+    pid, _, ticks = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit() or not ticks:
+        return False
+    return _start_ticks(int(pid)) != ticks
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Field 22; the fields after the command name, which may hold spaces, start at field 3.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def remove_orphans(client: docker.DockerClient, fleet_prefix: str) -> tuple[list[str], list[str]]:
+    """Remove the loop containers of fleets named ``fleet_prefix``-* whose owner has ended.
+
+    Returns (removed, unknown): the names removed, and the names of such containers that name no
+    owner (made before owners were recorded), which are left alone.
+    """
+    removed: list[str] = []
+    unknown: list[str] = []
+    for c in client.containers.list(all=True, filters={"label": LOOP_LABEL}):
+        fleet = c.labels.get(LOOP_LABEL, "")
+        if fleet != fleet_prefix and not fleet.startswith(f"{fleet_prefix}-"):
+            continue
+        owner = c.labels.get(OWNER_LABEL)
+        if owner is None:
+            unknown.append(c.name)
+        elif owner_gone(owner):
+            # Another demo starting now may be removing it too: gone either way.
+            with contextlib.suppress(docker.errors.APIError):
+                c.remove(force=True)
+                removed.append(c.name)
+    return sorted(removed), sorted(unknown)
