@@ -133,7 +133,6 @@ class Scenario(Loop):
     def __init__(self, workdir: Path, options: ScenarioOptions | None = None) -> None:
         self.scenario = options or ScenarioOptions()
         initial = LADDER[0]
-        self._initial_state: FleetState | None = None
         if self.scenario.state is not None:
             # Built now only to learn the starting model; written with the right clock later.
             initial = self.scenario.state(time.time()).current_model

@@ -21,18 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from remediator.state_model import FleetState, SwitchRecord
 from simulator.local_http import http_get, wait_until
 from simulator.loop import sample_values
+from simulator.loop_setup import LOAD_FAILED_LINE, LOOP_LABEL, OOM_LINE
 from simulator.scenario import (
     CHAIN_OTHER_USED_MIB,
     LADDER,
+    SHIPPED_CONFIG,
+    SHIPPED_FLEET,
     Part,
     Scenario,
     ScenarioOptions,
     chain_options,
     run_chain,
+    shipped_config,
 )
 
 pytestmark = [pytest.mark.scenario, pytest.mark.docker, pytest.mark.slow]
@@ -141,6 +146,30 @@ def past(fleet: str, records: Callable[[float], list[SwitchRecord]]) -> Callable
         )
 
     return build
+
+
+def test_the_config_copy_changes_only_addresses_paths_and_the_fleet_name(tmp_path: Path) -> None:
+    """What every scenario runs on: the shipped model-fleet.yaml, addresses and names aside."""
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    copy = shipped_config(
+        "scn-x",
+        state_file=tmp_path / "state.json",
+        server_url="http://127.0.0.1:1",
+        app_config=tmp_path / "app.env",
+        app_health_url="http://127.0.0.1:2/healthz",
+    )
+    # The exporter's selector: which containers, not how fast (simulator/scenario.py).
+    assert copy.pop("exporter") == {"labels": {"model-fleet.role": "ollama", LOOP_LABEL: "scn-x"}}
+    assert copy.pop("state_file") == str(tmp_path / "state.json")
+    shipped.pop("state_file")
+    entry, default = copy.pop("fleets")["scn-x"], shipped.pop("fleets")[SHIPPED_FLEET]
+    assert copy == shipped
+    assert entry.pop("server") == {**default.pop("server"), "url": "http://127.0.0.1:1"}
+    ((target,), (shipped_target,)) = entry.pop("app_config"), default.pop("app_config")
+    assert target == {**shipped_target, "path": str(tmp_path / "app.env")}
+    containers, shipped_containers = entry.pop("containers"), default.pop("containers")
+    assert containers == {**shipped_containers, "app_health_url": "http://127.0.0.1:2/healthz"}
+    assert entry == default  # the cooldown, the policy, the GPU: as shipped
 
 
 # -- the chain and the cooldown ------------------------------------------------------------
@@ -258,8 +287,6 @@ def test_the_hourly_cap_acts_on_errors_that_go_on_as_soon_as_it_allows(tmp_path:
 def test_a_burst_of_errors_that_stops_below_the_threshold_switches_nothing(tmp_path: Path) -> None:
     """Two errors (the second a burst of six matching lines within one failure), then calm:
     no alert, no switch. Shipped timings throughout."""
-    from simulator.loop_setup import LOAD_FAILED_LINE, OOM_LINE
-
     started = time.monotonic()
     with Scenario(tmp_path) as s:
         assert s.timing_changes() == {}
