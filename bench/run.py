@@ -1,7 +1,7 @@
 """All benchmarks in one command, printing one table (and writing BENCHMARKS.md with --write).
 
     .venv/bin/python -m bench.run [--write] [--runs 5] [--lines 1000000] [--scale]
-                                  [--rotation-trials 3] [--crash-trials 200]
+                                  [--rotation-trials 3] [--crash-trials 200] [--scenario-runs 1]
 
 With --scale it also measures the per-host budget (bench/bench_scale.py, about 6 minutes),
 printed as its own table and written as its own section of BENCHMARKS.md; without it, --write
@@ -26,6 +26,7 @@ from bench import (
     bench_loop,
     bench_rotation,
     bench_scale,
+    bench_scenario,
     bench_webhook,
 )
 from bench.common import Row, machine, table
@@ -49,6 +50,10 @@ PATHS = """Paths measured:
   shipped images and compose files started by scripts/up (stand-ins only for Ollama,
   Prometheus and Alertmanager, no GPU), shipped intervals and health checks, Prometheus
   restarted between runs so the phase varies. The issue's target applies to this one.
+- time to settle, chain scenario (bench/bench_scenario.py): the loop of the scenario suite on
+  the shipped config/model-fleet.yaml, monitoring/ and alert_rules/ files (host processes,
+  real binaries, busybox containers, a simulated GPU on which the second rung fails at once),
+  with the shipped 60 s cooldown: from the first model's third error to a model that fits.
 - per-host budget (bench/bench_scale.py, --scale): a real exporter (fake NVML, 1-8 GPUs,
   busybox containers on the real Docker engine) and remediator (gunicorn) per host shape,
   their /metrics series fitted per GPU, fleet, container and model; a real Prometheus (shipped
@@ -101,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="random SIGKILLs mid-switch (bench/bench_crash.py; 0: skip, its default is 200)",
     )
+    parser.add_argument(
+        "--scenario-runs",
+        type=int,
+        default=1,
+        help="chain scenarios for the time to settle (about 1.5 min each; 0: skip)",
+    )
     args = parser.parse_args(argv)
     started = time.time()
     rows: list[Row] = []
@@ -112,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         ("time to remediation", lambda: bench_loop.run(args.runs)),
         ("compose stack", lambda: bench_compose.run(args.compose_runs)),
         ("crash recovery", lambda: bench_crash.run(args.crash_trials)),
+        ("chain scenario", lambda: bench_scenario.run(args.scenario_runs)),
     ):
         if name == "compose stack" and args.compose_runs <= 0:
             continue
         if name == "log rotation" and args.rotation_trials <= 0:
             continue
         if name == "crash recovery" and args.crash_trials <= 0:
+            continue
+        if name == "chain scenario" and args.scenario_runs <= 0:
             continue
         print(f"running the {name} benchmark ...", file=sys.stderr, flush=True)
         rows += bench()
