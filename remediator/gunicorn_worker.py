@@ -7,11 +7,12 @@ part of a body) held a thread until it hung up, and as many such clients as thre
 the service (``/healthz`` included). :class:`ReadTimeoutWorker` changes two things:
 
 - a thread is given only to a request that is here whole: the head, and a body of up to
-  :data:`PEEK_BYTES` (read with ``MSG_PEEK``, nothing consumed). Until then the connection
-  waits in the worker's poller, as gunicorn's deferred connections do: it is dropped when it
-  sends nothing for ``keepalive`` seconds (gunicorn's own limit for those), or when the
-  request has not come whole :data:`READ_TIMEOUT_SECONDS` after its first bytes (a client
-  that trickles a byte now and then);
+  :data:`EARLY_BYTES`. What has come of it is read without waiting and kept on the connection
+  (handed back to gunicorn's parser when it is whole); meanwhile the connection waits in the
+  worker's poller, as gunicorn's deferred connections do. It is dropped when it sends nothing
+  for ``keepalive`` seconds (gunicorn's own limit for those), when the request has not come
+  whole :data:`READ_TIMEOUT_SECONDS` after its first bytes (a client that trickles a byte now
+  and then), or when the client hangs up half-way;
 - every socket operation of a thread serving the connection (a larger body, the answer) has
   the timeout :data:`READ_TIMEOUT_SECONDS`: a body that stalls is answered 400
   (``remediator.routes.body``) and lets go of its thread by then.
@@ -24,23 +25,25 @@ import socket
 import time
 from typing import Any, Final
 
+from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import _DEFER, TConn, ThreadWorker
 
 # Alertmanager, Prometheus and the CLI send a request in one go; 10 s without progress is far
 # beyond a loaded machine's or a LAN's pauses, and short enough that stalled clients give
 # back their threads before many more can pile up (docs/configuration.md, "Slow clients").
 READ_TIMEOUT_SECONDS: Final = 10.0
-# A request whose head and body fit here is read only once it is all here. Deliveries of a
-# few alerts take a few KiB; a larger body is read by a thread under READ_TIMEOUT_SECONDS.
-PEEK_BYTES: Final = 65536
+# A request whose head and body fit here gets a thread only once it is all here (a waiting
+# connection keeps at most this much). Deliveries of a few alerts take a few KiB; a larger body
+# is read by a thread under READ_TIMEOUT_SECONDS.
+EARLY_BYTES: Final = 65536
 
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)", re.IGNORECASE)
 
 
-def request_is_whole(data: bytes, window: int = PEEK_BYTES) -> bool:
-    """Whether ``data`` (what the socket holds, at most ``window`` bytes) can be served now:
-    it holds the whole head and body, or more than ``window`` lets us see (gunicorn's own
-    limits and the read timeout apply then), or nothing because the client closed."""
+def request_is_whole(data: bytes, window: int = EARLY_BYTES) -> bool:
+    """Whether a request that began with ``data`` (at most ``window`` bytes) can be served now:
+    ``data`` holds its whole head and body, or the request is larger than ``window`` (gunicorn's
+    own limits and the read timeout apply then), or ``data`` is empty: the client closed."""
     if not data:
         return True  # closed: gunicorn reads the end and lets go
     end = data.find(b"\r\n\r\n")
@@ -108,13 +111,13 @@ class ReadTimeoutWorker(ThreadWorker):  # type: ignore[misc]
     def _read_early(self, conn: ReadTimeoutConn) -> str | None:
         """Read what has come of the request without waiting: None when it can be served now,
         "" when it is not whole yet, else why the connection is to be closed."""
-        if self.cfg.is_ssl:
-            return None  # the bytes on the socket are TLS records: gunicorn reads as before
+        if self.cfg.is_ssl or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
+            return None  # TLS records or an HTTP/2 preface: gunicorn reads them as before
         parser = conn.parser
         if not conn.early and parser is not None and parser.unreader.buf.getvalue():
             return None  # a kept-alive connection with the next request already read ahead
         try:
-            data = conn.sock.recv(PEEK_BYTES - len(conn.early), socket.MSG_DONTWAIT)
+            data = conn.sock.recv(EARLY_BYTES - len(conn.early), socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return ""
         except OSError:

@@ -241,6 +241,37 @@ def test_a_stalled_half_request_is_closed_after_the_read_timeout(served: str) ->
     assert time.monotonic() - started < READ_TIMEOUT_SECONDS + 10
 
 
+def test_a_request_sent_in_pieces_or_two_at_once_is_answered_whole(served: str) -> None:
+    body = json.dumps(payload("alertmanager_firing.json")).encode()
+    head = (
+        f"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with stalled(served, head[:20]) as sock:
+        for piece in (head[20:], body[:10], body[10:]):  # what came early is not lost
+            time.sleep(0.3)
+            sock.sendall(piece)
+        answer = b""
+        while b"outcome" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+    twice = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+    with stalled(served, twice) as sock:
+        answer = b""
+        while answer.count(b"HTTP/1.1 200") < 2 and (chunk := sock.recv(65536)):
+            answer += chunk
+        assert answer.count(b"HTTP/1.1 200") == 2, answer[:400]
+
+
+def test_a_client_that_hangs_up_half_way_is_let_go(served: str) -> None:
+    with stalled(served, b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\n") as sock:
+        sock.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(4096) == b""
+        assert time.monotonic() - started < READ_TIMEOUT_SECONDS  # not left to time out
+
+
 def test_a_trickling_half_request_is_closed_after_the_read_timeout(served: str) -> None:
     sock = stalled(served, b"POST /webhook/alertmanager HTTP/1.1\r\n")
     started = time.monotonic()
