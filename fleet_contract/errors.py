@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Final
 
 OOM: Final = "oom"
-KV_CACHE: Final = "kv_cache"
 SYSTEM_MEMORY: Final = "system_memory"
 VRAM_RECOVERY_TIMEOUT: Final = "vram_recovery_timeout"
 
@@ -48,6 +47,9 @@ ERROR_KINDS: Final[tuple[ErrorKind, ...]] = (
             # llama.cpp's model loader: "llama_model_load: error loading model: unable to
             # allocate CUDA0 buffer"
             r"unable to allocate CUDA\d* buffer",
+            # llama.cpp, llama-kv-cache.cpp: the weights fitted, the context's KV cache did not
+            # (cudaMalloc's line comes first, so such an incident is oom whatever its kinds)
+            r"failed to allocate buffer for kv cache",
             # new engine, llm/server.go: WARN "memory layout cannot be allocated" after the
             # backoff ran out, or the error "memory layout cannot be allocated with num_gpu = N";
             # the INFO "model layout did not fit, applying backoff" before it is no failure
@@ -66,15 +68,6 @@ ERROR_KINDS: Final[tuple[ErrorKind, ...]] = (
             r"GPU memory allocation failed",
         ),
         "the model server ran out of GPU memory loading or running a model",
-    ),
-    ErrorKind(
-        KV_CACHE,
-        (
-            # llama.cpp, llama-kv-cache.cpp: the weights fitted, the context's cache did not
-            r"failed to allocate buffer for kv cache",
-        ),
-        "the model's weights fitted but its KV cache (the context) did not: a smaller "
-        "num_ctx or OLLAMA_NUM_PARALLEL helps as much as a smaller model",
     ),
     ErrorKind(
         SYSTEM_MEMORY,

@@ -20,29 +20,25 @@ from tests.support.exporter_env import DATA
 EXPECTED = {
     "ollama_load_oom.log": {
         "oom": 5,
-        "kv_cache": 0,
         "system_memory": 0,
         "vram_recovery_timeout": 0,
     },
     "ollama_cuda_error.log": {
         "oom": 3,
-        "kv_cache": 0,
         "system_memory": 0,
         "vram_recovery_timeout": 0,
     },
     "ollama_runtime_oom.log": {
         "oom": 1,
-        "kv_cache": 0,
         "system_memory": 0,
         "vram_recovery_timeout": 0,
     },
     "ollama_vram_timeout.log": {
         "oom": 0,
-        "kv_cache": 0,
         "system_memory": 0,
         "vram_recovery_timeout": 4,
     },
-    "ollama_normal.log": {"oom": 0, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0},
+    "ollama_normal.log": {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0},
 }
 
 
@@ -101,7 +97,7 @@ def test_real_ollama_logs_are_counted_exactly(name: str) -> None:
         ('level=WARN source=server.go:800 msg="memory layout cannot be allocated"', "oom"),
         ('msg="Load failed" error="memory layout cannot be allocated with num_gpu = 33"', "oom"),
         ('level=INFO msg="model layout did not fit, applying backoff" backoff=0.10', None),
-        ("llama_init_from_model: failed to allocate buffer for kv cache", "kv_cache"),
+        ("llama_init_from_model: failed to allocate buffer for kv cache", "oom"),
         ("ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer", None),
         ('msg="gpu VRAM free memory converged after 5.00 seconds"', None),
     ],

@@ -43,7 +43,6 @@ def test_scan_prints_the_errors_and_lines_of_each_kind(capsys: pytest.CaptureFix
     assert rows == [
         ["kind", "incidents", "lines"],
         ["oom", "2", "5"],
-        ["kv_cache", "0", "0"],
         ["system_memory", "0", "0"],
         ["vram_recovery_timeout", "0", "0"],
         ["log", "lines", "24"],
@@ -66,8 +65,8 @@ def test_scan_reads_standard_input_and_prints_json() -> None:
     assert json.loads(result.stdout) == {
         "lines": 33,
         "incident_window_seconds": 2.0,
-        "incidents": {"oom": 2, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 2},
-        "error_lines": {"oom": 5, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 4},
+        "incidents": {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 2},
+        "error_lines": {"oom": 5, "system_memory": 0, "vram_recovery_timeout": 4},
         "consecutive": 4,
         "successes": 0,
     }
@@ -81,11 +80,10 @@ def test_scan_tries_the_patterns_of_the_config(
     )
     assert main(["scan", str(DATA / "ollama_vram_timeout.log"), "--config", str(config)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    counts = {row[0]: row[1:] for row in rows[1:6]}
+    counts = {row[0]: row[1:] for row in rows[1:5]}
     # the assertion's two lines are one failed load
     assert counts == {
         "oom": ["0", "0"],
-        "kv_cache": ["0", "0"],
         "system_memory": ["0", "0"],
         "vram_recovery_timeout": ["2", "4"],
         "ggml_assert": ["1", "2"],

@@ -41,9 +41,9 @@ PRINT_ERRORS = (
     "sleep 1.5; cat /data/ollama_vram_timeout.log"
 )
 RUN_LINES = 24 + 9
-RUN_ERRORS = {"oom": 2, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 1}
-RUN_ERROR_LINES = {"oom": 4, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 4}
-ZERO = {"oom": 0, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
+RUN_ERRORS = {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 1}
+RUN_ERROR_LINES = {"oom": 4, "system_memory": 0, "vram_recovery_timeout": 4}
+ZERO = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
 # Wait for /go (the test creates it), print, then idle. PID 1 ignores SIGTERM: tests stop
 # containers with timeout 0.
 GATED = f"while [ ! -e /go ]; do sleep 0.05; done; {PRINT_ERRORS}; exec sleep 3600"

@@ -38,7 +38,7 @@ def printed(start_ns: int, lines: list[bytes], step_ns: int = 3 * MS) -> list[tu
 
 
 def total(*tallies: Tally) -> tuple[int, dict[str, int], dict[str, int]]:
-    errors = {"oom": 0, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
+    errors = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
     lines = dict(errors)
     for t in tallies:
         for k, v in t.errors.items():
@@ -50,7 +50,7 @@ def total(*tallies: Tally) -> tuple[int, dict[str, int], dict[str, int]]:
 
 def reference(times_kinds: list[tuple[int, str]], window: int) -> dict[str, int]:
     """The rule, written out plainly: an incident per first line, the window from that line."""
-    out = {"oom": 0, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
+    out = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
     first: int | None = None
     for ts, kind in times_kinds:
         if first is None or ts - first >= window:
@@ -65,8 +65,8 @@ def test_two_failed_loads_are_two_errors_of_five_lines() -> None:
     data = frames(printed(BASE_NS, FIRST_LOAD) + printed(BASE_NS + 30 * S, SECOND_LOAD))
     lines, errors, error_lines = total(log.feed(data))
     assert lines == 24
-    assert errors == {"oom": 2, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
-    assert error_lines == {"oom": 5, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
+    assert errors == {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 0}
+    assert error_lines == {"oom": 5, "system_memory": 0, "vram_recovery_timeout": 0}
     assert log.since_start == 2
 
 
@@ -99,7 +99,6 @@ def test_kinds_within_the_window_are_one_error_of_the_first_lines_kind(
     assert sum(tally.errors.values()) == tally.errors[kind] == 1
     assert tally.error_lines == {
         "oom": 1,
-        "kv_cache": 0,
         "system_memory": 0,
         "vram_recovery_timeout": 1,
     }
@@ -115,7 +114,7 @@ def test_a_window_of_zero_counts_every_line() -> None:
     assert (
         tally.errors
         == tally.error_lines
-        == {"oom": 2, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 1}
+        == {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 1}
     )
     assert log.since_start == 3
 
@@ -200,8 +199,8 @@ def test_a_restarted_exporter_recounts_the_same_errors_and_counts_none_twice() -
     _, errors_after, lines_after = total(after.feed(data))
     whole = make_log()
     _, errors, error_lines = total(whole.feed(data))
-    assert errors == {"oom": 2, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
-    assert error_lines == {"oom": 7, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
+    assert errors == {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 0}
+    assert error_lines == {"oom": 7, "system_memory": 0, "vram_recovery_timeout": 0}
     assert after.since_start == whole.since_start == 2
     # The incident open at the restart was counted by the first exporter only.
     assert (errors_before["oom"], errors_after["oom"]) == (1, 1)

@@ -50,7 +50,7 @@ def make_log(live_since_ns: int = 0) -> ContainerLog:
 def feed_all(log: ContainerLog, data: bytes, splits: list[int]) -> tuple[int, dict[str, int]]:
     """Lines and errors the pieces added; with a window of 0, errors and error lines agree."""
     lines = 0
-    errors = {"oom": 0, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 0}
+    errors = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
     error_lines = dict(errors)
     pos = 0
     for cut in [*splits, len(data)]:
@@ -71,7 +71,6 @@ def test_any_split_of_the_stream_gives_the_same_counts() -> None:
     data = b"".join(frame(BASE_NS + i * 1000, m, stream=1 + i % 2) for i, m in enumerate(messages))
     expected = {
         "oom": messages.count(OOM),
-        "kv_cache": 0,
         "system_memory": 0,
         "vram_recovery_timeout": messages.count(TIMEOUT),
     }
@@ -99,7 +98,7 @@ def test_a_resumed_stream_skips_exactly_what_was_counted() -> None:
     second = log.feed(replay)
     assert (second.lines, second.errors) == (
         3,
-        {"oom": 1, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 1},
+        {"oom": 1, "system_memory": 0, "vram_recovery_timeout": 1},
     )
     assert second.error_lines == second.errors
     assert log.since_start == 4
@@ -133,7 +132,7 @@ def test_a_new_run_counts_only_its_own_lines() -> None:
     assert log.since_start == 0
     tally = log.feed(frame(BASE_NS + 30, TIMEOUT) + frame(BASE_NS + 40, NORMAL))
     assert log.since_start == 1
-    assert tally.errors == {"oom": 0, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 1}
+    assert tally.errors == {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 1}
 
 
 def test_lines_from_before_the_exporter_started_count_for_since_start_only() -> None:
@@ -165,7 +164,7 @@ def test_tty_streams_have_no_frame_headers() -> None:
     lines, errors = feed_all(log, text, [10, 50, 130])
     assert (lines, errors) == (
         3,
-        {"oom": 1, "kv_cache": 0, "system_memory": 0, "vram_recovery_timeout": 1},
+        {"oom": 1, "system_memory": 0, "vram_recovery_timeout": 1},
     )
     log.begin_stream(tty=True)
     assert log.feed(text).lines == 0  # a resumed stream repeats nothing
