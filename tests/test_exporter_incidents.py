@@ -246,3 +246,23 @@ def test_scan_reads_dockers_timestamps_and_counts_untimed_lines_alone() -> None:
         + stamp(BASE_NS + 9 * S) + b" " + NORMAL + b"CUDA error: out of memory\n" + OOM.rstrip()
     )  # fmt: skip
     assert scan_bytes(docker) == (5, 3, 3, 0, 1)
+
+
+def test_a_served_request_ends_the_run_of_errors_but_not_its_own_failure() -> None:
+    """consecutive: the incidents after the last served request; a served line within the
+    window after an error line is that failed request's own (a streamed 200) and ends nothing;
+    a later boundary forgets a served request before it."""
+    run = RunIncidents(DEFAULT_WINDOW_NS)
+    for t in (0, 5):
+        run.add(BASE_NS + t * S)
+    assert (run.count, run.consecutive) == (2, 2)
+    assert not run.served(BASE_NS + 5 * S + S)  # 1 s after the error line: its own 200
+    assert run.consecutive == 2
+    assert run.served(BASE_NS + 10 * S)
+    assert (run.count, run.consecutive) == (2, 0)
+    run.add(BASE_NS + 20 * S)
+    assert (run.count, run.consecutive) == (3, 1)
+    run.cut(BASE_NS + 15 * S)  # the run began after the served request
+    assert (run.count, run.consecutive) == (1, 1)
+    run.cut(BASE_NS + 30 * S)
+    assert (run.count, run.consecutive) == (0, 0)
