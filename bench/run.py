@@ -40,9 +40,10 @@ PATHS = """Paths measured:
 - log rotation (bench/bench_rotation.py): the exporter's log watcher in process, following
   busybox containers on the real Docker engine (20.10, json-file) through rotations.
 - webhook storm: the remediator under gunicorn on 127.0.0.1, switches through the Ollama
-  stand-in.
+  stand-in; 50 http.client threads of one process, then the same storm of /healthz (the floor).
 - bounded work (bench/bench_limits.py): the remediator under gunicorn (default settings) on
-  127.0.0.1: /healthz under 100 half-sent requests and under one 10,000-alert delivery.
+  127.0.0.1: /healthz and one delivery under 1,000 half-sent requests (replaced when the
+  service drops them), and /healthz under one 10,000-alert delivery.
 - time to remediation (bench/bench_loop.py): the loop on host processes (exporter,
   remediator, real Prometheus and Alertmanager binaries) with busybox containers that have no
   health checks: the figure for the detection and decision path alone.

@@ -137,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "incident_window_seconds": result.window_seconds,
             "incidents": result.incidents,
             "error_lines": result.error_lines,
+            # the incidents after the last served request, and the served requests that ended
+            # a run of errors (docs/architecture.md, "Consecutive errors")
+            "consecutive": result.consecutive,
+            "successes": result.successes,
         }
         print(json.dumps(doc, indent=2))
     else:
@@ -146,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind, n in result.incidents.items():
             print(f"{kind:<{width}}  {n:>10}  {result.error_lines[kind]:>10}")
         print(f"{'log lines':<{width}}  {'':>10}  {result.lines:>10}")
+        print(f"consecutive (after the last served request): {result.consecutive}")
+        print(f"served requests that ended a run of errors: {result.successes}")
         print(f"incident window: {result.window_seconds:g} s")
     return EXIT_OK
 

@@ -193,6 +193,7 @@ class Follower:
             since_start=self._log.since_start,
             up=up,
             started_at=self._runs.started_at or "",
+            consecutive=self._log.consecutive,
         )
 
     def _read(self, running: bool) -> str:
@@ -233,6 +234,7 @@ class Follower:
                         since_start=self._log.since_start,
                         up=running,
                         started_at=self._runs.started_at or "",
+                        consecutive=self._log.consecutive,
                     )
                 if self._log.jumped:
                     break

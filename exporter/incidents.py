@@ -19,10 +19,18 @@ The rule, the same for the live counters, for the recount after an exporter rest
   reconnect or a recount groups the same lines the same way. An incident never spans two runs
   of a container.
 * A window of 0 makes every matching line an incident of its own.
+
+"3 consecutive VRAM errors" (the original system's words) counts the incidents since the last
+request the server served (``consecutive``): a served request (gin's 2xx access line for an
+endpoint that runs a model, fleet_contract.errors.SERVED_PATTERN) ends a run of errors. Gin
+logs a request when it ends; a streamed answer has its 200 sent before the runner can die in
+the middle of it (CUDA error: out of memory while generating), so a served line stamped less
+than the window after an error line is that failed request's own, and ends nothing.
 """
 
 from __future__ import annotations
 
+import calendar
 import re
 from bisect import bisect_right
 from collections.abc import Callable
@@ -31,6 +39,7 @@ from typing import Final
 
 from exporter.classifier import LogClassifier, line_blocks
 from exporter.timestamps import NS, TimestampError, parse_timestamp
+from fleet_contract.errors import SERVED, SERVED_PATTERN
 
 DEFAULT_WINDOW_SECONDS: Final = 2.0
 
@@ -70,33 +79,63 @@ class Grouper:
         return True
 
 
-class RunIncidents:
-    """The incidents of a container's current run (``since_start``), recounted exactly.
+def ends_streak(served_ns: int, last_error_ns: int | None, window: int) -> bool:
+    """Whether a served request at ``served_ns`` ends the run of errors: not when it is
+    stamped less than the window after the last error line (the failed request's own 200)."""
+    return last_error_ns is None or served_ns >= last_error_ns + window
 
-    Holds the time of every matching line after the run's boundary; when a later boundary
-    turns out to cut the run shorter, the lines before it go and the rest is grouped again.
+
+class RunIncidents:
+    """The incidents of a container's current run (``since_start``), and those since the last
+    served request (``consecutive``), recounted exactly.
+
+    Holds the time of every matching line after the run's boundary and of the last served
+    request that ended a run of errors; when a later boundary turns out to cut the run
+    shorter, the lines before it go and the rest is grouped again.
     """
 
     def __init__(self, window: int) -> None:
         self._window = window
         self._times: list[int] = []
+        self._firsts: list[int] = []  # each incident's first line
         self._group = Grouper(window)
+        self._served: int | None = None  # the last served request that ended a streak
         self.count = 0
 
     def add(self, ts_ns: int) -> None:
         """A matching line of the run (lines come in the log's order)."""
         self._times.append(ts_ns)
         if self._group.opens(ts_ns):
+            self._firsts.append(ts_ns)
             self.count += 1
+
+    def served(self, ts_ns: int) -> bool:
+        """A served request of the run (in the log's order); True when it ends the streak."""
+        last_error = self._times[-1] if self._times else None
+        if not ends_streak(ts_ns, last_error, self._window):
+            return False
+        if self._served is None or ts_ns > self._served:
+            self._served = ts_ns
+        return True
+
+    @property
+    def consecutive(self) -> int:
+        """Incidents that began after the last served request (all of them: none served)."""
+        if self._served is None:
+            return self.count
+        return len(self._firsts) - bisect_right(self._firsts, self._served)
 
     def cut(self, boundary_ns: int) -> None:
         """The run begins after ``boundary_ns``: forget earlier lines, group the rest again."""
+        if self._served is not None and self._served <= boundary_ns:
+            self._served = None
         cut = bisect_right(self._times, boundary_ns)
         if not cut:
             return
         del self._times[:cut]
         self._group = Grouper(self._window)
-        self.count = sum(1 for ts in self._times if self._group.opens(ts))
+        self._firsts = [ts for ts in self._times if self._group.opens(ts)]
+        self.count = len(self._firsts)
 
 
 # --- scanning a log file ---------------------------------------------------------------------
@@ -106,14 +145,22 @@ _TIME: Final = rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"
 _STAMP: Final = re.compile(rb"(?m)^(" + _TIME + rb")[ \t]|\btime=(" + _TIME + rb")")
 
 
+# gin's access line: "[GIN] 2025/11/20 - 10:01:02 | 200 | ..." (the server's local time, UTC
+# in Ollama's container; whole seconds).
+_GIN_TIME: Final = re.compile(rb"\[GIN\] (\d{4})/(\d\d)/(\d\d) - (\d\d):(\d\d):(\d\d)")
+
+
 @dataclass
 class Scan:
-    """What ``scan`` found: all lines, and per kind its incidents and matching lines."""
+    """What ``scan`` found: all lines, per kind its incidents and matching lines, the
+    incidents after the last served request, and the served requests that ended a streak."""
 
     lines: int
     incidents: dict[str, int]
     error_lines: dict[str, int]
     window_seconds: float
+    consecutive: int = 0
+    successes: int = 0
 
 
 class _FileGrouper:
@@ -128,10 +175,50 @@ class _FileGrouper:
     def __init__(self, kinds: tuple[str, ...], window: int) -> None:
         self.incidents = dict.fromkeys(kinds, 0)
         self.error_lines = dict.fromkeys(kinds, 0)
+        self.consecutive = 0
+        self.successes = 0
+        self._window = window
         self._group = Grouper(window)
         self._untimed: list[str] = []  # kinds of matching lines waiting for a time
+        self._last_error: int | None = None  # the newest error line's time
+        self._last_ns: int | None = None  # the newest time seen on a counted line
 
-    def chunk(self, text: bytes, matches: list[tuple[int, str]]) -> None:
+    def chunk(
+        self, text: bytes, matches: list[tuple[int, str]], served: list[int] | None = None
+    ) -> None:
+        if served:
+            # Served lines and error lines in the log's order: a served request ends only the
+            # errors before it.
+            events = sorted([*matches, *((start, "") for start in served)])
+            i = 0
+            for j, (start, kind) in enumerate(events):
+                if kind:
+                    continue
+                self._chunk(text, events[i:j])
+                self._served(text, start)
+                i = j + 1
+            self._chunk(text, events[i:])
+        else:
+            self._chunk(text, matches)
+
+    def _served(self, text: bytes, start: int) -> None:
+        end = text.find(b"\n", start)
+        end = len(text) if end < 0 else end
+        own = _STAMP.search(text, start, end)
+        ts = _stamp_ns(own) if own is not None else _gin_ns(text, start, end)
+        if self._last_ns is not None and (ts is None or ts < self._last_ns):
+            ts = self._last_ns  # gin's whole seconds: never before the line before it
+        if self._untimed:
+            self._resolve(ts)  # llama.cpp's lines before it: no later time to take
+        if ts is None or ends_streak(ts, self._last_error, self._window):
+            self.successes += 1
+            self.consecutive = 0
+        if ts is not None:
+            self._last_ns = ts
+
+    def _chunk(self, text: bytes, matches: list[tuple[int, str]]) -> None:
+        if not matches:
+            return
         if self._untimed:
             first = _STAMP.search(text)
             if first is None:
@@ -167,6 +254,12 @@ class _FileGrouper:
     def _add(self, ts_ns: int | None, kind: str) -> None:
         if ts_ns is None or self._group.opens(ts_ns):
             self.incidents[kind] += 1
+            self.consecutive += 1
+        if ts_ns is not None:
+            if self._last_error is None or ts_ns > self._last_error:
+                self._last_error = ts_ns
+            if self._last_ns is None or ts_ns > self._last_ns:
+                self._last_ns = ts_ns
 
     def end(self) -> None:
         self._resolve(None)
@@ -180,17 +273,40 @@ def _stamp_ns(m: re.Match[bytes]) -> int | None:
         return None
 
 
+def _gin_ns(text: bytes, start: int, end: int) -> int | None:
+    m = _GIN_TIME.search(text, start, end)
+    if m is None:
+        return None
+    fields = tuple(int(g) for g in m.groups())
+    return calendar.timegm((*fields, 0, 0, 0)) * NS
+
+
 def scan(
     classifier: LogClassifier,
     read: Callable[[int], bytes],
     window_seconds: float = DEFAULT_WINDOW_SECONDS,
     chunk_size: int = 256 * 1024,
+    served: LogClassifier | None = None,
 ) -> Scan:
-    """Count the lines, incidents and matching lines of what ``read(n)`` returns until b''."""
+    """Count the lines, incidents and matching lines of what ``read(n)`` returns until b'';
+    ``served`` finds the served requests (None: the default, SERVED_PATTERN)."""
+    served = served if served is not None else served_matcher()
     grouper = _FileGrouper(classifier.kinds, window_ns(window_seconds))
     lines = 0
     for block in line_blocks(read, chunk_size):
         lines += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        grouper.chunk(block, classifier.matches(block))
+        grouper.chunk(block, classifier.matches(block), [at for at, _ in served.matches(block)])
     grouper.end()
-    return Scan(lines, grouper.incidents, grouper.error_lines, window_seconds)
+    return Scan(
+        lines,
+        grouper.incidents,
+        grouper.error_lines,
+        window_seconds,
+        consecutive=grouper.consecutive,
+        successes=grouper.successes,
+    )
+
+
+def served_matcher() -> LogClassifier:
+    """Finds the lines of requests the model server served (fleet_contract.errors)."""
+    return LogClassifier({SERVED: (SERVED_PATTERN,)})

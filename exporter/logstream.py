@@ -19,7 +19,8 @@ Exactness rests on these rules:
   gap, reported.
 * A line belongs to the container's current run when its timestamp is after the run's
   boundary (the end of the previous run, which RunTracker works out from the container's
-  states). ``since_start`` counts the current run's incidents (exporter.incidents) only.
+  states). ``since_start`` counts the current run's incidents (exporter.incidents) only, and
+  ``consecutive`` those after the run's last served request.
 * Lines stamped before the exporter started (``live_since_ns``) are history: they count for
   ``since_start`` but not for the counters (nor an incident whose first line is history).
 """
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from exporter.classifier import LogClassifier
-from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents
+from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents, served_matcher
 from exporter.logseen import NEW, RECOVERED, RESENT, Cursor, Ledger, newer
 from exporter.runs import (
     RUN_START_SLACK_NS,
@@ -74,9 +75,14 @@ class ContainerLog:
     """Decodes and counts one container's log across streams, reconnects and runs."""
 
     def __init__(
-        self, classifier: LogClassifier, live_since_ns: int, window_ns: int = DEFAULT_WINDOW_NS
+        self,
+        classifier: LogClassifier,
+        live_since_ns: int,
+        window_ns: int = DEFAULT_WINDOW_NS,
+        served: LogClassifier | None = None,
     ) -> None:
         self._classifier = classifier
+        self._served = served if served is not None else served_matcher()
         self._live_since = live_since_ns
         self.cursor: Cursor | None = None
         self.boundary_ns: int | None = None
@@ -91,6 +97,11 @@ class ContainerLog:
     def since_start(self) -> int:
         """Incidents of the current run."""
         return self._run.count
+
+    @property
+    def consecutive(self) -> int:
+        """Incidents of the current run after its last served request."""
+        return self._run.consecutive
 
     @property
     def jumped(self) -> bool:
@@ -321,9 +332,17 @@ class ContainerLog:
             live = live_from.__le__
             tally.lines += len(line_ts) - live_from
         boundary = self.boundary_ns
-        for offset, kind in self._classifier.matches(text):
+        matches = self._classifier.matches(text)
+        served = self._served.matches(text)
+        if served:  # in the log's order: a served request ends only the errors before it
+            matches = sorted([*matches, *((offset, "") for offset, _ in served)])
+        for offset, kind in matches:
             index = bisect_right(line_ends, offset)
             ts_ns = parse_timestamp(line_ts[index])
+            if not kind:
+                if boundary is None or ts_ns > boundary:
+                    self._run.served(ts_ns)
+                continue
             counts = live(index)
             if self._incidents.opens(ts_ns, boundary) and counts:
                 tally.errors[kind] += 1

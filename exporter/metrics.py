@@ -24,6 +24,7 @@ class _Series:
     recovered: int = 0
     gaps: int = 0
     since_start: int = 0
+    consecutive: int = 0
     up: bool = False
     present: bool = False  # a container backs this name now
     expected: bool = False  # named in the configuration: its stream should be up
@@ -47,6 +48,7 @@ class SeriesSnapshot:
     error_lines: dict[str, int] = field(default_factory=dict)  # matching lines, by kind
     recovered: int = 0  # lines a re-read found after Docker's follow skipped them
     gaps: int = 0  # times the retained log no longer reached back to where reading resumed
+    consecutive: int | None = None  # of since_start: after the run's last served request
 
 
 @dataclass
@@ -108,12 +110,13 @@ class LogStore:
         since_start: int,
         up: bool,
         started_at: str = "",
+        consecutive: int | None = None,
     ) -> None:
         """``add`` and ``report_run`` at once, so a scrape never sees one without the other."""
         with self._lock:
             series = self._get(fleet, container)
             self._count(series, tally)
-            self._report(series, container_id, started_ns, since_start, up, started_at)
+            self._report(series, container_id, started_ns, since_start, up, started_at, consecutive)
 
     def report_run(
         self,
@@ -125,11 +128,13 @@ class LogStore:
         since_start: int,
         up: bool,
         started_at: str = "",
+        consecutive: int | None = None,
     ) -> None:
-        """The run of ``container_id`` that started at ``started_ns`` has this count and state."""
+        """The run of ``container_id`` that started at ``started_ns`` has this count and state
+        (``consecutive`` None: every error of the run, none served)."""
         with self._lock:
             series = self._get(fleet, container)
-            self._report(series, container_id, started_ns, since_start, up, started_at)
+            self._report(series, container_id, started_ns, since_start, up, started_at, consecutive)
 
     @staticmethod
     def _report(
@@ -139,12 +144,14 @@ class LogStore:
         since_start: int,
         up: bool,
         started_at: str,
+        consecutive: int | None,
     ) -> None:
         if series.owner != container_id and started_ns < series.owner_started_ns:
             return  # an older container of the same name: it no longer speaks for the name
         series.owner = container_id
         series.owner_started_ns = started_ns
         series.since_start = since_start
+        series.consecutive = since_start if consecutive is None else consecutive
         series.up = up
         series.present = True
         series.started_at = started_at
@@ -181,6 +188,7 @@ class LogStore:
                     error_lines=dict(s.error_lines),
                     recovered=s.recovered,
                     gaps=s.gaps,
+                    consecutive=s.consecutive if s.present else None,
                 )
                 for (fleet, name), s in sorted(self._series.items())
             ]
@@ -197,6 +205,7 @@ class LogCollector(Collector):
         errors = counter(m.VRAM_ERRORS)
         error_lines = counter(m.VRAM_ERROR_LINES)
         since_start = gauge(m.VRAM_ERRORS_SINCE_START)
+        consecutive = gauge(m.VRAM_ERRORS_CONSECUTIVE)
         lines = counter(m.LOG_LINES)
         up = gauge(m.LOG_STREAM_UP)
         start_info = gauge(m.CONTAINER_START_INFO)
@@ -210,6 +219,8 @@ class LogCollector(Collector):
                 error_lines.add_metric([s.fleet, s.container, kind], n)
             if s.since_start is not None:
                 since_start.add_metric([s.fleet, s.container], s.since_start)
+            if s.consecutive is not None:
+                consecutive.add_metric([s.fleet, s.container], s.consecutive)
             lines.add_metric([s.fleet, s.container], s.lines)
             if s.up is not None:
                 up.add_metric([s.fleet, s.container], 1 if s.up else 0)
@@ -219,7 +230,7 @@ class LogCollector(Collector):
             recovered.add_metric([s.fleet, s.container], s.recovered)
             gaps.add_metric([s.fleet, s.container], s.gaps)
         families: list[CounterMetricFamily | GaugeMetricFamily] = [errors, error_lines]
-        families += [since_start, start_info, lines, up, reconnects]
+        families += [since_start, consecutive, start_info, lines, up, reconnects]
         return [*families, recovered, gaps]
 
 

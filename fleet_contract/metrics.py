@@ -38,6 +38,7 @@ NVML_UP: Final = "model_fleet_nvml_up"
 VRAM_ERRORS: Final = "model_fleet_vram_errors_total"
 VRAM_ERROR_LINES: Final = "model_fleet_vram_error_lines_total"
 VRAM_ERRORS_SINCE_START: Final = "model_fleet_vram_errors_since_start"
+VRAM_ERRORS_CONSECUTIVE: Final = "model_fleet_vram_errors_consecutive"
 CONTAINER_START_INFO: Final = "model_fleet_container_start_info"
 LOG_LINES: Final = "model_fleet_log_lines_total"
 LOG_STREAM_UP: Final = "model_fleet_log_stream_up"
@@ -61,6 +62,7 @@ NEXT_LARGER_MODEL_BYTES: Final = "model_fleet_next_larger_model_bytes"
 LAST_SWITCH_TIMESTAMP: Final = "model_fleet_last_switch_timestamp_seconds"
 STEP_UP_WINDOW_OPEN: Final = "model_fleet_step_up_window_open"
 OFFLOAD_TOLERANCE: Final = "model_fleet_offload_tolerance_ratio"
+VRAM_ERROR_COUNTING: Final = "model_fleet_vram_error_counting_info"
 SWITCHES: Final = "model_fleet_switches_total"
 REMEDIATION_FAILURES: Final = "model_fleet_remediation_failures_total"
 SWITCH_RECOVERIES: Final = "model_fleet_switch_recoveries_total"
@@ -110,6 +112,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         _STREAM,
         "VRAM errors (incidents) since the container last started (exact across exporter "
         "restarts).",
+    ),
+    _exporter(
+        VRAM_ERRORS_CONSECUTIVE,
+        "gauge",
+        _STREAM,
+        "VRAM errors (incidents) since the model server last served a request (a 2xx of a "
+        "generate, chat or embed endpoint) or, when it has served none, since it started.",
     ),
     _exporter(
         CONTAINER_START_INFO,
@@ -209,6 +218,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         ("fleet",),
         "fleets.*.offload_tolerance: the fraction of the current model's bytes that may be "
         "offloaded to system memory before ModelFleetCPUOffload fires.",
+    ),
+    _remediator(
+        VRAM_ERROR_COUNTING,
+        "gauge",
+        ("fleet", "counting"),
+        "1 for the fleet's fleets.*.counting: consecutive (the errors since the model server "
+        "last served a request) or since_start; ModelFleetVRAMErrors counts that way.",
     ),
     _remediator(
         SWITCHES, "counter", ("fleet", "direction", "trigger"), "Model switches committed."

@@ -67,13 +67,21 @@ def cap_clears_at(fleet: FleetConfig, state: FleetState, at: float) -> float:
     return max(at, times[excess] + HOUR + 0.001)
 
 
+def already_handled(state: FleetState, alert: AlertRef) -> Decision | None:
+    """``duplicate`` when the fleet has handled ``alert`` (its key is recorded), else None."""
+    if alert.key in state.processed_alerts:
+        return _no("duplicate", f"alert {alert.key} was already handled")
+    return None
+
+
 def _gates(
     fleet: FleetConfig, state: FleetState, now: float, trigger: str, alert: AlertRef | None
 ) -> Decision | None:
     """The checks shared by automatic switches: duplicate, stale, cooldown, hourly cap."""
     if alert is not None:
-        if alert.key in state.processed_alerts:
-            return _no("duplicate", f"alert {alert.key} was already handled")
+        handled = already_handled(state, alert)
+        if handled is not None:
+            return handled
         if state.last_switch_at is not None and alert.started_at < state.last_switch_at:
             return _no(
                 "stale_alert",

@@ -8,14 +8,21 @@ from prometheus_client import multiprocess
 from fleet_contract import env as contract_env
 
 # Several workers so that a slow request never blocks the webhook; gthread threads so that
-# 50 concurrent Alertmanager deliveries are served without queueing behind each other. A
-# client that sends half a request holds a thread while gunicorn reads the rest (gunicorn
-# defers only connections that sent nothing): 3 x 64 threads keep /healthz answering under
-# 100 such slow clients (issue 13). An idle thread costs a stack mapping, not memory in use.
+# 50 concurrent Alertmanager deliveries are served without queueing behind each other. An
+# idle thread costs a stack mapping, not memory in use.
+# Read timeout: gunicorn's gthread gives a connection a thread as soon as its first bytes
+# arrive, and that thread then waits for the rest with no timeout: a client that sent half a
+# request and stalled held it until it hung up. ReadTimeoutWorker (remediator/gunicorn_worker.py)
+# gives a thread only to a request that is here whole (head and a body up to 64 KiB); until
+# then the connection waits in the poller and is dropped after `keepalive` seconds of silence
+# or 10 s (READ_TIMEOUT_SECONDS) without becoming whole. A thread's reads and writes (a larger
+# body, the answer) time out after those 10 s too. 1,000 stalled clients hold no thread.
 workers = int(os.environ.get(contract_env.WORKERS, "3"))
-worker_class = "gthread"
+worker_class = "remediator.gunicorn_worker.ReadTimeoutWorker"
 threads = int(os.environ.get(contract_env.THREADS, "64"))
-worker_connections = 1000  # open connections per worker, slow ones included
+# Open connections per worker, stalled ones included; each is a descriptor, so the process's
+# limit (ulimit -n) must be above workers x this (the image's default, 1048576, is).
+worker_connections = 1000
 # Manual POSTs wait for the switch (pull + restarts): allow it; the webhook answers at once.
 # gthread workers heartbeat from their main loop, so this does not cut a request short.
 timeout = int(os.environ.get(contract_env.HTTP_TIMEOUT, "1800"))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from remediator.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.config import FleetConfig
 from remediator.live import note_live_errors
+from remediator.redelivery import answer_handled
 from remediator.state import LockTimeout
 from remediator.state_model import DeferredAlert, FleetState
 from remediator.windows import iso
@@ -232,6 +233,10 @@ def _accept_fleet(
     asks: list[AlertRequest],
     acceptance: Acceptance,
 ) -> None:
+    handled = answer_handled(remediator, fleet, asks)  # a redelivery: no lock, no state write
+    if handled is not None:
+        acceptance.ignored += handled
+        return
     keys = [ask.ref.key for ask in asks]
     held = contextlib.ExitStack()
     try:

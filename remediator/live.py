@@ -1,7 +1,8 @@
 """Live figures from Prometheus, read at the moment they are used: a decision or a status.
 
-Three figures per fleet: the free VRAM of the fleet's GPU, the fleet's VRAM errors since its
-model server started (the worst container, as the downgrade alert reads it) and the models
+Three figures per fleet: the free VRAM of the fleet's GPU, the fleet's VRAM errors as the
+downgrade alert counts them (the fleet's ``counting``: since the model server last served a
+request, or since it started; the worst container) and the models
 loaded in its model server with the bytes of each in VRAM and in system memory (offload).
 Each figure carries the time of its sample (the scrape), so its age can be told, or the reason
 it is missing: no Prometheus configured (``prometheus.url``), Prometheus did not answer, or it
@@ -60,9 +61,16 @@ def free_vram_selector(gpu: str, host: str | None = None) -> str:
     return f'{metrics.GPU_MEMORY_FREE}{{{_on(host)}gpu="{_label(gpu)}"}}'
 
 
-def errors_selector(fleet: str, host: str | None = None) -> str:
-    """The series of the fleet's VRAM errors since its model server started, per container."""
-    return f'{metrics.VRAM_ERRORS_SINCE_START}{{{_on(host)}fleet="{_label(fleet)}"}}'
+# The exporter's count behind each fleets.*.counting: the one ModelFleetVRAMErrors compares.
+ERRORS_METRIC: Final[Mapping[str, str]] = {
+    "consecutive": metrics.VRAM_ERRORS_CONSECUTIVE,
+    "since_start": metrics.VRAM_ERRORS_SINCE_START,
+}
+
+
+def errors_selector(fleet: str, host: str | None = None, counting: str = "consecutive") -> str:
+    """The series of the fleet's VRAM errors as ``counting`` counts them, per container."""
+    return f'{ERRORS_METRIC[counting]}{{{_on(host)}fleet="{_label(fleet)}"}}'
 
 
 def models_selector(fleet: str, host: str | None = None) -> str:
@@ -225,11 +233,17 @@ class LiveReader:
         if prom is None:
             return unavailable(None, at, NOT_CONFIGURED)
         gpu = f"GPU {fleet.gpu}'s free VRAM ({metrics.GPU_MEMORY_FREE})"
-        errs = f"fleet {fleet.name}'s VRAM errors ({metrics.VRAM_ERRORS_SINCE_START})"
+        errs = f"fleet {fleet.name}'s VRAM errors ({ERRORS_METRIC[fleet.counting]})"
         try:
             on = self.host
             free = _one(prom, FREE_VRAM_AGGREGATION, free_vram_selector(fleet.gpu, on), _free, gpu)
-            errors = _one(prom, ERRORS_AGGREGATION, errors_selector(fleet.name, on), _count, errs)
+            errors = _one(
+                prom,
+                ERRORS_AGGREGATION,
+                errors_selector(fleet.name, on, fleet.counting),
+                _count,
+                errs,
+            )
             loaded: Figure[tuple[ModelMemory, ...]] = Figure(None, problem="not read")
             if models:
                 what = f"fleet {fleet.name}'s loaded models ({MODEL_MEMORY})"

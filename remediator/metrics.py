@@ -73,7 +73,7 @@ class FleetStateCollector(Collector):
         )
         rung_bytes, next_larger = g[m.LADDER_MODEL_BYTES], g[m.NEXT_LARGER_MODEL_BYTES]
         last, window = g[m.LAST_SWITCH_TIMESTAMP], g[m.STEP_UP_WINDOW_OPEN]
-        tolerance = g[m.OFFLOAD_TOLERANCE]
+        tolerance, counting = g[m.OFFLOAD_TOLERANCE], g[m.VRAM_ERROR_COUNTING]
         now = time.time()
         for name, fleet in self.config.fleets.items():
             fs = state.fleets[name]
@@ -90,6 +90,7 @@ class FleetStateCollector(Collector):
             au = fleet.auto_upgrade
             window.add_metric([name], 1 if window_state(au.windows, au.timezone, now).open else 0)
             tolerance.add_metric([name], fleet.offload_tolerance)
+            counting.add_metric([name, fleet.counting], 1)
         yield from g.values()
 
 

@@ -107,6 +107,7 @@ def fleet_status(
         },
         "vram_error_count": fs.vram_error_count if errors is None else errors,
         "max_vram_errors": fleet.max_vram_errors,
+        "counting": fleet.counting,
         "available_models": fleet.ladder.names,
         "fleet_size": len(fleet.ladder),
         "can_downgrade": fs.index < len(fleet.ladder) - 1,

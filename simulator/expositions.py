@@ -126,6 +126,7 @@ def exporter_exposition(scrape: int, host: str = HOST) -> str:
     ]
     samples += [
         (m.VRAM_ERRORS_SINCE_START, ollama, 3),
+        (m.VRAM_ERRORS_CONSECUTIVE, ollama, 3),
         (m.LOG_LINES, ollama, 10 * scrape),
         (m.LOG_STREAM_UP, ollama, 1),
         (m.LOG_STREAM_RECONNECTS, ollama, 0),
@@ -163,6 +164,7 @@ def remediator_exposition(
         (m.LADDER_SIZE, fleet, len(LADDER)),
         (m.CAN_DOWNGRADE, fleet, 1),
         (m.OFFLOAD_TOLERANCE, fleet, 0.1),
+        (m.VRAM_ERROR_COUNTING, {**fleet, "counting": "consecutive"}, 1),
     ]
     samples += [
         (m.LADDER_MODEL_BYTES, {**fleet, "model": name, "rung": str(i)}, mb * MIB)

@@ -40,12 +40,12 @@ from simulator.loop_setup import (
     LOOP_LABEL,
     MODEL_MIB,
     MODEL_SERVER_LOG_CONFIG,
-    MODEL_SERVER_SCRIPT,
     OOM_LINE,
     OWNER_LABEL,
     LoopOptions,
     base_env,
     engine_client,
+    model_server_script,
     process_owner,
     remediator_config,
     simulated_gpu,
@@ -150,7 +150,7 @@ class Loop:
         config = {str(self.app_env.parent): {"bind": "/config", "mode": "ro"}}
         self.server = self.docker.containers.run(
             BUSYBOX_IMAGE,
-            ["sh", "-c", MODEL_SERVER_SCRIPT],
+            ["sh", "-c", model_server_script()],
             name=f"{self.fleet}-ollama",
             labels=self._labels("ollama"),
             log_config=MODEL_SERVER_LOG_CONFIG,

@@ -23,7 +23,7 @@ import docker
 import docker.errors
 
 from exporter.incidents import DEFAULT_WINDOW_SECONDS
-from simulator import fake_nvml
+from simulator import fake_nvml, ollama_corpus
 
 LOOP_LABEL = "model-fleet.sim"
 # Which process started a loop's container: "<host>:<pid>:<start time>". The start time (in
@@ -38,14 +38,14 @@ MODEL_MIB = {"llama3.2:3b": 2048, "phi3:mini": 2200, "tinyllama:1.1b": 637, "qwe
 # are (the tests choose the exact lines). With /sim/free_mib present it also behaves like a
 # server short of VRAM: when its model (from the app's config) does not fit what is free, its
 # load fails every 2.5 s (more than the exporter's incident window: one error each), printed
-# as Ollama does: llama.cpp's allocation failure, then the server's "error loading" line.
-MODEL_SERVER_SCRIPT = r"""
+# as the Ollama release and engine of $SIM_OLLAMA print it (simulator.ollama_corpus: the
+# corpus's failed load, default 0.12.6 on the legacy llama.cpp runner).
+_MODEL_SERVER_SCRIPT = r"""
 trap 'exit 0' TERM
-LISTEN='level=INFO source=routes.go:1475 msg="Listening on [::]:11434 (version 0.12.6)"'
-ALLOC="ggml_backend_cuda_buffer_type_alloc_buffer: allocating"
-OOM="MiB on device 0: cudaMalloc failed: out of memory"
-FAILED='level=ERROR source=sched.go:456 msg="error loading llama server" error="llama runner'
-FAILED="$FAILED process has terminated: cudaMalloc failed: out of memory\""
+LISTEN='level=INFO source=routes.go:1475 msg="Listening on [::]:11434 (version @VERSION@)"'
+fail_load() {
+@FAILED_LOAD@
+}
 echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $LISTEN"
 while true; do
   if [ -f /ctl/emit ]; then cat /ctl/emit; rm -f /ctl/emit; fi
@@ -57,14 +57,26 @@ while true; do
     esac
     read free < /sim/free_mib
     if [ "$need" -gt "$free" ]; then
-      echo "$ALLOC $need.00 $OOM"
-      echo "time=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) $FAILED"
+      fail_load
       sleep 2.5
     fi
   fi
   sleep 0.1
 done
 """
+
+
+def model_server_script(spec: str | None = None) -> str:
+    """The model server's script, printing the failed load of ``spec`` (``<version>/<engine>``;
+    None: ``$SIM_OLLAMA``, else 0.12.6/legacy)."""
+    spec = spec or os.environ.get(ollama_corpus.ENV) or ollama_corpus.DEFAULT
+    lines = ollama_corpus.live_script(ollama_corpus.failed_load(spec))
+    indented = "\n".join("  " + line for line in lines.splitlines())
+    version = spec.partition("/")[0]
+    return _MODEL_SERVER_SCRIPT.replace("@FAILED_LOAD@", indented).replace("@VERSION@", version)
+
+
+MODEL_SERVER_SCRIPT = model_server_script(ollama_corpus.DEFAULT)
 
 # The application: reads its model from the mounted config on start, as docs/configuration.md asks.
 APP_SCRIPT = r"""

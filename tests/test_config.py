@@ -36,6 +36,7 @@ def test_defaults_reproduce_the_original_system(
         ("qwen2.5:0.5b", 397, "Tiny model - 0.5B parameters"),
     ]
     assert fleet.max_vram_errors == 3
+    assert fleet.counting == "consecutive"  # "3 consecutive VRAM errors", as the original meant
     assert fleet.policy == "next"
     assert fleet.offload_tolerance == 0.0  # any offload of the current model counts
     assert fleet.server == ServerSettings(kind="ollama", url="http://127.0.0.1:11434")
@@ -179,6 +180,10 @@ def test_environment_names_the_config_and_the_state_file(
         (
             {"fleets": {"a": {"auto_upgrade": {"quiet_seconds": 100, "failed_quiet_seconds": 10}}}},
             r"fleets\.a\.auto_upgrade\.failed_quiet_seconds: must be at least quiet_seconds",
+        ),
+        (
+            {"fleets": {"a": {"counting": "daily"}}},
+            r"fleets\.a\.counting: must be one of consecutive, since_start, got 'daily'",
         ),
         (
             {"fleets": {"a": {"offload_tolerance": 1.5}}},
@@ -382,3 +387,15 @@ def test_config_keys_are_what_the_parser_accepts(section: str, data: object) -> 
     prefix = f"{section}." if section else ""
     listed = {k[len(prefix) :] for k in CONFIG_KEYS if k.startswith(prefix)}
     assert set(allowed) == {k for k in listed if "." not in k and "[" not in k and k != "*"}
+
+
+def test_counting_is_read_per_fleet_and_shown_by_check_config() -> None:
+    config = parse_config(
+        {"fleets": {"a": {}, "b": {"counting": "since_start"}}}, "model-fleet.yaml"
+    )
+    assert (config.fleets["a"].counting, config.fleets["b"].counting) == (
+        "consecutive",
+        "since_start",
+    )
+    shown = effective_config(config)["fleets"]
+    assert (shown["a"]["counting"], shown["b"]["counting"]) == ("consecutive", "since_start")

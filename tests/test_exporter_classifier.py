@@ -18,11 +18,27 @@ from tests.support.exporter_env import DATA
 
 # Counted by hand from the files (each matching line once, for the first kind that matches).
 EXPECTED = {
-    "ollama_load_oom.log": {"oom": 4, "vram_recovery_timeout": 0},
-    "ollama_cuda_error.log": {"oom": 3, "vram_recovery_timeout": 0},
-    "ollama_runtime_oom.log": {"oom": 1, "vram_recovery_timeout": 0},
-    "ollama_vram_timeout.log": {"oom": 0, "vram_recovery_timeout": 4},
-    "ollama_normal.log": {"oom": 0, "vram_recovery_timeout": 0},
+    "ollama_load_oom.log": {
+        "oom": 5,
+        "system_memory": 0,
+        "vram_recovery_timeout": 0,
+    },
+    "ollama_cuda_error.log": {
+        "oom": 3,
+        "system_memory": 0,
+        "vram_recovery_timeout": 0,
+    },
+    "ollama_runtime_oom.log": {
+        "oom": 1,
+        "system_memory": 0,
+        "vram_recovery_timeout": 0,
+    },
+    "ollama_vram_timeout.log": {
+        "oom": 0,
+        "system_memory": 0,
+        "vram_recovery_timeout": 4,
+    },
+    "ollama_normal.log": {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0},
 }
 
 
@@ -56,7 +72,32 @@ def test_real_ollama_logs_are_counted_exactly(name: str) -> None:
         ),
         ("GPU MEMORY EXHAUSTED", "oom"),  # the seed compared lower-cased text
         ('msg="error loading llama server" error="GGML_ASSERT(hparams.n_swa > 0) failed"', None),
-        ('msg="model requires more system memory (12.8 GiB) than is available (9.3 GiB)"', None),
+        (
+            'msg="Load failed" error="model requires more system memory (12.8 GiB) than is '
+            'available (9.3 GiB)"',
+            "system_memory",
+        ),
+        (
+            'level=WARN msg="model request too large for system" requested="12.8 GiB"',
+            "system_memory",
+        ),
+        (
+            'msg="model requires more system memory than is currently available, evicting a '
+            'model to make space"',
+            None,
+        ),
+        (
+            'msg="model requires more gpu memory than is currently available, evicting a model '
+            'to make space" "loaded layers"=12',
+            None,
+        ),
+        ("alloc_tensor_range: failed to allocate CUDA0 buffer of size 1610612736", "oom"),
+        ("llama_model_load: error loading model: unable to allocate CUDA0 buffer", "oom"),
+        ("alloc_tensor_range: failed to allocate CPU buffer of size 437944320", None),
+        ('level=WARN source=server.go:800 msg="memory layout cannot be allocated"', "oom"),
+        ('msg="Load failed" error="memory layout cannot be allocated with num_gpu = 33"', "oom"),
+        ('level=INFO msg="model layout did not fit, applying backoff" backoff=0.10', None),
+        ("llama_init_from_model: failed to allocate buffer for kv cache", "oom"),
         ("ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer", None),
         ('msg="gpu VRAM free memory converged after 5.00 seconds"', None),
     ],
@@ -148,8 +189,7 @@ def test_scan_gives_the_same_counts_for_any_chunk_size(chunk_size: int) -> None:
     result = scan_stream(LogClassifier(), io.BytesIO(data).read, chunk_size)
     assert result.lines == data.count(b"\n") + 1  # the last line has no newline
     assert result.counts == {
-        "oom": sum(e["oom"] for e in EXPECTED.values()) + 1,
-        "vram_recovery_timeout": sum(e["vram_recovery_timeout"] for e in EXPECTED.values()),
+        kind: sum(e[kind] for e in EXPECTED.values()) + (kind == "oom") for kind in DEFAULT_PATTERNS
     }
 
 

@@ -37,14 +37,17 @@ def write_config(tmp_path: Path, data: object) -> Path:
 
 
 def test_scan_prints_the_errors_and_lines_of_each_kind(capsys: pytest.CaptureFixture[str]) -> None:
-    # Two failed loads, each printing two matching lines: 2 errors (incidents), 4 lines.
+    # Two failed loads, printing two and three matching lines: 2 errors (incidents), 5 lines.
     assert main(["scan", str(LOAD_OOM)]) == EXIT_OK
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert rows == [
         ["kind", "incidents", "lines"],
-        ["oom", "2", "4"],
+        ["oom", "2", "5"],
+        ["system_memory", "0", "0"],
         ["vram_recovery_timeout", "0", "0"],
         ["log", "lines", "24"],
+        ["consecutive", "(after", "the", "last", "served", "request):", "2"],
+        ["served", "requests", "that", "ended", "a", "run", "of", "errors:", "0"],
         ["incident", "window:", "2", "s"],
     ]
 
@@ -62,8 +65,10 @@ def test_scan_reads_standard_input_and_prints_json() -> None:
     assert json.loads(result.stdout) == {
         "lines": 33,
         "incident_window_seconds": 2.0,
-        "incidents": {"oom": 2, "vram_recovery_timeout": 2},
-        "error_lines": {"oom": 4, "vram_recovery_timeout": 4},
+        "incidents": {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 2},
+        "error_lines": {"oom": 5, "system_memory": 0, "vram_recovery_timeout": 4},
+        "consecutive": 4,
+        "successes": 0,
     }
 
 
@@ -75,10 +80,11 @@ def test_scan_tries_the_patterns_of_the_config(
     )
     assert main(["scan", str(DATA / "ollama_vram_timeout.log"), "--config", str(config)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    counts = {row[0]: row[1:] for row in rows[1:4]}
+    counts = {row[0]: row[1:] for row in rows[1:5]}
     # the assertion's two lines are one failed load
     assert counts == {
         "oom": ["0", "0"],
+        "system_memory": ["0", "0"],
         "vram_recovery_timeout": ["2", "4"],
         "ggml_assert": ["1", "2"],
     }
@@ -90,7 +96,7 @@ def test_scan_takes_the_incident_window_of_the_config(
     config = write_config(tmp_path, {"exporter": {"incident_window_seconds": 0}})
     assert main(["scan", str(LOAD_OOM), "--config", str(config)]) == EXIT_OK
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert rows[1] == ["oom", "4", "4"] and rows[-1] == ["incident", "window:", "0", "s"]
+    assert rows[1] == ["oom", "5", "5"] and rows[-1] == ["incident", "window:", "0", "s"]
 
 
 def test_scan_of_a_missing_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,9 +41,9 @@ PRINT_ERRORS = (
     "sleep 1.5; cat /data/ollama_vram_timeout.log"
 )
 RUN_LINES = 24 + 9
-RUN_ERRORS = {"oom": 2, "vram_recovery_timeout": 1}
-RUN_ERROR_LINES = {"oom": 4, "vram_recovery_timeout": 4}
-ZERO = {"oom": 0, "vram_recovery_timeout": 0}
+RUN_ERRORS = {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 1}
+RUN_ERROR_LINES = {"oom": 5, "system_memory": 0, "vram_recovery_timeout": 4}
+ZERO = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
 # Wait for /go (the test creates it), print, then idle. PID 1 ignores SIGTERM: tests stop
 # containers with timeout 0.
 GATED = f"while [ ! -e /go ]; do sleep 0.05; done; {PRINT_ERRORS}; exec sleep 3600"
@@ -338,7 +338,7 @@ def test_serve_exports_log_metrics_and_stops_on_sigterm(
         assert "effective configuration" in exporter.log()
 
 
-def test_two_failed_loads_are_two_errors_of_four_lines_on_metrics(
+def test_two_failed_loads_are_two_errors_of_five_lines_on_metrics(
     docker_client: Any, busybox_image: str, tag: str, tmp_path: Any
 ) -> None:
     # The default window (2 s). The two loads of ollama_load_oom.log 3 s apart: two errors.
@@ -371,7 +371,7 @@ def test_two_failed_loads_are_two_errors_of_four_lines_on_metrics(
         assert (
             sample(m, "model_fleet_vram_errors_total", **labels, kind="vram_recovery_timeout") == 0
         )
-        assert sample(m, "model_fleet_vram_error_lines_total", **labels, kind="oom") == 4
+        assert sample(m, "model_fleet_vram_error_lines_total", **labels, kind="oom") == 5
         assert sample(m, "model_fleet_log_lines_total", **labels) == RUN_LINES
 
 

@@ -38,7 +38,7 @@ def printed(start_ns: int, lines: list[bytes], step_ns: int = 3 * MS) -> list[tu
 
 
 def total(*tallies: Tally) -> tuple[int, dict[str, int], dict[str, int]]:
-    errors = {"oom": 0, "vram_recovery_timeout": 0}
+    errors = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
     lines = dict(errors)
     for t in tallies:
         for k, v in t.errors.items():
@@ -50,7 +50,7 @@ def total(*tallies: Tally) -> tuple[int, dict[str, int], dict[str, int]]:
 
 def reference(times_kinds: list[tuple[int, str]], window: int) -> dict[str, int]:
     """The rule, written out plainly: an incident per first line, the window from that line."""
-    out = {"oom": 0, "vram_recovery_timeout": 0}
+    out = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
     first: int | None = None
     for ts, kind in times_kinds:
         if first is None or ts - first >= window:
@@ -59,14 +59,14 @@ def reference(times_kinds: list[tuple[int, str]], window: int) -> dict[str, int]
     return out
 
 
-def test_two_failed_loads_are_two_errors_of_four_lines() -> None:
-    # tests/data/ollama_load_oom.log: two failed loads, each printing two matching lines.
+def test_two_failed_loads_are_two_errors_of_five_lines() -> None:
+    # tests/data/ollama_load_oom.log: two failed loads, printing two and three matching lines.
     log = make_log()
     data = frames(printed(BASE_NS, FIRST_LOAD) + printed(BASE_NS + 30 * S, SECOND_LOAD))
     lines, errors, error_lines = total(log.feed(data))
     assert lines == 24
-    assert errors == {"oom": 2, "vram_recovery_timeout": 0}
-    assert error_lines == {"oom": 4, "vram_recovery_timeout": 0}
+    assert errors == {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 0}
+    assert error_lines == {"oom": 5, "system_memory": 0, "vram_recovery_timeout": 0}
     assert log.since_start == 2
 
 
@@ -97,7 +97,11 @@ def test_kinds_within_the_window_are_one_error_of_the_first_lines_kind(
     log = make_log()
     tally = log.feed(frames([(BASE_NS, first), (BASE_NS + S, NORMAL), (BASE_NS + S, second)]))
     assert sum(tally.errors.values()) == tally.errors[kind] == 1
-    assert tally.error_lines == {"oom": 1, "vram_recovery_timeout": 1}
+    assert tally.error_lines == {
+        "oom": 1,
+        "system_memory": 0,
+        "vram_recovery_timeout": 1,
+    }
     assert log.since_start == 1
 
 
@@ -107,7 +111,11 @@ def test_a_window_of_zero_counts_every_line() -> None:
     log = make_log(window=0)
     other_oom = b"CUDA error: out of memory\n"
     tally = log.feed(frames([(BASE_NS, OOM), (BASE_NS, other_oom), (BASE_NS + 1, TIMEOUT)]))
-    assert tally.errors == tally.error_lines == {"oom": 2, "vram_recovery_timeout": 1}
+    assert (
+        tally.errors
+        == tally.error_lines
+        == {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 1}
+    )
     assert log.since_start == 3
 
 
@@ -191,12 +199,12 @@ def test_a_restarted_exporter_recounts_the_same_errors_and_counts_none_twice() -
     _, errors_after, lines_after = total(after.feed(data))
     whole = make_log()
     _, errors, error_lines = total(whole.feed(data))
-    assert errors == {"oom": 2, "vram_recovery_timeout": 0}
-    assert error_lines == {"oom": 6, "vram_recovery_timeout": 0}
+    assert errors == {"oom": 2, "system_memory": 0, "vram_recovery_timeout": 0}
+    assert error_lines == {"oom": 7, "system_memory": 0, "vram_recovery_timeout": 0}
     assert after.since_start == whole.since_start == 2
     # The incident open at the restart was counted by the first exporter only.
     assert (errors_before["oom"], errors_after["oom"]) == (1, 1)
-    assert (lines_before["oom"], lines_after["oom"]) == (1, 5)
+    assert (lines_before["oom"], lines_after["oom"]) == (1, 6)
 
 
 def test_the_counters_group_by_run_when_lines_of_an_old_run_arrive_late() -> None:
@@ -227,8 +235,8 @@ def test_scan_counts_the_failed_loads_of_ollamas_log_for_any_chunk_size(chunk_si
     # llama.cpp's line has no time of its own: it takes the time of the server's next line.
     data = b"".join(LOAD_OOM) + (DATA / "ollama_vram_timeout.log").read_bytes()
     # 3 timeouts within 0.5 s, then one on another day
-    assert scan_bytes(data, chunk_size=chunk_size) == (33, 2, 4, 2, 4)
-    assert scan_bytes(data, window=0, chunk_size=chunk_size) == (33, 4, 4, 4, 4)
+    assert scan_bytes(data, chunk_size=chunk_size) == (33, 2, 5, 2, 4)
+    assert scan_bytes(data, window=0, chunk_size=chunk_size) == (33, 5, 5, 4, 4)
 
 
 def test_scan_reads_dockers_timestamps_and_counts_untimed_lines_alone() -> None:
@@ -238,3 +246,23 @@ def test_scan_reads_dockers_timestamps_and_counts_untimed_lines_alone() -> None:
         + stamp(BASE_NS + 9 * S) + b" " + NORMAL + b"CUDA error: out of memory\n" + OOM.rstrip()
     )  # fmt: skip
     assert scan_bytes(docker) == (5, 3, 3, 0, 1)
+
+
+def test_a_served_request_ends_the_run_of_errors_but_not_its_own_failure() -> None:
+    """consecutive: the incidents after the last served request; a served line within the
+    window after an error line is that failed request's own (a streamed 200) and ends nothing;
+    a later boundary forgets a served request before it."""
+    run = RunIncidents(DEFAULT_WINDOW_NS)
+    for t in (0, 5):
+        run.add(BASE_NS + t * S)
+    assert (run.count, run.consecutive) == (2, 2)
+    assert not run.served(BASE_NS + 5 * S + S)  # 1 s after the error line: its own 200
+    assert run.consecutive == 2
+    assert run.served(BASE_NS + 10 * S)
+    assert (run.count, run.consecutive) == (2, 0)
+    run.add(BASE_NS + 20 * S)
+    assert (run.count, run.consecutive) == (3, 1)
+    run.cut(BASE_NS + 15 * S)  # the run began after the served request
+    assert (run.count, run.consecutive) == (1, 1)
+    run.cut(BASE_NS + 30 * S)
+    assert (run.count, run.consecutive) == (0, 0)

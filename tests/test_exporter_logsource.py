@@ -23,7 +23,7 @@ TIMEOUT = "gpu VRAM usage didn't recover within timeout"
 NORMAL = 'level=INFO msg="llama runner started"'
 SERVER = {"model-fleet.role": "ollama", "model-fleet.fleet": "f1"}
 S = 1_000_000_000
-ZERO = {"oom": 0, "vram_recovery_timeout": 0}
+ZERO = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
 
 Watch = Callable[..., tuple[LogWatcher, LogStore]]
 
@@ -88,8 +88,12 @@ def test_counts_are_exact_across_restarts_and_broken_streams(
         source.emit("c1", NORMAL, OOM, TIMEOUT, same_instant=True)
         assert watcher.interrupt("srv")
     s = settled(store, "srv", lambda s: s.lines == 19)
-    assert s.errors == {"oom": 7, "vram_recovery_timeout": 0}
-    assert s.error_lines == {"oom": 7, "vram_recovery_timeout": 5}
+    assert s.errors == {"oom": 7, "system_memory": 0, "vram_recovery_timeout": 0}
+    assert s.error_lines == {
+        "oom": 7,
+        "system_memory": 0,
+        "vram_recovery_timeout": 5,
+    }
     assert s.since_start == 7 and s.reconnects >= 1
 
     source.stop("c1")
@@ -139,7 +143,7 @@ def test_a_restarted_exporter_recounts_the_current_run_only(
 
     source.emit("c2", TIMEOUT)  # live from now on
     s = settled(store, "running", lambda s: s.lines == 1)
-    assert s.errors == s.error_lines == {"oom": 0, "vram_recovery_timeout": 1}
+    assert s.errors == s.error_lines == {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 1}
     assert s.since_start == 2
 
 
@@ -160,8 +164,12 @@ def test_lines_of_one_failure_are_one_error_across_broken_streams_and_restarts(
     source.pause(3 * S)  # a new failure, its first line of another kind
     source.emit("c1", TIMEOUT, OOM)
     s = settled(store, "srv", lambda s: s.lines == 5)
-    assert s.errors == {"oom": 1, "vram_recovery_timeout": 1}
-    assert s.error_lines == {"oom": 3, "vram_recovery_timeout": 1}
+    assert s.errors == {"oom": 1, "system_memory": 0, "vram_recovery_timeout": 1}
+    assert s.error_lines == {
+        "oom": 3,
+        "system_memory": 0,
+        "vram_recovery_timeout": 1,
+    }
     assert s.since_start == 2
 
     # Restarted within the window: the new run's first line begins a new error.

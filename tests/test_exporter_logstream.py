@@ -50,7 +50,7 @@ def make_log(live_since_ns: int = 0) -> ContainerLog:
 def feed_all(log: ContainerLog, data: bytes, splits: list[int]) -> tuple[int, dict[str, int]]:
     """Lines and errors the pieces added; with a window of 0, errors and error lines agree."""
     lines = 0
-    errors = {"oom": 0, "vram_recovery_timeout": 0}
+    errors = {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 0}
     error_lines = dict(errors)
     pos = 0
     for cut in [*splits, len(data)]:
@@ -69,7 +69,11 @@ def test_any_split_of_the_stream_gives_the_same_counts() -> None:
     rng = random.Random(7)
     messages = [rng.choice([OOM, TIMEOUT, NORMAL, NORMAL, NORMAL]) for _ in range(400)]
     data = b"".join(frame(BASE_NS + i * 1000, m, stream=1 + i % 2) for i, m in enumerate(messages))
-    expected = {"oom": messages.count(OOM), "vram_recovery_timeout": messages.count(TIMEOUT)}
+    expected = {
+        "oom": messages.count(OOM),
+        "system_memory": 0,
+        "vram_recovery_timeout": messages.count(TIMEOUT),
+    }
     for _ in range(5):
         splits = sorted(rng.sample(range(1, len(data)), 60))
         log = make_log()
@@ -92,7 +96,10 @@ def test_a_resumed_stream_skips_exactly_what_was_counted() -> None:
     log.begin_stream(tty=False)  # the reconnect
     replay = b"".join(f for f, t in zip(frames, times, strict=True) if t >= BASE_NS + 5)
     second = log.feed(replay)
-    assert (second.lines, second.errors) == (3, {"oom": 1, "vram_recovery_timeout": 1})
+    assert (second.lines, second.errors) == (
+        3,
+        {"oom": 1, "system_memory": 0, "vram_recovery_timeout": 1},
+    )
     assert second.error_lines == second.errors
     assert log.since_start == 4
     assert log.cursor is not None and log.cursor.count == 2  # both frames at BASE_NS + 9
@@ -125,7 +132,7 @@ def test_a_new_run_counts_only_its_own_lines() -> None:
     assert log.since_start == 0
     tally = log.feed(frame(BASE_NS + 30, TIMEOUT) + frame(BASE_NS + 40, NORMAL))
     assert log.since_start == 1
-    assert tally.errors == {"oom": 0, "vram_recovery_timeout": 1}
+    assert tally.errors == {"oom": 0, "system_memory": 0, "vram_recovery_timeout": 1}
 
 
 def test_lines_from_before_the_exporter_started_count_for_since_start_only() -> None:
@@ -155,7 +162,10 @@ def test_tty_streams_have_no_frame_headers() -> None:
     log.begin_stream(tty=True)
     text = b"".join(stamp(BASE_NS + i) + b" " + m for i, m in enumerate([NORMAL, OOM, TIMEOUT]))
     lines, errors = feed_all(log, text, [10, 50, 130])
-    assert (lines, errors) == (3, {"oom": 1, "vram_recovery_timeout": 1})
+    assert (lines, errors) == (
+        3,
+        {"oom": 1, "system_memory": 0, "vram_recovery_timeout": 1},
+    )
     log.begin_stream(tty=True)
     assert log.feed(text).lines == 0  # a resumed stream repeats nothing
 

@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator.alerts import WebhookAlert, parse_time, parse_webhook
+from remediator.alerts import WebhookAlert, parse_time, parse_webhook, triage
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.decisions import AlertRef, Decision
 from remediator.intake import Background
 from remediator.live import LiveFigures
+from remediator.redelivery import handled_redelivery
 from remediator.service import create_app
 from remediator.state import LockTimeout, StateStore, file_lock
-from remediator.state_model import FleetState
+from remediator.state_model import FleetState, SwitchJournal
 from remediator.switching import Remediator, SwitchPlan
 from simulator.prom_env import RULES_FILE
 
@@ -243,6 +244,74 @@ def test_concurrent_deliveries_decide_only_under_the_lock_and_switch_once(tmp_pa
     assert len(outcomes) == 20 and outcomes.count("accepted") >= 1
     assert len(recorder.plans) == 1
     assert 1 <= len(remediator.decided) <= 20  # each under the lock (LockCheckingRemediator)
+
+
+def test_a_redelivery_of_a_handled_alert_is_answered_without_locks_or_a_write(
+    tmp_path: Path,
+) -> None:
+    config, recorder = make_config(tmp_path), Recorder()
+    remediator = remediator_for(config, recorder)
+    handled = alert("aaaa", value="4")
+    run_all(remediator.accept_alerts([handled]).pending)
+    # The first redelivery records the alert's count again (the switch reset it to 0) ...
+    assert remediator.accept_alerts([handled]).outcome == "duplicate"
+    assert remediator.store.read().fleets["default"].vram_error_count == 4
+    decided, before = len(remediator.decided), config.state_file.stat()
+    # ... then nothing is left to change: the snapshot answers while another process holds
+    # both locks, and the file is not written.
+    with remediator.store.switch_lock("default"), file_lock(remediator.store.lock_path, 1):
+        again = remediator.accept_alerts([handled])
+    assert again.outcome == "duplicate" and again.pending == []
+    assert again.ignored[0]["detail"] == f"alert {handled.key} was already handled"
+    assert len(remediator.decided) == decided  # answered from the snapshot, not judged
+    after = config.state_file.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # Anything the locked judgement would change is judged there: a new count, a new alert.
+    changed = remediator.accept_alerts([alert("aaaa", value="5")])
+    assert changed.outcome == "duplicate" and len(remediator.decided) == decided + 1
+    assert remediator.store.read().fleets["default"].vram_error_count == 5
+    mixed = remediator.accept_alerts([alert("aaaa", value="5"), alert("bbbb", LATER)])
+    assert [i["reason"] for i in mixed.ignored] == ["duplicate", "stale_alert"]
+    assert len(recorder.plans) == 1
+
+
+def test_a_redelivery_is_left_to_the_locked_judgement_when_it_could_change_something() -> None:
+    config = make_config(Path("/nonexistent"))
+    handled, other = alert("aaaa", value="2"), alert("bbbb", LATER)
+    requests, _ = triage(config, [handled, other])
+    ask, new = requests["default"]
+    fs = FleetState.initial(config.fleets["default"])
+    fs.processed_alerts[handled.key], fs.vram_error_count = 1.0, 2
+    judged = handled_redelivery(fs, [ask], reads_live=False)
+    assert judged is not None and [d.reason for _, d in judged] == ["duplicate"]
+    assert handled_redelivery(fs, [ask, new], reads_live=False) is None  # a new alert
+    assert handled_redelivery(fs, [ask], reads_live=True) is None  # Prometheus' count to keep
+    assert handled_redelivery(None, [ask], reads_live=False) is None  # no state file
+    fs.vram_error_count = 3
+    assert handled_redelivery(fs, [ask], reads_live=False) is None  # the alert's count to keep
+    fs.vram_error_count = 2
+    fs.journal = SwitchJournal(1.0, "llama3.2:3b", "phi3:mini", 1, "down", "alert", "")
+    assert handled_redelivery(fs, [ask], reads_live=False) is None  # a switch to resolve
+
+
+def test_the_state_snapshot_is_parsed_again_only_when_a_commit_replaced_the_file(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path)
+    store = StateStore(config)
+    assert store.peek() is None  # no file yet
+    with store.transaction() as state:
+        state.fleets["default"].vram_error_count = 1
+    first = store.peek()
+    assert first is not None and first.fleets["default"].vram_error_count == 1
+    assert store.peek() is first  # unchanged file: the same parsed state
+    with store.transaction() as state:
+        state.fleets["default"].processed_alerts["k@t"] = time.time()
+    second = store.peek()
+    assert second is not first and second is not None
+    assert "k@t" in second.fleets["default"].processed_alerts
+    config.state_file.write_text("{not json")
+    assert store.peek() is None  # a file to recover: the locked read does it
 
 
 def test_a_state_error_lets_go_of_the_fleet_lock(tmp_path: Path) -> None:

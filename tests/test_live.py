@@ -13,17 +13,22 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from remediator.adapters.prometheus import PrometheusAPI
 from remediator.config import CONFIG_KEYS, ConfigError, effective_config, parse_config
+from remediator.live import LiveReader
 from remediator.state import StateStore
 from remediator.switching import Remediator
 from simulator.prom_env import Prometheus, free_port
 from tests.support.live_env import (
     FREE_MIB,
+    HOST,
+    SERVED_BEFORE,
     Recorder,
     judge,
     live_prometheus,
@@ -94,6 +99,20 @@ def test_the_live_error_count_is_kept_in_the_state(prometheus: Prometheus, tmp_p
     _, ignored = judge(remediator, webhook("tight", "downgrade", value="5"))
     assert [i["reason"] for i in ignored] == ["at_smallest"]
     assert StateStore(config).read().fleets["tight"].vram_error_count == 2
+
+
+def test_the_live_error_count_is_the_one_the_fleets_counting_names(
+    prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """consecutive (shipped) reads model_fleet_vram_errors_consecutive; since_start the count
+    since the server started, SERVED_BEFORE more: the count the rule compares, per fleet."""
+    config = make_config(tmp_path, prometheus.url)
+    reader = LiveReader(PrometheusAPI(prometheus.url, 2.0), host=HOST)
+    tight = config.fleets["tight"]
+    assert tight.counting == "consecutive"
+    assert reader.read(tight, models=False).vram_errors.value == 2
+    since = replace(tight, counting="since_start")
+    assert reader.read(since, models=False).vram_errors.value == 2 + SERVED_BEFORE
 
 
 # --- the automatic step up checks its headroom with the figure ---------------------------------

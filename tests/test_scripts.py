@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BASH = shutil.which("bash") or "/bin/bash"
@@ -357,6 +358,23 @@ def test_up_rejects_unknown_arguments(host: Host, args: list[str]) -> None:
     assert host.calls() == []
 
 
+# What scripts/up writes into .env for Ollama, and what the compose file falls back to.
+OLLAMA_SETTINGS = {
+    "OLLAMA_KEEP_ALIVE": "5m",
+    "OLLAMA_MAX_LOADED_MODELS": "1",
+    "OLLAMA_NUM_PARALLEL": "1",
+    "OLLAMA_GPU_OVERHEAD": "536870912",
+    "OLLAMA_NEW_ENGINE": "false",
+    "OLLAMA_DEBUG": "0",
+}
+
+
+def test_the_compose_file_passes_ollamas_vram_settings_with_the_same_defaults() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text(encoding="utf-8"))
+    environment = compose["services"]["ollama"]["environment"]
+    assert environment == {k: f"${{{k}:-{v}}}" for k, v in OLLAMA_SETTINGS.items()}
+
+
 # ---- scripts/up: token and .env -----------------------------------------------------------
 
 
@@ -387,12 +405,15 @@ def test_up_prepare_creates_the_token_and_env_when_absent(host: Host) -> None:
     assert values["MODEL_FLEET_GPU"] == "0"
     assert values["OLLAMA_VERSION"] == "0.12.6"
     assert len(values["GRAFANA_ADMIN_PASSWORD"]) >= 16
+    # Ollama's VRAM settings, with the defaults docker-compose.gpu.yml falls back to.
+    assert {k: values[k] for k in OLLAMA_SETTINGS} == OLLAMA_SETTINGS
     assert values.keys() == {
         "COMPOSE_FILE",
         "DOCKER_GID",
         "MODEL_FLEET_GPU",
         "OLLAMA_VERSION",
         "GRAFANA_ADMIN_PASSWORD",
+        *OLLAMA_SETTINGS,
     }
     # Every variable the compose files read is there or shown commented out.
     env_text = env_file.read_text(encoding="utf-8")

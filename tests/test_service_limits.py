@@ -1,5 +1,7 @@
 """Bounded work per request (issue 13): body, depth and alert-count limits, one switch per
-fleet per delivery, and reads that never wait on a switch's lock or the state lock.
+fleet per delivery, and reads that never wait on a switch's lock or the state lock; a client
+that stalls half-way through a request is dropped after the read timeout and holds no thread
+meanwhile (issue 18).
 
 The in-process tests use Flask's test client with the recording actions of test_service.py;
 the last ones run the real service under gunicorn (simulator/services.py) on 127.0.0.1.
@@ -7,8 +9,10 @@ the last ones run the real service under gunicorn (simulator/services.py) on 127
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ import pytest
 import requests
 
 from remediator.config import HttpLimits, parse_config
+from remediator.gunicorn_worker import READ_TIMEOUT_SECONDS, request_is_whole
 from remediator.routes.body import json_depth
 from remediator.service import create_app
 from remediator.state import StateStore, file_lock
@@ -194,3 +199,112 @@ def test_gunicorn_answers_400_for_deep_json_and_too_many_alerts(served: str, pat
     for body in bodies:
         resp = requests.post(served + path, data=body, headers=headers, timeout=30)
         assert resp.status_code == 400, (path, resp.status_code, resp.text[:200])
+
+
+# -- slow clients: the read timeout (remediator/gunicorn_worker.py) --------------------------
+
+
+def test_a_request_is_whole_when_its_head_and_declared_body_are_here() -> None:
+    head = b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n"
+    assert not request_is_whole(b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\n")
+    assert not request_is_whole(head + b"{}")
+    assert request_is_whole(head + b"{}{}")
+    assert request_is_whole(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert request_is_whole(b"")  # closed: gunicorn reads the end
+    assert request_is_whole(b"x" * 100, window=100)  # more than we look at: gunicorn's limits
+    big = b"POST / HTTP/1.1\r\ncontent-length: 1000000\r\n\r\n"
+    assert request_is_whole(big)  # too large to wait for: a thread reads it under the timeout
+
+
+def stalled(url: str, data: bytes) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(data)
+    return sock
+
+
+def test_a_stalled_half_request_is_closed_after_the_read_timeout(served: str) -> None:
+    half_head = stalled(served, b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\n")
+    head = (
+        f"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    half_body = stalled(served, head.encode() + b'{"alerts": [')
+    started = time.monotonic()
+    for sock in (half_head, half_body):
+        # The service closes it without an answer: the client gets the end of the stream (or
+        # a reset), well within the socket's own 30 s.
+        with sock, contextlib.suppress(ConnectionResetError):
+            assert sock.recv(4096) == b""
+    # The shipped limits: 2 s of silence (keepalive), 10 s without a whole request. Generous
+    # bound for a loaded machine; the bench measures the actual figure.
+    assert time.monotonic() - started < READ_TIMEOUT_SECONDS + 10
+
+
+def test_a_request_sent_in_pieces_or_two_at_once_is_answered_whole(served: str) -> None:
+    body = json.dumps(payload("alertmanager_firing.json")).encode()
+    head = (
+        f"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with stalled(served, head[:20]) as sock:
+        for piece in (head[20:], body[:10], body[10:]):  # what came early is not lost
+            time.sleep(0.3)
+            sock.sendall(piece)
+        answer = b""
+        while b"outcome" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 202"), answer[:200]
+    twice = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+    with stalled(served, twice) as sock:
+        answer = b""
+        while answer.count(b"HTTP/1.1 200") < 2 and (chunk := sock.recv(65536)):
+            answer += chunk
+        assert answer.count(b"HTTP/1.1 200") == 2, answer[:400]
+
+
+def test_a_client_that_hangs_up_half_way_is_let_go(served: str) -> None:
+    with stalled(served, b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\n") as sock:
+        sock.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(4096) == b""
+        assert time.monotonic() - started < READ_TIMEOUT_SECONDS  # not left to time out
+
+
+def test_a_trickling_half_request_is_closed_after_the_read_timeout(served: str) -> None:
+    sock = stalled(served, b"POST /webhook/alertmanager HTTP/1.1\r\n")
+    started = time.monotonic()
+    closed = None
+    with sock:
+        while time.monotonic() - started < READ_TIMEOUT_SECONDS + 20:
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")  # a byte now and then: never silent for long
+            except OSError:
+                closed = time.monotonic() - started
+                break
+            time.sleep(1.0)
+    assert closed is not None and closed >= READ_TIMEOUT_SECONDS - 1, closed
+
+
+def test_health_and_a_delivery_are_served_while_more_clients_stall_than_threads(
+    served: str,
+) -> None:
+    threads = 2 * 64  # the fixture's 2 workers with the shipped threads per worker
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    count = min(3 * threads, soft - 200)
+    assert count > threads, f"ulimit -n {soft} is too low for this test"
+    socks = [
+        stalled(served, b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\n") for _ in range(count)
+    ]
+    try:
+        for _ in range(20):
+            resp = requests.get(served + "/healthz", timeout=5)
+            assert resp.status_code == 200
+        body = payload("alertmanager_firing.json")
+        body["alerts"][0]["startsAt"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+        resp = requests.post(served + "/webhook/alertmanager", json=body, headers=AUTH, timeout=10)
+        assert resp.status_code == 202, resp.text
+    finally:
+        for sock in socks:
+            sock.close()

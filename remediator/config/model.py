@@ -25,6 +25,7 @@ from remediator.windows import Window
 __all__ = [
     "APP_CONFIG_FORMATS",
     "CONFIG_ENV",
+    "COUNTINGS",
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_FLEET",
     "DEFAULT_LADDER",
@@ -39,6 +40,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Containers",
+    "Counting",
     "FleetConfig",
     "HttpLimits",
     "Ladder",
@@ -55,6 +57,10 @@ MIB: Final = 1024 * 1024
 
 Policy = Literal["next", "next-smaller", "fits"]
 POLICIES: Final[tuple[str, ...]] = ("next", "next-smaller", "fits")
+# How ModelFleetVRAMErrors counts a fleet's errors: since the model server last served a
+# request ("3 consecutive VRAM errors", the original system's words), or since it started.
+Counting = Literal["consecutive", "since_start"]
+COUNTINGS: Final[tuple[str, ...]] = ("consecutive", "since_start")
 NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
@@ -196,6 +202,9 @@ class FleetConfig:
     name: str
     ladder: Ladder = field(default_factory=lambda: Ladder(DEFAULT_LADDER))
     max_vram_errors: int = SHIPPED_ALERT_THRESHOLD
+    # Which count max_vram_errors applies to (exported as model_fleet_vram_error_counting_info,
+    # which the rule follows): consecutive or since_start.
+    counting: Counting = "consecutive"
     policy: Policy = "next"
     headroom_mb: int = 512
     cooldown_seconds: float = 60.0

@@ -20,6 +20,7 @@ from remediator.adapters.appconfig import AppConfigError
 from remediator.config.limits import HTTP_KEYS, parse_http
 from remediator.config.model import (
     APP_CONFIG_FORMATS,
+    COUNTINGS,
     DEFAULT_LADDER,
     NOTIFY_FORMATS,
     NOTIFY_URL_ENV,
@@ -67,6 +68,7 @@ _FLEET_KEYS: Final = frozenset(
     {
         "ladder",
         "max_vram_errors",
+        "counting",
         "policy",
         "headroom_mb",
         "cooldown_seconds",
@@ -321,6 +323,11 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
         raise r.fail(
             _join(where, "policy"), f"must be one of {', '.join(POLICIES)}, got {policy!r}"
         )
+    counting = r.string(m, "counting", where, d.counting)
+    if counting not in COUNTINGS:
+        raise r.fail(
+            _join(where, "counting"), f"must be one of {', '.join(COUNTINGS)}, got {counting!r}"
+        )
     tolerance = r.number(m, "offload_tolerance", where, d.offload_tolerance)
     if tolerance > 1:
         raise r.fail(
@@ -331,6 +338,7 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
         name=name,
         ladder=_parse_ladder(r, m.get("ladder"), _join(where, "ladder")),
         max_vram_errors=r.integer(m, "max_vram_errors", where, d.max_vram_errors, lo=1),
+        counting=counting,  # type: ignore[arg-type]
         policy=policy,  # type: ignore[arg-type]
         headroom_mb=r.integer(m, "headroom_mb", where, d.headroom_mb),
         cooldown_seconds=r.number(m, "cooldown_seconds", where, d.cooldown_seconds),

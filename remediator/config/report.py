@@ -91,6 +91,7 @@ def effective_config(config: Config) -> dict[str, Any]:
                 for r in f.ladder.rungs
             ],
             "max_vram_errors": f.max_vram_errors,
+            "counting": f.counting,
             "policy": f.policy,
             "headroom_mb": f.headroom_mb,
             "cooldown_seconds": f.cooldown_seconds,

@@ -38,6 +38,8 @@ HOST = "gpu-live"
 OTHER_HOST = "gpu-other"
 OTHER_FREE_MIB = {"1": 10}
 OTHER_ERRORS = {("roomy", "ollama"): 7}
+# Errors of each series before its server last served a request: since_start counts them.
+SERVED_BEFORE = 10
 
 
 def live_figures(scrape: int) -> str:
@@ -48,12 +50,18 @@ def live_figures(scrape: int) -> str:
         for gpu, mib in free.items():
             labels = f'host="{host}",gpu="{gpu}",uuid="GPU-{host}-{gpu}",name="Fake T4"'
             lines.append(f"model_fleet_gpu_memory_free_bytes{{{labels}}} {mib * MIB}")
-    lines.append("# TYPE model_fleet_vram_errors_since_start gauge")
-    for host, errors in ((HOST, ERRORS), (OTHER_HOST, OTHER_ERRORS)):
-        for (fleet, container), count in errors.items():
-            stamp = f" {old}" if fleet == "roomy" else ""
-            labels = f'host="{host}",fleet="{fleet}",container="{container}"'
-            lines.append(f"model_fleet_vram_errors_since_start{{{labels}}} {count}{stamp}")
+    # The errors counted as the shipped counting (consecutive) counts them; since the start,
+    # SERVED_BEFORE more came before the server last served a request.
+    for metric, more in (
+        ("model_fleet_vram_errors_consecutive", 0),
+        ("model_fleet_vram_errors_since_start", SERVED_BEFORE),
+    ):
+        lines.append(f"# TYPE {metric} gauge")
+        for host, errors in ((HOST, ERRORS), (OTHER_HOST, OTHER_ERRORS)):
+            for (fleet, container), count in errors.items():
+                stamp = f" {old}" if fleet == "roomy" else ""
+                labels = f'host="{host}",fleet="{fleet}",container="{container}"'
+                lines.append(f"{metric}{{{labels}}} {count + more}{stamp}")
     lines.append("# TYPE model_fleet_model_memory_bytes gauge")
     for (fleet, model), (vram, system) in LOADED.items():
         for location, size in (("vram", vram), ("system", system)):
