@@ -54,6 +54,9 @@ from typing import Any
 
 import yaml
 
+from exporter.classifier import LogClassifier
+from exporter.incidents import DEFAULT_WINDOW_NS, Grouper
+from exporter.timestamps import NS
 from remediator.alerts import parse_time
 from remediator.config import FleetConfig, parse_config
 from remediator.state_model import SCHEMA_VERSION, FleetState
@@ -65,11 +68,9 @@ from simulator.loop_setup import LOOP_LABEL, base_env, stop_group
 SHIPPED_CONFIG = prom_env.REPO / "config" / "model-fleet.yaml"
 SHIPPED_FLEET = "default"  # the fleet of the shipped config, renamed in each copy
 LADDER = ("llama3.2:3b", "phi3:mini", "tinyllama:1.1b", "qwen2.5:0.5b")  # the default ladder
-# What the model server prints as it starts (simulator.loop_setup.MODEL_SERVER_SCRIPT): the
+# What the model server prints as it starts (simulator.loop_setup.model_server_script): the
 # line that splits its log into runs, one per start.
 START_MARK = 'msg="Listening on'
-# The first line of every failed load, emitted or simulated: one per error.
-ERROR_MARK = "alloc_buffer: allocating"
 # The chain: VRAM other work holds so that llama3.2:3b (2048 MiB) and phi3:mini (2200 MiB) do
 # not fit the simulated 4096 MiB GPU, and tinyllama:1.1b (637 MiB) does.
 CHAIN_OTHER_USED_MIB = 2300
@@ -326,14 +327,23 @@ class Scenario(Loop):
         return list(self.status().get("deferred_alerts") or [])
 
     def server_errors(self) -> list[list[float]]:
-        """Per start of the model server, Docker's timestamp of each error's first line."""
+        """Per start of the model server, Docker's timestamp of each error's first line.
+
+        The errors are the exporter's: the lines its default patterns match, grouped as it
+        groups them (matching lines within the incident window of a failure's first are one
+        error), whatever Ollama release and engine the server prints ($SIM_OLLAMA).
+        """
+        classifier = LogClassifier()
         runs: list[list[float]] = []
+        grouper = Grouper(DEFAULT_WINDOW_NS)
         for line in self.server.logs(timestamps=True).decode(errors="replace").splitlines():
             stamp, _, text = line.partition(" ")
             if START_MARK in text or not runs:
                 runs.append([])
-            if ERROR_MARK in text:
-                runs[-1].append(parse_time(stamp))
+                grouper = Grouper(DEFAULT_WINDOW_NS)
+            at = parse_time(stamp)
+            if classifier.classify(text) is not None and grouper.opens(round(at * NS)):
+                runs[-1].append(at)
         return runs
 
     def runs_model(self, model: str) -> bool:
