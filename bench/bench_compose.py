@@ -5,9 +5,10 @@ docker-compose.monitoring.yml with the CI override of simulator/standins/compose
 stand-in Ollama, Debian's Prometheus and Alertmanager, no GPU), started by scripts/up, with
 the shipped intervals and health checks. One run:
 
-  t0   Docker's timestamp of the third ``CUDA error: out of memory`` line on the Ollama
-       container's stdout (written with ``docker exec``; the three lines further apart than
-       the exporter's incident window, so that each is an error of its own)
+  t0   Docker's timestamp of the last line of the third failed load (Ollama's own texts for
+       the shipped version, simulator/ollama_corpus.py) on the Ollama container's stdout
+       (written with ``docker exec``; the three loads further apart than the exporter's
+       incident window, so that each is an error of its own)
   t1   the remediator's status says the next rung (the switch is committed: pulled, config
        written, Ollama restarted and listing the model, the app restarted and naming it)
   t2   the app answers a prompt on the next rung (``GET /?prompt=...`` through Ollama)
@@ -39,9 +40,9 @@ import docker
 from bench.common import Row, median, percentile, table
 from remediator.alerts import parse_time
 from simulator.loop import ERROR_SPACING_SECONDS
+from simulator.ollama_corpus import failed_load, printed_now
 from simulator.stack import ComposeStack, build_standin_images
 
-OOM_LINE = "CUDA error: out of memory"
 TOP, NEXT = "llama3.2:3b", "phi3:mini"
 BENCH = "time to remediation, compose stack"
 
@@ -124,9 +125,9 @@ def one_run(stack: ComposeStack, client: docker.DockerClient) -> dict[str, float
     for i in range(3):
         if i:
             time.sleep(ERROR_SPACING_SECONDS)
-        stack.write_server_log([OOM_LINE])
+        stack.write_server_log(printed_now(failed_load()))
     logged = server.logs(timestamps=True, since=since).decode().splitlines()
-    t0 = parse_time([line for line in logged if OOM_LINE in line][-1].split(" ", 1)[0])
+    t0 = parse_time(logged[-1].split(" ", 1)[0])  # the last line of the third failed load
     stack.wait(lambda: _model(stack) == NEXT, 120, f"the switch to {NEXT}", interval=0.05)
     t1 = time.time()
     stack.wait(lambda: _app_model(stack) == NEXT, 60, f"the app on {NEXT}", interval=0.05)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import calendar
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -112,6 +113,23 @@ def live_script(lines: list[Line]) -> str:
         else:
             parts.append(f"echo {_quoted(text)}")
     return "\n".join(parts)
+
+
+def printed_now(lines: list[Line], now: float | None = None) -> list[str]:
+    """The texts of ``lines`` as the server would print them at ``now`` (default: the time):
+    Ollama's and gin's stamps set to it, llama.cpp's own lines as they are."""
+    at = time.time() if now is None else now
+    ollama = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
+    gin = time.strftime("%Y/%m/%d - %H:%M:%S", time.gmtime(at))
+    out = []
+    for line in lines:
+        text = line.text
+        if _TIME.match(text):
+            text = f"time={ollama} " + text.split(" ", 1)[1]
+        elif (found := _GIN.match(text)) is not None:
+            text = f"[GIN] {gin} " + text[found.end() :]
+        out.append(text)
+    return out
 
 
 def failed_load(spec: str | None = None) -> list[Line]:

@@ -22,12 +22,12 @@ import docker
 import pytest
 
 from simulator.loop import ERROR_SPACING_SECONDS
+from simulator.ollama_corpus import failed_load, printed_now
 from simulator.stack import ROOT, ComposeStack, build_standin_images
 
 pytestmark = [pytest.mark.compose, pytest.mark.docker, pytest.mark.slow]
 
 SERVICES = {"ollama", "app", "exporter", "prometheus", "alertmanager", "remediator"}
-OOM_LINE = "CUDA error: out of memory"
 
 
 def _tracked_changes() -> str:
@@ -124,7 +124,7 @@ def test_up_pulled_every_ladder_model_and_printed_urls_and_status(stack: Compose
 def test_the_fleet_can_be_watched_from_the_remediator_container(stack: ComposeStack) -> None:
     assert "model-fleet watch" in stack.up_output
     # One error: below the threshold, so nothing switches, but the live count shows it.
-    stack.write_server_log([OOM_LINE])
+    stack.write_server_log(printed_now(failed_load()))
 
     def frame() -> str | None:
         out = stack.compose(
@@ -175,10 +175,10 @@ def test_three_vram_errors_switch_once_and_the_app_answers_on_the_new_model(
     before = _errors_since_start(stack)
     assert before < 3, f"{before} errors before the test: the switch may already be under way"
     for _ in range(2 - before):
-        stack.write_server_log([OOM_LINE])
+        stack.write_server_log(printed_now(failed_load()))
         time.sleep(ERROR_SPACING_SECONDS)
     started = time.monotonic()
-    stack.write_server_log([OOM_LINE])
+    stack.write_server_log(printed_now(failed_load()))
 
     status = stack.wait(
         lambda: (s := stack.status())["current_model"]["name"] == "phi3:mini" and s,
