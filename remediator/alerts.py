@@ -36,6 +36,7 @@ class WebhookAlert:
     starts_at: str
     started_at: float
     fingerprint: str
+    generator_url: str = ""  # where the alert came from: Prometheus' graph link, or nothing
 
     @property
     def key(self) -> str:
@@ -63,6 +64,9 @@ class AlertRequest:
     item: dict[str, Any]
     error_count: int | None = None  # a downgrade alert's ``value``: the fleet's VRAM errors
     labels: dict[str, str] = field(default_factory=dict)  # the alert's own (for a deferral)
+    from_prometheus: bool = (
+        False  # a rule's alert (a generatorURL): Prometheus can tell if it fires
+    )
 
 
 def parse_time(value: str) -> float:
@@ -124,6 +128,7 @@ def _parse_alert(alert: Any, where: str) -> WebhookAlert:
         started = parse_time(starts_at)
     except ValueError as exc:
         raise InvalidPayload(f"{where}.startsAt: not an RFC 3339 time ({exc})") from None
+    generator = alert.get("generatorURL")  # informative only: anything else counts as none
     return WebhookAlert(
         status=status,
         labels=_str_map(alert.get("labels"), f"{where}.labels"),
@@ -131,6 +136,7 @@ def _parse_alert(alert: Any, where: str) -> WebhookAlert:
         starts_at=starts_at,
         started_at=started,
         fingerprint=fingerprint,
+        generator_url=generator if isinstance(generator, str) else "",
     )
 
 
@@ -169,6 +175,7 @@ def triage(
                     item,
                     count,
                     dict(alert.labels),
+                    bool(alert.generator_url),
                 )
             )
     return requests, ignored

@@ -10,9 +10,10 @@ cooldown. :class:`DeferralClock` wakes each gunicorn worker once a second; :func
 takes each fleet with a due alert, under the fleet's switch lock (one worker does it; the
 others find the lock held or the entry gone), and judges its due alerts again exactly as a
 delivery is judged. Before that it drops an alert that no longer fires: its resolution ended
-the deferral already when Alertmanager delivered it, and with ``prometheus.url`` set, an alert
-that Prometheus' ``ALERTS`` no longer shows firing is dropped too. Because the entries live in
-the state file, a restarted remediator acts on them as soon as it is back.
+the deferral already when Alertmanager delivered it, and with ``prometheus.url`` set, an alert of
+a Prometheus rule (it has a ``generatorURL``) that ``ALERTS`` no longer shows firing is dropped
+too; one posted to Alertmanager by hand (amtool, curl) ends only with its resolution. Because
+the entries live in the state file, a restarted remediator acts on them as soon as it is back.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def request_of(fleet: str, alert: DeferredAlert) -> AlertRequest:
         item,
         alert.error_count,
         dict(alert.labels),
+        alert.from_prometheus,
     )
 
 
@@ -102,7 +104,11 @@ def _judge_fleet(remediator: Remediator, name: str, done: Pass) -> None:
     fleet = remediator.config.fleets[name]
     # Read again under the lock: another worker may have judged them a moment ago.
     alerts = due(remediator.store.snapshot(), remediator.now()).get(name, [])
-    gone = {a.key for a in alerts if remediator.live.alert_firing(a.labels) is False}
+    gone = {
+        a.key
+        for a in alerts
+        if a.from_prometheus and remediator.live.alert_firing(a.labels) is False
+    }
     if gone:
         with remediator.store.transaction() as state:
             for key in gone:

@@ -192,6 +192,7 @@ def _defer(
             acts_at=decision.retry_at,
             labels=ask.labels,
             error_count=ask.error_count,
+            from_prometheus=ask.from_prometheus,
         )
     )
     if new:

@@ -155,6 +155,9 @@ class DeferredAlert:
     acts_at: float  # when the reason passes
     labels: dict[str, str] = field(default_factory=dict)
     error_count: int | None = None  # a downgrade alert's ``value``
+    # Prometheus generated it (a generatorURL): ``ALERTS`` there tells whether it still fires.
+    # One posted to Alertmanager by hand (amtool, curl) only ends with its resolution.
+    from_prometheus: bool = False
 
     @property
     def alertname(self) -> str:
@@ -174,6 +177,7 @@ class DeferredAlert:
             "acts_at": self.acts_at,
             "labels": dict(sorted(self.labels.items())),
             "error_count": self.error_count,
+            "from_prometheus": self.from_prometheus,
         }
 
     @classmethod
@@ -197,6 +201,7 @@ class DeferredAlert:
             acts_at=_num(d["acts_at"]),
             labels={_str(k): _str(v) for k, v in labels.items()},
             error_count=count,
+            from_prometheus=bool(d.get("from_prometheus", False)),
         )
 
 

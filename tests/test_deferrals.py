@@ -136,7 +136,12 @@ class Rig:
 
 
 def alert(
-    fingerprint: str, starts: float, *, status: str = "firing", **labels: str
+    fingerprint: str,
+    starts: float,
+    *,
+    status: str = "firing",
+    by_hand: bool = False,
+    **labels: str,
 ) -> WebhookAlert:
     body = {
         "version": "4",
@@ -153,6 +158,8 @@ def alert(
                 "annotations": {"value": "3"},
                 "startsAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(starts)),
                 "fingerprint": fingerprint,
+                # Prometheus' rules link their graph; an alert posted by hand has none.
+                "generatorURL": "" if by_hand else "http://prometheus:9090/graph?g0.expr=x",
             }
         ],
     }
@@ -278,6 +285,17 @@ def test_a_resolution_or_prometheus_ends_the_deferral_and_an_unknown_answer_keep
     fs = rig.fleet()
     assert fs.deferred == {} and fs.history[-1].alert_key == firing.key
     assert 'ALERTS{alertname="ModelFleetVRAMErrors",alertstate="firing"}' in prometheus.queries
+    # An alert posted to Alertmanager by hand is no rule's: Prometheus is not asked, it is
+    # judged (the fleet is at its smallest rung by now: nothing left to switch to).
+    rig.clock.now = T0 + 130
+    manual = alert("eeee", T0 + 129, by_hand=True, alertname="ManualTest")
+    rig.deliver(manual)
+    assert rig.fleet().deferred[manual.key].from_prometheus is False
+    asked = len(prometheus.queries)
+    rig.clock.now = T0 + 183
+    assert judge_due(rig.remediator) == Pass(judged=1)
+    assert rig.fleet().deferred == {} and rig.fleet().current_model == "qwen2.5:0.5b"
+    assert not any(q.startswith("ALERTS") for q in prometheus.queries[asked:])
 
 
 def test_a_deferred_alert_survives_a_restart_and_acts_when_the_remediator_is_back(
