@@ -406,7 +406,9 @@ class Loop:
         # Without gunicorn's access lines for reads: a waiting test polls /history and /status.
         lines = [line for line in self.log("remediator").splitlines() if '"GET /' not in line]
         tail = "\n".join(lines[-40:])
-        return "\n".join([*parts, "remediator log:", tail])
+        # The exporter's too: a count that does not move is the exporter's to explain.
+        exporter = "\n".join(self.log("exporter").splitlines()[-20:])
+        return "\n".join([*parts, "remediator log:", tail, "exporter log:", exporter])
 
     def log(self, name: str) -> str:
         """A process's log, for failure messages."""
