@@ -120,6 +120,10 @@ class Follower:
         outcome = self._read(info.state.running)
         if self._stop.is_set() or outcome == "gone":
             return True
+        if outcome == "restarted":
+            log.debug("%s: another run began before its stream was read; looking again", self.name)
+            self._broken = False  # the run ended: a broken stream of it is no reconnect now
+            return False
         if outcome == "jumped":
             # Docker's follow sent old lines again at a rotation, and may have skipped some:
             # read again from the verified point at once (exporter.logseen).
@@ -196,8 +200,21 @@ class Follower:
             consecutive=self._log.consecutive,
         )
 
+    def _restarted_since_inspect(self) -> bool:
+        """Whether the container began another run since it was inspected for this stream.
+
+        Asked once the stream is open: a restart after this answer stops the container, which
+        ends the stream; one before it is seen here. Unknown (the source did not answer): no.
+        """
+        try:
+            state = self._source.inspect(self.id).state
+        except (ContainerGone, SourceError):
+            return False
+        return state.ever_started and state.started_at != self._runs.started_at
+
     def _read(self, running: bool) -> str:
-        """Read one log stream to its end: 'data', 'empty', 'error', 'gone' or 'jumped'."""
+        """Read one log stream to its end: 'data', 'empty', 'error', 'gone', 'jumped', or
+        'restarted' (the container began another run before the stream was read)."""
         try:
             stream = self._source.follow(self.id, self._log.resume_ns())
         except ContainerGone:
@@ -209,6 +226,15 @@ class Follower:
             self._stream = stream
         if self._stop.is_set():
             self.interrupt()
+        if self._restarted_since_inspect():
+            # A stream opened in a newer run reads the older run's tail and the new run's
+            # lines as one, and ends only when the new run does: counted as the old run, the
+            # errors since start would never go back to 0. Look at the container again first.
+            with self._stream_lock:
+                self._stream = None
+            with contextlib.suppress(Exception):  # nothing was read from it
+                stream.close()
+            return "restarted"
         self._log.begin_stream(tty=not self._framed)
         self._report(up=running)
         store = self._watcher.store

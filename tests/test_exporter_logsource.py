@@ -115,6 +115,36 @@ def test_counts_are_exact_across_restarts_and_broken_streams(
     assert s.lines == 21 and s.up is None  # counters stay, the gauges go
 
 
+def test_a_restart_between_the_look_and_the_stream_starts_the_new_run(
+    source: ListLogSource, watch: Watch
+) -> None:
+    """The follower looks at the container (the old run runs), the container restarts, then
+    the stream opens: in the new run, reading the old run's tail and the new lines as one, and
+    ending only with the new run. Found as a demo whose exporter kept counting the old run
+    after a switch (errors since start never went back to 0)."""
+    watcher, store = watch()
+    source.create("c1", "srv", SERVER)
+    first = source.start("c1")
+    source.emit("c1", OOM, OOM)
+    s = settled(store, "srv", lambda s: s.lines == 2)
+    assert (s.since_start, s.started_at) == (2, first)
+
+    restarted: list[str] = []
+
+    def restart() -> None:
+        source.emit("c1", OOM)  # the old run's last failure, read after its end
+        source.stop("c1")
+        restarted.append(source.start("c1"))
+
+    source.before_next_follow = restart
+    assert watcher.interrupt("srv")  # the stream breaks; the follower looks, then reopens
+    wait_for(lambda: restarted, "the restart between the look and the stream", timeout=10)
+    source.emit("c1", NORMAL, OOM)
+    s = settled(store, "srv", lambda s: s.lines == 5)
+    assert (s.since_start, s.started_at, s.up) == (1, restarted[0], True)
+    assert s.errors["oom"] == 4  # the old run's last failure counts in the total, once
+
+
 def test_a_restarted_exporter_recounts_the_current_run_only(
     source: ListLogSource, watch: Watch
 ) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import calendar
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from exporter.logsource import (
@@ -119,6 +119,9 @@ class ListLogSource:
         self.event_log: list[ContainerEvent] = []
         self._history: list[tuple[str, str, int]] = []  # (container id, action, ns)
         self._containers: dict[str, _Container] = {}
+        # Called (once) when a stream is next opened, before it is: what happens between the
+        # follower's look at the container and its stream (a restart, say).
+        self.before_next_follow: Callable[[], None] | None = None
 
     # --- what the test does --------------------------------------------------------------------
 
@@ -213,6 +216,9 @@ class ListLogSource:
 
     def follow(self, container_id: str, since_ns: int | None) -> _Stream:
         with self.changed:
+            hook, self.before_next_follow = self.before_next_follow, None
+            if hook is not None:
+                hook()
             return _Stream(self, self._get(container_id), since_ns)
 
     def history(self, container_id: str, since_ns: int) -> list[tuple[str, int]]:
