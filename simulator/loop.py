@@ -51,6 +51,7 @@ from simulator.loop_setup import (
     simulated_gpu,
     stop_group,
 )
+from simulator.stop_signals import held_back
 
 # Where the e2e tests, the demo and the benchmarks import them from.
 __all__ = [
@@ -147,6 +148,11 @@ class Loop:
         }
 
     def _start_containers(self) -> None:
+        # A stop signal waits until both exist: the clean-up then finds and removes them.
+        with held_back():
+            self._create_containers()
+
+    def _create_containers(self) -> None:
         config = {str(self.app_env.parent): {"bind": "/config", "mode": "ro"}}
         self.server = self.docker.containers.run(
             BUSYBOX_IMAGE,

@@ -9,7 +9,10 @@ or a closed terminal cannot cut the clean-up short.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -73,3 +76,21 @@ class StopSignals:
         if not self._raised:
             self._raised = True
             raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def held_back() -> Iterator[None]:
+    """Hold stop signals back in the main thread until the block is done.
+
+    For a step that the clean-up can only undo once it has finished: a container created by a
+    request a signal interrupted would be created after the clean-up listed what to remove.
+    A signal that arrives meanwhile is delivered when the block ends. Other threads: no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -331,12 +331,19 @@ def _lines(stream: IO[str]) -> queue.Queue[str]:
     return found
 
 
+def ctrl_c_reaches_it() -> None:
+    """In the child before exec: Ctrl-C as from a terminal. A test run started in the
+    background (a non-interactive shell's ``cmd &``) passes SIGINT on ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_the_loop_refreshes_and_ctrl_c_exits_0(workdir: Path, prometheus: Prometheus) -> None:
     argv = ["watch", "--interval", "0.2", "--prometheus", prometheus.url]
     proc = subprocess.Popen(
         [sys.executable, "-m", "remediator.cli", *argv],
         cwd=workdir,
         env=command_env(),
+        preexec_fn=ctrl_c_reaches_it,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -366,6 +373,7 @@ def test_on_a_terminal_frames_redraw_in_place_and_the_cursor_comes_back(workdir:
         [sys.executable, "-m", "remediator.cli", "watch", "--interval", "0.2", "--prometheus", url],
         cwd=workdir,
         env=command_env(),
+        preexec_fn=ctrl_c_reaches_it,
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.PIPE,

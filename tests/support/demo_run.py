@@ -122,11 +122,24 @@ class DemoRun:
                 c.remove(force=True)
 
 
+# The demo as a terminal starts it: Ctrl-C and a hang-up reach it. A test run started in the
+# background (a non-interactive shell's ``cmd &``, as some CI runners do) inherits SIGINT
+# ignored, which the demo rightly keeps ignored (simulator/stop_signals.py): the tests of what a
+# terminal's signals do must not inherit that.
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+    "runpy.run_module('simulator.demo', run_name='__main__', alter_sys=True)"
+)
+
+
 def start_demo(*args: str) -> DemoRun:
-    """Start ``python -m simulator.demo *args`` in a session of its own; read its output."""
+    """Start ``python -m simulator.demo *args`` in a session of its own, with a terminal's
+    signal dispositions; read its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator.demo", *args],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
