@@ -271,13 +271,18 @@ class Loop:
             )
             self.alertmanagers.append(am)
 
-    def _start_prometheus(self) -> None:
+    def _rules_file(self) -> Path:
+        """The shipped rules, or a copy with the ``for`` of ``options.alert_for`` changed."""
         rules = prom_env.RULES_FILE
         if self.options.alert_for:
             rules = self.workdir / "rules" / rules.name
             rules.parent.mkdir(exist_ok=True)
             rendered = prom_env.render_rules(self.options.alert_for)
             rules.write_text(yaml.safe_dump(rendered, sort_keys=False))
+        return rules
+
+    def _start_prometheus(self) -> None:
+        rules = self._rules_file()
         config = prom_env.render_prometheus_config(
             exporter=self.exporter_url.removeprefix("http://"),
             remediator=self.remediator_url.removeprefix("http://"),

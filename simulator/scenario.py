@@ -238,12 +238,7 @@ class Scenario(Loop):
         self.alertmanagers = [am]
 
     def _start_prometheus(self) -> None:
-        rules = prom_env.RULES_FILE
-        if self.options.alert_for:
-            rules = self.workdir / "rules" / rules.name
-            rules.parent.mkdir(exist_ok=True)
-            rendered = prom_env.render_rules(self.options.alert_for)
-            rules.write_text(yaml.safe_dump(rendered, sort_keys=False))
+        rules = self._rules_file()
         self._prometheus_config = prom_env.render_prometheus_config(
             exporter=self.exporter_url.removeprefix("http://"),
             remediator=self._listen[Part.REMEDIATOR],
