@@ -86,7 +86,7 @@ ENV_VARS: Final[tuple[EnvVar, ...]] = (
         ("remediator",),
         "seconds a request may take, a manual switch included (default 1800)",
     ),
-    EnvVar(LOG_LEVEL, ("remediator",), "gunicorn's log level (default info)"),
+    EnvVar(LOG_LEVEL, ("remediator",), "log level of the service and gunicorn (default info)"),
     EnvVar(
         PROMETHEUS_MULTIPROC_DIR,
         ("remediator",),

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from remediator.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.config import FleetConfig
 from remediator.live import note_live_errors
-from remediator.redelivery import answer_handled
+from remediator.redelivery import answer_handled, log_not_acted_on
 from remediator.state import LockTimeout
 from remediator.state_model import DeferredAlert, FleetState
 from remediator.windows import iso
@@ -150,13 +150,7 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
                 continue
             fs.deferred.pop(ask.ref.key, None)
             if not decision.switch:
-                log.info(
-                    "fleet %s: alert %s not acted on (%s): %s",
-                    fleet.name,
-                    ask.ref.key,
-                    decision.reason,
-                    decision.detail,
-                )
+                log_not_acted_on(fleet.name, ask, decision)
                 verdict.ignored.append(
                     {**ask.item, "reason": decision.reason, "detail": decision.detail}
                 )

@@ -40,15 +40,24 @@ def answer_handled(
         return None
     answers = []
     for ask, decision in judged:
-        log.info(
-            "fleet %s: alert %s not acted on (%s): %s",
-            fleet.name,
-            ask.ref.key,
-            decision.reason,
-            decision.detail,
-        )
+        log_not_acted_on(fleet.name, ask, decision)
         answers.append({**ask.item, "reason": decision.reason, "detail": decision.detail})
     return answers
+
+
+def log_not_acted_on(fleet: str, ask: AlertRequest, decision: Decision) -> None:
+    """Log why ``ask`` is not acted on: at INFO, but a ``duplicate`` (Alertmanager delivering a
+    handled alert again: its repeat, a changed group, a retry, another replica) at DEBUG: one
+    line per redelivery said nothing new, and in a storm of them the log's lock was where a
+    delivery's time went (BENCHMARKS.md, "Webhook storm"). The webhook metric counts them."""
+    log.log(
+        logging.DEBUG if decision.reason == "duplicate" else logging.INFO,
+        "fleet %s: alert %s not acted on (%s): %s",
+        fleet,
+        ask.ref.key,
+        decision.reason,
+        decision.detail,
+    )
 
 
 def handled_redelivery(

@@ -19,6 +19,7 @@ from typing import Final
 from flask import Flask, Response
 from prometheus_client import CollectorRegistry
 
+from fleet_contract import env as contract_env
 from remediator import metrics, recovery
 from remediator.config import Config, FleetConfig, load_config
 from remediator.deferrals import DeferralClock
@@ -41,6 +42,20 @@ class _Unset:
 _UNSET: Final = _Unset()
 
 
+def log_level() -> int:
+    """The level of the service's own log: ``MODEL_FLEET_LOG_LEVEL``, as for gunicorn's."""
+    name = os.environ.get(contract_env.LOG_LEVEL, "info").strip().upper()
+    level = logging.getLevelNamesMapping().get(name)
+    if level is None:
+        logging.getLogger(__name__).warning(
+            "%s=%r is not a log level (debug, info, warning, error, critical): info",
+            contract_env.LOG_LEVEL,
+            name.lower(),
+        )
+        return logging.INFO
+    return level
+
+
 def create_app(
     config: Config | None = None,
     *,
@@ -58,7 +73,7 @@ def create_app(
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     config = config or load_config()
     secret = load_token() if isinstance(token, _Unset) else token

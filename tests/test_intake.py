@@ -7,6 +7,7 @@ concurrent deliveries through Flask.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -273,6 +274,29 @@ def test_a_redelivery_of_a_handled_alert_is_answered_without_locks_or_a_write(
     mixed = remediator.accept_alerts([alert("aaaa", value="5"), alert("bbbb", LATER)])
     assert [i["reason"] for i in mixed.ignored] == ["duplicate", "stale_alert"]
     assert len(recorder.plans) == 1
+
+
+def test_a_duplicate_is_logged_at_debug_and_other_refusals_at_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config, recorder = make_config(tmp_path), Recorder()
+    remediator = remediator_for(config, recorder)
+    handled = alert("aaaa", value="4")
+    run_all(remediator.accept_alerts([handled]).pending)
+    caplog.set_level(logging.DEBUG, logger="remediator")
+    remediator.accept_alerts([handled])  # judged under the locks (it records the count)
+    remediator.accept_alerts([handled])  # answered from the snapshot
+    remediator.accept_alerts([alert("bbbb", LATER)])  # stale: not a duplicate
+    refusals = [
+        (r.levelno, r.getMessage().split("not acted on (")[1].split(")")[0])
+        for r in caplog.records
+        if "not acted on (" in r.getMessage()
+    ]
+    assert refusals == [
+        (logging.DEBUG, "duplicate"),
+        (logging.DEBUG, "duplicate"),
+        (logging.INFO, "stale_alert"),
+    ]
 
 
 def test_a_redelivery_is_left_to_the_locked_judgement_when_it_could_change_something() -> None:

@@ -27,7 +27,7 @@ from remediator.alerts import parse_time
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.deferrals import Pass, judge_due
 from remediator.routes.common import EXTENSION
-from remediator.service import create_app
+from remediator.service import create_app, log_level
 from remediator.state import StateStore
 from remediator.switching import SwitchFailed, SwitchPlan
 
@@ -122,6 +122,19 @@ def test_parse_time_handles_alertmanager_nanoseconds() -> None:
     assert parse_time("2026-11-27T04:10:00+01:00") == parse_time("2026-11-27T03:10:00Z")
     with pytest.raises(ValueError):
         parse_time("2026-11-27T03:10:00")  # no time zone
+
+
+def test_the_log_level_setting_applies_to_the_service_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("MODEL_FLEET_LOG_LEVEL", raising=False)
+    assert log_level() == logging.INFO
+    for value, level in (("warning", logging.WARNING), ("DEBUG", logging.DEBUG), ("error", 40)):
+        monkeypatch.setenv("MODEL_FLEET_LOG_LEVEL", value)
+        assert log_level() == level
+    monkeypatch.setenv("MODEL_FLEET_LOG_LEVEL", "loud")
+    assert log_level() == logging.INFO
+    assert "MODEL_FLEET_LOG_LEVEL='loud' is not a log level" in caplog.text
 
 
 def test_refuses_to_start_without_a_token(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:

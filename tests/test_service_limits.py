@@ -25,7 +25,7 @@ import requests
 
 from remediator.config import HttpLimits, parse_config
 from remediator.gunicorn_worker import READ_TIMEOUT_SECONDS, request_is_whole
-from remediator.routes.body import json_depth
+from remediator.routes.body import BadBody, json_body, json_depth
 from remediator.service import create_app
 from remediator.state import StateStore, file_lock
 from simulator.fake_ollama import FakeOllama
@@ -55,6 +55,25 @@ def test_json_depth_counts_brackets_outside_strings() -> None:
     assert json_depth(b'"\\"[[["') == 0
     assert json_depth(deep(100_000)) == 100_000
     assert json_depth(b"[]" * 1000) == 1
+
+
+def test_json_body_refuses_depth_over_the_limit_whether_or_not_it_scans() -> None:
+    # A body with no more opening brackets than the limit is not scanned (it cannot be too
+    # deep); one with more is, and brackets inside strings count only in the cheap test.
+    app = create_app(parse_config({}, "test"), token=TOKEN)
+    for body, parsed in (
+        (deep(8), [[[[[[[[]]]]]]]]),
+        (b'{"a": "[[[[[[[[[[[[", "b": [1, {"c": 2}]}', {"a": "[[[[[[[[[[[[", "b": [1, {"c": 2}]}),
+        (b"[" + b"[]," * 20 + b"[]]", [[]] * 21),
+    ):
+        with app.test_request_context(method="POST", data=body, content_type="application/json"):
+            assert json_body(8) == parsed
+    for body in (deep(9), b"[" + b"[]," * 20 + deep(8) + b"]"):
+        with (
+            app.test_request_context(method="POST", data=body, content_type="application/json"),
+            pytest.raises(BadBody, match="9 levels deep"),
+        ):
+            json_body(8)
 
 
 @pytest.fixture

@@ -46,7 +46,9 @@ def alertmanager() -> Any:
         return error("state", str(exc))
     svc.background.start(acceptance.pending)
     counter.labels(acceptance.outcome).inc()
-    log.info(
+    log.log(
+        # a delivery of handled alerts only: counted above, logged quietly (as each alert is)
+        logging.DEBUG if acceptance.outcome == "duplicate" else logging.INFO,
         "webhook: %d alert(s): %d accepted, %d deferred, %d ignored (%s)",
         len(alerts),
         len(acceptance.accepted),
