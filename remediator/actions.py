@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from remediator.adapters import appconfig
 from remediator.adapters.appconfig import AppConfigError, ConfigSnapshot
-from remediator.config import FleetConfig
+from remediator.config import FleetConfig, placement_of
 from remediator.journal import crash_point
 from remediator.runtime import (
     ROLE_APP,
@@ -192,14 +192,16 @@ class FleetActions:
                 self.runtime.still_up(r.ref, r.state)
 
     def _find(self) -> tuple[list[ContainerRef], list[ContainerRef]]:
-        c = self.fleet.containers
-        servers = (
-            self.runtime.find(self.fleet.name, ROLE_SERVER, c.server_names, use_labels=c.use_labels)
-            if c.restart_server
-            else []
-        )
-        apps = self.runtime.find(self.fleet.name, ROLE_APP, c.app_names, use_labels=c.use_labels)
-        return servers, apps
+        servers = self._find_role(ROLE_SERVER) if self.fleet.containers.restart_server else []
+        return servers, self._find_role(ROLE_APP)
+
+    def _find_role(self, role: str) -> list[ContainerRef]:
+        """The role's containers (or units) by its placement; none asked of the runtime when
+        nothing names the role (a fleet all under systemd never asks Docker)."""
+        where = placement_of(self.fleet, role)
+        if where.finds_nothing:
+            return []
+        return self.runtime.find(self.fleet.name, role, where.names, use_labels=where.use_labels)
 
     def _roll_back(self, snap: ConfigSnapshot, touched: list[ContainerRef], old: str) -> list[str]:
         """Restore the configs and restart what was touched; return what could not be undone."""

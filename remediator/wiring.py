@@ -1,5 +1,6 @@
-"""Builds a fleet's real actions: the model server its config names, the Docker engine, the
-app's HTTP health probe. The one module of the core that knows which adapters exist."""
+"""Builds a fleet's real actions: the model server its config names, the runtime its services
+run on (the Docker engine, systemd, or each role its own), the app's HTTP health probe. The one
+module of the core that knows which adapters exist."""
 
 from __future__ import annotations
 
@@ -10,13 +11,21 @@ from remediator.actions import FleetActions
 from remediator.adapters.docker_engine import DockerRuntime
 from remediator.adapters.ollama import OllamaServer
 from remediator.adapters.probes import app_reports_model
-from remediator.config import ConfigError, FleetConfig, ServerSettings
-from remediator.runtime import Runtime
+from remediator.adapters.systemd_units import SystemdRuntime
+from remediator.config import ConfigError, FleetConfig, ServerSettings, placement_of
+from remediator.runtime import ROLE_APP, ROLE_SERVER, Runtime, RuntimeByRole
 from remediator.server import SERVER_KINDS, ModelServer
 
 # One builder per kind of remediator.server.SERVER_KINDS (a test keeps the two in step).
 SERVER_BUILDERS: Final[Mapping[str, Callable[[ServerSettings], ModelServer]]] = {
     "ollama": lambda settings: OllamaServer(settings.url),
+}
+
+# One builder per runtime of remediator.config.RUNTIMES (a test keeps the two in step). systemctl
+# waits for a restart's job: it may take the stop timeout and then the readiness timeout.
+RUNTIME_BUILDERS: Final[Mapping[str, Callable[[FleetConfig], Runtime]]] = {
+    "docker": lambda fleet: DockerRuntime(),
+    "systemd": lambda fleet: SystemdRuntime(start_timeout=fleet.containers.ready_timeout_seconds),
 }
 
 
@@ -32,8 +41,13 @@ def model_server(fleet: FleetConfig) -> ModelServer:
 
 
 def container_runtime(fleet: FleetConfig) -> Runtime:
-    """The runtime the fleet's containers run on: the local Docker engine."""
-    return DockerRuntime()
+    """The runtime the fleet's services run on: the local Docker engine (the default), the
+    local systemd (``server.runtime: systemd``), or each role its own (a RuntimeByRole)."""
+    kinds = {role: placement_of(fleet, role).runtime for role in (ROLE_SERVER, ROLE_APP)}
+    built = {kind: RUNTIME_BUILDERS[kind](fleet) for kind in sorted(set(kinds.values()))}
+    if len(built) == 1:
+        return next(iter(built.values()))
+    return RuntimeByRole({role: built[kind] for role, kind in kinds.items()})
 
 
 def fleet_actions(

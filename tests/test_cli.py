@@ -187,6 +187,8 @@ def test_check_config_names_the_old_keys_and_refuses_old_and_new_together(
     assert json.loads(out)["fleets"]["a"]["server"] == {
         "kind": "ollama",
         "url": "http://10.0.0.2:11434",
+        "runtime": "docker",
+        "unit": None,
     }
     assert "warning: fleets.a.ollama_url is deprecated: use fleets.a.server.url" in err
     assert (

@@ -159,7 +159,7 @@ def test_environment_names_the_config_and_the_state_file(
         ),
         (
             {"fleets": {"a": {"server": {"kind": "ollama", "port": 1}}}},
-            r"fleets\.a\.server: unknown key\(s\) port \(allowed: kind, url\)",
+            r"fleets\.a\.server: unknown key\(s\) port \(allowed: kind, runtime, unit, url\)",
         ),
         (
             {"fleets": {"a": {"app_config": [{"path": "x", "format": "toml"}]}}},
@@ -293,7 +293,12 @@ def test_the_old_server_keys_still_work_and_check_config_names_them() -> None:
     assert not any("fleets.b" in w and "deprecated" in w for w in warnings)
     # The effective config speaks the new keys only, and reads back the same.
     eff = effective_config(config)
-    assert eff["fleets"]["a"]["server"] == {"kind": "ollama", "url": "http://10.0.0.2:11434"}
+    assert eff["fleets"]["a"]["server"] == {
+        "kind": "ollama",
+        "url": "http://10.0.0.2:11434",
+        "runtime": "docker",
+        "unit": None,
+    }
     assert eff["fleets"]["a"]["containers"]["server"] == ["o1"]
     assert "ollama_url" not in eff["fleets"]["a"]
     again = parse_config({k: v for k, v in eff.items() if k != "source"}, "again")

@@ -33,6 +33,7 @@ __all__ = [
     "NOTIFY_FORMATS",
     "NOTIFY_URL_ENV",
     "POLICIES",
+    "RUNTIMES",
     "SHIPPED_ALERT_THRESHOLD",
     "STATE_FILE_ENV",
     "AppConfigTarget",
@@ -49,7 +50,9 @@ __all__ = [
     "Policy",
     "PrometheusSettings",
     "Rung",
+    "RuntimeKind",
     "ServerSettings",
+    "Units",
     "default_config",
 ]
 
@@ -61,6 +64,9 @@ POLICIES: Final[tuple[str, ...]] = ("next", "next-smaller", "fits")
 # request ("3 consecutive VRAM errors", the original system's words), or since it started.
 Counting = Literal["consecutive", "since_start"]
 COUNTINGS: Final[tuple[str, ...]] = ("consecutive", "since_start")
+# Where the model server runs: a Docker container (the original system) or a systemd unit.
+RuntimeKind = Literal["docker", "systemd"]
+RUNTIMES: Final[tuple[str, ...]] = ("docker", "systemd")
 NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
@@ -116,10 +122,13 @@ class Ladder:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The fleet's model server: its kind (remediator.server.SERVER_KINDS) and its API's URL."""
+    """The fleet's model server: its kind (remediator.server.SERVER_KINDS), its API's URL and
+    where it runs: a Docker container, or the systemd ``unit`` (``runtime: systemd``)."""
 
     kind: str = DEFAULT_KIND
     url: str = "http://127.0.0.1:11434"
+    runtime: RuntimeKind = "docker"
+    unit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,13 @@ class Containers:
     # The app's health endpoint, which names the model it uses: the switch commits as soon as
     # it answers with the new model (Docker's health status is then not waited for).
     app_health_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Units:
+    """The application's systemd units (``units.app``), the counterpart of containers.app."""
+
+    app: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,6 +230,7 @@ class FleetConfig:
     server: ServerSettings = field(default_factory=ServerSettings)
     pull_timeout_seconds: float = 1800.0
     containers: Containers = field(default_factory=Containers)
+    units: Units = field(default_factory=Units)
     app_config: tuple[AppConfigTarget, ...] = ()
     auto_upgrade: AutoUpgrade = field(default_factory=AutoUpgrade)
     # The fraction (0..1) of the current model's bytes that may sit outside VRAM before

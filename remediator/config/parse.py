@@ -29,17 +29,22 @@ from remediator.config.model import (
     AppConfigTarget,
     AutoUpgrade,
     Config,
-    Containers,
     FleetConfig,
     Ladder,
     Notifications,
     PrometheusSettings,
     Rung,
-    ServerSettings,
     default_config,
 )
+from remediator.config.placement import (
+    CONTAINER_KEYS,
+    SERVER_KEYS,
+    UNIT_KEYS,
+    parse_containers,
+    parse_server,
+    parse_units,
+)
 from remediator.config.reader import _join, _kind, _Reader
-from remediator.server import SERVER_KINDS
 from remediator.windows import Window, parse_window, zone_of
 
 __all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
@@ -79,28 +84,14 @@ _FLEET_KEYS: Final = frozenset(
         "ollama_url",  # deprecated: server.url
         "pull_timeout_seconds",
         "containers",
+        "units",
         "app_config",
         "auto_upgrade",
         "offload_tolerance",
         "probe",  # read by the exporter itself (its synthetic probe); the remediator leaves it
     }
 )
-_SERVER_KEYS: Final = frozenset({"kind", "url"})
 _LADDER_KEYS: Final = frozenset({"name", "size_mb", "description"})
-_CONTAINER_KEYS: Final = frozenset(
-    {
-        "use_labels",
-        "server",
-        "ollama",  # deprecated: server
-        "app",
-        "restart_server",
-        "restart_ollama",  # deprecated: restart_server
-        "stop_timeout_seconds",
-        "ready_timeout_seconds",
-        "settle_seconds",
-        "app_health_url",
-    }
-)
 _APP_CONFIG_KEYS: Final = frozenset({"path", "format", "key"})
 _AUTO_UPGRADE_KEYS: Final = frozenset(
     {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb", "windows", "timezone"}
@@ -114,9 +105,10 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "prometheus": _PROMETHEUS_KEYS,
     "http": HTTP_KEYS,
     "fleets.*": _FLEET_KEYS,
-    "fleets.*.server": _SERVER_KEYS,
+    "fleets.*.server": SERVER_KEYS,
     "fleets.*.ladder[]": _LADDER_KEYS,
-    "fleets.*.containers": _CONTAINER_KEYS,
+    "fleets.*.containers": CONTAINER_KEYS,
+    "fleets.*.units": UNIT_KEYS,
     "fleets.*.app_config[]": _APP_CONFIG_KEYS,
     "fleets.*.auto_upgrade": _AUTO_UPGRADE_KEYS,
 }
@@ -155,44 +147,6 @@ def _parse_ladder(r: _Reader, value: Any, where: str) -> Ladder:
             raise r.fail(_join(here, "description"), f"must be a string, got {description!r}")
         rungs.append(Rung(name, size, description))
     return Ladder(tuple(rungs))
-
-
-def _parse_server(r: _Reader, fleet: dict[str, Any], where: str) -> ServerSettings:
-    here = _join(where, "server")
-    m = r.mapping(fleet.get("server"), here, _SERVER_KEYS)
-    d = ServerSettings()
-    kind = r.string(m, "kind", here, d.kind)
-    if kind not in SERVER_KINDS:
-        raise r.fail(
-            _join(here, "kind"),
-            f"unknown server kind {kind!r} (known kinds: {', '.join(SERVER_KINDS)})",
-        )
-    url_in, url_where, url_key = r.renamed((m, here, "url"), (fleet, where, "ollama_url"))
-    return ServerSettings(kind=kind, url=r.url(url_in, url_key, url_where, d.url))
-
-
-def _parse_containers(r: _Reader, value: Any, where: str) -> Containers:
-    m = r.mapping(value, where, _CONTAINER_KEYS)
-    d = Containers()
-    health_url = m.get("app_health_url")
-    if health_url is not None and (
-        not isinstance(health_url, str) or not health_url.startswith(("http://", "https://"))
-    ):
-        raise r.fail(_join(where, "app_health_url"), f"must be an http(s) URL, got {health_url!r}")
-    _, _, names_key = r.renamed((m, where, "server"), (m, where, "ollama"))
-    _, _, restart_key = r.renamed((m, where, "restart_server"), (m, where, "restart_ollama"))
-    return Containers(
-        use_labels=r.boolean(m, "use_labels", where, d.use_labels),
-        server_names=r.strings(m, names_key, where),
-        app_names=r.strings(m, "app", where),
-        restart_server=r.boolean(m, restart_key, where, d.restart_server),
-        stop_timeout_seconds=r.integer(m, "stop_timeout_seconds", where, d.stop_timeout_seconds),
-        ready_timeout_seconds=r.number(
-            m, "ready_timeout_seconds", where, d.ready_timeout_seconds, lo=1
-        ),
-        settle_seconds=r.number(m, "settle_seconds", where, d.settle_seconds),
-        app_health_url=health_url,
-    )
 
 
 def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarget, ...]:
@@ -334,6 +288,8 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
             _join(where, "offload_tolerance"),
             f"must be a fraction from 0 to 1 of the model's bytes, got {tolerance:g}",
         )
+    server = parse_server(r, m, where)
+    containers = parse_containers(r, m.get("containers"), _join(where, "containers"), server)
     return FleetConfig(
         name=name,
         ladder=_parse_ladder(r, m.get("ladder"), _join(where, "ladder")),
@@ -347,11 +303,12 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
         ),
         dry_run=r.boolean(m, "dry_run", where, d.dry_run),
         gpu=r.string(m, "gpu", where, d.gpu),
-        server=_parse_server(r, m, where),
+        server=server,
         pull_timeout_seconds=r.number(
             m, "pull_timeout_seconds", where, d.pull_timeout_seconds, lo=1
         ),
-        containers=_parse_containers(r, m.get("containers"), _join(where, "containers")),
+        containers=containers,
+        units=parse_units(r, m.get("units"), _join(where, "units"), server, containers),
         app_config=_parse_app_config(r, m.get("app_config"), _join(where, "app_config")),
         auto_upgrade=_parse_auto_upgrade(r, m.get("auto_upgrade"), _join(where, "auto_upgrade")),
         offload_tolerance=tolerance,

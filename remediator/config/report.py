@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleet_contract.labels import ROLE_APP, ROLE_SERVER
 from remediator.config.model import SHIPPED_ALERT_THRESHOLD, Config, FleetConfig
+from remediator.config.placement import placement_of
 from remediator.windows import describe, window_state
 
 __all__ = ["config_warnings", "effective_config", "redact_url", "strip_credentials", "window_notes"]
@@ -72,59 +74,78 @@ def config_warnings(config: Config) -> list[str]:
                 f"fleet {fleet.name}: no app_config targets: a switch changes the model server "
                 "but tells the application nothing"
             )
-        c = fleet.containers
-        if not c.use_labels and not c.server_names and not c.app_names:
-            warnings.append(
-                f"fleet {fleet.name}: containers.use_labels is false and no container names "
-                "are given: a switch restarts nothing"
-            )
+        warnings += _placement_warnings(fleet)
     return warnings
+
+
+def _placement_warnings(fleet: FleetConfig) -> list[str]:
+    """A fleet where nothing is restarted, or labels that find nothing."""
+    server, app = placement_of(fleet, ROLE_SERVER), placement_of(fleet, ROLE_APP)
+    if server.finds_nothing and app.finds_nothing:
+        return [
+            f"fleet {fleet.name}: containers.use_labels is false and no container names "
+            "are given: a switch restarts nothing"
+        ]
+    if fleet.containers.use_labels and "docker" not in (server.runtime, app.runtime):
+        return [
+            f"fleet {fleet.name}: containers.use_labels has no effect: labels find Docker "
+            "containers, and the model server (server.unit) and the application (units.app) "
+            "are systemd units"
+        ]
+    return []
+
+
+def _fleet_dict(f: FleetConfig) -> dict[str, Any]:
+    """One fleet of the effective configuration."""
+    return {
+        "ladder": [
+            {"name": r.name, "size_mb": r.size_mb, "description": r.description}
+            for r in f.ladder.rungs
+        ],
+        "max_vram_errors": f.max_vram_errors,
+        "counting": f.counting,
+        "policy": f.policy,
+        "headroom_mb": f.headroom_mb,
+        "cooldown_seconds": f.cooldown_seconds,
+        "max_switches_per_hour": f.max_switches_per_hour,
+        "dry_run": f.dry_run,
+        "gpu": f.gpu,
+        "server": {
+            "kind": f.server.kind,
+            "url": f.server.url,
+            "runtime": f.server.runtime,
+            "unit": f.server.unit,
+        },
+        "pull_timeout_seconds": f.pull_timeout_seconds,
+        "offload_tolerance": f.offload_tolerance,
+        "containers": {
+            "use_labels": f.containers.use_labels,
+            "server": list(f.containers.server_names),
+            "app": list(f.containers.app_names),
+            "restart_server": f.containers.restart_server,
+            "stop_timeout_seconds": f.containers.stop_timeout_seconds,
+            "ready_timeout_seconds": f.containers.ready_timeout_seconds,
+            "settle_seconds": f.containers.settle_seconds,
+            "app_health_url": f.containers.app_health_url,
+        },
+        "units": {"app": list(f.units.app)},
+        "app_config": [
+            {"path": t.path, "format": t.format, **({"key": t.key} if t.key else {})}
+            for t in f.app_config
+        ],
+        "auto_upgrade": {
+            "enabled": f.auto_upgrade.enabled,
+            "quiet_seconds": f.auto_upgrade.quiet_seconds,
+            "failed_quiet_seconds": f.auto_upgrade.failed_quiet_seconds,
+            "headroom_mb": f.auto_upgrade.headroom_mb,
+            "windows": [w.text for w in f.auto_upgrade.windows],
+            "timezone": f.auto_upgrade.timezone,
+        },
+    }
 
 
 def effective_config(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, for logging and check-config."""
-
-    def fleet_dict(f: FleetConfig) -> dict[str, Any]:
-        return {
-            "ladder": [
-                {"name": r.name, "size_mb": r.size_mb, "description": r.description}
-                for r in f.ladder.rungs
-            ],
-            "max_vram_errors": f.max_vram_errors,
-            "counting": f.counting,
-            "policy": f.policy,
-            "headroom_mb": f.headroom_mb,
-            "cooldown_seconds": f.cooldown_seconds,
-            "max_switches_per_hour": f.max_switches_per_hour,
-            "dry_run": f.dry_run,
-            "gpu": f.gpu,
-            "server": {"kind": f.server.kind, "url": f.server.url},
-            "pull_timeout_seconds": f.pull_timeout_seconds,
-            "offload_tolerance": f.offload_tolerance,
-            "containers": {
-                "use_labels": f.containers.use_labels,
-                "server": list(f.containers.server_names),
-                "app": list(f.containers.app_names),
-                "restart_server": f.containers.restart_server,
-                "stop_timeout_seconds": f.containers.stop_timeout_seconds,
-                "ready_timeout_seconds": f.containers.ready_timeout_seconds,
-                "settle_seconds": f.containers.settle_seconds,
-                "app_health_url": f.containers.app_health_url,
-            },
-            "app_config": [
-                {"path": t.path, "format": t.format, **({"key": t.key} if t.key else {})}
-                for t in f.app_config
-            ],
-            "auto_upgrade": {
-                "enabled": f.auto_upgrade.enabled,
-                "quiet_seconds": f.auto_upgrade.quiet_seconds,
-                "failed_quiet_seconds": f.auto_upgrade.failed_quiet_seconds,
-                "headroom_mb": f.auto_upgrade.headroom_mb,
-                "windows": [w.text for w in f.auto_upgrade.windows],
-                "timezone": f.auto_upgrade.timezone,
-            },
-        }
-
     return {
         "source": config.source,
         "host": config.host,
@@ -147,7 +168,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "max_alerts": config.http.max_alerts,
             "max_json_depth": config.http.max_json_depth,
         },
-        "fleets": {name: fleet_dict(f) for name, f in config.fleets.items()},
+        "fleets": {name: _fleet_dict(f) for name, f in config.fleets.items()},
     }
 
 
