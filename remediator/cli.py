@@ -140,7 +140,7 @@ def _err(message: str) -> None:
 
 
 def _local_actions(config: Config) -> Callable[[FleetConfig], Actions]:
-    """The real actions (Ollama, Docker, app-config files) performed by this process."""
+    """The real actions (Ollama, Docker or systemd, app-config files) performed by this process."""
     from remediator.actions import FleetActions
 
     return FleetActions.for_fleet

@@ -123,6 +123,6 @@ def test_a_host_without_systemctl_says_so(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(SystemdError) as caught:
         SystemdRuntime().restart(UNIT)
     assert str(caught.value) == (
-        "systemd restart of unit 'ollama.service' failed: systemctl not found: this host's "
-        "services are not run by systemd"
+        "systemd restart of unit 'ollama.service' failed: systemctl not found: units are "
+        "restarted on their host, not in a container"
     )

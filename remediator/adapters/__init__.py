@@ -1,3 +1,3 @@
 """Adapters: the only modules of the remediator that talk to the outside (Ollama, the Docker
-engine, HTTP endpoints, the application's config files). The core speaks to them through
+engine, systemd, HTTP endpoints, the application's config files). The core speaks to them through
 the protocols in remediator.server and remediator.runtime."""

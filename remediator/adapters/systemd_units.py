@@ -285,7 +285,7 @@ class SystemdRuntime:
                 argv, capture_output=True, text=True, timeout=limit, env=env, check=False
             )
         except FileNotFoundError as exc:
-            cause = f"{SYSTEMCTL} not found: this host's services are not run by systemd"
+            cause = f"{SYSTEMCTL} not found: units are restarted on their host, not in a container"
             raise SystemdError(step, cause, unit=unit) from exc
         except subprocess.TimeoutExpired as exc:
             # Killing systemctl does not cancel a job it queued: systemd may still carry it out.
