@@ -248,24 +248,23 @@ class SystemdRuntime:
         by someone) is running again, but it is another run.
         """
         now = self.state(ref)
-        same_run = (
-            now.run_id == before.run_id if before.run_id else now.started_at == before.started_at
-        )
-        if now.ready and same_run:
+        same = now.run_id == before.run_id if before.run_id else now.started_at == before.started_at
+        if now.ready and same:
             return now
-        detail = describe(now)
+        cause = f"did not stay up after it started: {describe(now)}"
         if now.ready:
-            detail += f"; another run began (InvocationID {before.run_id} -> {now.run_id})"
-        raise SystemdError(
-            "wait_ready", f"did not stay up after it started: {detail}", unit=ref.name
-        )
+            cause += f"; another run began (InvocationID {before.run_id} -> {now.run_id})"
+        raise SystemdError("wait_ready", cause, unit=ref.name)
 
     def _with_state(self, cause: str, ref: ContainerRef) -> str:
-        """A failed job's cause with the state it left the unit in, when that can be read."""
+        """A failed job's cause with the state it left a unit systemd knows in."""
         try:
-            return f"{cause}; the unit is now {describe(self.state(ref))}"
+            unit = self._show("inspect", ref.name)
         except SystemdError:
             return cause
+        if unit.load_state != "loaded":
+            return cause  # "Unit ... not found" says it all
+        return f"{cause}; the unit is now {describe(unit_state(unit))}"
 
     def _show(self, step: str, name: str) -> UnitStatus:
         props = f"--property={','.join(SHOW_PROPERTIES)}"
