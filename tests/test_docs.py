@@ -50,7 +50,22 @@ RUNBOOK_PATH = "/docs/operations.md#"
 # Words shaped like metric names that are not metrics: the compose secret holding the token.
 NOT_METRICS = {"model_fleet_token"}
 # File extensions: `app.env`, `docker.sock`, `server.py` are files, not config keys.
-FILE_SUFFIXES = {"env", "json", "yaml", "yml", "txt", "py", "md", "lock", "toml", "sock", "so"}
+# (and systemd unit files: ollama.service, with model-fleet.rules for polkit)
+FILE_SUFFIXES = {
+    "env",
+    "json",
+    "yaml",
+    "yml",
+    "txt",
+    "py",
+    "md",
+    "lock",
+    "toml",
+    "sock",
+    "so",
+    "service",
+    "rules",
+}
 CONFIG_KEYS = REMEDIATOR_KEYS | EXPORTER_KEYS
 
 
