@@ -50,7 +50,7 @@ RUNBOOK_PATH = "/docs/operations.md#"
 # Words shaped like metric names that are not metrics: the compose secret holding the token.
 NOT_METRICS = {"model_fleet_token"}
 # File extensions: `app.env`, `docker.sock`, `server.py` are files, not config keys.
-# (and systemd unit files: ollama.service, with model-fleet.rules for polkit)
+# (and systemd: ollama.service, the polkit rule model-fleet.rules, sysusers, sudoers, conf)
 FILE_SUFFIXES = {
     "env",
     "json",
@@ -65,6 +65,9 @@ FILE_SUFFIXES = {
     "so",
     "service",
     "rules",
+    "sysusers",
+    "sudoers",
+    "conf",
 }
 CONFIG_KEYS = REMEDIATOR_KEYS | EXPORTER_KEYS
 
