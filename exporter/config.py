@@ -22,6 +22,7 @@ from fleet_contract.env import HOST as HOST_ENV
 from fleet_contract.hosts import default_host, resolve_host
 from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
 from fleet_contract.labels import FLEET_LABEL, ROLE_LABEL, ROLE_SERVER
+from fleet_contract.systemd import unit_problem
 from fleet_contract.yamlfile import ConfigError as ConfigError
 from fleet_contract.yamlfile import config_path, load_yaml
 
@@ -42,11 +43,16 @@ _EXPORTER_KEYS: Final = frozenset(
         "incident_window_seconds",
         "nvml",
         "docker",
+        "logs",
         "proc_root",
         "server_poll_seconds",
     }
 )
 _PROBE_KEYS: Final = frozenset({"enabled", "interval_seconds", "num_predict", "prompt", "model"})
+_LOGS_KEYS: Final = frozenset({"source", "unit"})
+LOG_SOURCES: Final = ("docker", "journald")
+# Ollama's own Linux install runs it as this unit.
+DEFAULT_UNIT: Final = "ollama.service"
 # Of the fleets, how their model servers' containers are found, where their APIs answer, and
 # the synthetic probe.
 _FLEET_KEYS: Final = (
@@ -54,6 +60,7 @@ _FLEET_KEYS: Final = (
     "containers.ollama",
     "containers.use_labels",
     "server.url",
+    "server.unit",  # a model server run by systemd: its unit's journal (logs.source journald)
     "ollama_url",  # the deprecated name of server.url
     *(f"probe.{key}" for key in sorted(_PROBE_KEYS)),
 )
@@ -62,6 +69,7 @@ DEFAULT_SERVER_URL: Final = "http://127.0.0.1:11434"  # the remediator's default
 CONFIG_KEYS: Final = frozenset(
     {"host"}  # the `host` label of every metric (fleet_contract.hosts)
     | {f"exporter.{key}" for key in _EXPORTER_KEYS}
+    | {f"exporter.logs.{key}" for key in _LOGS_KEYS}
     | {f"fleets.*.{key}" for key in _FLEET_KEYS}
 )
 _KIND_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -126,7 +134,8 @@ class ExporterConfig:
     # matching lines within this many seconds of an incident's first line are one error
     incident_window_seconds: float = DEFAULT_WINDOW_SECONDS
     nvml: bool = True
-    docker: bool = True
+    docker: bool = True  # false: no log is followed at all (the name is from Docker-only days)
+    log_source: str = "docker"  # or "journald": the selection's names are systemd units
     proc_root: str = "/proc"
     # No fleets section: the remediator's one fleet, at its default URL.
     servers: tuple[ServerTarget, ...] = (ServerTarget(DEFAULT_FLEET),)
@@ -157,6 +166,7 @@ def effective_config(config: ExporterConfig) -> dict[str, Any]:
         "incident_window_seconds": config.incident_window_seconds,
         "nvml": config.nvml,
         "docker": config.docker,
+        "logs": {"source": config.log_source},
         "proc_root": config.proc_root,
         "server_poll_seconds": config.server_poll_seconds,
         "servers": {
@@ -238,6 +248,7 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         raise r.fail("exporter.bind", str(exc)) from exc
 
     names: dict[str, str] = {}
+    units: dict[str, str] = {}  # unit -> fleet, for logs.source journald
     fleets_use_labels: list[bool] = []
     servers: list[ServerTarget] = []
     fleets = r.mapping(top.get("fleets"), "fleets")
@@ -245,6 +256,9 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         where = f"fleets.{fleet}"
         m = r.mapping(settings, where)
         servers.append(_parse_server(r, str(fleet), m, where))
+        unit = r.mapping(m.get("server"), f"{where}.server").get("unit")
+        if unit is not None:
+            units[_unit(r, unit, f"{where}.server.unit")] = str(fleet)
         containers = r.mapping(m.get("containers"), f"{where}.containers")
         for key in ("server", "ollama"):  # ollama: the deprecated name of server
             for name in r.names(containers.get(key), f"{where}.containers.{key}"):
@@ -266,6 +280,11 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
     else:
         for name in r.names(extra, "exporter.containers"):
             names[name] = default_fleet
+
+    log_source = _parse_logs(r, ex.get("logs"), units, default_fleet)
+    if log_source == "journald":  # units are selected by name: no labels
+        names = units
+        ex = {**ex, "use_labels": False}
 
     labels_raw = ex.get("labels", dict(ds.labels))
     labels = r.mapping(labels_raw, "exporter.labels")
@@ -297,6 +316,7 @@ def parse_config(data: Any, source: str = "<config>") -> ExporterConfig:
         ),
         nvml=r.boolean(ex, "nvml", "exporter", d.nvml),
         docker=r.boolean(ex, "docker", "exporter", d.docker),
+        log_source=log_source,
         proc_root=r.string(ex, "proc_root", "exporter", d.proc_root),
         servers=tuple(servers) if "fleets" in top and top["fleets"] is not None else d.servers,
         server_poll_seconds=r.number(ex, "server_poll_seconds", "exporter", d.server_poll_seconds),
@@ -323,6 +343,37 @@ def _parse_server(r: _Reader, fleet: str, m: Mapping[str, Any], where: str) -> S
     elif "ollama_url" in m:
         url = r.url(m["ollama_url"], f"{where}.ollama_url")
     return ServerTarget(fleet=fleet, url=url, probe=_parse_probe(r, m.get("probe"), where))
+
+
+def _parse_logs(r: _Reader, value: Any, units: dict[str, str], default_fleet: str) -> str:
+    """``exporter.logs``: where the model servers' logs come from. For ``journald``, ``units``
+    (unit -> fleet, from the fleets' ``server.unit``) gains ``logs.unit`` (the default fleet's;
+    ``ollama.service`` when no unit is named anywhere)."""
+    logs = r.mapping(value, "exporter.logs", _LOGS_KEYS)
+    source = logs.get("source", "docker")
+    if source not in LOG_SOURCES:
+        raise r.fail(
+            "exporter.logs.source", f"must be one of {', '.join(LOG_SOURCES)}, got {source!r}"
+        )
+    named = logs.get("unit")
+    if source != "journald":
+        if named is not None:
+            raise r.fail("exporter.logs.unit", "is read only with logs.source: journald")
+        return str(source)
+    for unit in r.names(named, "exporter.logs.unit"):
+        units.setdefault(_unit(r, unit, "exporter.logs.unit"), default_fleet)
+    if not units:
+        units[DEFAULT_UNIT] = default_fleet
+    return str(source)
+
+
+def _unit(r: _Reader, value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise r.fail(where, f"must be a unit name such as {DEFAULT_UNIT}, got {value!r}")
+    problem = unit_problem(value)
+    if problem is not None:
+        raise r.fail(where, problem)
+    return value
 
 
 def _parse_probe(r: _Reader, value: Any, fleet_where: str) -> ProbeSettings:

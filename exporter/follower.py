@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from exporter.logsource import ContainerGone, ContainerInfo, LogStream, SourceError
-from exporter.logstream import ContainerLog, RunState, RunTracker
+from exporter.logstream import ContainerLog, RunState, RunTracker, Tally
 from exporter.timestamps import is_zero_time, parse_timestamp
 
 if TYPE_CHECKING:
@@ -238,6 +238,10 @@ class Follower:
         self._log.begin_stream(tty=not self._framed)
         self._report(up=running)
         store = self._watcher.store
+        if self._log.cursor is None and stream.lost():
+            # From the run's start, where the ledger has no line to miss: the source says.
+            store.add(self.fleet, self.name, Tally(gaps=1))
+            _warn_gap(self.name, self._source.name)
         got_data = False
         error: BaseException | None = None
         try:
@@ -246,11 +250,7 @@ class Follower:
                 for start in range(0, len(payload), FEED_SIZE):
                     tally = self._log.feed(payload[start : start + FEED_SIZE])
                     if tally.gaps:
-                        log.warning(
-                            "%s: Docker rotated log lines away before the exporter read them; "
-                            "lines may be lost (model_fleet_log_gaps_total)",
-                            self.name,
-                        )
+                        _warn_gap(self.name, self._source.name)
                     store.update(
                         self.fleet,
                         self.name,
@@ -276,6 +276,15 @@ class Follower:
         if self._log.jumped and not self._stop.is_set():
             return "jumped"
         return "data" if got_data else "empty"
+
+
+def _warn_gap(name: str, source: str) -> None:
+    log.warning(
+        "%s: %s rotated log lines away before the exporter read them; lines may be lost "
+        "(model_fleet_log_gaps_total)",
+        name,
+        source,
+    )
 
 
 def _backoff(failures: int) -> float:

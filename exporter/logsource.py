@@ -72,6 +72,11 @@ class LogStream(Protocol):
         """End the stream now; safe from another thread (the reader then sees its end)."""
         ...
 
+    def lost(self) -> bool:
+        """The source knows the log no longer reaches back to where this stream began (a
+        vacuumed journal); False when it cannot tell (Docker: the ledger finds such gaps)."""
+        ...
+
     def close(self) -> None:
         """Release the stream (the reader's thread, once done)."""
         ...

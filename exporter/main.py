@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from exporter import incidents
 from exporter.adapters.docker_logs import DockerLogSource
+from exporter.adapters.journald import JournaldLogSource
 from exporter.adapters.model_server import OllamaApi
 from exporter.adapters.nvml import NvmlCollector
 from exporter.config import ExporterConfig, effective_config, parse_bind
@@ -24,20 +25,25 @@ from exporter.metrics import LogCollector, LogStore, gauge
 from exporter.server import make_server
 from exporter.serverpoll import ApiFactory, ServerCollector, ServerStore, ServerWatch
 from exporter.watcher import LogWatcher
-from fleet_contract.metrics import EXPORTER_DOCKER_UP
+from fleet_contract.metrics import EXPORTER_DOCKER_UP, EXPORTER_JOURNAL_UP
 from fleet_exposition import HostRegistry
 
 log = logging.getLogger("model-fleet-exporter")
 
 
-class _DockerUpCollector(Collector):
-    def __init__(self, watcher: LogWatcher | None) -> None:
+class _SourceUpCollector(Collector):
+    """Whether the log source is followed: Docker's events, or the journal."""
+
+    def __init__(self, watcher: LogWatcher | None, journald: bool) -> None:
         self._watcher = watcher
+        self._journald = journald
 
     def collect(self) -> list[GaugeMetricFamily]:
-        g = gauge(EXPORTER_DOCKER_UP)
-        g.add_metric([], 1 if self._watcher is not None and self._watcher.source_up else 0)
-        return [g]
+        up = 1 if self._watcher is not None and self._watcher.source_up else 0
+        docker, journal = gauge(EXPORTER_DOCKER_UP), gauge(EXPORTER_JOURNAL_UP)
+        docker.add_metric([], 0 if self._journald else up)
+        journal.add_metric([], up if self._journald else 0)
+        return [docker, journal]
 
 
 @dataclass
@@ -54,10 +60,12 @@ class Exporter:
     def health(self) -> dict[str, Any]:
         """What /healthz reports: the process serves; NVML and Docker may be down."""
         watched = self.watcher.watched().values() if self.watcher is not None else []
+        journald = self.config.log_source == "journald"
         return {
             "status": "ok",
             "nvml_up": bool(self.nvml and self.nvml.up),
-            "docker_up": bool(self.watcher and self.watcher.source_up),
+            "docker_up": bool(self.watcher and self.watcher.source_up) and not journald,
+            "journal_up": bool(self.watcher and self.watcher.source_up) and journald,
             "containers": sorted(name for _, name in watched),
         }
 
@@ -74,6 +82,13 @@ class Exporter:
             self.watcher.stop()
 
 
+def default_source(config: ExporterConfig) -> LogSource:
+    """The configured log source: Docker's logs API, or the units' journal."""
+    if config.log_source == "journald":
+        return JournaldLogSource(sorted(config.selection.names))
+    return DockerLogSource()
+
+
 def build_exporter(
     config: ExporterConfig,
     *,
@@ -82,7 +97,8 @@ def build_exporter(
 ) -> Exporter:
     """Assemble the exporter's parts for ``config`` (nothing runs until start()).
 
-    The logs come from ``source``, by default the Docker engine of the environment; each
+    The logs come from ``source``, by default the configured one (the Docker engine of the
+    environment, or the journal of the model servers' systemd units); each
     fleet's model server is reached through ``server_api(url)``, by default Ollama's API.
     """
     registry = HostRegistry(config.host)  # every sample gets the `host` label there
@@ -93,7 +109,7 @@ def build_exporter(
             config.selection,
             classifier,
             store,
-            source or DockerLogSource(),
+            source or default_source(config),
             incident_window_seconds=config.incident_window_seconds,
         )
         if config.docker
@@ -107,7 +123,7 @@ def build_exporter(
             container_name=watcher.container_name if watcher is not None else None,
         )
         registry.register(nvml)
-    registry.register(_DockerUpCollector(watcher))
+    registry.register(_SourceUpCollector(watcher, config.log_source == "journald"))
     server_store = ServerStore()
     servers = ServerWatch(config.servers, config.server_poll_seconds, server_api, server_store)
     registry.register(ServerCollector(server_store))

@@ -42,6 +42,10 @@ class RunState:
     running: bool
     started_at: str = ""  # RFC 3339; empty or Go's zero time: never started
     finished_at: str = ""  # while running: the previous run's end; once stopped: this run's
+    # Where the run's lines begin when the runtime knows it (lines stamped after it are the
+    # run's: systemd's start of the main process); None: worked out from FinishedAt and the
+    # event history, as for Docker, whose log of a container spans its runs.
+    boundary_ns: int | None = None
 
     @property
     def ever_started(self) -> bool:
@@ -93,7 +97,9 @@ class RunTracker:
             if run != started and parse_timestamp(run) < started_ns
         ]
         boundary: int | None
-        if started in self._previous_end:
+        if state.boundary_ns is not None:
+            boundary = state.boundary_ns
+        elif started in self._previous_end:
             boundary = self._previous_end[started]
         elif earlier:
             boundary = max(earlier)  # we saw the previous run end

@@ -46,6 +46,7 @@ LOG_STREAM_RECONNECTS: Final = "model_fleet_log_stream_reconnects_total"
 LOG_LINES_RECOVERED: Final = "model_fleet_log_lines_recovered_total"
 LOG_GAPS: Final = "model_fleet_log_gaps_total"
 EXPORTER_DOCKER_UP: Final = "model_fleet_exporter_docker_up"
+EXPORTER_JOURNAL_UP: Final = "model_fleet_exporter_journal_up"
 EXPORTER_SCRAPE_DURATION: Final = "model_fleet_exporter_scrape_duration_seconds"
 MODEL_MEMORY: Final = "model_fleet_model_memory_bytes"
 MODEL_SERVER_UP: Final = "model_fleet_model_server_up"
@@ -147,13 +148,21 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "counter",
         _STREAM,
         "Times the container's retained log no longer reached back to where the exporter "
-        "resumed it (Docker rotated files away unread): lines may be lost, how many is unknown.",
+        "resumed it (Docker rotated files away unread, or the journal was vacuumed): lines may "
+        "be lost, how many is unknown.",
     ),
     _exporter(
         EXPORTER_DOCKER_UP,
         "gauge",
         (),
-        "1 while the exporter is connected to Docker's events stream.",
+        "1 while the exporter is connected to Docker's events stream "
+        "(0 with logs.source journald).",
+    ),
+    _exporter(
+        EXPORTER_JOURNAL_UP,
+        "gauge",
+        (),
+        "1 while the exporter follows the journal (logs.source journald; 0 with Docker's logs).",
     ),
     _exporter(EXPORTER_SCRAPE_DURATION, "histogram", (), "Time to answer a /metrics request."),
     _exporter(

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import docker
@@ -43,6 +44,13 @@ PACKAGES = (
 )
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _DEFAULT_MIRROR = "http://deb.debian.org/debian"
+_BASE_CHANGES = (
+    f"LABEL {TEST_BASE_LABEL}=1",
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    f"ENV PIP_CERT={HOST_CA_BUNDLE}",
+    'CMD ["python3"]',
+)
 
 
 def cache_dir() -> Path:
@@ -89,12 +97,12 @@ def ensure_base_image(client: docker.DockerClient, tag: str = BASE_IMAGE) -> str
     tarball = cache_dir() / f"rootfs-{SUITE}-python3.11.tar"
     if not tarball.exists():
         build_rootfs_tarball(tarball)
-    _import(tarball, tag)
+    import_rootfs(tarball, tag, _BASE_CHANGES)
     return tag
 
 
-def build_rootfs_tarball(out: Path) -> None:
-    """debootstrap a minimal bookworm with python3.11 into a tarball at ``out``."""
+def build_rootfs_tarball(out: Path, packages: Sequence[str] = PACKAGES) -> None:
+    """debootstrap a minimal bookworm with ``packages`` into a tarball at ``out``."""
     if shutil.which("debootstrap") is None:
         raise RuntimeError("debootstrap is missing: install it (scripts/bootstrap does)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +111,7 @@ def build_rootfs_tarball(out: Path) -> None:
         cmd = [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
+            f"--include={','.join(packages)}",
             SUITE,
             str(root),
             apt_mirror(),
@@ -114,6 +122,7 @@ def build_rootfs_tarball(out: Path) -> None:
             raise RuntimeError(f"debootstrap failed ({done.returncode}): {done.stdout[-2000:]}")
         # Test-only trust: the build machine's CA bundle, for pip behind a re-signing proxy.
         if HOST_CA_BUNDLE.exists():
+            (root / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
             shutil.copy2(HOST_CA_BUNDLE, root / "etc/ssl/certs/ca-certificates.crt")
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for entry in (root / junk).glob("*"):
@@ -124,14 +133,8 @@ def build_rootfs_tarball(out: Path) -> None:
         partial.replace(out)  # the cache holds a whole tarball or none
 
 
-def _import(tarball: Path, tag: str) -> None:
-    changes = [
-        f"LABEL {TEST_BASE_LABEL}=1",
-        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "ENV LANG=C.UTF-8",
-        f"ENV PIP_CERT={HOST_CA_BUNDLE}",
-        'CMD ["python3"]',
-    ]
+def import_rootfs(tarball: Path, tag: str, changes: Sequence[str]) -> None:
+    """``docker import`` a rootfs tarball as ``tag``, with Dockerfile ``changes`` applied."""
     cmd = ["docker", "import"]
     for change in changes:
         cmd += ["--change", change]

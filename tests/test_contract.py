@@ -328,7 +328,13 @@ def test_exporter_config_keys_are_the_keys_its_parser_accepts() -> None:
     allowed = re.search(r"allowed: ([^)]*)\)", str(info.value))
     assert allowed is not None
     exporter_keys = {k for k in CONFIG_KEYS if k.startswith("exporter.")}
-    assert exporter_keys == {f"exporter.{k}" for k in allowed.group(1).split(", ")}
+    top = {k for k in exporter_keys if k.count(".") == 1}
+    assert top == {f"exporter.{k}" for k in allowed.group(1).split(", ")}
+    with pytest.raises(ConfigError, match=r"allowed: ([^)]*)\)") as info:
+        parse_config({"exporter": {"logs": {"no_such_key": 1}}})
+    allowed = re.search(r"allowed: ([^)]*)\)", str(info.value))
+    assert allowed is not None
+    assert exporter_keys - top == {f"exporter.logs.{k}" for k in allowed.group(1).split(", ")}
     # Of the fleets, the exporter reads how their model servers' containers are found, where
     # their APIs answer, and the synthetic probe.
     assert "host" in CONFIG_KEYS and "host" in RemediatorConfigKeys
@@ -338,6 +344,7 @@ def test_exporter_config_keys_are_the_keys_its_parser_accepts() -> None:
         "fleets.*.containers.ollama",  # the deprecated name of server
         "fleets.*.containers.use_labels",
         "fleets.*.server.url",
+        "fleets.*.server.unit",  # whose journal is read with logs.source journald
         "fleets.*.ollama_url",  # the deprecated name of server.url
         "fleets.*.probe.enabled",
         "fleets.*.probe.interval_seconds",

@@ -49,11 +49,25 @@ RUNBOOK_BASE = "{{ $externalLabels.runbook_base_url }}"
 RUNBOOK_PATH = "/docs/operations.md#"
 # Words shaped like metric names that are not metrics: the compose secret holding the token.
 NOT_METRICS = {"model_fleet_token"}
-# File extensions: `app.env`, `docker.sock`, `server.py`, the unit `ollama.service` and the
-# polkit rule `model-fleet.rules` are files, not config keys or labels.
+# File extensions: `app.env`, `docker.sock`, `server.py` are files, not config keys.
+# (and systemd: ollama.service, the polkit rule model-fleet.rules, sysusers, sudoers, conf)
 FILE_SUFFIXES = {
-    *("env", "json", "yaml", "yml", "txt", "py", "md", "lock", "toml", "sock", "so"),
-    *("service", "rules"),
+    "env",
+    "json",
+    "yaml",
+    "yml",
+    "txt",
+    "py",
+    "md",
+    "lock",
+    "toml",
+    "sock",
+    "so",
+    "service",
+    "rules",
+    "sysusers",
+    "sudoers",
+    "conf",
 }
 CONFIG_KEYS = REMEDIATOR_KEYS | EXPORTER_KEYS
 

@@ -198,6 +198,7 @@ def test_serve_answers_healthz_and_metrics_and_stops_on_sigterm(tmp_path: Path) 
             "status": "ok",
             "nvml_up": False,
             "docker_up": False,
+            "journal_up": False,
             "containers": [],
         }
         exporter.metrics()

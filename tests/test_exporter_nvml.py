@@ -207,11 +207,14 @@ def test_cgroup_files_name_the_innermost_container(tmp_path: Path) -> None:
         102: f"0::/system.slice/docker-{cid}.scope\n",  # cgroup v2, systemd
         103: f"0::/docker/{outer}/docker/{cid}\n",  # Docker in Docker
         104: "0::/user.slice/user-1000.slice/session-2.scope\n",  # a host process
+        105: "0::/system.slice/ollama.service\n",  # a systemd service: its unit
+        106: "12:memory:/system.slice/ollama.service\n0::/system.slice/ollama.service/runner\n",
     }
     for pid, text in cases.items():
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "cgroup").write_text(text)
-    assert [container_id_of(pid, str(tmp_path)) for pid in cases] == [cid, cid, cid, None]
+    found = [container_id_of(pid, str(tmp_path)) for pid in cases]
+    assert found == [cid, cid, cid, None, "ollama.service", "ollama.service"]
     assert container_id_of(999, str(tmp_path)) is None  # gone, or another PID namespace
     assert container_id_from_cgroup("garbage") is None
 

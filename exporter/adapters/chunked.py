@@ -179,6 +179,10 @@ class SocketStream:
         self.interrupt()
         self._sock.close()
 
+    def lost(self) -> bool:
+        """Docker's logs API never says (the ledger finds a log that no longer reaches back)."""
+        return False
+
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     """The status line and headers (up to the blank line), and the body bytes read past it."""

@@ -126,6 +126,10 @@ class _LogStream:
         """Release the connection."""
         self._response.close()
 
+    def lost(self) -> bool:
+        """Docker's logs API never says (the ledger finds a log that no longer reaches back)."""
+        return False
+
 
 class DockerLogSource:
     """The LogSource of one Docker engine (the client is made on first use, again after reset)."""

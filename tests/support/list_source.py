@@ -79,6 +79,9 @@ class _Stream:
     def close(self) -> None:
         self.interrupt()
 
+    def lost(self) -> bool:
+        return False
+
 
 class _Events:
     def __init__(self, source: ListLogSource) -> None:
