@@ -90,11 +90,15 @@ def test_a_unit_systemd_does_not_know() -> None:
         ("Mon 2026-01-05 00:00:01 UTC", datetime(2026, 1, 5, 0, 0, 1, tzinfo=UTC)),
         ("", None),
         ("n/a", None),
-        ("Sat 2026-12-05 10:22:49 CET", None),  # not asked for: never read as UTC
     ],
 )
 def test_timestamps_as_timestamp_us_utc_prints_them(text: str, when: datetime | None) -> None:
     assert parse_timestamp(text) == when
+
+
+def test_a_time_in_another_zone_is_never_read_as_utc() -> None:
+    with pytest.raises(ValueError, match="not a systemd UTC timestamp"):
+        parse_timestamp("Sat 2026-12-05 10:22:49 CET")
 
 
 def test_the_order_of_the_lines_does_not_matter() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from fleet_contract import systemd
 from remediator.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,9 @@ class UnitStatus:
 
 
 def parse_show(text: str) -> UnitStatus:
-    """``systemctl show --property=... --timestamp=us+utc`` output (``Key=value`` lines)."""
-    props = dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
+    """``systemctl show --property=... --timestamp=us+utc`` output (``Key=value`` lines);
+    ValueError for a timestamp in another format (a systemd older than 247)."""
+    props = systemd.parse_show(text)
     return UnitStatus(
         load_state=props.get("LoadState", "") or "unknown",
         load_error=_load_error(props.get("LoadError", "")),
@@ -106,16 +108,12 @@ def parse_show(text: str) -> UnitStatus:
 
 
 def parse_timestamp(value: str) -> datetime | None:
-    """``Sat 2026-12-05 09:13:42.123456 UTC`` (``--timestamp=us+utc``); empty or n/a: never."""
-    parts = value.split()
-    if len(parts) != 4 or parts[3] != "UTC":
+    """``Sat 2026-12-05 09:13:42.123456 UTC`` (``--timestamp=us+utc``); unset: None."""
+    ns = systemd.timestamp_ns(value)
+    if ns is None:
         return None
-    for shape in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S"):
-        try:
-            return datetime.strptime(f"{parts[1]} {parts[2]}", shape).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    return None
+    seconds, rest = divmod(ns, 1_000_000_000)  # integers: a float would round the microseconds
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest // systemd.NS_PER_US)
 
 
 def unit_state(unit: UnitStatus) -> ContainerState:
@@ -268,8 +266,11 @@ class SystemdRuntime:
 
     def _show(self, step: str, name: str) -> UnitStatus:
         props = f"--property={','.join(SHOW_PROPERTIES)}"
-        out = self._systemctl(step, "show", props, "--timestamp=us+utc", "--", name, unit=name)
-        return parse_show(out)
+        out = self._systemctl(step, "show", props, systemd.SHOW_TIMESTAMPS, "--", name, unit=name)
+        try:
+            return parse_show(out)
+        except ValueError as exc:
+            raise SystemdError(step, f"cannot read systemctl show: {exc}", unit=name) from exc
 
     def _systemctl(
         self, step: str, *args: str, unit: str | None, timeout: float | None = None
