@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fleet_contract.systemd import unit_problem
 from remediator import cli, wiring
 from remediator.actions import FleetActions
 from remediator.adapters.docker_engine import DockerRuntime
@@ -29,7 +30,7 @@ from remediator.config import (
     effective_config,
     parse_config,
     placement_of,
-    unit_name,
+    service_problem,
 )
 from remediator.queries import ExitCode
 from remediator.runtime import ROLE_APP, ROLE_SERVER, Runtime, RuntimeByRole
@@ -56,8 +57,8 @@ def test_an_old_config_keeps_docker_and_its_labels() -> None:
 
 
 def test_a_fleet_all_under_systemd() -> None:
-    a = fleet({"server": {"runtime": "systemd", "unit": "ollama"}, "units": {"app": ["myapp"]}})
-    assert a.server.unit == "ollama.service"  # completed, as systemctl reads it
+    a = fleet({"server": SYSTEMD_SERVER, "units": {"app": ["myapp.service"]}})
+    assert a.server.unit == "ollama.service"
     assert a.units.app == ("myapp.service",)
     assert a.containers.use_labels is False  # labels find containers: off under systemd
     assert placement_of(a, ROLE_SERVER) == Placement("systemd", ("ollama.service",))
@@ -145,18 +146,22 @@ WRONG = [
         "containers.ollama",
     ),
     (
-        {"server": SYSTEMD_SERVER, "containers": {"app": ["web"]}, "units": {"app": ["myapp"]}},
+        {
+            "server": SYSTEMD_SERVER,
+            "containers": {"app": ["web"]},
+            "units": {"app": ["myapp.service"]},
+        },
         "fleets.a.units.app: the application runs either in containers (containers.app) or as "
         "systemd units (units.app), not both: keep units.app if it runs under systemd, "
         "containers.app if it runs in Docker",
     ),
     (
-        {"server": SYSTEMD_SERVER, "units": {"app": ["ollama"]}},
+        {"server": SYSTEMD_SERVER, "units": {"app": ["ollama.service"]}},
         "fleets.a.units.app[0]: ollama.service is the model server's unit (server.unit): list "
         "only the application's",
     ),
     (
-        {"units": {"app": ["web", "web.service"]}},
+        {"units": {"app": ["web.service", "web.service"]}},
         "fleets.a.units.app[1]: web.service is listed twice",
     ),
     (
@@ -170,9 +175,14 @@ WRONG = [
         "service's name: a unit name has no '/': name the unit (ollama.service), not its file",
     ),
     (
-        {"units": {"app": "my app"}},
-        "fleets.a.units.app[0]: 'my app' is not a systemd service's name: systemd unit names "
-        "use letters, digits and :-_.\\ (and one '@' before an instance name)",
+        {"units": {"app": "my app.service"}},
+        "fleets.a.units.app[0]: 'my app.service' is not a systemd service's name: systemd unit "
+        "names use letters, digits and :-_.\\ (and one '@' before an instance)",
+    ),
+    (
+        {"server": {"runtime": "systemd", "unit": "ollama"}},
+        "fleets.a.server.unit: 'ollama' is not a systemd service's name: a unit is named with "
+        "its type: ollama.service",
     ),
     ({"units": {"web": []}}, "fleets.a.units: unknown key(s) web (allowed: app)"),
 ]
@@ -188,22 +198,17 @@ def test_a_wrong_combination_is_refused_naming_the_key(
 
 
 @pytest.mark.parametrize(
-    ("text", "name"),
-    [
-        ("ollama", "ollama.service"),
-        ("ollama.service", "ollama.service"),
-        ("ollama.v2", "ollama.v2.service"),
-        ("getty@tty1.service", "getty@tty1.service"),
-        ("app\\x2dweb", "app\\x2dweb.service"),
-    ],
+    "name", ["ollama.service", "ollama.v2.service", "getty@tty1.service", "app\\x2dweb.service"]
 )
-def test_a_service_name_is_completed_as_systemctl_reads_it(text: str, name: str) -> None:
-    assert unit_name(text) == name
+def test_a_service_name(name: str) -> None:
+    assert service_problem(name) is None
+    assert unit_problem(name) is None  # the exporter reads server.unit too, and agrees
 
 
 @pytest.mark.parametrize(
-    ("text", "why"),
+    ("name", "why"),
     [
+        ("ollama", "a unit is named with its type: ollama.service"),
         ("getty@.service", "it is a template"),
         ("a@b@c.service", "systemd unit names use"),
         ("x" * 250 + ".service", "systemd unit names have at most 255 characters"),
@@ -211,16 +216,15 @@ def test_a_service_name_is_completed_as_systemctl_reads_it(text: str, name: str)
         ("@x.service", "systemd unit names use"),
     ],
 )
-def test_what_is_no_service_name(text: str, why: str) -> None:
-    with pytest.raises(ValueError, match=f"^{why}"):
-        unit_name(text)
+def test_what_is_no_service_name(name: str, why: str) -> None:
+    assert (service_problem(name) or "").startswith(why)
 
 
 def test_check_config_explains_a_wrong_combination_and_prints_units(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"fleets": {"a": {"server": {"unit": "ollama"}}}}))
+    bad.write_text(yaml.safe_dump({"fleets": {"a": {"server": {"unit": "ollama.service"}}}}))
     assert cli.main(["check-config", "--config", str(bad)]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert err == (
@@ -229,7 +233,7 @@ def test_check_config_explains_a_wrong_combination_and_prints_units(
         "remove server.unit\n"
     )
     good = tmp_path / "good.yaml"
-    settings = {"server": {"runtime": "systemd", "unit": "ollama"}, "units": {"app": ["web"]}}
+    settings = {"server": SYSTEMD_SERVER, "units": {"app": ["web.service"]}}
     good.write_text(yaml.safe_dump({"fleets": {"a": settings}}))
     assert cli.main(["check-config", "--config", str(good)]) == ExitCode.OK
     printed = json.loads(capsys.readouterr().out)["fleets"]["a"]
@@ -244,7 +248,8 @@ def test_check_config_explains_a_wrong_combination_and_prints_units(
 
 
 def test_the_effective_config_round_trips_with_units() -> None:
-    config = parse_config({"fleets": {"a": {"server": SYSTEMD_SERVER, "units": {"app": ["w"]}}}})
+    units = {"app": ["w.service"]}
+    config = parse_config({"fleets": {"a": {"server": SYSTEMD_SERVER, "units": units}}})
     printed = {k: v for k, v in effective_config(config).items() if k != "source"}
     again = parse_config(json.loads(json.dumps(printed)))
     assert effective_config(again)["fleets"] == effective_config(config)["fleets"]
@@ -257,7 +262,7 @@ def test_a_switch_restarts_the_units_by_name(tmp_path: Path) -> None:
     settings = {
         "cooldown_seconds": 0,
         "server": {**SYSTEMD_SERVER, "url": "http://model-server.invalid:11434"},
-        "units": {"app": ["myapp"]},
+        "units": {"app": ["myapp.service"]},
         "containers": {"ready_timeout_seconds": 1, "settle_seconds": 0},
         "app_config": [{"path": str(env_file), "format": "env"}],
     }

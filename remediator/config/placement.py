@@ -25,7 +25,7 @@ from remediator.config.model import (
 from remediator.config.reader import _join, _Reader
 from remediator.server import SERVER_KINDS
 
-__all__ = ["UNIT_SUFFIX", "Placement", "placement_of", "unit_name"]
+__all__ = ["UNIT_SUFFIX", "Placement", "placement_of", "service_problem"]
 
 SERVER_KEYS: Final = frozenset({"kind", "url", "runtime", "unit"})
 CONTAINER_KEYS: Final = frozenset(
@@ -44,7 +44,7 @@ CONTAINER_KEYS: Final = frozenset(
 )
 UNIT_KEYS: Final = frozenset({"app"})
 
-# The remediator restarts services; a name without a unit type is one, as systemctl reads it.
+# The remediator restarts services.
 UNIT_SUFFIX: Final = ".service"
 # systemd's unit name rules (unit_name_is_valid): these characters, an optional "@instance",
 # at most 255 characters.
@@ -87,32 +87,33 @@ def placement_of(fleet: FleetConfig, role: str) -> Placement:
     return Placement(server.runtime)
 
 
-def unit_name(text: str) -> str:
-    """``text`` as a systemd service's name (``ollama`` becomes ``ollama.service``, as
-    systemctl reads it); ValueError saying why it cannot be one."""
-    if "/" in text:
-        raise ValueError("a unit name has no '/': name the unit (ollama.service), not its file")
-    suffix = text.rpartition(".")[2] if "." in text else ""
+def service_problem(name: str) -> str | None:
+    """Why ``name`` is not a service the remediator can restart, or None when it is one.
+
+    The name is taken whole, with its type (``ollama.service``), as the exporter reads
+    ``server.unit``: a name valid for one reader of the file is valid for both.
+    """
+    if "/" in name:
+        return "a unit name has no '/': name the unit (ollama.service), not its file"
+    suffix = name.rpartition(".")[2] if "." in name else ""
     if suffix in _OTHER_UNIT_TYPES:
-        raise ValueError(f"it is a .{suffix} unit: the remediator restarts services (.service)")
-    name = text if suffix == "service" else text + UNIT_SUFFIX
+        return f"it is a .{suffix} unit: the remediator restarts services (.service)"
+    if suffix != "service":
+        return f"a unit is named with its type: {name}{UNIT_SUFFIX}"
     if len(name) > _UNIT_NAME_MAX:
-        raise ValueError(f"systemd unit names have at most {_UNIT_NAME_MAX} characters")
+        return f"systemd unit names have at most {_UNIT_NAME_MAX} characters"
     if not _UNIT_NAME.fullmatch(name):
-        raise ValueError(
-            "systemd unit names use letters, digits and :-_.\\ (and one '@' before an "
-            "instance name)"
-        )
+        return "systemd unit names use letters, digits and :-_.\\ (and one '@' before an instance)"
     if name.endswith("@" + UNIT_SUFFIX):
-        raise ValueError("it is a template: name an instance of it (name@instance.service)")
+        return "it is a template: name an instance of it (name@instance.service)"
+    return None
+
+
+def _unit(r: _Reader, name: str, key: str) -> str:
+    problem = service_problem(name)
+    if problem is not None:
+        raise r.fail(key, f"{name!r} is not a systemd service's name: {problem}")
     return name
-
-
-def _unit(r: _Reader, text: str, key: str) -> str:
-    try:
-        return unit_name(text)
-    except ValueError as exc:
-        raise r.fail(key, f"{text!r} is not a systemd service's name: {exc}") from None
 
 
 def parse_server(r: _Reader, fleet: dict[str, Any], where: str) -> ServerSettings:
