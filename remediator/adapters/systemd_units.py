@@ -142,13 +142,9 @@ def _int(value: str | None) -> int | None:
 
 
 def _exit_code(code: int | None, status: int | None) -> int | None:
-    if status is None:
-        return None
-    if code == CLD_EXITED:
-        return status
-    if code in CLD_SIGNALLED:
-        return SIGNAL_EXIT_BASE + status
-    return None  # the main process has not ended since the unit was loaded
+    if status is None or (code != CLD_EXITED and code not in CLD_SIGNALLED):
+        return None  # the main process has not ended since the unit was loaded
+    return status if code == CLD_EXITED else SIGNAL_EXIT_BASE + status
 
 
 def _load_error(value: str) -> str | None:
@@ -294,7 +290,9 @@ class SystemdRuntime:
         except OSError as exc:
             raise SystemdError(step, f"cannot run {SYSTEMCTL}: {exc}", unit=unit) from exc
         if done.returncode != 0:
-            said = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
+            # Without systemctl's closing "See ... for details.", the same for every failure.
+            lines = (line.strip() for line in done.stderr.splitlines())
+            said = "; ".join(line for line in lines if line and not line.startswith("See "))
             cause = f"systemctl {args[0]} exited {done.returncode}: {said[:500] or 'no message'}"
             raise SystemdError(step, cause, unit=unit)
         return done.stdout
