@@ -188,26 +188,31 @@ def test_the_shipped_user_restarts_its_units_and_polkit_answers_the_rest(
     )
 
 
-def model_fleet(host: SystemdHost, *args: str) -> tuple[int, dict[str, Any]]:
-    """``model-fleet ARGS`` in the bed, as root: exit code and printed JSON."""
+def model_fleet(
+    host: SystemdHost, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """``model-fleet ARGS`` in the bed, as root: exit code and printed JSON (None: none)."""
     argv = [PYTHON, "-m", "remediator.cli", "--config", CONFIG_FILE, *args]
-    done = host.exec(*argv, check=False, timeout=120)
-    return done.returncode, json.loads(done.stdout)
+    done = host.exec(*argv, check=False, timeout=120, env=env)
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def write_config(host: SystemdHost, state_file: str) -> None:
+    """The fleet of ollama.service and llm-app.service, as an operator writes it."""
+    fleet = {
+        "server": {"url": URL, "runtime": "systemd", "unit": SERVER},
+        "units": {"app": [APP]},
+        "containers": {"ready_timeout_seconds": 30, "settle_seconds": 2},
+        "app_config": [{"path": APP_ENV, "format": "env", "key": "OLLAMA_MODEL"}],
+    }
+    config = {"state_file": state_file, "fleets": {"default": fleet}}
+    host.write_file(CONFIG_FILE, yaml.safe_dump(config))
 
 
 def test_a_switch_and_its_rollback_restart_the_units(host: SystemdHost) -> None:
-    config = {
-        "state_file": "/var/lib/model-fleet-test/state.json",
-        "fleets": {
-            "default": {
-                "server": {"url": URL, "runtime": "systemd", "unit": SERVER},
-                "units": {"app": [APP]},
-                "containers": {"ready_timeout_seconds": 30, "settle_seconds": 2},
-                "app_config": [{"path": APP_ENV, "format": "env", "key": "OLLAMA_MODEL"}],
-            }
-        },
-    }
-    host.write_file(CONFIG_FILE, yaml.safe_dump(config))
+    write_config(host, "/var/lib/model-fleet-test/switch.json")
+    host.write_file(APP_ENV, f"OLLAMA_MODEL={MODEL}\n")
+    host.systemctl("restart", APP)
     runs = {unit: show(host, unit, "InvocationID") for unit in (SERVER, APP)}
 
     code, result = model_fleet(host, "downgrade", "--reason", "bed")
@@ -224,9 +229,34 @@ def test_a_switch_and_its_rollback_restart_the_units(host: SystemdHost) -> None:
     assert result["failed_step"] == "verify", result
     assert result["error"].startswith(
         f"switch failed at step 'verify': systemd wait_ready of unit '{APP}' failed: stopped "
-        "after it started: "
-        "status=failed exit_code=4 result=exit-code"
+        "after it started: status=failed exit_code=4 result=exit-code"
     ), result["error"]
     assert host.exec("cat", APP_ENV).stdout == "OLLAMA_MODEL=phi3:mini\n"
     assert show(host, APP, "ActiveState") == "active"
     assert model_fleet(host, "status")[1]["current_model"]["name"] == "phi3:mini"
+
+
+def test_a_switch_killed_half_way_is_rolled_back_by_the_next_command(host: SystemdHost) -> None:
+    """Killed after the model server's unit restarted on the new model, before the app's: the
+    next command finds the journal open and puts the configs and both units back."""
+    write_config(host, "/var/lib/model-fleet-test/crash.json")
+    host.write_file(APP_ENV, f"OLLAMA_MODEL={MODEL}\n")
+    host.systemctl("restart", APP)
+    app_run = show(host, APP, "InvocationID")
+    crash = {"MODEL_FLEET_TEST_CRASH_AFTER": "restarted_ollama"}
+    code, _ = model_fleet(host, "downgrade", "--reason", "bed", env=crash)
+    assert code == 137  # SIGKILL, half-way
+    assert host.exec("cat", APP_ENV).stdout == "OLLAMA_MODEL=phi3:mini\n"
+    assert show(host, APP, "InvocationID") == app_run  # the app was never restarted
+
+    _, status = model_fleet(host, "status")
+    assert status["switch_in_progress"] is not None
+    code, result = model_fleet(host, "downgrade", "--dry-run")  # resolves first, then plans
+    assert code == 0, result
+    assert host.exec("cat", APP_ENV).stdout == f"OLLAMA_MODEL={MODEL}\n"
+    assert show(host, APP, "ActiveState") == "active"
+    assert show(host, APP, "InvocationID") != app_run  # restarted on the old model
+    _, status = model_fleet(host, "status")
+    assert (status["current_model"]["name"], status["switch_in_progress"]) == (MODEL, None)
+    _, history = model_fleet(host, "history")
+    assert history[-1]["recovery"] == "rolled_back"
