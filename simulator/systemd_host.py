@@ -15,13 +15,11 @@ that started it (loop_setup's owner label): a later run removes what an interrup
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -230,17 +228,20 @@ class SystemdHost:
         return done
 
     def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
-        """Write ``text`` to ``path`` in the container (root-owned), making its directories."""
-        target = Path(path)
-        self.exec("mkdir", "-p", str(target.parent))
-        data = text.encode("utf-8")
-        info = tarfile.TarInfo(target.name)
-        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.addfile(info, io.BytesIO(data))
-        if not self.container.put_archive(str(target.parent), buf.getvalue()):
-            raise SystemdHostError(f"{self._name}: could not write {path}")
+        """Write ``text`` to ``path`` in the container (root-owned), making its directories.
+
+        Through a shell in the container, not Docker's archive API: on Docker 20.10 that
+        writes beneath a tmpfs mounted over the directory (/run), where no process sees it.
+        The file is written beside ``path`` and renamed over it: a reader never sees it half.
+        """
+        script = 'mkdir -p "$(dirname "$1")" && cat > "$1.mf-new" && chmod "$2" "$1.mf-new"'
+        script += ' && mv -f "$1.mf-new" "$1"'
+        cmd = ["docker", "exec", "-i", self.container.id, "sh", "-c", script, "sh", path]
+        done = subprocess.run(
+            [*cmd, f"{mode:o}"], input=text, capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise SystemdHostError(f"{self._name}: could not write {path}: {done.stderr.strip()}")
 
     def install_unit(self, name: str, text: str) -> None:
         """Write /etc/systemd/system/``name`` (a drop-in too: ``x.service.d/y.conf``), reload."""

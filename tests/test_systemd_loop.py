@@ -108,7 +108,10 @@ class Native:
     def metric(self, name: str, **labels: str | None) -> float | None:
         """A sample of the exporter's /metrics, of ollama.service unless ``container=None``
         (None: no such series)."""
-        text = requests.get(self.exporter_url, timeout=10).text
+        try:
+            text = requests.get(self.exporter_url, timeout=10).text
+        except requests.ConnectionError:
+            return None  # restarting: the caller polls again
         want = {k: v for k, v in {"container": OLLAMA, **labels}.items() if v is not None}
         for line in text.splitlines():
             match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
