@@ -22,6 +22,7 @@ from bench import (
     bench_compose,
     bench_crash,
     bench_exporter,
+    bench_journal,
     bench_limits,
     bench_loop,
     bench_rotation,
@@ -108,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         help="random SIGKILLs mid-switch (bench/bench_crash.py; 0: skip, its default is 200)",
     )
     parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="also compare the journal's readers (bench/bench_journal.py; boots a systemd bed)",
+    )
+    parser.add_argument(
         "--scenario-runs",
         type=int,
         default=1,
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         ("compose stack", lambda: bench_compose.run(args.compose_runs)),
         ("crash recovery", lambda: bench_crash.run(args.crash_trials)),
         ("chain scenario", lambda: bench_scenario.run(args.scenario_runs)),
+        ("journal readers", bench_journal.run),
     ):
         if name == "compose stack" and args.compose_runs <= 0:
             continue
@@ -133,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "crash recovery" and args.crash_trials <= 0:
             continue
         if name == "chain scenario" and args.scenario_runs <= 0:
+            continue
+        if name == "journal readers" and not args.journal:
             continue
         print(f"running the {name} benchmark ...", file=sys.stderr, flush=True)
         rows += bench()
