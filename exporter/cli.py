@@ -17,6 +17,8 @@ from dataclasses import replace
 from typing import Final
 
 from exporter.config import ConfigError, ExporterConfig, load_config, parse_bind
+from fleet_contract import completion, logformat
+from fleet_contract.version import describe
 from fleet_contract.yamlfile import config_options
 
 EXIT_OK: Final = 0
@@ -34,11 +36,22 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default: INFO)",
     )
+    common.add_argument(
+        "--log-format",
+        default=argparse.SUPPRESS,
+        choices=logformat.FORMATS,
+        help="text, or json: one object a line (default: $MODEL_FLEET_LOG_FORMAT, else text)",
+    )
     p = argparse.ArgumentParser(
         prog="model-fleet-exporter",
         description="VRAM from NVML and VRAM-error counters from container logs, for Prometheus.",
         parents=[common],
+        epilog=f"exit codes:\n  {EXIT_OK}  done (serve: stopped by SIGTERM or SIGINT)\n"
+        f"  {EXIT_FAILED}  failed (serve: cannot listen; scan: cannot read the file)\n"
+        f"  {EXIT_USAGE}  bad arguments or configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=describe("model-fleet-exporter"))
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", parents=[common], help="serve /metrics and /healthz")
     s.add_argument("--bind", help="HOST:PORT to listen on (default: exporter.bind, 0.0.0.0:9842)")
@@ -64,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("file", help="log file, or - for standard input")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c = sub.add_parser("completion", help="print the shell completion script (bash or zsh)")
+    c.add_argument("shell", choices=completion.SHELLS)
     return p
 
 
@@ -103,12 +118,17 @@ def _apply_flags(config: ExporterConfig, args: argparse.Namespace) -> ExporterCo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``model-fleet-exporter``."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(completion.script(parser, args.shell), end="")
+        return EXIT_OK
+    try:
+        fmt = logformat.chosen(getattr(args, "log_format", None))
+    except ValueError as exc:
+        print(f"model-fleet-exporter: {exc}", file=sys.stderr)
+        return 2
+    logformat.configure(getattr(args, "log_level", "INFO"), fmt)
     try:
         config = load_config(getattr(args, "config", None))
         if args.command == "serve":

@@ -26,7 +26,7 @@ from exporter.server import make_server
 from exporter.serverpoll import ApiFactory, ServerCollector, ServerStore, ServerWatch
 from exporter.watcher import LogWatcher
 from fleet_contract.metrics import EXPORTER_DOCKER_UP, EXPORTER_JOURNAL_UP
-from fleet_exposition import HostRegistry
+from fleet_exposition import BuildInfoCollector, HostRegistry
 
 log = logging.getLogger("model-fleet-exporter")
 
@@ -124,6 +124,7 @@ def build_exporter(
         )
         registry.register(nvml)
     registry.register(_SourceUpCollector(watcher, config.log_source == "journald"))
+    registry.register(BuildInfoCollector())
     server_store = ServerStore()
     servers = ServerWatch(config.servers, config.server_poll_seconds, server_api, server_store)
     registry.register(ServerCollector(server_store))

@@ -23,6 +23,9 @@ WORKERS: Final = "MODEL_FLEET_WORKERS"
 THREADS: Final = "MODEL_FLEET_THREADS"
 HTTP_TIMEOUT: Final = "MODEL_FLEET_HTTP_TIMEOUT"
 LOG_LEVEL: Final = "MODEL_FLEET_LOG_LEVEL"
+LOG_FORMAT: Final = "MODEL_FLEET_LOG_FORMAT"
+REVISION: Final = "MODEL_FLEET_REVISION"
+VERSION: Final = "MODEL_FLEET_VERSION"
 PROMETHEUS_MULTIPROC_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 GPU: Final = "MODEL_FLEET_GPU"
 COMPOSE_OVERRIDE: Final = "MODEL_FLEET_COMPOSE_OVERRIDE"
@@ -87,6 +90,21 @@ ENV_VARS: Final[tuple[EnvVar, ...]] = (
         "seconds a request may take, a manual switch included (default 1800)",
     ),
     EnvVar(LOG_LEVEL, ("remediator",), "log level of the service and gunicorn (default info)"),
+    EnvVar(
+        LOG_FORMAT,
+        ("remediator", "exporter", "cli"),
+        "text (default) or json: one JSON object a line, gunicorn's access log included",
+    ),
+    EnvVar(
+        REVISION,
+        ("remediator", "exporter", "cli", "scripts"),
+        "the commit the build came from (the image sets it; else read from a git checkout)",
+    ),
+    EnvVar(
+        VERSION,
+        ("scripts",),
+        "the version the image is built as (scripts/up: from pyproject.toml): tag and OCI label",
+    ),
     EnvVar(
         PROMETHEUS_MULTIPROC_DIR,
         ("remediator",),

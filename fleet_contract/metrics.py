@@ -15,7 +15,7 @@ from typing import Final, Literal
 from fleet_contract.labels import HOST_LABEL
 
 Kind = Literal["counter", "gauge", "histogram"]
-Service = Literal["exporter", "remediator"]
+Service = Literal["exporter", "remediator", "both"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class MetricSpec:
     service: Service
     help: str
 
+
+# --- both -----------------------------------------------------------------------------------
+BUILD_INFO: Final = "model_fleet_build_info"
 
 # --- exporter -------------------------------------------------------------------------------
 GPU_MEMORY_TOTAL: Final = "model_fleet_gpu_memory_total_bytes"
@@ -83,7 +86,17 @@ def _remediator(name: str, kind: Kind, labels: tuple[str, ...], help: str) -> Me
     return MetricSpec(name, kind, labels, "remediator", help)
 
 
+def _both(name: str, kind: Kind, labels: tuple[str, ...], help: str) -> MetricSpec:
+    return MetricSpec(name, kind, labels, "both", help)
+
+
 METRICS: Final[tuple[MetricSpec, ...]] = (
+    _both(
+        BUILD_INFO,
+        "gauge",
+        ("version", "revision"),
+        "1, labelled with the running version (pyproject.toml) and the commit it was built from.",
+    ),
     _exporter(GPU_MEMORY_TOTAL, "gauge", _GPU, "Total GPU memory."),
     _exporter(GPU_MEMORY_USED, "gauge", _GPU, "Used GPU memory (NVML)."),
     _exporter(GPU_MEMORY_FREE, "gauge", _GPU, "Free GPU memory (NVML)."),
@@ -294,5 +307,5 @@ def spec(name: str) -> MetricSpec:
 
 
 def of_service(service: Service) -> tuple[MetricSpec, ...]:
-    """The metrics ``service`` exports."""
-    return tuple(m for m in METRICS if m.service == service)
+    """The metrics ``service`` exports (those of ``both`` included)."""
+    return tuple(m for m in METRICS if m.service in (service, "both"))

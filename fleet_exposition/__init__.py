@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
+from fleet_contract import version
 from fleet_contract.labels import HOST_LABEL
+from fleet_contract.metrics import BUILD_INFO, spec
 
 
 class HostRegistry(CollectorRegistry):
@@ -36,3 +38,17 @@ def with_host(family: Metric, host: str) -> Metric:
     labelled = Metric(family.name, family.documentation, family.type, family.unit)
     labelled.samples = [s._replace(labels={HOST_LABEL: host, **s.labels}) for s in family.samples]
     return labelled
+
+
+class BuildInfoCollector(Collector):
+    """``model_fleet_build_info{version,revision} 1``: which model-fleet answers (both services)."""
+
+    def __init__(self) -> None:
+        self._labels = [version.version(), version.revision()]  # fixed for the process
+
+    def collect(self) -> Iterator[Metric]:
+        """The one sample."""
+        info = spec(BUILD_INFO)
+        family = GaugeMetricFamily(info.name, info.help, labels=list(info.labels))
+        family.add_metric(self._labels, 1)
+        yield family

@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from fleet_contract import completion, logformat
 from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
 from fleet_contract.env import URL as URL_ENV
+from fleet_contract.version import describe
 from fleet_contract.yamlfile import config_options
-from remediator import queries
+from remediator import queries, tables
 from remediator.adapters.prometheus import DEFAULT_URL as PROMETHEUS_URL
 from remediator.config import (
     Config,
@@ -51,6 +53,13 @@ def _common() -> argparse.ArgumentParser:
         help=f"act through a running remediator at this URL (default: ${URL_ENV})",
     )
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument(
+        "--log-format",
+        default=argparse.SUPPRESS,
+        choices=logformat.FORMATS,
+        help="text, or json: one object a line, `serve`'s gunicorn included "
+        "(default: $MODEL_FLEET_LOG_FORMAT, else text)",
+    )
     return p
 
 
@@ -61,10 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="model-fleet",
         description="Step a local LLM fleet down (or up) a ladder of models when VRAM runs short.",
         parents=[common],
+        epilog="exit codes:\n"
+        + "\n".join(f"  {int(code)}  {what}" for code, what in queries.EXIT_MEANINGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=describe("model-fleet"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("status", parents=[common], help="print the status JSON")
+    p = sub.add_parser(
+        "status", parents=[common], help="the status: a table on a terminal, else its JSON"
+    )
     p.add_argument("--fleet", help="only this fleet")
+    p.add_argument("--json", action="store_true", help="the status JSON even on a terminal")
     for name, what in (
         ("downgrade", "step one fleet down its ladder"),
         ("upgrade", "step one fleet up one rung"),
@@ -76,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--dry-run", action="store_true", help="say what would happen, change nothing"
         )
-    p = sub.add_parser("history", parents=[common], help="print the switch history")
+    p = sub.add_parser(
+        "history", parents=[common], help="the switch history: a table on a terminal, else JSON"
+    )
+    p.add_argument("--json", action="store_true", help="the history JSON even on a terminal")
     p.add_argument("--fleet", help="only this fleet")
     p.add_argument("--limit", type=int, default=20, help="newest N entries (default 20)")
     p = sub.add_parser("watch", parents=[common], help="a live view: model, errors, VRAM, alerts")
@@ -106,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--inventory", required=True, help="the inventory YAML (docs/multi-host.md)")
     p.add_argument("--out", required=True, help="the directory to write into")
+    p = sub.add_parser(
+        "completion", help="print the shell completion script (bash: source <(model-fleet ...))"
+    )
+    p.add_argument("shell", choices=completion.SHELLS)
     p = sub.add_parser("serve", parents=[common], help="run the HTTP service under gunicorn")
     p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     p.add_argument("--workers", type=int, default=None, help="gunicorn workers (default 3)")
@@ -127,12 +150,24 @@ def _seconds(text: str) -> float:
 def _translate_legacy(argv: list[str]) -> list[str]:
     for i, arg in enumerate(argv):
         if arg in LEGACY_FLAGS:
-            return [*argv[:i], LEGACY_FLAGS[arg], *argv[i + 1 :]]
+            # The original --status printed its JSON, on a terminal too: scripts read it.
+            extra = ["--json"] if arg == "--status" else []
+            return [*argv[:i], LEGACY_FLAGS[arg], *extra, *argv[i + 1 :]]
     return argv
 
 
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
+
+
+def _show(args: argparse.Namespace, obj: Any) -> None:
+    """``status`` or ``history``: a table for a person at a terminal, else JSON."""
+    if args.json or not sys.stdout.isatty():
+        _print(obj)
+    elif args.command == "status":
+        print(tables.status_table(obj))
+    else:
+        print(tables.history_table(obj))
 
 
 def _err(message: str) -> None:
@@ -159,10 +194,10 @@ def _report_switch(result: dict[str, Any], code: ExitCode) -> ExitCode:
 def _run_local(args: argparse.Namespace, config: Config) -> int:
     store = StateStore(config)
     if args.command == "status":
-        _print(queries.status(config, store, args.fleet))
+        _show(args, queries.status(config, store, args.fleet))
         return ExitCode.OK
     if args.command == "history":
-        _print(queries.history(config, store, args.fleet, args.limit))
+        _show(args, queries.history(config, store, args.fleet, args.limit))
         return ExitCode.OK
     direction = {"downgrade": "down", "upgrade": "up", "reset": "reset"}[args.command]
     remediator = Remediator(config, store, _local_actions(config))
@@ -178,10 +213,10 @@ def _run_remote(args: argparse.Namespace, url: str) -> int:
     client = RemediatorClient(url, token=load_token())
     try:
         if args.command == "status":
-            _print(client.status(args.fleet))
+            _show(args, client.status(args.fleet))
             return ExitCode.OK
         if args.command == "history":
-            _print(client.history(args.fleet, args.limit))
+            _show(args, client.history(args.fleet, args.limit))
             return ExitCode.OK
         result, code = client.switch(args.command, args.fleet, args.reason, args.dry_run)
     except RemoteError as exc:
@@ -243,11 +278,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        args.log_format = logformat.chosen(getattr(args, "log_format", None))
+    except ValueError as exc:
+        print(f"model-fleet: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    logformat.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
+    if args.command == "completion":
+        print(completion.script(parser, args.shell), end="")
+        return ExitCode.OK
     if args.command == "render-monitoring" or getattr(args, "inventory", None):
         from remediator.hostscli import run_inventory_command
 

@@ -1,11 +1,13 @@
 """gunicorn settings for ``model-fleet serve`` (read by gunicorn, not imported by the package)."""
 
+import logging
 import os
 import shutil
 
 from prometheus_client import multiprocess
 
 from fleet_contract import env as contract_env
+from fleet_contract import logformat
 
 # Several workers so that a slow request never blocks the webhook; gthread threads so that
 # 50 concurrent Alertmanager deliveries are served without queueing behind each other. An
@@ -38,6 +40,20 @@ limit_request_field_size = 8190
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get(contract_env.LOG_LEVEL, "info")
+# --log-format json: gunicorn's own lines and its access log as JSON objects too
+# (fleet_contract/logformat.py); its handlers stay where they were (stdout and stderr).
+# gunicorn's dictConfig defaults stay for the handlers (access on stdout, the rest on
+# stderr); its loggers must not also propagate to the root, or each line came twice.
+if logformat.chosen() == "json":
+    _level = loglevel.upper() if loglevel.upper() in logging.getLevelNamesMapping() else "INFO"
+    logconfig_dict = {
+        "root": {"level": _level, "handlers": ["error_console"]},  # the service's own log
+        "loggers": {
+            "gunicorn.error": {"level": _level, "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        },
+        "formatters": {"generic": {"()": "fleet_contract.logformat.JsonFormatter"}},
+    }
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]

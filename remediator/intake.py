@@ -200,6 +200,12 @@ def _defer(
         decision.detail,
         acts_at,
         max(0.0, decision.retry_at - now),
+        extra={
+            "fleet": fleet.name,
+            "alert_key": ask.ref.key,
+            "reason": decision.reason,
+            "acts_at": acts_at,
+        },
     )
     verdict.deferred.append(
         {**ask.item, "reason": decision.reason, "detail": decision.detail, "acts_at": acts_at}

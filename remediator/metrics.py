@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from fleet_contract import metrics as m
 from fleet_contract.env import PROMETHEUS_MULTIPROC_DIR
-from fleet_exposition import HostRegistry
+from fleet_exposition import BuildInfoCollector, HostRegistry
 from remediator.config import Config
 from remediator.state import StateError, StateStore
 from remediator.windows import window_state
@@ -63,7 +64,7 @@ class FleetStateCollector(Collector):
         g = {
             s.name: GaugeMetricFamily(s.name, s.help, labels=s.labels)
             for s in m.of_service("remediator")
-            if s.kind == "gauge"
+            if s.kind == "gauge" and s.service == "remediator"  # build_info: its own collector
         }
         info, index, size, can = (
             g[m.CURRENT_MODEL_INFO],
@@ -142,6 +143,9 @@ class RemediatorMetrics:
         self.notifications.labels(outcome).inc()
 
 
+_BUILD_INFO: Final = BuildInfoCollector()  # the version and revision of this process
+
+
 def multiprocess_dir() -> str | None:
     """The multiprocess directory when running under ``serve``, else None."""
     return os.environ.get(PROMETHEUS_MULTIPROC_DIR) or None
@@ -155,6 +159,7 @@ def render(config: Config, store: StateStore, own_registry: CollectorRegistry) -
     else:
         registry.register(_Forward(own_registry))
     registry.register(FleetStateCollector(config, store))
+    registry.register(_BUILD_INFO)
     return generate_latest(registry)
 
 

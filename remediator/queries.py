@@ -40,6 +40,19 @@ class ExitCode(IntEnum):
     UNREACHABLE = 7  # --url: the remediator did not answer
 
 
+# What each exit code means, for --help and docs/operations.md.
+EXIT_MEANINGS: Final[Mapping[ExitCode, str]] = {
+    ExitCode.OK: "done",
+    ExitCode.FAILED: "the switch failed and was rolled back",
+    ExitCode.USAGE: "bad arguments, invalid configuration, or a missing or refused token",
+    ExitCode.UNKNOWN_FLEET: "unknown fleet",
+    ExitCode.NOTHING_TO_DO: "nothing to do (at the smallest or largest model, cooldown, ...)",
+    ExitCode.LOCKED: "the state lock was not obtained in time",
+    ExitCode.STATE: "the state file could not be read or written",
+    ExitCode.UNREACHABLE: "the remediator at --url did not answer",
+}
+
+
 @dataclass(frozen=True)
 class Code:
     """How one kind of ending is told: an HTTP status and an exit code."""

@@ -57,6 +57,7 @@ def log_not_acted_on(fleet: str, ask: AlertRequest, decision: Decision) -> None:
         ask.ref.key,
         decision.reason,
         decision.detail,
+        extra={"fleet": fleet, "alert_key": ask.ref.key, "reason": decision.reason},
     )
 
 

@@ -56,6 +56,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
         print("model-fleet: gunicorn is not installed", file=sys.stderr)
         return ExitCode.USAGE
     env = os.environ
+    env[contract_env.LOG_FORMAT] = args.log_format  # the workers' and gunicorn's own logs
     if config.source != "<defaults>":
         env[contract_env.CONFIG] = str(Path(config.source).resolve())
     env[contract_env.STATE_FILE] = str(Path(config.state_file).resolve())

@@ -20,6 +20,7 @@ from flask import Flask, Response
 from prometheus_client import CollectorRegistry
 
 from fleet_contract import env as contract_env
+from fleet_contract import logformat
 from remediator import metrics, recovery
 from remediator.config import Config, FleetConfig, load_config
 from remediator.deferrals import DeferralClock
@@ -71,10 +72,8 @@ def create_app(
     (``model-fleet serve`` does, in each gunicorn worker; tests call
     :func:`remediator.deferrals.judge_due` themselves, at the moment they choose).
     """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+    if not logging.getLogger().handlers:  # under gunicorn: MODEL_FLEET_LOG_FORMAT from serve
+        logformat.configure(log_level(), logformat.chosen())
     config = config or load_config()
     secret = load_token() if isinstance(token, _Unset) else token
     if allow_no_auth is None:

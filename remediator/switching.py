@@ -317,6 +317,14 @@ class Remediator:
             plan.trigger,
             decision.reason,
             ", dry run" if dry_run else "",
+            extra={
+                "fleet": fleet.name,
+                "from_model": plan.from_rung.name,
+                "to_model": plan.to_rung.name,
+                "direction": direction,
+                "trigger": plan.trigger,
+                "reason": decision.reason,
+            },
         )
         actions = self._actions_for(fleet)
         record: StepRecorder | None = None
@@ -330,7 +338,9 @@ class Remediator:
         except SwitchFailed as exc:
             outcome.failure = exc
             outcome.duration_seconds = time.monotonic() - started
-            log.error("fleet %s: %s", fleet.name, exc)
+            log.error(
+                "fleet %s: %s", fleet.name, exc, extra={"fleet": fleet.name, "step": exc.step}
+            )
             self.observer.failed(fleet.name, exc.step)
             if not dry_run:
                 self._record_failure(fleet, plan, exc)
@@ -356,7 +366,11 @@ class Remediator:
         outcome.duration_seconds = time.monotonic() - started
         self.observer.switched(fleet.name, direction, plan.trigger)
         log.info(
-            "fleet %s: now on %s (%.2f s)", fleet.name, plan.to_rung.name, outcome.duration_seconds
+            "fleet %s: now on %s (%.2f s)",
+            fleet.name,
+            plan.to_rung.name,
+            outcome.duration_seconds,
+            extra={"fleet": fleet.name, "model": plan.to_rung.name, "direction": direction},
         )
         return outcome
 

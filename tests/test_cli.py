@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remediator import cli
+from remediator import cli, tables
 from remediator.config import parse_config
 from remediator.queries import ExitCode
 from remediator.state import StateStore, file_lock
@@ -238,3 +240,87 @@ def test_the_installed_command_and_the_original_flags(workdir: Path) -> None:
     assert state["fleets"]["default"]["history"][0]["reason"] == "legacy flag"
     r = call()
     assert r.returncode == ExitCode.USAGE
+
+
+def _on_a_terminal(workdir: Path, *args: str) -> str:
+    """What ``model-fleet args`` prints when its standard output is a terminal (a pty)."""
+    exe = Path(sys.executable).with_name("model-fleet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [str(exe), *args],
+            cwd=workdir,
+            env=env,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        assert done.returncode == 0, done.stderr
+        out = b""
+        with contextlib.suppress(OSError):  # EIO: the pty's other end is closed and drained
+            while chunk := os.read(leader, 65536):
+                out += chunk
+    finally:
+        os.close(leader)
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_status_and_history_are_tables_on_a_terminal_and_json_when_piped(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, _ = run(capsys, "downgrade", "--reason", "tables")
+    assert code == 0
+    table = _on_a_terminal(workdir, "status")
+    header, row = table.splitlines()[:2]
+    assert header.split() == [
+        "FLEET",
+        "MODEL",
+        "RUNG",
+        "ERRORS",
+        "FREE",
+        "VRAM",
+        "LAST",
+        "SWITCH",
+        "WAITING",
+    ]
+    assert row.split()[:4] == ["default", "phi3:mini", "2/4", "0/3"] and "(phi3:mini)" in row
+    history = _on_a_terminal(workdir, "history").splitlines()
+    assert history[0].split()[:3] == ["TIME", "(UTC)", "FLEET"]
+    assert "llama3.2:3b -> phi3:mini" in history[1] and "tables" in history[1]
+    # JSON with --json, and the original --status always (scripts read it).
+    for args in (("status", "--json"), ("--status",)):
+        assert json.loads(_on_a_terminal(workdir, *args))["current_model"]["name"] == "phi3:mini"
+    code, out, _ = run(capsys, "history")  # captured: not a terminal
+    assert json.loads(out)[0]["to"] == "phi3:mini"
+
+
+def test_status_table_shows_what_waits() -> None:
+    status = {
+        "fleet": "gpu0",
+        "current_model": {"name": "tinyllama:1.1b", "index": 2},
+        "fleet_size": 4,
+        "vram_error_count": 2,
+        "max_vram_errors": 3,
+        "free_vram_bytes": 512 * 1024 * 1024,
+        "last_switch": {"time": 1000.0, "to": "tinyllama:1.1b"},
+        "deferred_alerts": [{"reason": "cooldown", "acts_at": "2026-12-05T10:00:00Z"}],
+        "switch_in_progress": {"to": "qwen2.5:0.5b"},
+        "notices": ["the state file was recovered"],
+    }
+    text = tables.status_table(status, now=1000.0 + 7200)
+    row = text.splitlines()[1]
+    assert "tinyllama:1.1b" in row and "3/4" in row and "2/3" in row and "512 MiB" in row
+    assert "2 h ago (tinyllama:1.1b)" in row
+    assert "switching to qwen2.5:0.5b; 1 deferred (cooldown, acts 2026-12-05T10:00:00Z)" in row
+    assert text.splitlines()[-1] == "notice: the state file was recovered"
+    several = tables.status_table({"fleets": {"a": status, "b": {**status, "fleet": "b"}}}, now=0)
+    assert [line.split()[0] for line in several.splitlines()] == [
+        "FLEET",
+        "a",
+        "b",
+        *["notice:"] * 2,
+    ]
+    assert tables.history_table([]) == "no switches yet"

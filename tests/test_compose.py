@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -119,6 +120,24 @@ def test_up_pulled_every_ladder_model_and_printed_urls_and_status(stack: Compose
     for service, port in (("prometheus", 9090), ("alertmanager", 9093), ("remediator", 8080)):
         assert stack.url(service, port) in stack.up_output
     assert '"current_model"' in stack.up_output
+
+
+def test_up_builds_the_checkouts_version_tagged_and_labelled(
+    stack: ComposeStack, docker_client: docker.DockerClient
+) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert f"model-fleet {version} (revision {revision})" in stack.up_output
+    image = docker_client.images.get(f"model-fleet/model-fleet:{version}")
+    assert "model-fleet/model-fleet:latest" in image.tags
+    labels = image.labels
+    assert labels["org.opencontainers.image.version"] == version
+    assert labels["org.opencontainers.image.revision"] == revision
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    said = stack.compose("exec", "-T", "remediator", "model-fleet", "--version").stdout
+    assert said.strip() == f"model-fleet {version} (revision {revision})"
 
 
 def test_the_fleet_can_be_watched_from_the_remediator_container(stack: ComposeStack) -> None:

@@ -179,7 +179,9 @@ def test_every_sample_carries_the_services_host(
 def test_every_metric_belongs_to_one_service_once() -> None:
     names = [m.name for m in metrics.METRICS]
     assert len(names) == len(set(names))
-    assert {m.service for m in metrics.METRICS} == {"exporter", "remediator"}
+    assert {m.service for m in metrics.METRICS} == {"exporter", "remediator", "both"}
+    # Both services say which model-fleet they are, and nothing else is exported twice.
+    assert [m.name for m in metrics.METRICS if m.service == "both"] == [metrics.BUILD_INFO]
     for m in metrics.METRICS:
         assert re.fullmatch(r"model_fleet_[a-z_]+", m.name), m.name
         assert m.name.endswith("_total") == (m.kind == "counter"), m.name
@@ -264,10 +266,11 @@ def test_fleet_contract_imports_nothing_forbidden() -> None:
 
 
 def _env_names_read_by_the_code() -> set[str]:
-    """Names of the contract's env constants that remediator/ and exporter/ code refers to."""
+    """Names of the contract's env constants that remediator/ and exporter/ code refers to (or
+    the shared code both run: fleet_contract's version and log format)."""
     constants = {k for k, v in vars(env).items() if isinstance(v, str) and k.isupper()}
     used: set[str] = set()
-    for package in ("remediator", "exporter"):
+    for package in ("remediator", "exporter", "fleet_contract", "fleet_exposition"):
         for path in (REPO / package).rglob("*.py"):
             tree = ast.parse(path.read_text(encoding="utf-8"))
             aliases = set()

@@ -488,8 +488,17 @@ def test_service_runs_its_console_script_from_the_image(service: str) -> None:
     ]
     assert script in scripts, f"{script} is not in [project.scripts] ({sorted(scripts)})"
     svc = combined()["services"][service]
-    # Built from the repository root, one tag for both, the service's command and port.
-    assert svc["build"] == {"context": ".", "dockerfile": DOCKERFILE}
+    # Built from the repository root, one tag for both (and the version's, with the version
+    # and commit scripts/up passes), the service's command and port.
+    assert svc["build"] == {
+        "context": ".",
+        "dockerfile": DOCKERFILE,
+        "args": {
+            "MODEL_FLEET_VERSION": "${MODEL_FLEET_VERSION:-unknown}",
+            "MODEL_FLEET_REVISION": "${MODEL_FLEET_REVISION:-unknown}",
+        },
+        "tags": ["model-fleet/model-fleet:${MODEL_FLEET_VERSION:-unknown}"],
+    }
     assert svc["image"] == IMAGE
     assert svc["command"] == [script, "serve", "--bind", f"0.0.0.0:{port}"]
     assert f"{port}:{port}" in svc["ports"]
