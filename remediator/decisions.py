@@ -26,13 +26,15 @@ class Decision:
 
     A refusal for a reason that passes by itself (the cooldown, the hourly cap, a step-up
     window not yet open, a quiet period) says when in ``retry_at`` (epoch seconds): an alert
-    refused so is deferred and judged again then (:mod:`remediator.deferrals`).
+    refused so is deferred and judged again then (:mod:`remediator.deferrals`). A move
+    (:mod:`remediator.moves`) is a switch to the current rung on another ``gpu``.
     """
 
     target: int | None
     reason: str
     detail: str
     retry_at: float | None = None
+    gpu: str | None = None
 
     @property
     def switch(self) -> bool:
@@ -109,6 +111,14 @@ def _gates(
             clears,
         )
     return None
+
+
+def refusal(
+    fleet: FleetConfig, state: FleetState, now: float, trigger: str, alert: AlertRef | None
+) -> Decision | None:
+    """Why no switch may start now (duplicate, stale, cooldown, hourly cap), or None: the gates
+    every switch passes, shared with a move (remediator.moves)."""
+    return _gates(fleet, state, now, trigger, alert)
 
 
 def choose_downgrade(

@@ -35,6 +35,11 @@ class SwitchRecord:
     # Set when a start-up or a later switch resolved this switch from its journal entry:
     # ``rolled_forward`` (it counts as a switch) or ``rolled_back`` (it never took effect).
     recovery: str | None = None
+    # A move (remediator.moves) keeps the model and changes the GPU: ``action: move`` with
+    # ``from_gpu``/``to_gpu``; a switch of model writes no action (files before moves had none).
+    action: str = "switch"
+    from_gpu: str | None = None
+    to_gpu: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``from``/``to`` as in the history endpoint)."""
@@ -50,6 +55,8 @@ class SwitchRecord:
         }
         if self.recovery is not None:
             d["recovery"] = self.recovery
+        if self.action != "switch":
+            d.update(action=self.action, from_gpu=self.from_gpu, to_gpu=self.to_gpu)
         return d
 
     @classmethod
@@ -66,6 +73,9 @@ class SwitchRecord:
             reason=str(d.get("reason", "")),
             alert_key=None if alert_key is None else _str(alert_key),
             recovery=None if d.get("recovery") is None else _str(d["recovery"]),
+            action=_str(d.get("action", "switch")),
+            from_gpu=None if d.get("from_gpu") is None else _str(d["from_gpu"]),
+            to_gpu=None if d.get("to_gpu") is None else _str(d["to_gpu"]),
         )
         return record
 
@@ -221,6 +231,9 @@ class FleetState:
     journal: SwitchJournal | None = None  # the switch under way (or interrupted), if any
     # Alerts refused for a reason that passes, by key: judged again when it has passed.
     deferred: dict[str, DeferredAlert] = field(default_factory=dict)
+    # The GPU the model server runs on after a move; None: the configured gpu (never moved,
+    # or a state file written before moves existed).
+    gpu: str | None = None
 
     def defer(self, alert: DeferredAlert) -> bool:
         """Keep ``alert`` (replacing an entry of the same key, keeping when it was first
@@ -284,6 +297,46 @@ class FleetState:
             self.processed_alerts[alert_key] = now
         return record
 
+    def current_gpu(self, fleet: FleetConfig) -> str:
+        """Where the fleet's model server runs now: the last move's GPU, else ``fleet.gpu``."""
+        return self.gpu if self.gpu is not None else fleet.gpu
+
+    def apply_move(
+        self,
+        fleet: FleetConfig,
+        gpu: str,
+        *,
+        trigger: str,
+        reason: str,
+        now: float,
+        alert_key: str | None = None,
+    ) -> SwitchRecord:
+        """Put the fleet on ``gpu`` with its model, record the move (``action: move``) and
+        close the journal entry; a move counts against cooldown and the hourly cap as a
+        switch does, since it restarts the model server too."""
+        record = SwitchRecord(
+            time=now,
+            fleet=fleet.name,
+            from_model=self.current_model,
+            to_model=self.current_model,
+            direction="down",
+            trigger=trigger,
+            reason=reason,
+            alert_key=alert_key,
+            action="move",
+            from_gpu=self.current_gpu(fleet),
+            to_gpu=gpu,
+        )
+        self.journal = None
+        self.gpu = gpu
+        self.vram_error_count = 0
+        self.last_switch_at = now
+        self.last_failure = None
+        self.history.append(record)
+        if alert_key is not None:
+            self.processed_alerts[alert_key] = now
+        return record
+
     def switches_since(self, since: float) -> int:
         """How many switches happened at or after ``since`` (a rolled-back one never did)."""
         return sum(1 for r in self.history if r.time >= since and r.recovery != "rolled_back")
@@ -302,6 +355,7 @@ class FleetState:
             "processed_alerts": dict(sorted(self.processed_alerts.items())),
             "journal": None if self.journal is None else self.journal.to_dict(),
             "deferred": [a.to_dict() for a in sorted(self.deferred.values(), key=_by_time)],
+            "gpu": self.gpu,
         }
 
     @classmethod
@@ -338,6 +392,7 @@ class FleetState:
             processed_alerts={_str(k): _num(v) for k, v in alerts.items()},
             journal=None if journal is None else SwitchJournal.from_dict(journal),
             deferred={a.key: a for a in map(DeferredAlert.from_dict, deferred)},
+            gpu=None if d.get("gpu") is None else _str(d["gpu"]),
         )
 
 

@@ -133,6 +133,28 @@ class DockerRuntime:
             raise DockerError("restart", _cause(exc), container=ref.name) from exc
         return self.started_at(ref)
 
+    def move(self, ref: ContainerRef, gpu: str, stop_timeout: int = 10) -> ContainerRef:
+        """Recreate the container on ``gpu`` (:mod:`remediator.adapters.docker_gpu`): the copy,
+        started, under the same name; the old one stays aside until :meth:`finish_move`."""
+        from remediator.adapters import docker_gpu  # it builds on this module's errors
+
+        new_id = docker_gpu.recreate_on_gpu(self._engine("move", ref), ref.id, gpu, stop_timeout)
+        return ContainerRef(new_id, ref.name, ref.fleet, ref.role)
+
+    def finish_move(self, old: ContainerRef, new: ContainerRef, *, keep: bool) -> None:
+        """Remove the old container of a move (``keep``: the copy is ready), or take the move
+        back: the copy removed, the old container renamed back and started."""
+        from remediator.adapters import docker_gpu
+
+        client = self._engine("move", old)
+        if not keep:
+            docker_gpu.take_back(client, old.id, new.id)
+            return
+        try:
+            client.api.remove_container(old.id, force=True)
+        except _ENGINE_ERRORS as exc:
+            raise DockerError("move_cleanup", _cause(exc), container=old.name) from exc
+
     def wait_ready(
         self, ref: ContainerRef, deadline: float, probe: Probe | None = None
     ) -> ContainerState:

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_FLEET",
     "DEFAULT_LADDER",
+    "GPU_PLACEMENTS",
     "MIB",
     "NOTIFY_FORMATS",
     "NOTIFY_URL_ENV",
@@ -43,6 +44,7 @@ __all__ = [
     "Containers",
     "Counting",
     "FleetConfig",
+    "GpuPlacement",
     "HttpLimits",
     "Ladder",
     "Notifications",
@@ -67,6 +69,10 @@ COUNTINGS: Final[tuple[str, ...]] = ("consecutive", "since_start")
 # Where the model server runs: a Docker container (the original system) or a systemd unit.
 RuntimeKind = Literal["docker", "systemd"]
 RUNTIMES: Final[tuple[str, ...]] = ("docker", "systemd")
+# Where a VRAM alert looks first: stay on the fleet's gpu (step down), or move_first to another
+# of its gpus where the current model fits (remediator.moves).
+GpuPlacement = Literal["stay", "move_first"]
+GPU_PLACEMENTS: Final[tuple[str, ...]] = ("stay", "move_first")
 NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
@@ -227,6 +233,10 @@ class FleetConfig:
     max_switches_per_hour: int = 6
     dry_run: bool = False
     gpu: str = "0"
+    # The GPUs the fleet may run on (holding gpu, where its model server starts; empty: gpu
+    # alone) and whether a VRAM alert moves it to one of them before it steps down.
+    gpus: tuple[str, ...] = ()
+    placement: GpuPlacement = "stay"
     server: ServerSettings = field(default_factory=ServerSettings)
     pull_timeout_seconds: float = 1800.0
     containers: Containers = field(default_factory=Containers)
@@ -236,6 +246,11 @@ class FleetConfig:
     # The fraction (0..1) of the current model's bytes that may sit outside VRAM before
     # ModelFleetCPUOffload asks for a step down (exported as model_fleet_offload_tolerance_ratio).
     offload_tolerance: float = 0.0
+
+    @property
+    def listed_gpus(self) -> tuple[str, ...]:
+        """The GPUs the fleet may run on: ``gpus``, or ``gpu`` alone when none are listed."""
+        return self.gpus or (self.gpu,)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
 from fleet_contract.hosts import resolve_host
 from fleet_contract.yamlfile import config_path, load_yaml
 from remediator.adapters.appconfig import AppConfigError
+from remediator.config.gpus import parse_gpus
 from remediator.config.limits import HTTP_KEYS, parse_http
 from remediator.config.model import (
     APP_CONFIG_FORMATS,
@@ -80,6 +81,8 @@ _FLEET_KEYS: Final = frozenset(
         "max_switches_per_hour",
         "dry_run",
         "gpu",
+        "gpus",
+        "placement",
         "server",
         "ollama_url",  # deprecated: server.url
         "pull_timeout_seconds",
@@ -289,6 +292,8 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
             f"must be a fraction from 0 to 1 of the model's bytes, got {tolerance:g}",
         )
     server = parse_server(r, m, where)
+    gpu = r.string(m, "gpu", where, d.gpu)
+    gpus, placement = parse_gpus(r, m, where, gpu, server)
     containers = parse_containers(r, m.get("containers"), _join(where, "containers"), server)
     return FleetConfig(
         name=name,
@@ -302,7 +307,9 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
             m, "max_switches_per_hour", where, d.max_switches_per_hour, lo=1
         ),
         dry_run=r.boolean(m, "dry_run", where, d.dry_run),
-        gpu=r.string(m, "gpu", where, d.gpu),
+        gpu=gpu,
+        gpus=gpus,
+        placement=placement,  # type: ignore[arg-type]
         server=server,
         pull_timeout_seconds=r.number(
             m, "pull_timeout_seconds", where, d.pull_timeout_seconds, lo=1

@@ -75,6 +75,11 @@ def config_warnings(config: Config) -> list[str]:
                 "but tells the application nothing"
             )
         warnings += _placement_warnings(fleet)
+        if fleet.placement == "move_first" and config.prometheus.url is None:
+            warnings.append(
+                f"fleet {fleet.name}: placement is move_first but no prometheus.url is set: "
+                "without live free VRAM per GPU the fleet never moves, it steps down"
+            )
     return warnings
 
 
@@ -110,6 +115,8 @@ def _fleet_dict(f: FleetConfig) -> dict[str, Any]:
         "max_switches_per_hour": f.max_switches_per_hour,
         "dry_run": f.dry_run,
         "gpu": f.gpu,
+        "gpus": list(f.listed_gpus),
+        "placement": f.placement,
         "server": {
             "kind": f.server.kind,
             "url": f.server.url,
