@@ -27,7 +27,7 @@ def test_move_first_over_listed_gpus() -> None:
     assert (fleet.gpu, fleet.gpus, fleet.placement) == ("0", ("0", "1"), "move_first")
     shown = effective_config(config)["fleets"]["a"]
     assert (shown["gpus"], shown["placement"]) == (["0", "1"], "move_first")
-    assert not [w for w in config_warnings(config) if "placement" in w]
+    assert not [w for w in config_warnings(config) if "prometheus.url" in w]
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,11 @@ def test_move_first_without_prometheus_is_a_warning() -> None:
     assert (
         "fleet a: placement is move_first but no prometheus.url is set: without live free "
         "VRAM per GPU the fleet never moves, it steps down"
+    ) in config_warnings(config)
+    # Until the alert path acts on it, check-config says so rather than let it look active.
+    assert (
+        "fleet a: placement move_first is not acted on yet in this version: a VRAM alert "
+        "steps the fleet down (docs/configuration.md)"
     ) in config_warnings(config)
 
 
