@@ -327,6 +327,8 @@ def test_serve_exports_log_metrics_and_stops_on_sigterm(
         c.reload()
         started_at = c.attrs["State"]["StartedAt"]
         assert sample(m, "model_fleet_container_start_info", **labels, started_at=started_at) == 1
+        start_time = sample(m, "model_fleet_container_start_time_seconds", **labels)
+        assert start_time == parse_timestamp(started_at) / 1e9  # Docker's nanoseconds, as a float
         assert sample(m, "model_fleet_log_stream_up", **labels) == 1
         assert sample(m, "model_fleet_vram_errors_total", **labels, kind="oom") == 0  # history
         assert sample(m, "model_fleet_vram_error_lines_total", **labels, kind="oom") == 0
