@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.logstream import Tally
+from exporter.timestamps import NS
 from fleet_contract import metrics as m
 
 SeriesKey = tuple[str, str]  # (fleet, container name)
@@ -49,6 +50,7 @@ class SeriesSnapshot:
     recovered: int = 0  # lines a re-read found after Docker's follow skipped them
     gaps: int = 0  # times the retained log no longer reached back to where reading resumed
     consecutive: int | None = None  # of since_start: after the run's last served request
+    started_ns: int | None = None  # started_at in nanoseconds since the epoch; None: no run
 
 
 @dataclass
@@ -185,6 +187,7 @@ class LogStore:
                     since_start=s.since_start if s.present else None,
                     up=s.up if s.present else (False if s.expected else None),
                     started_at=s.started_at if s.present and s.started_at else None,
+                    started_ns=s.owner_started_ns if s.present and s.started_at else None,
                     error_lines=dict(s.error_lines),
                     recovered=s.recovered,
                     gaps=s.gaps,
@@ -209,6 +212,7 @@ class LogCollector(Collector):
         lines = counter(m.LOG_LINES)
         up = gauge(m.LOG_STREAM_UP)
         start_info = gauge(m.CONTAINER_START_INFO)
+        start_time = gauge(m.CONTAINER_START_TIME)
         reconnects = counter(m.LOG_STREAM_RECONNECTS)
         recovered = counter(m.LOG_LINES_RECOVERED)
         gaps = counter(m.LOG_GAPS)
@@ -226,11 +230,15 @@ class LogCollector(Collector):
                 up.add_metric([s.fleet, s.container], 1 if s.up else 0)
             if s.started_at is not None:
                 start_info.add_metric([s.fleet, s.container, s.started_at], 1)
+            if s.started_ns is not None:
+                # One series per container across its runs (the info starts one per run); a
+                # float carries the nanoseconds to within a fraction of a microsecond.
+                start_time.add_metric([s.fleet, s.container], s.started_ns / NS)
             reconnects.add_metric([s.fleet, s.container], s.reconnects)
             recovered.add_metric([s.fleet, s.container], s.recovered)
             gaps.add_metric([s.fleet, s.container], s.gaps)
         families: list[CounterMetricFamily | GaugeMetricFamily] = [errors, error_lines]
-        families += [since_start, consecutive, start_info, lines, up, reconnects]
+        families += [since_start, consecutive, start_info, start_time, lines, up, reconnects]
         return [*families, recovered, gaps]
 
 

@@ -43,6 +43,7 @@ VRAM_ERROR_LINES: Final = "model_fleet_vram_error_lines_total"
 VRAM_ERRORS_SINCE_START: Final = "model_fleet_vram_errors_since_start"
 VRAM_ERRORS_CONSECUTIVE: Final = "model_fleet_vram_errors_consecutive"
 CONTAINER_START_INFO: Final = "model_fleet_container_start_info"
+CONTAINER_START_TIME: Final = "model_fleet_container_start_time_seconds"
 LOG_LINES: Final = "model_fleet_log_lines_total"
 LOG_STREAM_UP: Final = "model_fleet_log_stream_up"
 LOG_STREAM_RECONNECTS: Final = "model_fleet_log_stream_reconnects_total"
@@ -140,6 +141,13 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         ("fleet", "container", "started_at"),
         "1 for the container's current run; started_at is Docker's StartedAt of the run "
         "that model_fleet_vram_errors_since_start counts.",
+    ),
+    _exporter(
+        CONTAINER_START_TIME,
+        "gauge",
+        _STREAM,
+        "Start of the container's current run (Docker's StartedAt, or the unit's start under "
+        "systemd) in seconds since the epoch: the run model_fleet_container_start_info names.",
     ),
     _exporter(LOG_LINES, "counter", _STREAM, "Log lines read from the container."),
     _exporter(LOG_STREAM_UP, "gauge", _STREAM, "1 while the container's log stream is attached."),

@@ -131,6 +131,7 @@ def exporter_exposition(scrape: int, host: str = HOST) -> str:
         (m.LOG_STREAM_UP, ollama, 1),
         (m.LOG_STREAM_RECONNECTS, ollama, 0),
         (m.CONTAINER_START_INFO, {**ollama, "started_at": "2026-11-27T10:00:00Z"}, 1),
+        (m.CONTAINER_START_TIME, ollama, 1795773600.0),  # the same start
         (m.EXPORTER_DOCKER_UP, {}, 1),
         (f"{m.EXPORTER_SCRAPE_DURATION}_bucket", {"le": "0.01"}, scrape),
         (f"{m.EXPORTER_SCRAPE_DURATION}_bucket", {"le": "+Inf"}, scrape),

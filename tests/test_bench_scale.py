@@ -20,8 +20,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "scale.md"
 
 
 def exporter_series(shape: Shape) -> int:
-    """docs/scale.md: 17 + 3 per GPU + 6 per fleet + 15 per watched container."""
-    return 17 + 3 * shape.gpus + 6 * shape.fleets + 15 * shape.containers
+    """docs/scale.md: 17 + 3 per GPU + 6 per fleet + 16 per watched container."""
+    return 17 + 3 * shape.gpus + 6 * shape.fleets + 16 * shape.containers
 
 
 def remediator_series(shape: Shape) -> int:
@@ -31,7 +31,7 @@ def remediator_series(shape: Shape) -> int:
 
 def test_the_docs_state_the_formulas_this_test_checks() -> None:
     text = DOC.read_text()
-    assert "17 + 3 per GPU + 6 per fleet + 15 per watched container" in text
+    assert "17 + 3 per GPU + 6 per fleet + 16 per watched container" in text
     assert "10 + 32 per fleet + 1 per ladder rung" in text
     assert "3 + 2 per GPU + 21 per fleet + 3\nper watched container" in text
 

@@ -103,17 +103,144 @@ def test_dashboard_provider_is_a_file_provider() -> None:
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
-def test_every_query_names_the_provisioned_datasource() -> None:
-    uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+# What a datasource reference of the dashboard is: the variable, never a uid of one Grafana.
+DATASOURCE_VARIABLE = "datasource"
+VARIABLE_REF = {"type": "prometheus", "uid": "${" + DATASOURCE_VARIABLE + "}"}
+BUILTIN_REF = {"type": "grafana", "uid": "-- Grafana --"}  # the built-in annotations
+
+
+def _datasource_refs(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every `datasource` value in the JSON, with where it is."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield path, value
+            yield from _datasource_refs(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _datasource_refs(value, f"{path}[{i}]")
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+# Grafana's import (pkg/services/dashboardimport/utils: DashTemplateEvaluator): every input of
+# __inputs must be answered, each `${NAME}` of an input is replaced in every string of the
+# JSON, other `${...}` (the dashboard's own variables) are left alone, and __inputs is dropped.
+_TEMPLATE_VARIABLE = re.compile(r"\$\{.+?\}")
+
+
+def _grafana_import(template: dict[str, Any], answers: dict[str, str]) -> dict[str, Any]:
+    values = {}
+    for declared in template.get("__inputs", []):
+        if declared["name"] not in answers:
+            raise KeyError(f"dashboard import failed: input {declared['name']} missing")
+        values["${" + declared["name"] + "}"] = answers[declared["name"]]
+
+    def evaluate(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: evaluate(v) for k, v in node.items() if k != "__inputs"}
+        if isinstance(node, list):
+            return [evaluate(v) for v in node]
+        if isinstance(node, str):
+            return _TEMPLATE_VARIABLE.sub(lambda m: values.get(m.group(0), m.group(0)), node)
+        return node
+
+    return evaluate(template)  # type: ignore[no-any-return]
+
+
+def _selected_datasource(dashboard: dict[str, Any], datasources: list[dict[str, Any]]) -> str:
+    """The uid the datasource variable selects when Grafana opens the dashboard (scenes'
+    DataSourceVariable: one option per datasource of the plugin, label the name and value the
+    uid; the saved `current` is matched by value, then by text, else the first option)."""
+    [variable] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    options = [(ds["name"], ds["uid"]) for ds in datasources if ds["type"] == variable["query"]]
+    current = variable["current"]
+    for _, uid in options:
+        if uid == current["value"]:
+            return uid
+    for name, uid in options:
+        if name == current["text"]:
+            return uid
+    return options[0][1]
+
+
+def test_every_datasource_is_the_variable_never_a_uid() -> None:
     dashboard = _dashboard()
-    holders: list[dict[str, Any]] = [*dashboard["templating"]["list"]]
+    refs = list(_datasource_refs(dashboard))
+    wrong = [(path, ref) for path, ref in refs if ref not in (VARIABLE_REF, BUILTIN_REF)]
+    assert not wrong, f"datasources not through ${DATASOURCE_VARIABLE}: {wrong}"
+    # Every panel, target, query variable and query annotation has one (none inherits a
+    # default that another Grafana may not have).
+    holders: list[dict[str, Any]] = [
+        v for v in dashboard["templating"]["list"] if v["type"] == "query"
+    ]
     holders += [a for a in dashboard["annotations"]["list"] if "expr" in a]
     for panel in _panels(dashboard):
         if panel["type"] != "row":
             holders += [panel, *panel["targets"]]
-    wrong = [h.get("title") or h.get("name") or h.get("expr") for h in holders if
-             h.get("datasource") != {"type": "prometheus", "uid": uid}]  # fmt: skip
-    assert not wrong, f"not on datasource {uid}: {wrong}"
+    missing = [h.get("title") or h.get("name") or h.get("expr") for h in holders if
+               h.get("datasource") != VARIABLE_REF]  # fmt: skip
+    assert not missing, f"not on ${DATASOURCE_VARIABLE}: {missing}"
+    # No uid of the shipped stack anywhere, not even in a string.
+    for source in yaml.safe_load(DATASOURCES.read_text())["datasources"]:
+        assert source["uid"] not in DASHBOARD.read_text()
+
+
+def test_the_datasource_variable_and_the_inputs_of_the_import_dialog() -> None:
+    dashboard = _dashboard()
+    variables = dashboard["templating"]["list"]
+    assert variables[0]["name"] == DATASOURCE_VARIABLE, "the other variables query through it"
+    assert variables[0]["type"] == "datasource" and variables[0]["query"] == "prometheus"
+    # __inputs declares exactly the `${...}` the JSON uses that are not its own variables.
+    own = {v["name"] for v in variables}
+    used = {
+        name
+        for text in _strings({k: v for k, v in dashboard.items() if k != "__inputs"})
+        for name in re.findall(r"\$\{(\w+)", text)
+        if name not in own and not name.startswith("__")
+    }
+    [declared] = dashboard["__inputs"]
+    assert used == {declared["name"]}
+    assert (declared["type"], declared["pluginId"]) == ("datasource", "prometheus")
+    # __requires names each panel plugin the dashboard uses, and the datasource plugin.
+    required = {(r["type"], r["id"]) for r in dashboard["__requires"]}
+    panel_types = {p["type"] for p in _panels(dashboard)} - {"row"}
+    assert {("panel", t) for t in panel_types} | {("datasource", "prometheus")} <= required
+
+
+def test_import_into_another_grafana_uses_the_datasource_picked_in_the_dialog() -> None:
+    elsewhere = [
+        # Another Grafana may have a datasource of the shipped name: the choice still wins.
+        {"name": "Prometheus", "uid": "their-default", "type": "prometheus"},
+        {"name": "GPU hosts", "uid": "gpu-prom", "type": "prometheus"},
+    ]
+    with pytest.raises(KeyError, match="DS_PROMETHEUS"):
+        _grafana_import(_dashboard(), {})
+    imported = _grafana_import(_dashboard(), {"DS_PROMETHEUS": "gpu-prom"})
+    assert "__inputs" not in imported
+    assert "DS_PROMETHEUS" not in json.dumps(imported)
+    assert _selected_datasource(imported, elsewhere) == "gpu-prom"
+    # The panels still go through the variable, so a viewer can switch Prometheus later.
+    assert all(ref in (VARIABLE_REF, BUILTIN_REF) for _, ref in _datasource_refs(imported))
+
+
+def test_provisioning_selects_the_shipped_prometheus() -> None:
+    """The file provider loads the JSON as it is: `${DS_PROMETHEUS}` is never replaced (a
+    known limit of provisioning, grafana/grafana#10786); the variable's saved text, the
+    provisioned datasource's name, selects it even when it is not the first one."""
+    [shipped] = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    provisioned = [{"name": "Another", "uid": "another", "type": "prometheus"}, shipped]
+    assert _selected_datasource(_dashboard(), provisioned) == shipped["uid"]
+    assert _selected_datasource(_dashboard(), [shipped]) == shipped["uid"]
 
 
 def test_dashboard_identity_variables_and_unique_panel_ids() -> None:
@@ -143,7 +270,8 @@ def test_every_query_follows_the_host_variable() -> None:
     variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
     host = variables[HOST_LABEL]
     assert host["includeAll"] and host["allValue"] == ".*" and host["multi"]
-    assert next(iter(variables)) == HOST_LABEL, "host comes first: fleet and gpu follow it"
+    queried = [name for name, v in variables.items() if v["type"] == "query"]
+    assert queried[0] == HOST_LABEL, "host comes first: fleet and gpu follow it"
     for name in ("fleet", "gpu"):
         assert 'host=~"$host"' in variables[name]["query"]["query"], name
     for where, expr in _queries().items():
@@ -264,3 +392,17 @@ def test_every_query_returns_data_from_a_real_prometheus(prometheus: Prometheus)
     except TimeoutError as exc:
         empty = sorted(w for w, n in results.items() if not n)
         pytest.fail(f"{exc}; empty: {empty}")
+
+
+def test_operations_doc_tells_both_ways_into_a_grafana() -> None:
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split("## The dashboard in another Grafana", 1)[1].split("\n## ", 1)[0]
+    dashboard = _dashboard()
+    [shipped] = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    for word in (
+        f"`{DATASOURCE_VARIABLE}`",
+        f"`{dashboard['__inputs'][0]['name']}`",
+        "`__inputs`",
+        f"`{shipped['name']}`",
+    ):
+        assert word in section, word

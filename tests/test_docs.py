@@ -468,3 +468,55 @@ def test_no_file_cites_the_retired_design_document() -> None:
         except UnicodeDecodeError:
             continue
     assert not citing, f"cite {retired} (its content is in docs/): {citing}"
+
+
+# --- Windows ---------------------------------------------------------------------------------
+
+WINDOWS = "Windows (Docker Desktop with WSL 2)"
+
+
+def _windows_section() -> str:
+    text = _text(README)
+    start = text.index(f"## {WINDOWS}")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_windows_section_runs_what_the_linux_quick_start_runs() -> None:
+    section = _windows_section()
+    [block] = _code_blocks(section, "sh")
+    commands = _commands(block)
+    # The same GPU checks as on Linux: the driver in WSL, then the GPU in a container.
+    linux = _section(README, "Quick start on a GPU host")
+    check = "docker run --rm --gpus all ubuntu nvidia-smi"
+    assert check in linux and check in commands and "nvidia-smi" in commands
+    # Every scripts/ command exists, with only options the script's usage line accepts.
+    usage = (REPO / "scripts" / "up").read_text().split("# usage: scripts/up ", 1)[1]
+    accepted = set(re.findall(r"--[a-z]+", usage.splitlines()[0]))
+    scripts = [c for c in commands if c.startswith("scripts/")]
+    assert scripts, commands
+    for command in scripts:
+        name, *options = command.split()
+        assert (REPO / name).is_file(), name
+        assert set(options) <= accepted, command
+    # Run from the WSL shell, cloned inside the WSL filesystem.
+    assert "WSL shell" in section and "/mnt/c" in section
+    assert not any("/mnt/" in c for c in commands)
+
+
+def test_readme_windows_section_names_only_settings_that_exist() -> None:
+    section = _windows_section()
+    compose = "".join(
+        (REPO / f).read_text() for f in ("docker-compose.gpu.yml", "docker-compose.monitoring.yml")
+    )
+    env_writer = (REPO / "scripts" / "up").read_text()
+    names = set(re.findall(r"`([A-Z][A-Z0-9_]+)[`=]", section))
+    names |= set(re.findall(r"\b([A-Z][A-Z0-9_]+)=\$", section))
+    assert {"MODEL_FLEET_GPU", "DOCKER_GID"} <= names
+    for name in names:
+        # A compose variable the .env that scripts/up writes sets.
+        assert "${" + name in compose and f"\n{name}=" in env_writer, name
+    # What the GPU-process note says is how the compose file runs the exporter.
+    assert "pid: host" in section and "pid: host" in compose
+    assert "/var/run/docker.sock:/var/run/docker.sock" in compose
+    # DOCKER_GID given in the environment wins over the socket's group (scripts/up --help).
+    assert "DOCKER_GID                    used for .env instead of the socket's group" in env_writer

@@ -22,7 +22,7 @@ from exporter.config import ContainerSelection
 from exporter.incidents import window_ns
 from exporter.logsource import ContainerGone, SourceError
 from exporter.metrics import LogStore, SeriesSnapshot
-from exporter.timestamps import parse_timestamp
+from exporter.timestamps import NS, parse_timestamp
 from exporter.watcher import LogWatcher
 from tests.support import docker_env
 from tests.support.exporter_env import DATA, ExporterProcess, sample, wait_for
@@ -327,6 +327,10 @@ def test_serve_exports_log_metrics_and_stops_on_sigterm(
         c.reload()
         started_at = c.attrs["State"]["StartedAt"]
         assert sample(m, "model_fleet_container_start_info", **labels, started_at=started_at) == 1
+        start_time = sample(m, "model_fleet_container_start_time_seconds", **labels)
+        # Docker's nanoseconds, as the float nearest to them (an int / int division: / 1e9
+        # would round the nanoseconds to a float first, and can miss by one unit in the last place).
+        assert start_time == parse_timestamp(started_at) / NS
         assert sample(m, "model_fleet_log_stream_up", **labels) == 1
         assert sample(m, "model_fleet_vram_errors_total", **labels, kind="oom") == 0  # history
         assert sample(m, "model_fleet_vram_error_lines_total", **labels, kind="oom") == 0

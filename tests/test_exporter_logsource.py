@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
-from exporter.metrics import LogStore, SeriesSnapshot
+from exporter.metrics import LogCollector, LogStore, SeriesSnapshot
+from exporter.timestamps import parse_timestamp
 from exporter.watcher import LogWatcher
+from fleet_contract import metrics as m
 from tests.support.exporter_env import wait_for
 from tests.support.list_source import ListLogSource
 
@@ -237,3 +240,29 @@ def test_a_source_that_goes_away_is_reported_once_and_followed_again(
     assert watcher.ready.wait(10)
     s = settled(store, "late", lambda s: s.lines == 1)
     assert s.errors["oom"] == 1 and watcher.source_up
+
+
+def test_the_start_of_each_run_is_a_gauge_next_to_its_info(
+    source: ListLogSource, watch: Watch
+) -> None:
+    """model_fleet_container_start_time_seconds: the run the info names, in seconds, on one
+    series across runs (a restart moves its value; the info starts a new series)."""
+    _, store = watch()
+    registry = CollectorRegistry()
+    registry.register(LogCollector(store))
+    labels = {"fleet": "f1", "container": "srv"}
+    source.create("c1", "srv", SERVER)
+    for _ in range(2):
+        started = source.start("c1")
+        settled(store, "srv", lambda s, started=started: s.started_at == started and bool(s.up))
+        info = registry.get_sample_value(m.CONTAINER_START_INFO, {**labels, "started_at": started})
+        seconds = registry.get_sample_value(m.CONTAINER_START_TIME, labels)
+        assert info == 1
+        assert seconds == parse_timestamp(started) / S
+        source.stop("c1")
+        settled(store, "srv", lambda s: s.up is False)
+    # A stopped container keeps its last run (since_start describes it) until it is removed.
+    assert registry.get_sample_value(m.CONTAINER_START_TIME, labels) == parse_timestamp(started) / S
+    source.remove("c1")
+    settled(store, "srv", lambda s: s.started_at is None)
+    assert registry.get_sample_value(m.CONTAINER_START_TIME, labels) is None

@@ -256,6 +256,64 @@ def test_the_docs_example_of_native_receivers_passes_amtool(tmp_path: Path) -> N
     assert {"webhook_configs", "email_configs", "slack_configs"} <= set(pager)
 
 
+NATIVE_PAGER = re.compile(
+    r"^ *# --- native pager receiver ---\n(.*?)^ *# --- end of the native pager receiver ---\n",
+    re.M | re.S,
+)
+# What an operator fills in, as a test would: the placeholders of the commented block.
+PLACEHOLDER_VALUES = {
+    "PAGERDUTY_ROUTING_KEY": "0123456789abcdef0123456789abcdef",
+    "ONCALL_EMAIL": "oncall@example.com",
+    "ALERTMANAGER_EMAIL": "alertmanager@example.com",
+    "SMTP_HOST": "smtp.example.com",
+}
+
+
+def _with_native_pager(tmp_path: Path) -> Path:
+    """The shipped file with the native pager receiver uncommented and filled in."""
+    text = ALERTMANAGER_CONFIG.read_text()
+    [block] = NATIVE_PAGER.findall(text)
+    assert all(re.match(r"^ *# ", line) for line in block.splitlines()), "commented as shipped"
+    placeholders = set(re.findall(r"<([A-Z_]+)>", block))
+    assert placeholders == set(PLACEHOLDER_VALUES), placeholders
+    live = re.sub(r"^( *)# ", r"\1", block, flags=re.M)
+    live = re.sub(r"<([A-Z_]+)>", lambda m: PLACEHOLDER_VALUES[m.group(1)], live)
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(text.replace(block, live))
+    return path
+
+
+def test_the_pager_has_a_native_receiver_ready_to_uncomment(tmp_path: Path) -> None:
+    path = _with_native_pager(tmp_path)
+    result = _run("amtool", "check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    receivers = {r["name"]: r for r in yaml.safe_load(path.read_text())["receivers"]}
+    pager = receivers["pager"]
+    # Next to the remediator's webhook, not instead of it: status and forwarding stay.
+    assert pager["webhook_configs"] == receivers["humans"]["webhook_configs"]
+    [pagerduty] = pager["pagerduty_configs"]
+    assert pagerduty["routing_key"] == PLACEHOLDER_VALUES["PAGERDUTY_ROUTING_KEY"]
+    [email] = pager["email_configs"]
+    assert email["smarthost"] == f"{PLACEHOLDER_VALUES['SMTP_HOST']}:587"
+    assert all(c["send_resolved"] for c in (pagerduty, email))
+    # Every page reaches it, the remediator's own absence first of all; other alerts do not.
+    for labels, receiver in ROUTING_CASES:
+        pairs = [f"{k}={v}" for k, v in labels.items()]
+        result = _run(
+            "amtool", "config", "routes", "test", f"--config.file={path}", *pairs
+        )  # fmt: skip
+        assert result.stdout.strip() == receiver, labels
+    pages = [labels for labels, receiver in ROUTING_CASES if receiver == "pager"]
+    assert any(p["alertname"] == "ModelFleetRemediatorDown" for p in pages)
+
+
+def test_operations_doc_says_why_the_pager_needs_a_native_receiver() -> None:
+    docs = (REPO / "docs" / "operations.md").read_text()
+    section = docs.split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    for word in ("ModelFleetRemediatorDown", "`pagerduty_configs`", "native pager receiver"):
+        assert word in section, word
+
+
 def test_alertmanager_test_copy_changes_only_the_webhook_addresses_and_token_file() -> None:
     rendered = render_alertmanager_config(
         webhook_url="http://127.0.0.1:1/webhook/alertmanager",

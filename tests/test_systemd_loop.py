@@ -218,6 +218,8 @@ def test_counts_stay_exact_across_restarts_and_three_errors_switch_once(native: 
         "ollama.service's run in the exporter",
     )
     assert started == 1.0
+    # The same start as a number, from the unit's ExecMainStartTimestamp (microseconds).
+    assert native.metric("model_fleet_container_start_time_seconds") == start / 1_000_000_000
 
     # Two errors, apart (one incident each): counted once each, live.
     native.emit(oom_now())
