@@ -286,11 +286,7 @@ class OllamaServer:
                 if status == "success" and step != "create":
                     break
         except requests.RequestException as exc:
-            silent = time.monotonic() - last_line
-            if silent >= stall_timeout * 0.9:
-                cause = f"stalled: no progress for {silent:.1f} s (last status {last_status!r})"
-            else:
-                cause = f"stream broke after status {last_status!r}: {exc}"
+            cause = _broken(exc, time.monotonic() - last_line, stall_timeout, last_status)
             raise OllamaError(step, cause, model=model) from exc
         if last_status != "success":
             raise OllamaError(
@@ -320,6 +316,13 @@ class OllamaServer:
 
 def _unreachable(base_url: str, exc: Exception) -> str:
     return f"Ollama unreachable at {base_url}: {type(exc).__name__}: {exc}"
+
+
+def _broken(exc: Exception, silent: float, stall_timeout: float, last_status: str) -> str:
+    """Why a stream broke: silent for about its stall bound, or cut off."""
+    if silent >= stall_timeout * 0.9:
+        return f"stalled: no progress for {silent:.1f} s (last status {last_status!r})"
+    return f"stream broke after status {last_status!r}: {exc}"
 
 
 def _http_cause(resp: requests.Response) -> str:
