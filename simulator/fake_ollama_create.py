@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +59,8 @@ def plan_create(
     body: dict[str, Any],
     models: dict[str, int],
     types: dict[str, str],
-    pull_lines: Any,
-    registry_size: Any,
+    pull_lines: Callable[[str, int], list[dict[str, Any]]],
+    registry_size: Callable[[str], int | None],
 ) -> CreatePlan:
     """The lines for ``body``; ``pull_lines(name, size)`` and ``registry_size(name)`` are
     the fake's own, so a base is pulled here as /api/pull would pull it."""
