@@ -1,9 +1,10 @@
-"""The real actions of a switch: pull, unload, rewrite configs, restart, verify; undo on failure.
+"""The real actions of a switch: pull (or create), unload, rewrite configs, restart, verify;
+undo on failure.
 
 Order matters. Everything that can fail without side effects comes first (pull the new
-model, find the containers), so most failures leave nothing to undo. From the config rewrite
-on, a failure restores the files and restarts the containers already touched, which then
-read the old model again.
+model, or create a custom rung's: remediator/provision.py; find the containers), so most
+failures leave nothing to undo. From the config rewrite on, a failure restores the files and
+restarts the containers already touched, which then read the old model again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from remediator.adapters import appconfig
 from remediator.adapters.appconfig import AppConfigError, ConfigSnapshot
 from remediator.config import FleetConfig, placement_of
 from remediator.journal import crash_point
+from remediator.provision import make_present, would_make_present
 from remediator.runtime import (
     ROLE_APP,
     ROLE_SERVER,
@@ -96,12 +98,7 @@ class FleetActions:
         steps: list[str] = []
         fleet, new, old = self.fleet, plan.to_rung.name, plan.from_rung.name
 
-        try:
-            pulled = self.server.ensure_pulled(new, timeout=fleet.pull_timeout_seconds)
-        except ModelServerError as exc:
-            raise SwitchFailed("pull", str(exc)) from exc
-        steps.append(f"pulled {new}" if pulled else f"{new} already pulled")
-        note("pulled", new)
+        steps += make_present(self.server, plan.to_rung, fleet.pull_timeout_seconds, note)
 
         try:
             servers, apps = self._find()
@@ -295,11 +292,7 @@ class FleetActions:
         """Every step the switch would take; only read-only lookups, nothing changes."""
         new, old = plan.to_rung.name, plan.from_rung.name
         steps = []
-        try:
-            have = self.server.has_model(new)
-            steps.append(f"would use {new} (already pulled)" if have else f"would pull {new}")
-        except ModelServerError as exc:
-            steps.append(f"would pull {new} (could not check: {exc})")
+        steps.append(would_make_present(self.server, plan.to_rung))
         steps.append(f"would unload {old}")
         steps += [f"would write {new} to {t.describe()}" for t in self.targets]
         try:

@@ -41,10 +41,19 @@ PLANNED = (
     "verified_app",
     "settled",
 )
+# A custom rung (its `create`) made in the store: after "pulled" (its base), before "found".
+CREATED = "created"
+
+
+def planned_steps(creates: bool) -> list[str]:
+    """The steps of a switch, with CREATED when its new rung is made rather than pulled."""
+    return [PLANNED[0], CREATED, *PLANNED[1:]] if creates else list(PLANNED)
+
+
 # Every step a crash test can stop at: the switch's, then the recovery's own.
 CRASH_POINTS = (
     "intent",
-    *PLANNED,
+    *planned_steps(creates=True),
     "committed",
     "recovery_started",
     "recovery_config_written",

@@ -29,7 +29,16 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS = ("down", "up", "reset")
 TRIGGERS = ("alert", "manual", "auto")
-STEPS = ("pull", "unload", "write_config", "find_containers", "restart", "verify", "state")
+STEPS = (
+    "pull",
+    "create",
+    "unload",
+    "write_config",
+    "find_containers",
+    "restart",
+    "verify",
+    "state",
+)
 WEBHOOK_OUTCOMES = ("accepted", "deferred", "duplicate", "ignored", "unauthorized", "invalid")
 # Why an alert was deferred: the refusals that pass by themselves (remediator/decisions.py).
 DEFERRAL_REASONS = ("cooldown", "rate_limited", "quiet_period", "outside_window")

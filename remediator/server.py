@@ -3,14 +3,14 @@
 A fleet's ``server.kind`` chooses the implementation (built in :mod:`remediator.wiring`);
 Ollama (:mod:`remediator.adapters.ollama`) is the one kind today. The core (actions.py)
 speaks only to :class:`ModelServer`. Every failure is a :class:`ModelServerError` naming the
-step (``list_models``, ``pull``, ``unload``, ``loaded``, ``generate``) and the cause, so a
-switch can report it and count it whatever the server is.
+step (``list_models``, ``pull``, ``create``, ``unload``, ``loaded``, ``generate``) and the
+cause, so a switch can report it and count it whatever the server is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from remediator.errors import StepError
 
@@ -62,6 +62,53 @@ class PullResult:
     status_lines: int
 
 
+# A create parameter's value: a scalar, or a tuple for the ones given several times (stop).
+CreateValue = str | int | float | bool | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """How a model missing from the store is made from another one (a custom rung).
+
+    The fields are those of Ollama's ``/api/create`` (``from``, ``parameters``, ``system``,
+    ``template``, ``license``, ``messages``, ``quantize``), already merged from the rung's
+    config and its Modelfile (``modelfile``: the path it came from, for the reports).
+    Tuples, not dicts and lists, so a rung stays hashable.
+    """
+
+    from_model: str
+    parameters: tuple[tuple[str, CreateValue], ...] = ()
+    system: str | None = None
+    template: str | None = None
+    license: str | None = None
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content)
+    quantize: str | None = None
+    modelfile: str | None = None
+
+    def request_fields(self) -> dict[str, Any]:
+        """The request's fields other than the model's own name (only those given)."""
+        body: dict[str, Any] = {"from": self.from_model}
+        if self.parameters:
+            body["parameters"] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.parameters
+            }
+        for key in ("system", "template", "license", "quantize"):
+            if (value := getattr(self, key)) is not None:
+                body[key] = value
+        if self.messages:
+            body["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+        return body
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """What a finished create reported."""
+
+    model: str
+    seconds: float
+    status_lines: int
+
+
 @dataclass(frozen=True)
 class Generation:
     """One answer to a probe prompt, with the server's own timing of it."""
@@ -98,6 +145,10 @@ class ModelServer(Protocol):
 
     def ensure_pulled(self, model: str, *, timeout: float = 1800.0) -> bool:
         """Pull ``model`` unless it is already local; True when a pull was needed."""
+        ...
+
+    def create(self, model: str, spec: CreateSpec, *, timeout: float = 1800.0) -> CreateResult:
+        """Make ``model`` from ``spec.from_model`` (which must be local) within ``timeout``."""
         ...
 
     def unload(self, model: str) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from remediator import decisions, intake, recovery
 from remediator.config import Config, FleetConfig, Rung
 from remediator.decisions import AlertRef, Decision
-from remediator.journal import PLANNED, Journal, crash_point
+from remediator.journal import Journal, crash_point, planned_steps
 from remediator.live import LiveFigures, LiveReader, live_reader, note_live_errors
 from remediator.state import StateError, StateStore
 from remediator.state_model import FleetState, SwitchJournal, SwitchRecord
@@ -385,7 +385,7 @@ class Remediator:
             trigger=plan.trigger,
             reason=plan.reason,
             alert_key=plan.alert_key,
-            planned=list(PLANNED),
+            planned=planned_steps(plan.to_rung.create is not None),
         )
 
     def _record_failure(self, fleet: FleetConfig, plan: SwitchPlan, exc: SwitchFailed) -> None:

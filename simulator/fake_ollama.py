@@ -3,12 +3,14 @@
 It speaks ``GET /api/tags``, ``POST /api/pull`` (NDJSON progress in chunked encoding, shaped
 like Ollama's: ``pulling manifest``, ``pulling <digest>`` with ``total``/``completed``,
 ``verifying sha256 digest``, ``writing manifest``, ``success``; errors as ``{"error": ...}``),
-``POST /api/generate`` (``keep_alive: 0`` unloads, an empty prompt loads, a prompt answers
-"ok" with Ollama's timing fields), ``GET /api/ps`` (``size``, ``size_vram``: :meth:`load` can
-load a model partly offloaded, and a request leaves a loaded model where it is; ``expires_at``:
-the last use plus Ollama's default keep-alive) and ``GET /api/version``. It records every
-call and fails on demand: refuse a pull, break a pull mid-stream, stall a pull, answer any
-path with an HTTP error, or go down altogether.
+``POST /api/create`` (simulator.fake_ollama_create: Ollama's status lines and errors; the
+created model is then listed, with a size), ``POST /api/generate`` (``keep_alive: 0``
+unloads, an empty prompt loads, a prompt answers "ok" with Ollama's timing fields),
+``GET /api/ps`` (``size``, ``size_vram``: :meth:`load` can load a model partly offloaded, and
+a request leaves a loaded model where it is; ``expires_at``: the last use plus Ollama's
+default keep-alive) and ``GET /api/version``. It records every call and fails on demand:
+refuse a pull, break a pull or a create mid-stream, stall a pull, answer any path with an HTTP
+error, or go down altogether.
 Every response closes its connection, so "down" means down for every client at once.
 """
 
@@ -29,9 +31,11 @@ from typing import Any
 # files lie next to each other and there is no simulator package.
 if __package__:
     from simulator.fake_ollama_cli import cli_list, cli_pull, parse_host
+    from simulator.fake_ollama_create import CreatePlan, plan_create
     from simulator.fake_ollama_http import make_handler
 else:
     from fake_ollama_cli import cli_list, cli_pull, parse_host  # type: ignore[no-redef]
+    from fake_ollama_create import CreatePlan, plan_create  # type: ignore[no-redef]
     from fake_ollama_http import make_handler  # type: ignore[no-redef]
 
 DEFAULT_SIZE = 400 * 1024 * 1024
@@ -99,6 +103,7 @@ class FakeOllama:
         if store is not None and store.exists():
             self.models.update(json.loads(store.read_text(encoding="utf-8")))
         self.loaded: dict[str, tuple[int, int]] = {}  # name -> (size, size_vram)
+        self.file_types: dict[str, str] = {}  # name -> file type, for the models created here
         self._used_at: dict[str, float] = {}  # name -> last load or request (expires_at)
         self.eval_seconds_per_token = 0.02  # eval_duration of the one token a generation makes
         # None: any model can be pulled (with DEFAULT_SIZE); else only these.
@@ -108,6 +113,7 @@ class FakeOllama:
         self._failures: dict[str, tuple[int, str]] = {}
         self._pull_error_after: tuple[int, str] | None = None
         self._pull_stall_after: int | None = None
+        self._create_error_after: tuple[int, str] | None = None
         self._release = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -180,10 +186,18 @@ class FakeOllama:
         with self._lock:
             self._pull_stall_after = after
 
+    def fail_create_mid_stream(
+        self, message: str = "no space left on device", after: int = 1
+    ) -> None:
+        """Stream ``after`` status lines of a create, then an ``{"error": ...}`` line."""
+        with self._lock:
+            self._create_error_after = (after, message)
+
     def heal(self) -> None:
         """Forget every failure set on demand."""
         with self._lock:
             self._failures.clear()
+            self._create_error_after = None
             self._pull_error_after = None
             self._pull_stall_after = None
 
@@ -318,6 +332,23 @@ class FakeOllama:
             {"status": "success"},
         ]
         return lines
+
+    def _create_plan(self, body: dict[str, Any]) -> tuple[CreatePlan, tuple[int, str] | None]:
+        def registry_size(name: str) -> int | None:
+            return DEFAULT_SIZE if self.registry is None else self.registry.get(name)
+
+        with self._lock:
+            plan = plan_create(
+                body, dict(self.models), dict(self.file_types), self._pull_lines, registry_size
+            )
+            return plan, self._create_error_after
+
+    def _created(self, plan: CreatePlan) -> None:
+        assert plan.created is not None
+        name, size = plan.created
+        with self._lock:
+            self.file_types[name] = plan.file_type
+        self._pulled(name, size)
 
     def _pulled(self, name: str, size: int) -> None:
         with self._lock:

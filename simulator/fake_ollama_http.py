@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,8 @@ def make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
                 self._json(*fake._generate(body))
             elif self.path == "/api/pull":
                 self._pull(body)
+            elif self.path == "/api/create":
+                self._create(body)
             else:
                 self._send(404, b"404 page not found", "text/plain; charset=utf-8")
 
@@ -77,6 +80,45 @@ def make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
                 if size is not None and "error" not in last:
                     fake._pulled(name, size)
                 return
+
+            def before(line: dict[str, Any]) -> None:
+                if line.get("status") == "success" and size is not None:
+                    fake._pulled(name, size)  # Ollama writes the manifest before it says so
+
+            self._stream(lines, before, error_after, stall_after)
+
+        def _create(self, body: dict[str, Any]) -> None:
+            plan, error_after = fake._create_plan(body)
+            successes = [i for i, line in enumerate(plan.lines) if line.get("status") == "success"]
+
+            def before(line: dict[str, Any]) -> None:
+                if line.get("status") != "success":
+                    return
+                if plan.pulled is not None and successes and line is plan.lines[successes[0]]:
+                    fake._pulled(*plan.pulled)  # the base's own pull, inside the create
+                if line is plan.lines[-1] and plan.created is not None:
+                    fake._created(plan)
+
+            if body.get("stream") is False:
+                for line in plan.lines:
+                    before(line)
+                last = plan.lines[-1]
+                self._json(int(last.pop("status", 500)) if "error" in last else 200, last)
+                return
+            self._stream(plan.lines, before, error_after, None)
+
+        def _stream(
+            self,
+            lines: list[dict[str, Any]],
+            before: Callable[[dict[str, Any]], None],
+            error_after: tuple[int, str] | None,
+            stall_after: int | None,
+        ) -> None:
+            """NDJSON in chunks; an error before any line is an HTTP error, as in Ollama."""
+            if lines and "error" in lines[0]:
+                first = dict(lines[0])
+                self._json(int(first.pop("status", 500)), first)
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Transfer-Encoding", "chunked")
@@ -91,9 +133,8 @@ def make_handler(fake: FakeOllama) -> type[BaseHTTPRequestHandler]:
                     fake._release.wait()
                     self.close_connection = True
                     return
-                if line.get("status") == "success" and size is not None:
-                    fake._pulled(name, size)  # Ollama writes the manifest before it says so
-                self._chunk(line)
+                before(line)
+                self._chunk({k: v for k, v in line.items() if k != "status" or "error" not in line})
                 if "error" in line:
                     break
                 time.sleep(fake.line_delay)

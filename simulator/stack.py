@@ -82,7 +82,12 @@ def build_standin_images(client: docker.DockerClient) -> None:
             {
                 **{
                     f"{module}.py": ROOT / f"simulator/{module}.py"
-                    for module in ("fake_ollama", "fake_ollama_http", "fake_ollama_cli")
+                    for module in (
+                        "fake_ollama",
+                        "fake_ollama_http",
+                        "fake_ollama_cli",
+                        "fake_ollama_create",
+                    )
                 },
                 "ollama": STANDINS / "ollama",
             },

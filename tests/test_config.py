@@ -361,9 +361,12 @@ def test_config_keys_name_every_key_of_the_effective_config() -> None:
     eff = {k: v for k, v in effective_config(config).items() if k != "source"}
     found = paths(eff, "")
     assert found <= CONFIG_KEYS, found - CONFIG_KEYS
-    # What the effective config leaves out: the deprecated keys and what only the exporter
-    # reads (its section, a fleet's synthetic probe).
-    assert CONFIG_KEYS - found == set(DEPRECATED_KEYS) | {"exporter", "fleets.*.probe"}
+    # What the effective config leaves out: the deprecated keys, what only the exporter
+    # reads (its section, a fleet's synthetic probe) and a rung's create, which the default
+    # ladder has none of (tests/test_custom_rungs.py shows it).
+    creates = {k for k in CONFIG_KEYS if k.startswith("fleets.*.ladder[].create")}
+    assert len(creates) == 8
+    assert CONFIG_KEYS - found == set(DEPRECATED_KEYS) | {"exporter", "fleets.*.probe"} | creates
     assert set(DEPRECATED_KEYS.values()) <= CONFIG_KEYS
     assert {"fleets.*.server.kind", "fleets.*.app_config[].path", "alert_keys.ttl_seconds"} <= (
         CONFIG_KEYS

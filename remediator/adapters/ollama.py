@@ -1,9 +1,10 @@
-"""Ollama as the :class:`~remediator.server.ModelServer`: list, pull, unload, /api/ps, generate.
+"""Ollama as the :class:`~remediator.server.ModelServer`: list, pull, create, unload, /api/ps,
+generate.
 
 The only module of the remediator that talks to Ollama (``fleets.*.server.kind: ollama``).
 Every failure is an :class:`OllamaError` (a :class:`~remediator.server.ModelServerError`) that
-names the step (``list_models``, ``pull``, ``unload``, ``loaded``, ``generate``) and the
-cause, so a switch can report it and count it.
+names the step (``list_models``, ``pull``, ``create``, ``unload``, ``loaded``, ``generate``)
+and the cause, so a switch can report it and count it.
 """
 
 from __future__ import annotations
@@ -11,15 +12,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 import requests
 
-from remediator.server import Generation, LoadedModel, LocalModel, ModelServerError, PullResult
+from remediator.server import (
+    CreateResult,
+    CreateSpec,
+    Generation,
+    LoadedModel,
+    LocalModel,
+    ModelServerError,
+    PullResult,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "http://127.0.0.1:11434"
+DEFAULT_URL: Final = "http://127.0.0.1:11434"
+# The past tense of a streamed step, for the log line that closes it.
+_DONE: Final = {"pull": "pulled", "create": "created"}
 
 
 class OllamaError(ModelServerError):
@@ -174,9 +185,44 @@ class OllamaServer:
         with resp:
             if resp.status_code >= 400:
                 raise OllamaError("pull", _http_cause(resp), model=model)
-            return self._follow_pull(
-                resp, model, started, deadline, read_timeout, progress_interval
+            lines, layers = self._follow(
+                resp, "pull", model, started, deadline, read_timeout, progress_interval
             )
+        done = sum(c for c, _ in layers.values())
+        size = sum(t for _, t in layers.values())
+        return PullResult(model, time.monotonic() - started, done, size, lines)
+
+    def create(
+        self,
+        model: str,
+        spec: CreateSpec,
+        *,
+        timeout: float = 1800.0,
+        stall_timeout: float = 60.0,
+        progress_interval: float = 5.0,
+    ) -> CreateResult:
+        """Make ``model`` through ``/api/create`` from ``spec`` (its base must be local: Ollama
+        would pull a missing one itself, unbounded by our timeout), logging the streamed
+        status; raise OllamaError on error or timeout, bounded as :meth:`pull` is."""
+        started = time.monotonic()
+        read_timeout = min(timeout, stall_timeout)
+        log.info("ollama: creating %s from %s (timeout %.0f s)", model, spec.from_model, timeout)
+        try:
+            resp = self._session.post(
+                f"{self.base_url}/api/create",
+                json={"model": model, **spec.request_fields(), "stream": True},
+                stream=True,
+                timeout=(min(self.timeout, timeout), read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise OllamaError("create", _unreachable(self.base_url, exc), model=model) from exc
+        with resp:
+            if resp.status_code >= 400:
+                raise OllamaError("create", _http_cause(resp), model=model)
+            lines, _ = self._follow(
+                resp, "create", model, started, started + timeout, read_timeout, progress_interval
+            )
+        return CreateResult(model, time.monotonic() - started, lines)
 
     def ensure_pulled(self, model: str, *, timeout: float = 1800.0) -> bool:
         """Pull ``model`` unless it is already local; True when a pull was needed."""
@@ -186,15 +232,19 @@ class OllamaServer:
         self.pull(model, timeout=timeout)
         return True
 
-    def _follow_pull(
+    def _follow(
         self,
         resp: requests.Response,
+        step: str,
         model: str,
         started: float,
         deadline: float,
         stall_timeout: float,
         progress_interval: float,
-    ) -> PullResult:
+    ) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Read a streamed answer (pull, create) to its ``success``: the number of status
+        lines and each layer's (completed, total) bytes; an ``error`` line, a timeout, a
+        stall or a broken stream raise OllamaError naming ``step``."""
         last_log = last_line = time.monotonic()
         last_status = ""
         layers: dict[str, tuple[int, int]] = {}
@@ -203,7 +253,7 @@ class OllamaServer:
             for raw in resp.iter_lines():
                 if time.monotonic() > deadline:
                     raise OllamaError(
-                        "pull",
+                        step,
                         f"timed out after {deadline - started:.1f} s (last status {last_status!r})",
                         model=model,
                     )
@@ -215,12 +265,12 @@ class OllamaServer:
                     event = json.loads(raw)
                 except ValueError as exc:
                     raise OllamaError(
-                        "pull", f"invalid progress line {_short(raw)}", model=model
+                        step, f"invalid progress line {_short(raw)}", model=model
                     ) from exc
                 if not isinstance(event, dict):
-                    raise OllamaError("pull", f"invalid progress line {_short(raw)}", model=model)
+                    raise OllamaError(step, f"invalid progress line {_short(raw)}", model=model)
                 if "error" in event:
-                    raise OllamaError("pull", f"Ollama reported: {event['error']}", model=model)
+                    raise OllamaError(step, f"Ollama reported: {event['error']}", model=model)
                 status = str(event.get("status", ""))
                 if "total" in event:
                     total = _int(event.get("total"))
@@ -228,25 +278,22 @@ class OllamaServer:
                     layers[str(event.get("digest", status))] = (completed, total)
                 now = time.monotonic()
                 if status != last_status or now - last_log >= progress_interval:
-                    log.info("ollama pull %s: %s", model, _progress(status, completed, total))
+                    log.info("ollama %s %s: %s", step, model, _progress(status, completed, total))
                     last_log = now
                 last_status = status
-                if status == "success":
-                    seconds = time.monotonic() - started
-                    log.info("ollama: pulled %s in %.1f s", model, seconds)
-                    done = sum(c for c, _ in layers.values())
-                    size = sum(t for _, t in layers.values())
-                    return PullResult(model, seconds, done, size, lines)
+                # A create that pulls its base streams the pull's own "success" first: only
+                # the stream's end tells which one was the last.
+                if status == "success" and step != "create":
+                    break
         except requests.RequestException as exc:
-            silent = time.monotonic() - last_line
-            if silent >= stall_timeout * 0.9:
-                cause = f"stalled: no progress for {silent:.1f} s (last status {last_status!r})"
-            else:
-                cause = f"stream broke after status {last_status!r}: {exc}"
-            raise OllamaError("pull", cause, model=model) from exc
-        raise OllamaError(
-            "pull", f"stream ended before success (last status {last_status!r})", model=model
-        )
+            cause = _broken(exc, time.monotonic() - last_line, stall_timeout, last_status)
+            raise OllamaError(step, cause, model=model) from exc
+        if last_status != "success":
+            raise OllamaError(
+                step, f"stream ended before success (last status {last_status!r})", model=model
+            )
+        log.info("ollama: %s %s in %.1f s", _DONE[step], model, time.monotonic() - started)
+        return lines, layers
 
     def _get_json(self, step: str, path: str) -> dict[str, Any]:
         try:
@@ -269,6 +316,13 @@ class OllamaServer:
 
 def _unreachable(base_url: str, exc: Exception) -> str:
     return f"Ollama unreachable at {base_url}: {type(exc).__name__}: {exc}"
+
+
+def _broken(exc: Exception, silent: float, stall_timeout: float, last_status: str) -> str:
+    """Why a stream broke: silent for about its stall bound, or cut off."""
+    if silent >= stall_timeout * 0.9:
+        return f"stalled: no progress for {silent:.1f} s (last status {last_status!r})"
+    return f"stream broke after status {last_status!r}: {exc}"
 
 
 def _http_cause(resp: requests.Response) -> str:

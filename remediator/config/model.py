@@ -19,7 +19,7 @@ from fleet_contract.labels import DEFAULT_FLEET
 from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
 from remediator.adapters.appconfig import FORMATS as APP_CONFIG_FORMATS
 from remediator.adapters.appconfig import AppConfigTarget
-from remediator.server import DEFAULT_KIND
+from remediator.server import DEFAULT_KIND, CreateSpec
 from remediator.windows import Window
 
 __all__ = [
@@ -81,11 +81,12 @@ SHIPPED_ALERT_THRESHOLD: Final = 3
 
 @dataclass(frozen=True)
 class Rung:
-    """One model of a ladder."""
+    """One model of a ladder; ``create`` says how it is made when missing (else it is pulled)."""
 
     name: str
     size_mb: int
     description: str = ""
+    create: CreateSpec | None = None
 
     @property
     def size_bytes(self) -> int:

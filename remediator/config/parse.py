@@ -46,6 +46,7 @@ from remediator.config.placement import (
     parse_units,
 )
 from remediator.config.reader import _join, _kind, _Reader
+from remediator.config.rungs import CREATE_KEYS, parse_create
 from remediator.windows import Window, parse_window, zone_of
 
 __all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
@@ -94,7 +95,7 @@ _FLEET_KEYS: Final = frozenset(
         "probe",  # read by the exporter itself (its synthetic probe); the remediator leaves it
     }
 )
-_LADDER_KEYS: Final = frozenset({"name", "size_mb", "description"})
+_LADDER_KEYS: Final = frozenset({"name", "size_mb", "description", "create"})
 _APP_CONFIG_KEYS: Final = frozenset({"path", "format", "key"})
 _AUTO_UPGRADE_KEYS: Final = frozenset(
     {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb", "windows", "timezone"}
@@ -110,6 +111,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "fleets.*": _FLEET_KEYS,
     "fleets.*.server": SERVER_KEYS,
     "fleets.*.ladder[]": _LADDER_KEYS,
+    "fleets.*.ladder[].create": CREATE_KEYS,
     "fleets.*.containers": CONTAINER_KEYS,
     "fleets.*.units": UNIT_KEYS,
     "fleets.*.app_config[]": _APP_CONFIG_KEYS,
@@ -148,7 +150,8 @@ def _parse_ladder(r: _Reader, value: Any, where: str) -> Ladder:
         description = m.get("description", "")
         if not isinstance(description, str):
             raise r.fail(_join(here, "description"), f"must be a string, got {description!r}")
-        rungs.append(Rung(name, size, description))
+        create = parse_create(r, m.get("create"), _join(here, "create"), name)
+        rungs.append(Rung(name, size, description, create))
     return Ladder(tuple(rungs))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from fleet_contract.labels import ROLE_APP, ROLE_SERVER
 from remediator.config.model import SHIPPED_ALERT_THRESHOLD, Config, FleetConfig
 from remediator.config.placement import placement_of
+from remediator.server import CreateSpec
 from remediator.windows import describe, window_state
 
 __all__ = ["config_warnings", "effective_config", "redact_url", "strip_credentials", "window_notes"]
@@ -106,11 +107,21 @@ def _placement_warnings(fleet: FleetConfig) -> list[str]:
     return []
 
 
+def _create_dict(spec: CreateSpec) -> dict[str, Any]:
+    """A custom rung's create request as it will be sent, and the Modelfile it came from."""
+    return {**spec.request_fields(), **({"modelfile": spec.modelfile} if spec.modelfile else {})}
+
+
 def _fleet_dict(f: FleetConfig) -> dict[str, Any]:
     """One fleet of the effective configuration."""
     return {
         "ladder": [
-            {"name": r.name, "size_mb": r.size_mb, "description": r.description}
+            {
+                "name": r.name,
+                "size_mb": r.size_mb,
+                "description": r.description,
+                **({"create": _create_dict(r.create)} if r.create else {}),
+            }
             for r in f.ladder.rungs
         ],
         "max_vram_errors": f.max_vram_errors,

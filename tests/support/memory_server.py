@@ -6,7 +6,15 @@ and change; every call is recorded, and any step can be made to fail.
 
 from __future__ import annotations
 
-from remediator.server import Generation, LoadedModel, LocalModel, ModelServerError, PullResult
+from remediator.server import (
+    CreateResult,
+    CreateSpec,
+    Generation,
+    LoadedModel,
+    LocalModel,
+    ModelServerError,
+    PullResult,
+)
 
 
 class MemoryServer:
@@ -57,6 +65,16 @@ class MemoryServer:
             return False
         self.pull(model, timeout=timeout)
         return True
+
+    def create(self, model: str, spec: CreateSpec, *, timeout: float = 1800.0) -> CreateResult:
+        self._call("create", model)
+        base = self.models.get(spec.from_model)
+        if base is None:
+            raise ModelServerError(
+                "create", f"{spec.from_model} is not local", model=model, server="memory"
+            )
+        self.models[model] = base
+        return CreateResult(model, 0.0, 1)
 
     def unload(self, model: str) -> bool:
         self._call("unload", model)
