@@ -142,6 +142,9 @@ class LoopOptions:
     # form); None: the environment's. And the machine name in model-fleet.yaml's `host`.
     docker_host: str | None = None
     host: str | None = None
+    # The fleet's ladder (rungs as model-fleet.yaml writes them, custom ones included); None:
+    # the default ladder.
+    ladder: list[dict[str, Any]] | None = None
 
 
 def engine_client(options: LoopOptions) -> docker.DockerClient:
@@ -183,6 +186,7 @@ def remediator_config(
                 "max_switches_per_hour": 60,
                 "containers": {"stop_timeout_seconds": 2, "ready_timeout_seconds": 30},
                 "app_config": [{"path": str(app_env), "format": "env", "key": "OLLAMA_MODEL"}],
+                **({"ladder": options.ladder} if options.ladder is not None else {}),
             }
         },
     }
