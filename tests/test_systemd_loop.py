@@ -16,11 +16,11 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -30,13 +30,10 @@ from fleet_contract.systemd import parse_show, rfc3339, timestamp_ns
 from simulator import prom_env
 from simulator.systemd_host import REPO_ROOT, SystemdHost, home_python_dropin
 from tests.support import docker_env
+from tests.support.shipped_units import UNITS, USER, VENV, shipped, wait_for
 
 pytestmark = [pytest.mark.systemd, pytest.mark.docker, pytest.mark.e2e, pytest.mark.slow]
 
-DEPLOY = REPO_ROOT / "deploy" / "systemd"
-USER = "model-fleet"
-VENV = "/opt/model-fleet/venv"  # the units' fixed path; in the bed, a link to this venv
-UNITS = ("model-fleet-exporter.service", "model-fleet-remediator.service")
 OLLAMA = "ollama.service"
 APP = "llm-app.service"  # the application unit the shipped polkit rule names
 APP_ENV = "/etc/llm-app/app.env"
@@ -94,7 +91,6 @@ OOM_LINE = (
     'time={now} level=ERROR source=sched.go:470 msg="error loading llama server" '
     'error="llama runner process has terminated: cudaMalloc failed: out of memory"'
 )
-T = TypeVar("T")
 
 
 @dataclass
@@ -132,21 +128,6 @@ class Native:
 
     def restart(self, unit: str) -> None:
         self.host.systemctl("restart", unit)
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:
-    """Poll ``probe`` until it returns a value; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.25)
-    pytest.fail(f"no {what} within {timeout:.0f} s")
-
-
-def shipped(name: str) -> str:
-    return (DEPLOY / name).read_text(encoding="utf-8")
 
 
 def oom_now() -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -29,13 +29,10 @@ from simulator.systemd_host import (
     remove_leftovers,
 )
 from tests.support import docker_env
+from tests.support.shipped_units import UNITS, USER, VENV, shipped, wait_for
 
 pytestmark = [pytest.mark.systemd, pytest.mark.docker]
 
-DEPLOY = REPO_ROOT / "deploy" / "systemd"
-USER = "model-fleet"
-VENV = "/opt/model-fleet/venv"  # the units' fixed path; in the bed, a link to this venv
-UNITS = ("model-fleet-exporter.service", "model-fleet-remediator.service")
 APP_UNIT = "llm-app.service"  # the application unit the shipped polkit rule names
 TOKEN = "systemd-bed-token"
 # A fleet whose Ollama does not answer: the services start and report it, as on a host
@@ -59,23 +56,6 @@ ECHO_UNIT = """\
 [Service]
 ExecStart=/bin/sh -c 'echo "mf-echo up as $$"; exec sleep infinity'
 """
-T = TypeVar("T")
-
-
-def shipped(name: str) -> str:
-    """A file of deploy/systemd, as shipped."""
-    return (DEPLOY / name).read_text(encoding="utf-8")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30) -> T:
-    """Poll ``probe`` until it returns a value; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"no {what} within {timeout:.0f} s")
 
 
 def invocation(host: SystemdHost, unit: str) -> str:
