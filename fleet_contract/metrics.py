@@ -59,6 +59,7 @@ PROBE_DURATION: Final = "model_fleet_probe_duration_seconds"
 PROBE_TOKENS_PER_SECOND: Final = "model_fleet_probe_tokens_per_second"
 # --- remediator -----------------------------------------------------------------------------
 CURRENT_MODEL_INFO: Final = "model_fleet_current_model_info"
+FLEET_GPU_INFO: Final = "model_fleet_fleet_gpu_info"
 CURRENT_MODEL_INDEX: Final = "model_fleet_current_model_index"
 LADDER_SIZE: Final = "model_fleet_ladder_size"
 CAN_DOWNGRADE: Final = "model_fleet_can_downgrade"
@@ -219,6 +220,12 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
         "eval_duration); absent when the probe failed.",
     ),
     _remediator(CURRENT_MODEL_INFO, "gauge", ("fleet", "model"), "The model a fleet runs now."),
+    _remediator(
+        FLEET_GPU_INFO,
+        "gauge",
+        ("fleet", "gpu"),
+        "The GPU a fleet's model server runs on now (a move changes it).",
+    ),
     _remediator(
         CURRENT_MODEL_INDEX, "gauge", ("fleet",), "Rung of the current model (0 = largest)."
     ),

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from remediator import moving
 from remediator.adapters import appconfig
 from remediator.adapters.appconfig import AppConfigError, ConfigSnapshot
 from remediator.config import FleetConfig, placement_of
@@ -92,6 +93,8 @@ class FleetActions:
 
         ``record`` is told each completed step (the switch journal, remediator/journal.py).
         """
+        if plan.to_gpu is not None:  # a move: the same model on another GPU
+            return self._move(plan, dry_run, record or _ignore)
         if dry_run:
             return self._dry_run(plan)
         note: StepRecorder = record or _ignore
@@ -148,6 +151,26 @@ class FleetActions:
             problems = self._roll_back(snap, touched, old)
             raise SwitchFailed(step, str(exc), problems) from exc
         return steps
+
+    def _move(self, plan: SwitchPlan, dry_run: bool, note: StepRecorder) -> list[str]:
+        """Recreate the model server on ``plan.to_gpu`` (:mod:`remediator.moving`)."""
+        try:
+            servers = self._find_role(ROLE_SERVER)
+        except ContainerError as exc:
+            raise SwitchFailed("find_containers", str(exc)) from exc
+        if dry_run:
+            return [f"would move {ref.name} to GPU {plan.to_gpu}" for ref in servers]
+        probe = self._probe(ROLE_SERVER, plan.from_rung.name)
+        return moving.move_servers(self.fleet, self.runtime, plan, servers, probe, note)
+
+    def resolve_move(self, model: str, *, forward: bool) -> list[str]:
+        """Finish an interrupted move or take it back (:func:`remediator.moving.resolve_move`)."""
+        try:
+            found = self._find_role(ROLE_SERVER)
+        except ContainerError as exc:
+            return [str(exc)]
+        probe = self._probe(ROLE_SERVER, model)
+        return moving.resolve_move(self.fleet, self.runtime, found, probe, forward=forward)
 
     def _probe(self, role: str, model: str) -> Probe | None:
         """The service's own readiness check for ``role`` on ``model``, if it has one.

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from remediator import moves
 from remediator.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.config import FleetConfig
 from remediator.live import note_live_errors
@@ -144,7 +145,10 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
                 )
                 verdict.ignored.append({**ask.item, "reason": "superseded", "detail": detail})
                 continue
-            decision = remediator.decide(fleet, fs, ask.direction, ask.trigger, ask.ref, live)
+            near = moves.neighbours(fleet, remediator.config.fleets, state.fleets)
+            decision = remediator.decide(
+                fleet, fs, ask.direction, ask.trigger, ask.ref, live, neighbours=near
+            )
             if decision.retry_at is not None:
                 _defer(remediator, fleet, fs, ask, decision, verdict)
                 continue

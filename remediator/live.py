@@ -68,6 +68,12 @@ ERRORS_METRIC: Final[Mapping[str, str]] = {
 }
 
 
+def free_vram_by_gpu_selector(gpus: Iterable[str], host: str | None = None) -> str:
+    """The series of the free VRAM of each of ``gpus`` on ``host`` (a fleet's listed GPUs)."""
+    alternatives = "|".join(_label(g) for g in gpus)
+    return f'{metrics.GPU_MEMORY_FREE}{{{_on(host)}gpu=~"{alternatives}"}}'
+
+
 def errors_selector(fleet: str, host: str | None = None, counting: str = "consecutive") -> str:
     """The series of the fleet's VRAM errors as ``counting`` counts them, per container."""
     return f'{ERRORS_METRIC[counting]}{{{_on(host)}fleet="{_label(fleet)}"}}'
@@ -144,6 +150,9 @@ class LiveFigures:
     free_vram_bytes: Figure[int]
     vram_errors: Figure[int]
     loaded_models: Figure[tuple[ModelMemory, ...]]
+    # Free VRAM of each GPU a ``move_first`` fleet lists (remediator.moves); read only for a
+    # step down of such a fleet.
+    free_by_gpu: Figure[dict[str, int]] = Figure(None, problem="not read")
 
     def origin(self, figure: Figure[Any]) -> str:
         """Where a figure came from, for a decision's detail: "Prometheus at URL, 3 s old"."""
@@ -160,7 +169,7 @@ class LiveFigures:
 def unavailable(url: str | None, at: float, why: str) -> LiveFigures:
     """Figures that are all missing for one reason."""
     missing: Figure[Any] = Figure(None, problem=why)
-    return LiveFigures(url, at, why, missing, missing, missing)
+    return LiveFigures(url, at, why, missing, missing, missing, missing)
 
 
 def _one(
@@ -184,6 +193,12 @@ def _count(samples: list[Sample]) -> int | None:
 
 def _free(samples: list[Sample]) -> int | None:
     return max(0, int(min(s.value for s in samples))) if samples else None
+
+
+def _free_each(samples: list[Sample]) -> dict[str, int] | None:
+    """Free bytes by GPU index; a GPU without a sample is left out (the caller says so)."""
+    out = {s.labels["gpu"]: max(0, int(s.value)) for s in samples if "gpu" in s.labels}
+    return out or None
 
 
 def _models(samples: list[Sample]) -> tuple[ModelMemory, ...] | None:
@@ -224,19 +239,28 @@ class LiveReader:
         """The Prometheus asked, without credentials; None when none is configured."""
         return _shown(self.prometheus.url) if self.prometheus is not None else None
 
-    def read(self, fleet: FleetConfig, *, models: bool = True) -> LiveFigures:
+    def read(
+        self,
+        fleet: FleetConfig,
+        *,
+        models: bool = True,
+        gpu: str | None = None,
+        placement: bool = False,
+    ) -> LiveFigures:
         """The fleet's figures now; the first failure of Prometheus ends the round (one timeout,
         not six), and every figure then says why it is missing. ``models`` False: not the
-        loaded models (a decision does not use them)."""
+        loaded models (a decision does not use them). ``gpu``: the GPU the fleet runs on now
+        (after a move, not ``fleet.gpu``); ``placement``: also each listed GPU's free VRAM."""
         at = self._clock()
         prom = self.prometheus
         if prom is None:
             return unavailable(None, at, NOT_CONFIGURED)
-        gpu = f"GPU {fleet.gpu}'s free VRAM ({metrics.GPU_MEMORY_FREE})"
+        here = fleet.gpu if gpu is None else gpu
+        what = f"GPU {here}'s free VRAM ({metrics.GPU_MEMORY_FREE})"
         errs = f"fleet {fleet.name}'s VRAM errors ({ERRORS_METRIC[fleet.counting]})"
         try:
             on = self.host
-            free = _one(prom, FREE_VRAM_AGGREGATION, free_vram_selector(fleet.gpu, on), _free, gpu)
+            free = _one(prom, FREE_VRAM_AGGREGATION, free_vram_selector(here, on), _free, what)
             errors = _one(
                 prom,
                 ERRORS_AGGREGATION,
@@ -251,9 +275,14 @@ class LiveReader:
                 loaded = _one(prom, MODELS_AGGREGATION, selector, _models, what)
                 if loaded.value is None:  # no series: nothing loaded that the exporter saw
                     loaded = Figure((), problem=loaded.problem)
+            each: Figure[dict[str, int]] = Figure(None, problem="not read")
+            if placement:
+                listed = f"the free VRAM of GPUs {', '.join(fleet.listed_gpus)}"
+                selector = free_vram_by_gpu_selector(fleet.listed_gpus, on)
+                each = _one(prom, FREE_VRAM_AGGREGATION, selector, _free_each, listed)
         except PrometheusError as exc:
             return unavailable(self.url, at, f"{exc}: no live figures")
-        return LiveFigures(self.url, at, None, free, errors, loaded)
+        return LiveFigures(self.url, at, None, free, errors, loaded, each)
 
     def alert_firing(self, labels: Mapping[str, str]) -> bool | None:
         """Whether Prometheus evaluates the alert with these labels as firing now; None when it
@@ -278,15 +307,18 @@ class LiveReader:
             all(labels.get(k) == v for k, v in s.labels.items() if k not in own) for s in series
         )
 
-    def read_fleets(self, fleets: Iterable[FleetConfig]) -> dict[str, LiveFigures]:
-        """Each fleet's figures; once Prometheus has failed, the rest are not asked again."""
+    def read_fleets(
+        self, fleets: Iterable[FleetConfig], gpus: Mapping[str, str] | None = None
+    ) -> dict[str, LiveFigures]:
+        """Each fleet's figures (of the GPU ``gpus`` names for it now, by default its configured
+        one); once Prometheus has failed, the rest are not asked again."""
         out: dict[str, LiveFigures] = {}
         failed: LiveFigures | None = None
         for fleet in fleets:
             if failed is not None:
                 out[fleet.name] = unavailable(failed.url, failed.at, str(failed.error))
                 continue
-            out[fleet.name] = self.read(fleet)
+            out[fleet.name] = self.read(fleet, gpu=(gpus or {}).get(fleet.name))
             if out[fleet.name].error is not None:
                 failed = out[fleet.name]
         return out

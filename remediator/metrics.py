@@ -38,6 +38,7 @@ STEPS = (
     "restart",
     "verify",
     "state",
+    "move",
 )
 WEBHOOK_OUTCOMES = ("accepted", "deferred", "duplicate", "ignored", "unauthorized", "invalid")
 # Why an alert was deferred: the refusals that pass by themselves (remediator/decisions.py).
@@ -95,7 +96,10 @@ class FleetStateCollector(Collector):
             for i, rung in enumerate(ladder.rungs):
                 rung_bytes.add_metric([name, rung.name, str(i)], rung.size_bytes)
             up = ladder[fs.index - 1].size_bytes if fs.index > 0 else 0
-            next_larger.add_metric([name, fleet.gpu], up)
+            # The GPU now, after any move: the step-up rule joins its free VRAM on this label.
+            here = fs.current_gpu(fleet)
+            g[m.FLEET_GPU_INFO].add_metric([name, here], 1)
+            next_larger.add_metric([name, here], up)
             last.add_metric([name], fs.last_switch_at or 0)
             au = fleet.auto_upgrade
             window.add_metric([name], 1 if window_state(au.windows, au.timezone, now).open else 0)

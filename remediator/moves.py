@@ -17,12 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from remediator.config import MIB, FleetConfig
 from remediator.decisions import AlertRef, Decision, refusal
 from remediator.state_model import FleetState
 
-__all__ = ["Neighbour", "choose_move"]
+__all__ = ["STEP_DOWN_INSTEAD", "Neighbour", "choose_move", "neighbours"]
+
+# The refusals after which the fleet steps down as it would without placement: no move was
+# asked, none could be judged, none fits. Any other refusal (a gate) refuses the step down too.
+STEP_DOWN_INSTEAD: Final = frozenset({"placement_stay", "no_vram_measurement", "no_gpu_fits"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,20 @@ class Neighbour:
     fleet: str
     gpu: str
     headroom_mb: int
+
+
+def neighbours(
+    fleet: FleetConfig,
+    configs: Mapping[str, FleetConfig],
+    states: Mapping[str, FleetState],
+) -> list[Neighbour]:
+    """The host's other fleets where they run now (after their own moves), for ``fleet``'s move:
+    one remediator serves one host, so every other fleet of its config shares the GPUs."""
+    return [
+        Neighbour(name, states[name].current_gpu(other), other.headroom_mb)
+        for name, other in configs.items()
+        if name != fleet.name and name in states
+    ]
 
 
 def _no(reason: str, detail: str) -> Decision:

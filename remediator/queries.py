@@ -130,7 +130,8 @@ def status(
     unknown fleet."""
     shown = [config.fleet(fleet)] if fleet is not None else list(config.fleets.values())
     state = store.snapshot()
-    figures = (live or live_reader(config)).read_fleets(shown)
+    here = {f.name: state.fleets[f.name].current_gpu(f) for f in shown}  # after any move
+    figures = (live or live_reader(config)).read_fleets(shown, here)
     return build_status(config, state, fleet, figures, now)
 
 

@@ -87,6 +87,24 @@ def _apply(
     )
 
 
+def _apply_move(
+    remediator: Remediator,
+    fleet: FleetConfig,
+    fs: FleetState,
+    entry: SwitchJournal | SwitchPlan,
+    gpu: str,
+    reason: str,
+) -> SwitchRecord:
+    return fs.apply_move(
+        fleet,
+        gpu,
+        trigger=entry.trigger,
+        reason=reason,
+        now=remediator.now(),
+        alert_key=entry.alert_key,
+    )
+
+
 def commit(
     remediator: Remediator, fleet: FleetConfig, plan: SwitchPlan, target: int
 ) -> SwitchRecord:
@@ -96,6 +114,8 @@ def commit(
         try:
             with remediator.store.transaction() as state:
                 fs = state.fleets[fleet.name]
+                if plan.to_gpu is not None:
+                    return _apply_move(remediator, fleet, fs, plan, plan.to_gpu, plan.reason)
                 return _apply(remediator, fleet, fs, plan, target, reason=plan.reason)
         except StateError as exc:
             if pause is None:
@@ -190,6 +210,8 @@ def resolve(remediator: Remediator, fleet: FleetConfig) -> str | None:
     actions = remediator.actions(fleet)
     if not isinstance(actions, Resolver):
         _fail(remediator, fleet, entry, [f"{type(actions).__name__} cannot check or restore"])
+    if entry.to_gpu is not None:
+        return _resolve_move(remediator, fleet, entry, actions, started)
     if entry.has("verified_app"):
         why_not = actions.inspect(entry.to_model)
     else:
@@ -304,3 +326,59 @@ def resolve_in_background(remediator: Remediator) -> threading.Thread:
     )
     thread.start()
     return thread
+
+
+@runtime_checkable
+class MoveResolver(Protocol):
+    """What recovery asks of a fleet's actions for an interrupted move (FleetActions has it)."""
+
+    def resolve_move(self, model: str, *, forward: bool) -> list[str]:
+        """Finish the move (``forward``) or take it back; return what could not be done."""
+        ...
+
+
+def _resolve_move(
+    remediator: Remediator,
+    fleet: FleetConfig,
+    entry: SwitchJournal,
+    actions: object,
+    started: float,
+) -> str:
+    """An interrupted move: forward when its copy was found ready on the model (the container
+    put aside is removed and the fleet recorded on the new GPU), else back to the container put
+    aside. Raises RecoveryFailed (the entry stays open) when the containers cannot be put right.
+    """
+    assert entry.to_gpu is not None
+    if not isinstance(actions, MoveResolver):
+        _fail(remediator, fleet, entry, [f"{type(actions).__name__} cannot resolve a move"])
+    forward = entry.has("verified_ollama")
+    problems = actions.resolve_move(entry.from_model, forward=forward)
+    if problems:
+        _fail(remediator, fleet, entry, problems)
+    last = entry.done[-1] if entry.done else "intent"
+    what = f"the move to GPU {entry.to_gpu} was interrupted after '{last}'"
+    with remediator.store.transaction() as state:
+        fs = state.fleets[fleet.name]
+        if forward:
+            reason = f"recovery: rolled forward ({entry.reason})"
+            record = _apply_move(remediator, fleet, fs, entry, entry.to_gpu, reason)
+            record.recovery = ROLLED_FORWARD
+            message = f"fleet {fleet.name}: {what}; rolled forward: it runs on GPU {entry.to_gpu}"
+        else:
+            _close_rolled_back(remediator, fleet, fs, entry, what)
+            fs.history[-1].action = "move"
+            fs.history[-1].from_gpu, fs.history[-1].to_gpu = entry.from_gpu, entry.to_gpu
+            message = f"fleet {fleet.name}: {what}; rolled back: it runs on GPU {entry.from_gpu}"
+        state.notices.append(Notice(remediator.now(), message))
+    if forward:
+        remediator.observer.switched(fleet.name, entry.direction, entry.trigger)
+    outcome = ROLLED_FORWARD if forward else ROLLED_BACK
+    remediator.observer.recovered(fleet.name, outcome)
+    log.warning(
+        "fleet %s: interrupted move to GPU %s %s in %.2f s",
+        fleet.name,
+        entry.to_gpu,
+        outcome.replace("_", " "),
+        time.monotonic() - started,
+    )
+    return outcome

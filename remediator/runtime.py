@@ -22,6 +22,9 @@ from remediator.errors import StepError
 # whatever its kind): the contract's, re-exported for the runtime's callers.
 ROLE_SERVER: Final = labels.ROLE_SERVER
 ROLE_APP: Final = labels.ROLE_APP
+# A container a move (remediator.moving) put aside, stopped, until its copy on the new GPU is
+# ready: ``<name>.moving``. Recovery finds it by this name after a crash.
+ASIDE_SUFFIX: Final = ".moving"
 
 # A service's own readiness check: None when ready, else a short reason why not.
 Probe = Callable[[], str | None]

@@ -100,6 +100,9 @@ class SwitchJournal:
     planned: list[str] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     recovery_attempts: int = 0
+    # A move (same model, another GPU); entries of switches have neither.
+    from_gpu: str | None = None
+    to_gpu: str | None = None
 
     def has(self, step: str) -> bool:
         """Whether ``step`` (a step name, without what it was done to) was recorded."""
@@ -119,6 +122,7 @@ class SwitchJournal:
             "planned": list(self.planned),
             "done": list(self.done),
             "recovery_attempts": self.recovery_attempts,
+            **({"from_gpu": self.from_gpu, "to_gpu": self.to_gpu} if self.to_gpu else {}),
         }
 
     @classmethod
@@ -143,6 +147,8 @@ class SwitchJournal:
             planned=[_str(s) for s in d.get("planned", [])],
             done=[_str(s) for s in d.get("done", [])],
             recovery_attempts=attempts,
+            from_gpu=None if d.get("from_gpu") is None else _str(d["from_gpu"]),
+            to_gpu=None if d.get("to_gpu") is None else _str(d["to_gpu"]),
         )
 
 

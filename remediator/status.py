@@ -112,7 +112,9 @@ def fleet_status(
         "fleet_size": len(fleet.ladder),
         "can_downgrade": fs.index < len(fleet.ladder) - 1,
         "fleet": fleet.name,
-        "gpu": fleet.gpu,
+        # The GPU the model server runs on now (a move changes it) and those it may run on.
+        "gpu": fs.current_gpu(fleet),
+        "gpus": list(fleet.listed_gpus),
         "can_upgrade": fs.index > 0,
         "policy": fleet.policy,
         "dry_run": fleet.dry_run,

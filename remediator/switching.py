@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from remediator import decisions, intake, recovery
+from remediator import decisions, intake, moves, recovery
 from remediator.config import Config, FleetConfig, Rung
 from remediator.decisions import AlertRef, Decision
-from remediator.journal import Journal, crash_point, planned_steps
+from remediator.journal import MOVE_PLANNED, Journal, crash_point, planned_steps
 from remediator.live import LiveFigures, LiveReader, live_reader, note_live_errors
 from remediator.state import StateError, StateStore
 from remediator.state_model import FleetState, SwitchJournal, SwitchRecord
@@ -47,6 +47,9 @@ class SwitchPlan:
     trigger: str
     reason: str
     alert_key: str | None = None
+    # A move (remediator.moves): the same rung, the model server recreated on ``to_gpu``.
+    from_gpu: str | None = None
+    to_gpu: str | None = None
 
 
 class SwitchFailed(RuntimeError):
@@ -179,7 +182,10 @@ class Remediator:
         for the others. Called before the state transaction: Prometheus may take its timeout."""
         if direction != "down" and not (direction == "up" and trigger == "auto"):
             return None
-        figures = self.live.read(fleet, models=False)
+        # The caller holds the fleet's switch lock: no move can change its GPU meanwhile.
+        here = self.store.snapshot().fleets[fleet.name].current_gpu(fleet)
+        placement = direction == "down" and moves_on(fleet, trigger)
+        figures = self.live.read(fleet, models=False, gpu=here, placement=placement)
         if figures.error is not None and figures.url is not None:
             log.warning("fleet %s: deciding without live figures: %s", fleet.name, figures.error)
         return figures
@@ -196,11 +202,21 @@ class Remediator:
         trigger: str,
         alert: AlertRef | None = None,
         live: LiveFigures | None = None,
+        neighbours: Sequence[moves.Neighbour] = (),
     ) -> Decision:
-        """The pure decision for this request, at this moment, with ``live`` figures if read."""
+        """The pure decision for this request, at this moment, with ``live`` figures if read;
+        ``neighbours``: the host's other fleets, which a move must leave their headroom."""
         now = self._clock()
         free = live.free_vram_bytes.value if live is not None else None
         note = live.vram_note() if live is not None else None
+        if direction == "down" and moves_on(fleet, trigger):
+            move = _move_first(fleet, fs, now, trigger, alert, live, neighbours)
+            if move.reason not in moves.STEP_DOWN_INSTEAD:
+                return move  # a move, or a gate that refuses a step down as well
+            down = decisions.choose_downgrade(
+                fleet, fs, now, trigger=trigger, alert=alert, free_vram_bytes=free, vram_source=note
+            )
+            return replace(down, detail=f"{down.detail}; no move ({move.reason}): {move.detail}")
         if direction == "down":
             return decisions.choose_downgrade(
                 fleet, fs, now, trigger=trigger, alert=alert, free_vram_bytes=free, vram_source=note
@@ -237,7 +253,8 @@ class Remediator:
             with self.store.transaction() as state:
                 fs = state.fleets[fleet.name]
                 note_live_errors(fs, live)
-                decision = self.decide(fleet, fs, direction, trigger, live=live)
+                near = moves.neighbours(fleet, self.config.fleets, state.fleets)
+                decision = self.decide(fleet, fs, direction, trigger, live=live, neighbours=near)
                 plan = self.plan(fleet, fs, decision, direction, trigger, reason)
             return self.carry_out(fleet, direction, decision, plan, dry_run, started)
 
@@ -280,6 +297,8 @@ class Remediator:
             trigger=trigger,
             reason=reason or decision.detail,
             alert_key=alert_key,
+            from_gpu=None if decision.gpu is None else fs.current_gpu(fleet),
+            to_gpu=decision.gpu,
         )
 
     def carry_out(
@@ -385,7 +404,13 @@ class Remediator:
             trigger=plan.trigger,
             reason=plan.reason,
             alert_key=plan.alert_key,
-            planned=planned_steps(plan.to_rung.create is not None),
+            planned=(
+                planned_steps(plan.to_rung.create is not None)
+                if plan.to_gpu is None
+                else list(MOVE_PLANNED)
+            ),
+            from_gpu=plan.from_gpu,
+            to_gpu=plan.to_gpu,
         )
 
     def _record_failure(self, fleet: FleetConfig, plan: SwitchPlan, exc: SwitchFailed) -> None:
@@ -405,3 +430,37 @@ class Remediator:
             }
             if plan.alert_key is not None:
                 fs.processed_alerts[plan.alert_key] = now
+
+
+def moves_on(fleet: FleetConfig, trigger: str) -> bool:
+    """Whether a step down of ``fleet`` for ``trigger`` looks for a move first: an alert (VRAM
+    errors or offload) of a ``move_first`` fleet; a person's step down asks for a smaller model."""
+    return fleet.placement == "move_first" and trigger == "alert"
+
+
+def _move_first(
+    fleet: FleetConfig,
+    fs: FleetState,
+    now: float,
+    trigger: str,
+    alert: AlertRef | None,
+    live: LiveFigures | None,
+    neighbours: Sequence[moves.Neighbour],
+) -> Decision:
+    """The move decision with the live free VRAM of each listed GPU, if Prometheus gave it."""
+    each = live.free_by_gpu if live is not None else None
+    free = None if each is None or each.value is None else dict(each.value)
+    if each is None or live is None:
+        source = "no live figures read"
+    else:
+        source = live.origin(each) if each.value is not None else str(each.problem)
+    return moves.choose_move(
+        fleet,
+        fs,
+        now,
+        free_by_gpu=free,
+        neighbours=neighbours,
+        trigger=trigger,
+        alert=alert,
+        vram_source=source,
+    )

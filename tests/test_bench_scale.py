@@ -25,14 +25,14 @@ def exporter_series(shape: Shape) -> int:
 
 
 def remediator_series(shape: Shape) -> int:
-    """docs/scale.md: 10 + 33 per fleet + 1 per ladder rung."""
-    return 10 + 33 * shape.fleets + shape.models
+    """docs/scale.md: 10 + 35 per fleet + 1 per ladder rung."""
+    return 10 + 35 * shape.fleets + shape.models
 
 
 def test_the_docs_state_the_formulas_this_test_checks() -> None:
     text = DOC.read_text()
     assert "17 + 3 per GPU + 6 per fleet + 16 per watched container" in text
-    assert "10 + 33 per fleet + 1 per ladder rung" in text
+    assert "10 + 35 per fleet + 1 per ladder rung" in text
     assert "3 + 2 per GPU + 21 per fleet + 3\nper watched container" in text
 
 

@@ -72,11 +72,8 @@ def test_move_first_without_prometheus_is_a_warning() -> None:
         "fleet a: placement is move_first but no prometheus.url is set: without live free "
         "VRAM per GPU the fleet never moves, it steps down"
     ) in config_warnings(config)
-    # Until the alert path acts on it, check-config says so rather than let it look active.
-    assert (
-        "fleet a: placement move_first is not acted on yet in this version: a VRAM alert "
-        "steps the fleet down (docs/configuration.md)"
-    ) in config_warnings(config)
+    # The alert path acts on it: no warning says otherwise.
+    assert not [w for w in config_warnings(config) if "not acted on" in w]
 
 
 def test_check_config_validates_and_shows_placement(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from remediator.config import Config, FleetConfig, parse_config
 from remediator.decisions import AlertRef, Decision
 from remediator.intake import Background
 from remediator.live import LiveFigures
+from remediator.moves import Neighbour
 from remediator.redelivery import handled_redelivery
 from remediator.service import create_app
 from remediator.state import LockTimeout, StateStore, file_lock
@@ -72,11 +74,12 @@ class LockCheckingRemediator(Remediator):
         trigger: str,
         alert: AlertRef | None = None,
         live: LiveFigures | None = None,
+        neighbours: Sequence[Neighbour] = (),
     ) -> Decision:
         with pytest.raises(LockTimeout), self.store.switch_lock(fleet.name, 0):
             pass  # pragma: no cover - reached only when nobody holds the lock
         self.decided.append(alert.key if alert else None)
-        return super().decide(fleet, fs, direction, trigger, alert, live)
+        return super().decide(fleet, fs, direction, trigger, alert, live, neighbours)
 
 
 def make_config(tmp_path: Path, fleets: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -141,14 +141,15 @@ class DockerRuntime:
         new_id = docker_gpu.recreate_on_gpu(self._engine("move", ref), ref.id, gpu, stop_timeout)
         return ContainerRef(new_id, ref.name, ref.fleet, ref.role)
 
-    def finish_move(self, old: ContainerRef, new: ContainerRef, *, keep: bool) -> None:
+    def finish_move(self, old: ContainerRef, new: ContainerRef | None, *, keep: bool) -> None:
         """Remove the old container of a move (``keep``: the copy is ready), or take the move
-        back: the copy removed, the old container renamed back and started."""
+        back: the copy (if any: a crash may come before it exists) removed, the old container
+        renamed back and started."""
         from remediator.adapters import docker_gpu
 
         client = self._engine("move", old)
         if not keep:
-            docker_gpu.take_back(client, old.id, new.id)
+            docker_gpu.take_back(client, old.id, None if new is None else new.id)
             return
         try:
             client.api.remove_container(old.id, force=True)

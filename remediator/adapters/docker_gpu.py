@@ -18,6 +18,7 @@ from typing import Any, Final
 import docker.errors
 
 from remediator.adapters.docker_engine import _ENGINE_ERRORS, DockerError, _cause
+from remediator.runtime import ASIDE_SUFFIX
 
 __all__ = [
     "ASIDE_SUFFIX",
@@ -31,8 +32,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The old container's name while its successor starts.
-ASIDE_SUFFIX: Final = ".moving"
 # What the engine fills in for a running container and refuses, or ignores, at create.
 _ENDPOINT_KEYS: Final = ("IPAMConfig", "Links", "Aliases", "DriverOpts")
 

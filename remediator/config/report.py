@@ -76,12 +76,6 @@ def config_warnings(config: Config) -> list[str]:
                 "but tells the application nothing"
             )
         warnings += _placement_warnings(fleet)
-        if fleet.placement == "move_first":
-            # The setting is kept so that a config written now works unchanged once it acts.
-            warnings.append(
-                f"fleet {fleet.name}: placement move_first is not acted on yet in this version: "
-                "a VRAM alert steps the fleet down (docs/configuration.md)"
-            )
         if fleet.placement == "move_first" and config.prometheus.url is None:
             warnings.append(
                 f"fleet {fleet.name}: placement is move_first but no prometheus.url is set: "

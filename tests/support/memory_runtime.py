@@ -2,16 +2,25 @@
 
 A container is a ref plus a ``start`` function the test gives: it runs at every (re)start, as
 the container's process would, and returns None to keep running or an exit code to crash.
-Every restart is recorded in order; any step can be made to fail.
+Every restart is recorded in order; any step can be made to fail. A move recreates a container
+on another GPU as DockerRuntime.move does: the old one stopped and put aside under
+``<name>.moving`` until :meth:`MemoryRuntime.finish_move`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from remediator.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
+from remediator.runtime import (
+    ASIDE_SUFFIX,
+    ContainerError,
+    ContainerRef,
+    ContainerState,
+    Probe,
+    describe,
+)
 
 Start = Callable[[], int | None]
 
@@ -28,6 +37,7 @@ class MemoryContainer:
     started_at: datetime | None = None
     restart_count: int = 0
     labelled: bool = True  # False: found only by its name
+    gpu: str | None = None  # the GPU a move put it on
 
 
 class MemoryRuntime:
@@ -36,6 +46,7 @@ class MemoryRuntime:
     def __init__(self) -> None:
         self.containers: dict[str, MemoryContainer] = {}
         self.restarts: list[str] = []  # container names, in order
+        self.moves: list[tuple[str, str]] = []  # (container name, GPU), in order
         self.failures: dict[str, str] = {}  # step -> cause
         self._clock = datetime(2026, 1, 1, tzinfo=UTC)
         self.closed = False
@@ -110,6 +121,38 @@ class MemoryRuntime:
         raise ContainerError(
             "wait_ready", f"did not stay up: {describe(now)}", container=ref.name, runtime="memory"
         )
+
+    def move(self, ref: ContainerRef, gpu: str, stop_timeout: int = 10) -> ContainerRef:
+        """The copy on ``gpu``, started; ``fail("move_start", ...)`` refuses its start as Docker
+        does without the GPU, and the old container is then back under its name, running."""
+        self._check("move", ref.name)
+        old = self.containers.pop(ref.name)
+        old.status, old.ref = "exited", replace(old.ref, name=ref.name + ASIDE_SUFFIX)
+        self.containers[old.ref.name] = old
+        new_ref = replace(ref, id=f"{ref.id}@gpu{gpu}")
+        self.containers[ref.name] = MemoryContainer(new_ref, old.start, old.health, gpu=gpu)
+        self.moves.append((ref.name, gpu))
+        if "move_start" in self.failures:
+            self.finish_move(old.ref, new_ref, keep=False)
+            raise ContainerError(
+                "move_start", self.failures["move_start"], container=ref.name, runtime="memory"
+            )
+        self._start(self.containers[ref.name])
+        return new_ref
+
+    def finish_move(self, old: ContainerRef, new: ContainerRef | None, *, keep: bool) -> None:
+        """Remove the container put aside (``keep``), or the copy, putting the old one back."""
+        self._check("finish_move", old.name)
+        name = next(n for n, c in self.containers.items() if c.ref.id == old.id)
+        kept = self.containers.pop(name)
+        if keep:
+            return
+        plain = name.removesuffix(ASIDE_SUFFIX)
+        if new is not None and self.containers.get(plain, kept).ref.id == new.id:
+            del self.containers[plain]
+        kept.ref = replace(kept.ref, name=plain)
+        self.containers[plain] = kept
+        self._start(kept)
 
     def close(self) -> None:
         self.closed = True
