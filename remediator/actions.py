@@ -212,7 +212,16 @@ class FleetActions:
                 self.runtime.still_up(r.ref, r.state)
 
     def _find(self) -> tuple[list[ContainerRef], list[ContainerRef]]:
+        """The containers a switch restarts: never one a move put aside (``<name>.moving``,
+        still labelled as the model server): that one is the move's, resolved by recovery."""
         servers = self._find_role(ROLE_SERVER) if self.fleet.containers.restart_server else []
+        servers, kept = moving.aside(servers)
+        if kept:
+            log.warning(
+                "fleet %s: left alone, put aside by a move: %s",
+                self.fleet.name,
+                ", ".join(r.name for r in kept),
+            )
         return servers, self._find_role(ROLE_APP)
 
     def _find_role(self, role: str) -> list[ContainerRef]:

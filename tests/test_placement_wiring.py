@@ -190,6 +190,14 @@ def test_a_person_stepping_down_gets_a_smaller_model_not_a_move(bench: Bench) ->
     assert bench.state().current_model == "phi3:mini"
 
 
+def test_a_switch_leaves_a_container_a_move_put_aside_alone(bench: Bench) -> None:
+    # Left behind when its removal failed after a move: still labelled as the model server.
+    bench.runtime.add(FLEET, ROLE_SERVER, "mem-server" + ASIDE_SUFFIX, lambda: None)
+    outcome = bench.remediator().request(FLEET, "down", reason="test")
+    assert outcome.switched and bench.state().current_model == "phi3:mini"
+    assert bench.runtime.restarts == ["mem-server", "mem-app"]
+
+
 def test_a_copy_that_will_not_start_is_rolled_back_like_a_failed_switch(bench: Bench) -> None:
     bench.runtime.fail("move_start", "could not select device driver nvidia")
     bench.alert()
