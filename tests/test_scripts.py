@@ -660,6 +660,7 @@ BOOTSTRAP_PACKAGES = [
     "gcc",
     "curl",
     "debootstrap",
+    "zsh",
 ]
 
 
@@ -737,7 +738,7 @@ def test_bootstrap_dry_run_lists_the_missing_packages(host: Host) -> None:
     assert result.returncode == 0, result.stderr
     assert (
         "[bootstrap] packages: would install busybox-static prometheus prometheus-alertmanager"
-        " debootstrap (service starts blocked by /usr/sbin/policy-rc.d)"
+        " debootstrap zsh (service starts blocked by /usr/sbin/policy-rc.d)"
     ) in result.stderr.splitlines()
     assert (
         "[bootstrap] venv: would create .venv and install model-fleet with its dev extras"
