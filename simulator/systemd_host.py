@@ -41,6 +41,7 @@ BOOT_TIMEOUT_SECONDS: Final = 120.0  # a boot takes about a second; a loaded CI 
 # a test module holds its bed for a minute or two.
 LEFTOVER_AGE_SECONDS: Final = 30 * 60.0
 HOME_DIRS: Final = ("/home", "/root", "/run/user")  # hidden by ProtectHome=; see the drop-in
+TMP_DIRS: Final = ("/tmp", "/var/tmp")  # replaced by PrivateTmp=; see the drop-in
 
 _BOOTED: Final = ("running", "degraded")
 _CGROUP: Final = "/sys/fs/cgroup"
@@ -266,14 +267,20 @@ class SystemdHost:
 
 
 def home_python_dropin() -> str:
-    """A unit drop-in that shows the mounted Python to a unit with ProtectHome=yes.
+    """A unit drop-in that shows the mounted Python to a unit with ProtectHome=yes and
+    PrivateTmp=yes.
 
     The bed's interpreter may live under a home (pyenv's ~/.pyenv), which a shipped unit
     hides, as it should on a host whose venv is under /opt. An empty tmpfs with read-only binds
-    shows these paths alone and keeps every other home hidden.
+    shows these paths alone and keeps every other home hidden. A checkout under /tmp (CI's
+    clean clone, with its venv) is hidden by the unit's private /tmp: the unit then shares the
+    host's /tmp. Test-only: the shipped units keep both settings.
     """
-    homes = [p for p in python_mounts() if any(Path(p).is_relative_to(h) for h in HOME_DIRS)]
+    mounts = python_mounts()
+    homes = [p for p in mounts if any(Path(p).is_relative_to(h) for h in HOME_DIRS)]
     lines = ["[Service]"]
     if homes:
         lines += ["ProtectHome=tmpfs", f"BindReadOnlyPaths={' '.join(homes)}"]
+    if any(Path(p).is_relative_to(t) for p in mounts for t in TMP_DIRS):
+        lines.append("PrivateTmp=no")
     return "\n".join(lines) + "\n"
