@@ -273,14 +273,16 @@ def home_python_dropin() -> str:
     The bed's interpreter may live under a home (pyenv's ~/.pyenv), which a shipped unit
     hides, as it should on a host whose venv is under /opt. An empty tmpfs with read-only binds
     shows these paths alone and keeps every other home hidden. A checkout under /tmp (CI's
-    clean clone, with its venv) is hidden by the unit's private /tmp: the unit then shares the
-    host's /tmp. Test-only: the shipped units keep both settings.
+    clean clone, with its venv) would be hidden by the unit's private /tmp: it is bound
+    read-only into it, the rest of that /tmp staying private. Test-only: the shipped units keep
+    both settings.
     """
     mounts = python_mounts()
     homes = [p for p in mounts if any(Path(p).is_relative_to(h) for h in HOME_DIRS)]
+    tmps = [p for p in mounts if any(Path(p).is_relative_to(t) for t in TMP_DIRS)]
     lines = ["[Service]"]
     if homes:
-        lines += ["ProtectHome=tmpfs", f"BindReadOnlyPaths={' '.join(homes)}"]
-    if any(Path(p).is_relative_to(t) for p in mounts for t in TMP_DIRS):
-        lines.append("PrivateTmp=no")
+        lines.append("ProtectHome=tmpfs")
+    if homes or tmps:
+        lines.append(f"BindReadOnlyPaths={' '.join(homes + tmps)}")
     return "\n".join(lines) + "\n"
