@@ -171,26 +171,40 @@ class OllamaServer:
         started = time.monotonic()
         deadline = started + timeout
         read_timeout = min(timeout, stall_timeout)
-        url = f"{self.base_url}/api/pull"
         log.info("ollama: pulling %s (timeout %.0f s)", model, timeout)
-        try:
-            resp = self._session.post(
-                url,
-                json={"model": model, "stream": True},
-                stream=True,
-                timeout=(min(self.timeout, timeout), read_timeout),
-            )
-        except requests.RequestException as exc:
-            raise OllamaError("pull", _unreachable(self.base_url, exc), model=model) from exc
-        with resp:
-            if resp.status_code >= 400:
-                raise OllamaError("pull", _http_cause(resp), model=model)
+        body = {"model": model, "stream": True}
+        with self._open_stream("/api/pull", body, "pull", model, timeout, read_timeout) as resp:
             lines, layers = self._follow(
                 resp, "pull", model, started, deadline, read_timeout, progress_interval
             )
         done = sum(c for c, _ in layers.values())
         size = sum(t for _, t in layers.values())
         return PullResult(model, time.monotonic() - started, done, size, lines)
+
+    def _open_stream(
+        self,
+        path: str,
+        body: dict[str, Any],
+        step: str,
+        model: str,
+        timeout: float,
+        read_timeout: float,
+    ) -> Any:
+        """POST a streamed request (a pull, a create); OllamaError naming ``step`` when Ollama
+        is not reached or answers an HTTP error (the response closed then)."""
+        try:
+            resp = self._session.post(
+                f"{self.base_url}{path}",
+                json=body,
+                stream=True,
+                timeout=(min(self.timeout, timeout), read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise OllamaError(step, _unreachable(self.base_url, exc), model=model) from exc
+        if resp.status_code >= 400:
+            with resp:
+                raise OllamaError(step, _http_cause(resp), model=model)
+        return resp
 
     def create(
         self,
@@ -207,18 +221,8 @@ class OllamaServer:
         started = time.monotonic()
         read_timeout = min(timeout, stall_timeout)
         log.info("ollama: creating %s from %s (timeout %.0f s)", model, spec.from_model, timeout)
-        try:
-            resp = self._session.post(
-                f"{self.base_url}/api/create",
-                json={"model": model, **spec.request_fields(), "stream": True},
-                stream=True,
-                timeout=(min(self.timeout, timeout), read_timeout),
-            )
-        except requests.RequestException as exc:
-            raise OllamaError("create", _unreachable(self.base_url, exc), model=model) from exc
-        with resp:
-            if resp.status_code >= 400:
-                raise OllamaError("create", _http_cause(resp), model=model)
+        body = {"model": model, **spec.request_fields(), "stream": True}
+        with self._open_stream("/api/create", body, "create", model, timeout, read_timeout) as resp:
             lines, _ = self._follow(
                 resp, "create", model, started, started + timeout, read_timeout, progress_interval
             )
