@@ -197,6 +197,36 @@ def storm(
     )
 
 
+def group_pids(pgid: int) -> list[int]:
+    """The processes of process group ``pgid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def wait_for_workers(pgid: int, workers: int, timeout: float = 30.0) -> None:
+    """Wait until gunicorn's master and all ``workers`` are up and idle: ``/healthz`` answers
+    as soon as one worker has loaded the app, while the others may still be importing it (a
+    storm sent then meets one worker, not the configured ones)."""
+    deadline = time.monotonic() + timeout
+    quiet_since, last = time.monotonic(), -1.0
+    while time.monotonic() < deadline:
+        cpu = group_cpu_seconds(pgid)
+        if len(group_pids(pgid)) < workers + 1 or cpu != last:
+            quiet_since, last = time.monotonic(), cpu
+        elif time.monotonic() - quiet_since >= 0.5:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"gunicorn's {workers} workers were not all up within {timeout:g} s")
+
+
 def wait_for_switch(url: str, timeout: float = 30.0) -> int:
     """The number of switches in the history once the storm's switch has committed."""
     deadline = time.monotonic() + timeout
@@ -226,6 +256,7 @@ def run(
         )
         pgid = remediator.proc.pid  # started in a session of its own
         try:
+            wait_for_workers(pgid, workers)
             hook = "/webhook/alertmanager"
             first = storm(client, remediator.url, hook, payload, total, clients, pgid)
             switches = wait_for_switch(remediator.url)

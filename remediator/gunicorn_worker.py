@@ -16,6 +16,17 @@ the service (``/healthz`` included). :class:`ReadTimeoutWorker` changes two thin
 - every socket operation of a thread serving the connection (a larger body, the answer) has
   the timeout :data:`READ_TIMEOUT_SECONDS`: a body that stalls is answered 400
   (``remediator.routes.body``) and lets go of its thread by then.
+
+It also serves the two requests that a storm is made of on the worker's own loop, with no
+thread at all: an Alertmanager delivery (``POST /webhook/alertmanager``) and ``/healthz``,
+when the whole request (head and declared body) has already been read. Both answer at once
+without waiting for anything (the webhook takes a fleet's lock without waiting and hands the
+switch to the service's background pool), so serving them inline costs the loop their own
+half a millisecond, and saves what a thread costs them: the hand-off to a pool thread, and 64
+threads of one process taking turns at one GIL. In a storm of 50 concurrent deliveries that
+turn-taking, not the work, was the tail (BENCHMARKS.md, "Webhook storm"). Every other request
+(manual switches that wait for their switch, ``/status``, ``/metrics``, a notification
+forwarded to a sink, anything whose body is still arriving) gets a pool thread as before.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from concurrent import futures
 from typing import Any, Final
 
 from gunicorn.http2 import negotiation
@@ -38,6 +50,9 @@ READ_TIMEOUT_SECONDS: Final = 10.0
 EARLY_BYTES: Final = 65536
 
 _CONTENT_LENGTH: Final = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d+)", re.IGNORECASE)
+# The requests served on the worker's loop: they never wait for anything (see above).
+_INLINE: Final = re.compile(rb"(?:(?:GET|HEAD) /healthz|POST /webhook/alertmanager)[ ?]")
+_CHUNKED: Final = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.IGNORECASE)
 
 
 def request_is_whole(data: bytes, window: int = EARLY_BYTES) -> bool:
@@ -54,6 +69,19 @@ def request_is_whole(data: bytes, window: int = EARLY_BYTES) -> bool:
         return True  # no body, or a chunked one (read under the timeout, cut at its limit)
     whole = end + 4 + int(length.group(1))
     return whole > window or len(data) >= whole
+
+
+def served_inline(data: bytes) -> bool:
+    """Whether a request that began with ``data`` is served on the worker's loop: it is an
+    Alertmanager delivery or ``/healthz``, and all of it (head and declared body) is in
+    ``data``, so serving it reads nothing more from the client."""
+    if not _INLINE.match(data):
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or _CHUNKED.search(data, 0, end + 2):
+        return False
+    length = _CONTENT_LENGTH.search(data, 0, end + 2)
+    return len(data) == end + 4 + (int(length.group(1)) if length else 0)
 
 
 class ReadTimeoutConn(TConn):  # type: ignore[misc]
@@ -89,24 +117,34 @@ class ReadTimeoutWorker(ThreadWorker):  # type: ignore[misc]
         conn = ReadTimeoutConn(self.cfg, client_sock, client_addr, listener.getsockname())
         self.enqueue_req(conn)
 
-    def handle(self, conn: ReadTimeoutConn) -> Any:
-        """Serve the request when it is here whole; else back to the poller, or drop it when it
-        has taken longer than the read timeout or the client hung up before it was whole."""
+    def enqueue_req(self, conn: ReadTimeoutConn) -> None:
+        """On the worker's loop: read what has come of the request without waiting, then serve
+        it here (:func:`served_inline`) or on a pool thread when it is whole; else back to the
+        poller, or drop it when it has taken longer than the read timeout or the client hung up
+        before it was whole."""
         why = self._read_early(conn)
         if why is None:
             conn.waiting_since = None
             conn.data_ready = True  # gunicorn would wait for bytes this worker already read
-            return super().handle(conn)
+            if served_inline(conn.early):
+                self.finish_request(conn, _done(super().handle(conn)))
+            else:
+                fs = self.tpool.submit(super().handle, conn)
+                fs.add_done_callback(
+                    lambda fut: self.method_queue.defer(self.finish_request, conn, fut)
+                )
+            return
         now = time.monotonic()
         if not why:
             if conn.waiting_since is None:
                 conn.waiting_since = now
             if now - conn.waiting_since <= READ_TIMEOUT_SECONDS:
-                return _DEFER  # the poller hands it back when more comes
+                self.finish_request(conn, _done(_DEFER))  # the poller hands it back
+                return
             why = f"no whole request within {READ_TIMEOUT_SECONDS:g} s"
         self.log.debug("closing the connection of %s: %s", conn.client, why)
+        self.nr_conns -= 1
         conn.close()  # not gunicorn's graceful close: that lingers for the client
-        return False
 
     def _read_early(self, conn: ReadTimeoutConn) -> str | None:
         """Read what has come of the request without waiting: None when it can be served now,
@@ -126,3 +164,10 @@ class ReadTimeoutWorker(ThreadWorker):  # type: ignore[misc]
             return "closed before its request was whole" if conn.early else None
         conn.early += data
         return None if request_is_whole(conn.early) else ""
+
+
+def _done(result: Any) -> futures.Future[Any]:
+    """A finished future holding ``result``: gunicorn's ``finish_request`` takes one."""
+    future: futures.Future[Any] = futures.Future()
+    future.set_result(result)
+    return future

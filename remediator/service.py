@@ -84,9 +84,13 @@ def create_app(
             "or start with --no-auth on a trusted network"
         )
     if actions_for is None:
-        from remediator.actions import FleetActions
+        # The adapters (the Docker SDK and requests with them: about 190 modules) are imported
+        # here, as each worker starts, not by its first switch: an import holds the GIL for
+        # whole milliseconds, and the first switch of a storm stalled every delivery the
+        # worker was answering meanwhile (BENCHMARKS.md, "Webhook storm").
+        from remediator.wiring import fleet_actions
 
-        actions_for = FleetActions.for_fleet
+        actions_for = fleet_actions
 
     store = StateStore(config, clock=clock)
     registry = CollectorRegistry()
