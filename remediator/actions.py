@@ -163,14 +163,16 @@ class FleetActions:
         probe = self._probe(ROLE_SERVER, plan.from_rung.name)
         return moving.move_servers(self.fleet, self.runtime, plan, servers, probe, note)
 
-    def resolve_move(self, model: str, *, forward: bool) -> list[str]:
-        """Finish an interrupted move or take it back (:func:`remediator.moving.resolve_move`)."""
+    def resolve_move(self, model: str, gpu: str, *, forward: bool) -> list[str]:
+        """Finish an interrupted move or take it back (:func:`remediator.moving.resolve_move`),
+        then make the fleet's GPU config name ``gpu``, where the model server runs now."""
         try:
             found = self._find_role(ROLE_SERVER)
         except ContainerError as exc:
             return [str(exc)]
         probe = self._probe(ROLE_SERVER, model)
-        return moving.resolve_move(self.fleet, self.runtime, found, probe, forward=forward)
+        problems = moving.resolve_move(self.fleet, self.runtime, found, probe, forward=forward)
+        return problems or moving.write_gpu_config(self.fleet, gpu)
 
     def _probe(self, role: str, model: str) -> Probe | None:
         """The service's own readiness check for ``role`` on ``model``, if it has one.

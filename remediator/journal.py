@@ -52,7 +52,13 @@ def planned_steps(creates: bool) -> list[str]:
 
 # The steps of a move (remediator.moving): the model server's container recreated on another
 # GPU, found ready on the same model, and the old container, kept aside until then, removed.
-MOVE_PLANNED = ("found", "moved_ollama", "verified_ollama", "move_finished")
+MOVE_PLANNED = (
+    "found",
+    "gpu_config_written",
+    "moved_ollama",
+    "verified_ollama",
+    "move_finished",
+)
 # Every step a crash test can stop at: the switch's, then the recovery's own.
 CRASH_POINTS = (
     "intent",

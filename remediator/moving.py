@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from remediator.adapters import appconfig
+from remediator.adapters.appconfig import AppConfigError, ConfigSnapshot
 from remediator.config import FleetConfig
 from remediator.runtime import (
     ASIDE_SUFFIX,
@@ -35,7 +37,7 @@ from remediator.runtime import (
 if TYPE_CHECKING:
     from remediator.switching import StepRecorder, SwitchPlan
 
-__all__ = ["Mover", "aside", "move_servers", "resolve_move"]
+__all__ = ["Mover", "aside", "move_servers", "resolve_move", "write_gpu_config"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,11 @@ def move_servers(
         why = f"the model server's runtime ({type(runtime).__name__}) cannot move a container"
         raise SwitchFailed("move", why)
     note("found", " ".join(ref.name for ref in servers))
+    try:
+        snap = appconfig.write_all(fleet.gpu_config, gpu)
+    except AppConfigError as exc:
+        raise SwitchFailed("write_gpu_config", str(exc)) from exc
+    note("gpu_config_written", gpu)
     c = fleet.containers
     moved: list[tuple[ContainerRef, ContainerRef]] = []
     step = "move"
@@ -102,7 +109,7 @@ def move_servers(
         note("verified_ollama", model)
     except ContainerError as exc:
         # A copy that would not start was removed and its old container started by the move.
-        problems = _take_back(fleet, runtime, mover, moved, servers, probe)
+        problems = _restore(snap) + _take_back(fleet, runtime, mover, moved, servers, probe)
         raise SwitchFailed(step, str(exc), problems) from exc
     for old, new in moved:
         try:
@@ -110,7 +117,27 @@ def move_servers(
         except ContainerError as exc:  # the copy serves; a stopped leftover harms nothing
             log.warning("fleet %s: the moved container's old one stays: %s", fleet.name, exc)
     note("move_finished")
-    return [f"moved {ref.name} to GPU {gpu}" for ref in servers]
+    wrote = [f"wrote GPU {gpu} into {t.describe()}" for t in fleet.gpu_config]
+    return [*wrote, *(f"moved {ref.name} to GPU {gpu}" for ref in servers)]
+
+
+def _restore(snap: ConfigSnapshot) -> list[str]:
+    """Put the GPU config files back as they were; what could not be undone."""
+    try:
+        snap.restore()
+    except AppConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def write_gpu_config(fleet: FleetConfig, gpu: str) -> list[str]:
+    """Make every ``gpu_config`` file name ``gpu`` (an interrupted move resolved forward names
+    the new GPU, taken back the old one); what could not be written."""
+    try:
+        appconfig.write_all(fleet.gpu_config, gpu)
+    except AppConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def _take_back(
@@ -158,7 +185,7 @@ def resolve_move(
     serving, kept = aside(found)
     mover = _mover(runtime)
     if not kept:
-        return []
+        return []  # the GPU config, if written, is resolved by the caller (write_gpu_config)
     if mover is None:
         return [f"{type(runtime).__name__} cannot finish a move"]
     by_name = {ref.name: ref for ref in serving}

@@ -332,8 +332,9 @@ def resolve_in_background(remediator: Remediator) -> threading.Thread:
 class MoveResolver(Protocol):
     """What recovery asks of a fleet's actions for an interrupted move (FleetActions has it)."""
 
-    def resolve_move(self, model: str, *, forward: bool) -> list[str]:
-        """Finish the move (``forward``) or take it back; return what could not be done."""
+    def resolve_move(self, model: str, gpu: str, *, forward: bool) -> list[str]:
+        """Finish the move (``forward``) or take it back, the fleet's GPU config naming
+        ``gpu``; return what could not be done."""
         ...
 
 
@@ -352,7 +353,8 @@ def _resolve_move(
     if not isinstance(actions, MoveResolver):
         _fail(remediator, fleet, entry, [f"{type(actions).__name__} cannot resolve a move"])
     forward = entry.has("verified_ollama")
-    problems = actions.resolve_move(entry.from_model, forward=forward)
+    gpu = entry.to_gpu if forward else (entry.from_gpu or fleet.gpu)
+    problems = actions.resolve_move(entry.from_model, gpu, forward=forward)
     if problems:
         _fail(remediator, fleet, entry, problems)
     last = entry.done[-1] if entry.done else "intent"

@@ -355,9 +355,13 @@ def test_config_keys_name_every_key_of_the_effective_config() -> None:
             out |= paths(value[0], f"{where}[]")
         return out
 
-    config = parse_config(
-        {"fleets": {"a": {"app_config": [{"path": "p", "format": "json", "key": "m"}]}}}
-    )
+    fleet = {
+        "app_config": [{"path": "p", "format": "json", "key": "m"}],
+        "gpus": [0, 1],
+        "placement": "move_first",
+        "gpu_config": [{"path": "q"}],
+    }
+    config = parse_config({"fleets": {"a": fleet}})
     eff = {k: v for k, v in effective_config(config).items() if k != "source"}
     found = paths(eff, "")
     assert found <= CONFIG_KEYS, found - CONFIG_KEYS

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from remediator.config import parse_config
 from simulator.loop_setup import MODEL_SERVER_LOG_CONFIG
 from simulator.stack import compose_command
 from tests.support import docker_env
@@ -760,3 +761,40 @@ def test_start_interval_file_merges_onto_every_health_checked_service() -> None:
     merged = json.loads(done.stdout)["services"]
     for name in extra["services"]:
         assert merged[name]["healthcheck"]["start_interval"] == "1s", name
+
+
+def test_move_file_gives_the_remediator_the_env_file_a_move_rewrites(tmp_path: Path) -> None:
+    """deploy/compose.move.yml merges onto the stack (Compose v2): the remediator sees the
+    project directory, .env included, at /compose, where a fleet's gpu_config names it; and the
+    ollama service takes its GPU from that file's MODEL_FLEET_GPU."""
+    files = [*COMPOSE_FILES, "deploy/compose.move.yml"]
+    args = [a for f in files for a in ("-f", str(REPO / f))]
+    env_file = tmp_path / ".env"
+    env_file.write_text("DOCKER_GID=999\nMODEL_FLEET_GPU=1\n")
+    done = subprocess.run(
+        [*compose_command(), *args, "--env-file", str(env_file), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")},
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    binds = {(v["source"], v["target"]) for v in services["remediator"]["volumes"]}
+    assert (str(REPO), "/compose") in binds
+    device = services["ollama"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["device_ids"] == ["1"]
+    config = parse_config(
+        {
+            "fleets": {
+                "default": {
+                    "gpus": [0, 1],
+                    "placement": "move_first",
+                    "gpu_config": [{"path": "/compose/.env"}],
+                }
+            }
+        }
+    )
+    [target] = config.fleets["default"].gpu_config
+    assert (target.path, target.format, target.key) == ("/compose/.env", "env", "MODEL_FLEET_GPU")

@@ -219,6 +219,64 @@ def test_a_copy_that_is_not_ready_is_taken_back(bench: Bench) -> None:
     assert fs.gpu is None and fs.last_failure is not None and fs.last_failure["step"] == "verify"
 
 
+def with_gpu_env(tmp_path: Path, free: dict[str, int]) -> tuple[Bench, Path]:
+    """A bench whose fleet names compose's .env (MODEL_FLEET_GPU=0) in its gpu_config."""
+    env = tmp_path / "compose" / ".env"
+    env.parent.mkdir()
+    env.write_text("DOCKER_GID=999\nMODEL_FLEET_GPU=0\nOLLAMA_VERSION=0.12.6\n")
+    env.chmod(0o600)
+    config = parse_config(
+        {
+            "state_file": str(tmp_path / "state.json"),
+            "prometheus": {"url": "http://prometheus.test:9090"},
+            "fleets": {
+                FLEET: {
+                    "gpus": [0, 1],
+                    "placement": "move_first",
+                    "containers": {"ready_timeout_seconds": 1},
+                    "gpu_config": [{"path": str(env)}],
+                }
+            },
+        },
+        "test",
+    )
+    return make_bench(config, free), env
+
+
+def test_a_move_writes_the_new_gpu_into_the_gpu_config(tmp_path: Path) -> None:
+    bench, env = with_gpu_env(tmp_path, {"0": 0, "1": 8 * GIB})
+    bench.alert()
+    assert bench.state().gpu == "1"
+    # Only the GPU's line changed; the file keeps its other lines and its mode.
+    assert env.read_text() == "DOCKER_GID=999\nMODEL_FLEET_GPU=1\nOLLAMA_VERSION=0.12.6\n"
+    assert env.stat().st_mode & 0o777 == 0o600
+    entry = bench.state().history[-1].to_dict()
+    assert entry["action"] == "move"
+
+
+def test_a_move_taken_back_leaves_the_gpu_config_as_it_was(tmp_path: Path) -> None:
+    bench, env = with_gpu_env(tmp_path, {"0": 0, "1": 8 * GIB})
+    before = env.read_bytes()
+    bench.runtime.fail("move_start", "could not select device driver nvidia")
+    bench.alert()
+    assert bench.state().last_failure is not None
+    assert env.read_bytes() == before
+
+
+def test_a_gpu_config_that_cannot_be_written_stops_the_move_before_any_container(
+    tmp_path: Path,
+) -> None:
+    bench, env = with_gpu_env(tmp_path, {"0": 0, "1": 8 * GIB})
+    env.unlink()
+    env.mkdir()  # not a file: neither read nor replaced (a permission would not stop root)
+    bench.alert()
+    fs = bench.state()
+    assert fs.last_failure is not None and fs.last_failure["step"] == "write_gpu_config"
+    assert str(env) in fs.last_failure["message"]
+    assert bench.runtime.moves == [] and fs.gpu is None
+    assert env.is_dir()
+
+
 class Crash(BaseException):
     """Stands for the process dying at a journal step (past the switch thread's own catch)."""
 
@@ -246,6 +304,28 @@ def test_an_interrupted_move_is_resolved(
     assert set(bench.runtime.containers) == {"mem-server", "mem-app"}
     assert bench.runtime.containers["mem-server"].status == "running"
     assert bench.runtime.containers["mem-server"].gpu == gpu
+
+
+@pytest.mark.parametrize(
+    ("step", "gpu"), [("moved_ollama", "0"), ("verified_ollama", "1"), ("move_finished", "1")]
+)
+def test_an_interrupted_move_leaves_the_gpu_config_naming_where_the_server_runs(
+    tmp_path: Path, step: str, gpu: str
+) -> None:
+    bench, env = with_gpu_env(tmp_path, {"0": 0, "1": 8 * GIB})
+
+    def die(done: str) -> None:
+        if done == step:
+            raise Crash(done)
+
+    remediator = bench.remediator()
+    remediator.on_step = die
+    with pytest.raises(Crash):
+        remediator.accept_alerts(webhook(FLEET, "downgrade", value="5")).pending[0].run()
+    assert "MODEL_FLEET_GPU=1" in env.read_text()  # written before the containers moved
+    bench.remediator().resolve_open(bench.config.fleets[FLEET])
+    assert f"MODEL_FLEET_GPU={gpu}\n" in env.read_text()
+    assert (bench.state().gpu or "0") == gpu
 
 
 def test_a_real_container_whose_move_docker_refuses_runs_again_under_its_name(

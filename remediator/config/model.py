@@ -243,6 +243,9 @@ class FleetConfig:
     containers: Containers = field(default_factory=Containers)
     units: Units = field(default_factory=Units)
     app_config: tuple[AppConfigTarget, ...] = ()
+    # Files that name the GPU the model server runs on (compose's .env: MODEL_FLEET_GPU): a
+    # move writes the new GPU into them, as a switch writes the model into app_config.
+    gpu_config: tuple[AppConfigTarget, ...] = ()
     auto_upgrade: AutoUpgrade = field(default_factory=AutoUpgrade)
     # The fraction (0..1) of the current model's bytes that may sit outside VRAM before
     # ModelFleetCPUOffload asks for a step down (exported as model_fleet_offload_tolerance_ratio).

@@ -90,6 +90,7 @@ _FLEET_KEYS: Final = frozenset(
         "containers",
         "units",
         "app_config",
+        "gpu_config",
         "auto_upgrade",
         "offload_tolerance",
         "probe",  # read by the exporter itself (its synthetic probe); the remediator leaves it
@@ -97,6 +98,8 @@ _FLEET_KEYS: Final = frozenset(
 )
 _LADDER_KEYS: Final = frozenset({"name", "size_mb", "description", "create"})
 _APP_CONFIG_KEYS: Final = frozenset({"path", "format", "key"})
+# The variable compose's .env names the model server's GPU in (docker-compose.gpu.yml).
+GPU_ENV_KEY: Final = "MODEL_FLEET_GPU"
 _AUTO_UPGRADE_KEYS: Final = frozenset(
     {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb", "windows", "timezone"}
 )
@@ -115,6 +118,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "fleets.*.containers": CONTAINER_KEYS,
     "fleets.*.units": UNIT_KEYS,
     "fleets.*.app_config[]": _APP_CONFIG_KEYS,
+    "fleets.*.gpu_config[]": _APP_CONFIG_KEYS,
     "fleets.*.auto_upgrade": _AUTO_UPGRADE_KEYS,
 }
 
@@ -155,7 +159,11 @@ def _parse_ladder(r: _Reader, value: Any, where: str) -> Ladder:
     return Ladder(tuple(rungs))
 
 
-def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarget, ...]:
+def _parse_app_config(
+    r: _Reader, value: Any, where: str, env_key: str | None = None
+) -> tuple[AppConfigTarget, ...]:
+    """The targets of ``app_config`` (or of ``gpu_config``, whose env files default to
+    ``env_key``)."""
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -173,12 +181,24 @@ def _parse_app_config(r: _Reader, value: Any, where: str) -> tuple[AppConfigTarg
                 _join(here, "format"),
                 f"must be one of {', '.join(APP_CONFIG_FORMATS)}, got {fmt!r}",
             )
-        key = r.string(m, "key", here, kind.default_key) if kind.takes_key else m.get("key")
+        default_key = env_key if env_key and fmt == "env" else kind.default_key
+        key = r.string(m, "key", here, default_key) if kind.takes_key else m.get("key")
         try:
             targets.append(AppConfigTarget(path, fmt, key))
         except AppConfigError as exc:
             raise r.fail(_join(here, "key"), exc.cause) from None
     return tuple(targets)
+
+
+def _parse_gpu_config(
+    r: _Reader, m: dict[str, Any], where: str, placement: str
+) -> tuple[AppConfigTarget, ...]:
+    """``gpu_config``: the files a move writes the new GPU into (only a move_first fleet's)."""
+    here = _join(where, "gpu_config")
+    targets = _parse_app_config(r, m.get("gpu_config"), here, GPU_ENV_KEY)
+    if targets and placement != "move_first":
+        raise r.fail(here, "only a move writes it: set placement: move_first, or remove it")
+    return targets
 
 
 def _parse_windows(r: _Reader, m: dict[str, Any], where: str) -> tuple[Window, ...]:
@@ -320,6 +340,7 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
         containers=containers,
         units=parse_units(r, m.get("units"), _join(where, "units"), server, containers),
         app_config=_parse_app_config(r, m.get("app_config"), _join(where, "app_config")),
+        gpu_config=_parse_gpu_config(r, m, where, placement),
         auto_upgrade=_parse_auto_upgrade(r, m.get("auto_upgrade"), _join(where, "auto_upgrade")),
         offload_tolerance=tolerance,
     )

@@ -151,6 +151,10 @@ def _fleet_dict(f: FleetConfig) -> dict[str, Any]:
             {"path": t.path, "format": t.format, **({"key": t.key} if t.key else {})}
             for t in f.app_config
         ],
+        "gpu_config": [
+            {"path": t.path, "format": t.format, **({"key": t.key} if t.key else {})}
+            for t in f.gpu_config
+        ],
         "auto_upgrade": {
             "enabled": f.auto_upgrade.enabled,
             "quiet_seconds": f.auto_upgrade.quiet_seconds,
