@@ -38,7 +38,7 @@ from urllib.parse import quote
 import docker
 
 from bench.common import Row, median, percentile, table
-from remediator.alerts import parse_time
+from remediator.domain.alerts import parse_time
 from simulator.loop import ERROR_SPACING_SECONDS
 from simulator.ollama_corpus import failed_load, printed_now
 from simulator.stack import ComposeStack, build_standin_images

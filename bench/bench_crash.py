@@ -26,9 +26,9 @@ import docker
 
 from bench.common import Row, percentile, table
 from remediator.config import load_config
-from remediator.journal import Journal
-from remediator.state import StateStore
-from remediator.state_model import SwitchJournal
+from remediator.domain.state import SwitchJournal
+from remediator.store.state import StateStore
+from remediator.switch.journal import Journal
 from simulator.crash import LADDER, CrashRig
 from simulator.images import build_busybox_image
 

@@ -2,7 +2,7 @@
 delivery, against the remediator under gunicorn (default settings) on 127.0.0.1.
 
 Slow clients are sockets that send half a request (a request line and one header) and stall.
-The service drops them (its read timeout, remediator/gunicorn_worker.py); each dropped one is
+The service drops them (its read timeout, remediator/http/worker.py); each dropped one is
 replaced at once, so ``clients`` of them stay connected for ``hold`` seconds, after which they
 close: the run is bounded in time. Meanwhile /healthz is probed and one Alertmanager delivery
 is sent, which must switch the fleet. Prints figures, no pass/fail.

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.common import Row, median, table
-from remediator.alerts import parse_time
+from remediator.domain.alerts import parse_time
 from simulator.loop import Loop, LoopOptions, sample_values, wait_until
 
 STAGES = ("line -> metric", "scrape", "rule evaluation", "Alertmanager", "webhook -> switch done")

@@ -47,7 +47,7 @@ ALERT_SCOPE: dict[str, tuple[str, int]] = {
     "ModelFleetAtSmallestModel": ("fleet", 1),
     "ModelFleetCanStepUp": ("fleet", 1),  # fleet, gpu: one GPU per fleet
     "ModelFleetCPUOffload": ("fleet", 1),  # the current model only
-    "ModelFleetRemediationFailed": ("fleet", 7),  # per step (remediator.metrics.STEPS)
+    "ModelFleetRemediationFailed": ("fleet", 7),  # per step (remediator.report.metrics.STEPS)
     "ModelFleetSwitchFlapping": ("fleet", 1),
     "ModelFleetModelSwitched": ("fleet", 9),  # direction x trigger
     "GPUVRAMNearlyFull": ("gpu", 1),

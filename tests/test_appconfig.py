@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remediator.adapters.appconfig import (
+from remediator.appconfig import (
     FORMATS,
     AppConfigError,
     AppConfigFormat,
@@ -237,7 +237,7 @@ def test_failed_write_leaves_the_original_intact(tmp_path: Path) -> None:
     path.write_text(original)
     script = (
         "import sys\n"
-        "from remediator.adapters.appconfig import AppConfigTarget, AppConfigError\n"
+        "from remediator.appconfig import AppConfigTarget, AppConfigError\n"
         "try:\n"
         "    AppConfigTarget(sys.argv[1], 'env').write_model('qwen2.5:0.5b')\n"
         "except AppConfigError as exc:\n"

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remediator import cli, tables
+from remediator.cli import main as cli
+from remediator.cli import tables
 from remediator.config import parse_config
-from remediator.queries import ExitCode
-from remediator.state import StateStore, file_lock
+from remediator.report.queries import ExitCode
+from remediator.store.state import StateStore, file_lock
 from simulator.fake_ollama import FakeOllama
 
 

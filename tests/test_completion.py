@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from remediator.queries import EXIT_MEANINGS, ExitCode
+from remediator.report.queries import EXIT_MEANINGS, ExitCode
 
 BIN = Path(sys.executable).parent
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from remediator.adapters.docker_engine import FLEET_LABEL, ROLE_LABEL, DockerRuntime
-from remediator.runtime import ContainerError, ContainerRef
+from remediator.ports.runtime import ContainerError, ContainerRef
 from tests.support import docker_env
 
 pytestmark = pytest.mark.docker

@@ -23,11 +23,11 @@ from exporter.main import build_exporter
 from exporter.server import make_server
 from exporter.serverpoll import LoadedModel, ProbeResult
 from fleet_contract import env, errors, labels, metrics
-from remediator import metrics as remediator_metrics
 from remediator.config import CONFIG_KEYS as RemediatorConfigKeys
 from remediator.config import ConfigError as RemediatorConfigError
 from remediator.config import parse_config as parse_remediator_config
-from remediator.state import StateStore
+from remediator.report import metrics as remediator_metrics
+from remediator.store.state import StateStore
 from simulator.prom_env import REPO, RULES_FILE, promql_metric_names
 from tests.test_dashboards import _queries, _substitute
 

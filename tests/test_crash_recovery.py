@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from remediator.journal import PLANNED
+from remediator.switch.journal import PLANNED
 from simulator.crash import LADDER, CrashRig
 from tests.support import docker_env
 

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator import cli
-from remediator.actions import FleetActions
 from remediator.adapters.ollama import OllamaServer
+from remediator.app.wiring import fleet_actions
+from remediator.cli import main as cli
 from remediator.config import ConfigError, FleetConfig, load_config, parse_config
-from remediator.journal import PLANNED
-from remediator.queries import ExitCode
-from remediator.server import CreateSpec
-from remediator.state import StateStore
-from remediator.switching import Remediator
-from remediator.wiring import fleet_actions
+from remediator.ports.model_server import CreateSpec
+from remediator.report.queries import ExitCode
+from remediator.store.state import StateStore
+from remediator.switch.actions import FleetActions
+from remediator.switch.engine import Remediator
+from remediator.switch.journal import PLANNED
 from simulator.fake_ollama import FakeOllama
 
 MODELFILE = '''# the brief assistant of ACME

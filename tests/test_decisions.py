@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from remediator.config import MIB, AutoUpgrade, FleetConfig, Ladder, Rung
-from remediator.decisions import (
+from remediator.domain.decisions import (
     HOUR,
     AlertRef,
     cap_clears_at,
@@ -13,7 +13,7 @@ from remediator.decisions import (
     choose_upgrade,
     upgrade_failed,
 )
-from remediator.state_model import FleetState, SwitchRecord
+from remediator.domain.state import FleetState, SwitchRecord
 
 NOW = 1_000_000.0
 

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from remediator.adapters.prometheus import PrometheusError, Sample
-from remediator.alerts import WebhookAlert, parse_webhook
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.decisions import HOUR
-from remediator.deferrals import DeferralClock, Pass, judge_due, next_due
-from remediator.live import LiveReader
-from remediator.state import StateStore
-from remediator.state_model import MAX_DEFERRED, DeferredAlert, FleetState, SwitchRecord
-from remediator.switching import Remediator, SwitchPlan
+from remediator.domain.alerts import WebhookAlert, parse_webhook
+from remediator.domain.decisions import HOUR
+from remediator.domain.state import MAX_DEFERRED, DeferredAlert, FleetState, SwitchRecord
+from remediator.store.state import StateStore
+from remediator.switch.deferrals import DeferralClock, Pass, judge_due, next_due
+from remediator.switch.engine import Remediator, SwitchPlan
+from remediator.switch.live import LiveReader
 
 T0 = 1_800_000_000.0  # the tests' clock starts here
 

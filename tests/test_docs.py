@@ -24,10 +24,10 @@ from fleet_contract import labels
 from fleet_contract.env import ENV_VARS
 from fleet_contract.errors import ERROR_KINDS
 from fleet_contract.metrics import COMMON_LABELS, METRICS
-from remediator import queries
 from remediator.config import CONFIG_KEYS as REMEDIATOR_KEYS
 from remediator.config import DEPRECATED_KEYS, default_config
-from remediator.state import StateStore
+from remediator.report import queries
+from remediator.store.state import StateStore
 from simulator.prom_env import (
     RULES_FILE,
     render_prometheus_config,

@@ -34,10 +34,10 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from remediator.app.service import create_app
 from remediator.config import Config, parse_config
-from remediator.routes.common import EXTENSION
-from remediator.service import create_app
-from remediator.state import StateStore
+from remediator.http.common import EXTENSION
+from remediator.store.state import StateStore
 from tests.support.fuzz_model import (
     FakeClock,
     FleetModel,

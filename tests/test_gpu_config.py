@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from remediator import cli
+from remediator.cli import main as cli
 from remediator.config import ConfigError, config_warnings, effective_config, parse_config
-from remediator.queries import ExitCode
+from remediator.report.queries import ExitCode
 
 PROM = {"url": "http://127.0.0.1:9090"}
 

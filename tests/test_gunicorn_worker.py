@@ -1,4 +1,4 @@
-"""The remediator's gunicorn worker (remediator/gunicorn_worker.py): which requests its loop
+"""The remediator's gunicorn worker (remediator/http/worker.py): which requests its loop
 serves itself and which get a pool thread.
 
 A storm of Alertmanager deliveries is served on the worker's loop, with no thread hand-off
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from remediator.gunicorn_worker import EARLY_BYTES, served_inline
+from remediator.http.worker import EARLY_BYTES, served_inline
 from simulator.local_http import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
         "-m",
         "gunicorn",
         "--worker-class",
-        "remediator.gunicorn_worker.ReadTimeoutWorker",
+        "remediator.http.worker.ReadTimeoutWorker",
         "--workers",
         "1",
         "--threads",

@@ -17,17 +17,17 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator.alerts import WebhookAlert, parse_time, parse_webhook, triage
+from remediator.app.service import create_app
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.decisions import AlertRef, Decision
-from remediator.intake import Background
-from remediator.live import LiveFigures
-from remediator.moves import Neighbour
-from remediator.redelivery import handled_redelivery
-from remediator.service import create_app
-from remediator.state import LockTimeout, StateStore, file_lock
-from remediator.state_model import FleetState, SwitchJournal
-from remediator.switching import Remediator, SwitchPlan
+from remediator.domain.alerts import WebhookAlert, parse_time, parse_webhook, triage
+from remediator.domain.decisions import AlertRef, Decision
+from remediator.domain.moves import Neighbour
+from remediator.domain.state import FleetState, SwitchJournal
+from remediator.store.state import LockTimeout, StateStore, file_lock
+from remediator.switch.engine import Remediator, SwitchPlan
+from remediator.switch.intake import Background
+from remediator.switch.live import LiveFigures
+from remediator.switch.redelivery import handled_redelivery
 from simulator.prom_env import RULES_FILE
 
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
-from remediator import recovery
-from remediator.actions import FleetActions
-from remediator.alerts import parse_webhook
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.journal import PLANNED
-from remediator.recovery import RecoveryFailed
-from remediator.runtime import ROLE_APP, ROLE_SERVER
-from remediator.state import StateError, StateStore
-from remediator.state_model import State
-from remediator.switching import Remediator
+from remediator.domain.alerts import parse_webhook
+from remediator.domain.state import State
+from remediator.ports.runtime import ROLE_APP, ROLE_SERVER
+from remediator.store.state import StateError, StateStore
+from remediator.switch import recovery
+from remediator.switch.actions import FleetActions
+from remediator.switch.engine import Remediator
+from remediator.switch.journal import PLANNED
+from remediator.switch.recovery import RecoveryFailed
 from tests.support.memory_runtime import MemoryRuntime
 from tests.support.memory_server import MemoryServer
 

@@ -21,9 +21,9 @@ import pytest
 
 from remediator.adapters.prometheus import PrometheusAPI
 from remediator.config import CONFIG_KEYS, ConfigError, effective_config, parse_config
-from remediator.live import LiveReader
-from remediator.state import StateStore
-from remediator.switching import Remediator
+from remediator.store.state import StateStore
+from remediator.switch.engine import Remediator
+from remediator.switch.live import LiveReader
 from simulator.prom_env import Prometheus, free_port
 from tests.support.live_env import (
     FREE_MIB,

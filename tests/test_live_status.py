@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator import cli
-from remediator.service import create_app
-from remediator.state import StateStore
+from remediator.app.service import create_app
+from remediator.cli import main as cli
+from remediator.store.state import StateStore
 from simulator.prom_env import Prometheus, free_port
 from tests.support.live_env import (
     HOST,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from remediator.modelfile import Modelfile, ModelfileError, looks_like_file, parse_modelfile
+from remediator.config.modelfile import Modelfile, ModelfileError, looks_like_file, parse_modelfile
 
 BRIEF = '''# a short-context assistant
 FROM llama3.2:3b

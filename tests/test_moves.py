@@ -4,9 +4,9 @@ VRAM where the current model fits with headroom, or say why not; other fleets ke
 from __future__ import annotations
 
 from remediator.config import MIB, FleetConfig
-from remediator.decisions import AlertRef
-from remediator.moves import Neighbour, choose_move
-from remediator.state_model import FleetState
+from remediator.domain.decisions import AlertRef
+from remediator.domain.moves import Neighbour, choose_move
+from remediator.domain.state import FleetState
 
 NOW = 1_000_000.0
 GIB = 1024 * MIB

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from remediator.adapters.ollama import OllamaError, OllamaServer, canonical_name, same_model
-from remediator.server import ModelServerError
+from remediator.ports.model_server import ModelServerError
 from simulator.fake_ollama import FakeOllama
 
 MIB = 1024 * 1024

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from remediator.adapters.ollama import OllamaError, OllamaServer
-from remediator.server import CreateSpec
+from remediator.ports.model_server import CreateSpec
 from simulator.fake_ollama import FakeOllama
 
 MIB = 1024 * 1024

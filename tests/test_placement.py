@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from fleet_contract.systemd import unit_problem
-from remediator import cli, wiring
-from remediator.actions import FleetActions
 from remediator.adapters.docker_engine import DockerRuntime
 from remediator.adapters.systemd_units import SystemdRuntime
+from remediator.app import wiring
+from remediator.cli import main as cli
 from remediator.config import (
     RUNTIMES,
     ConfigError,
@@ -32,10 +32,11 @@ from remediator.config import (
     placement_of,
     service_problem,
 )
-from remediator.queries import ExitCode
-from remediator.runtime import ROLE_APP, ROLE_SERVER, Runtime, RuntimeByRole
-from remediator.state import StateStore
-from remediator.switching import Remediator
+from remediator.ports.runtime import ROLE_APP, ROLE_SERVER, Runtime, RuntimeByRole
+from remediator.report.queries import ExitCode
+from remediator.store.state import StateStore
+from remediator.switch.actions import FleetActions
+from remediator.switch.engine import Remediator
 from tests.support.memory_runtime import MemoryRuntime
 from tests.support.memory_server import MemoryServer
 

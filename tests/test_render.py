@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator.cli import main
+from remediator.cli.main import main
 from remediator.config import ConfigError
-from remediator.inventory import INVENTORY_KEYS, load_inventory, parse_inventory
-from remediator.render import render_files, write_files
+from remediator.hosts.inventory import INVENTORY_KEYS, load_inventory, parse_inventory
+from remediator.hosts.render import render_files, write_files
 from simulator.local_http import free_port
 from simulator.prom_env import (
     ALERTMANAGER_CONFIG,

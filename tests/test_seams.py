@@ -1,7 +1,7 @@
 """The seams hold: a whole switch through FleetActions on an in-memory model server and runtime.
 
 No Docker and no HTTP: the server and the runtime are tests/support's second implementations of
-remediator.server.ModelServer and remediator.runtime.Runtime. The app-config file is a real
+remediator.ports.model_server.ModelServer and remediator.ports.runtime.Runtime. The app-config file is a real
 file, and the "app" reads it each time it starts, as the real one does.
 """
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from remediator import wiring
-from remediator.actions import FleetActions
 from remediator.adapters.docker_engine import DockerRuntime
 from remediator.adapters.ollama import OllamaServer
+from remediator.app import wiring
 from remediator.config import Config, ConfigError, FleetConfig, ServerSettings, parse_config
-from remediator.runtime import ROLE_APP, ROLE_SERVER, Runtime
-from remediator.server import SERVER_KINDS, ModelServer
-from remediator.state import StateStore
-from remediator.switching import Outcome, Remediator
+from remediator.ports.model_server import SERVER_KINDS, ModelServer
+from remediator.ports.runtime import ROLE_APP, ROLE_SERVER, Runtime
+from remediator.store.state import StateStore
+from remediator.switch.actions import FleetActions
+from remediator.switch.engine import Outcome, Remediator
 from tests.support.memory_runtime import MemoryRuntime
 from tests.support.memory_server import MemoryServer
 
@@ -208,7 +208,7 @@ def test_containers_named_in_the_config_are_found_without_labels(tmp_path: Path)
 
 def test_the_core_loads_no_docker_and_no_http_client() -> None:
     code = (
-        "import sys, remediator.actions, remediator.switching; "
+        "import sys, remediator.switch.actions, remediator.switch.engine; "
         "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))"
     )
     out = subprocess.run(

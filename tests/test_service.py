@@ -23,13 +23,13 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
-from remediator.alerts import parse_time
+from remediator.app.service import create_app, log_level
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.deferrals import Pass, judge_due
-from remediator.routes.common import EXTENSION
-from remediator.service import create_app, log_level
-from remediator.state import StateStore
-from remediator.switching import SwitchFailed, SwitchPlan
+from remediator.domain.alerts import parse_time
+from remediator.http.common import EXTENSION
+from remediator.store.state import StateStore
+from remediator.switch.deferrals import Pass, judge_due
+from remediator.switch.engine import SwitchFailed, SwitchPlan
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "s3cret-token"

@@ -17,7 +17,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from remediator.alerts import parse_time
+from remediator.domain.alerts import parse_time
 from simulator.fake_ollama import FakeOllama
 from simulator.services import start_remediator
 

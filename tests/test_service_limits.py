@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from remediator.app.service import create_app
 from remediator.config import HttpLimits, parse_config
-from remediator.gunicorn_worker import READ_TIMEOUT_SECONDS, request_is_whole
-from remediator.routes.body import BadBody, json_body, json_depth
-from remediator.service import create_app
-from remediator.state import StateStore, file_lock
+from remediator.http.body import BadBody, json_body, json_depth
+from remediator.http.worker import READ_TIMEOUT_SECONDS, request_is_whole
+from remediator.store.state import StateStore, file_lock
 from simulator.fake_ollama import FakeOllama
 from simulator.services import start_remediator
 from tests.test_service import AUTH, TOKEN, RecordingActions, drain, payload, wait_for
@@ -220,7 +220,7 @@ def test_gunicorn_answers_400_for_deep_json_and_too_many_alerts(served: str, pat
         assert resp.status_code == 400, (path, resp.status_code, resp.text[:200])
 
 
-# -- slow clients: the read timeout (remediator/gunicorn_worker.py) --------------------------
+# -- slow clients: the read timeout (remediator/http/worker.py) --------------------------
 
 
 def test_a_request_is_whole_when_its_head_and_declared_body_are_here() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from remediator.config import Config, parse_config
-from remediator.state import LockTimeout, StateStore, file_lock
-from remediator.state_model import SCHEMA_VERSION
-from remediator.status import build_status
+from remediator.domain.state import SCHEMA_VERSION
+from remediator.report.status import build_status
+from remediator.store.state import LockTimeout, StateStore, file_lock
 
 # Figures quoted in the closing note: keep them in sync with the tests below.
 CONCURRENT_PROCESSES = 8

@@ -19,13 +19,13 @@ import docker
 import docker.errors
 import pytest
 
-from remediator.actions import FleetActions
 from remediator.adapters.docker_engine import DockerRuntime
 from remediator.adapters.ollama import OllamaServer
+from remediator.app.wiring import fleet_actions
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.state import StateStore
-from remediator.switching import Remediator
-from remediator.wiring import fleet_actions
+from remediator.store.state import StateStore
+from remediator.switch.actions import FleetActions
+from remediator.switch.engine import Remediator
 from simulator.fake_ollama import FakeOllama
 from tests.support import docker_env
 

@@ -21,7 +21,7 @@ from remediator.adapters.systemd_units import (
     parse_timestamp,
     unit_state,
 )
-from remediator.runtime import ROLE_SERVER, ContainerRef, ContainerState, Runtime, describe
+from remediator.ports.runtime import ROLE_SERVER, ContainerRef, ContainerState, Runtime, describe
 
 DATA = Path(__file__).parent / "data" / "systemd"
 UNIT = ContainerRef("ollama.service", "ollama.service", "a", ROLE_SERVER)

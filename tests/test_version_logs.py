@@ -75,8 +75,8 @@ def test_both_services_export_build_info() -> None:
 
 
 def test_the_remediator_exports_build_info(tmp_path: Path) -> None:
+    from remediator.app.service import create_app
     from remediator.config import parse_config
-    from remediator.service import create_app
 
     config = parse_config({"state_file": str(tmp_path / "state.json")}, "test")
     app = create_app(config, token="t")
@@ -87,11 +87,11 @@ def test_the_remediator_exports_build_info(tmp_path: Path) -> None:
 def test_json_lines_carry_the_records_fields() -> None:
     formatter = logformat.JsonFormatter()
     record = logging.LogRecord(
-        "remediator.intake", logging.INFO, "x.py", 1, "fleet %s: %s", ("a", "b"), None
+        "remediator.switch.intake", logging.INFO, "x.py", 1, "fleet %s: %s", ("a", "b"), None
     )
     record.__dict__.update({"fleet": "a", "alert_key": "k@t", "reason": "cooldown"})
     line = json.loads(formatter.format(record))
-    assert line["level"] == "info" and line["logger"] == "remediator.intake"
+    assert line["level"] == "info" and line["logger"] == "remediator.switch.intake"
     assert line["message"] == "fleet a: b"
     assert (line["fleet"], line["alert_key"], line["reason"]) == ("a", "k@t", "cooldown")
     assert line["time"].endswith("Z") and "T" in line["time"]
@@ -169,7 +169,7 @@ def test_serve_logs_json_gunicorn_and_its_access_log_included(tmp_path: Path) ->
         proc.wait(30)
     lines = [json.loads(line) for line in out.read_text().splitlines()]  # every line is JSON
     loggers = {line["logger"] for line in lines}
-    assert {"remediator.serve", "gunicorn.error", "gunicorn.access"} <= loggers
+    assert {"remediator.cli.serve", "gunicorn.error", "gunicorn.access"} <= loggers
     [access] = [line for line in lines if line["logger"] == "gunicorn.access"]
     assert (access["status"], access["request"]) == (200, "GET /healthz HTTP/1.1")
     assert isinstance(access["duration_ms"], int)

@@ -20,7 +20,7 @@ from remediator.config import (
     effective_config,
     parse_config,
 )
-from remediator.windows import CronWindow, DailyWindow, parse_window, window_state
+from remediator.config.windows import CronWindow, DailyWindow, parse_window, window_state
 
 BERLIN = "Europe/Berlin"
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator import cli
+from remediator.app.service import create_app
+from remediator.cli import main as cli
 from remediator.config import MIB, AutoUpgrade, FleetConfig, parse_config, window_notes
-from remediator.decisions import AlertRef, choose_auto_upgrade, choose_upgrade
-from remediator.queries import ExitCode
-from remediator.service import create_app
-from remediator.state import StateStore
-from remediator.state_model import FleetState
-from remediator.windows import parse_window
+from remediator.config.windows import parse_window
+from remediator.domain.decisions import AlertRef, choose_auto_upgrade, choose_upgrade
+from remediator.domain.state import FleetState
+from remediator.report.queries import ExitCode
+from remediator.store.state import StateStore
 from simulator.fake_ollama import FakeOllama
 from tests.test_service import TOKEN, RecordingActions, drain, payload, wait_for
 from tests.test_windows import BERLIN, at

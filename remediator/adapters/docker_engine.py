@@ -1,9 +1,9 @@
-"""The Docker engine as the :class:`~remediator.runtime.Runtime`: find, restart, wait ready.
+"""The Docker engine as the :class:`~remediator.ports.runtime.Runtime`: find, restart, wait ready.
 
 The only module of the remediator that talks to the Docker engine. Containers are found by
 the labels of fleet_contract.labels (``model-fleet.fleet``, ``model-fleet.role``) and/or by
 explicit names. Every failure is a :class:`DockerError` (a
-:class:`~remediator.runtime.ContainerError`) naming the step and the cause; both
+:class:`~remediator.ports.runtime.ContainerError`) naming the step and the cause; both
 ``docker.errors.DockerException`` and ``requests.exceptions.RequestException`` are caught,
 because a client pinned to an API version raises the latter when the socket is gone.
 """
@@ -24,7 +24,7 @@ import requests
 from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
 from fleet_contract.labels import FLEET_LABEL as FLEET_LABEL
 from fleet_contract.labels import ROLE_LABEL as ROLE_LABEL
-from remediator.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
+from remediator.ports.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
 
 log = logging.getLogger(__name__)
 

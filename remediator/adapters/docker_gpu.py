@@ -18,7 +18,7 @@ from typing import Any, Final
 import docker.errors
 
 from remediator.adapters.docker_engine import _ENGINE_ERRORS, DockerError, _cause
-from remediator.runtime import ASIDE_SUFFIX
+from remediator.ports.runtime import ASIDE_SUFFIX
 
 __all__ = [
     "ASIDE_SUFFIX",

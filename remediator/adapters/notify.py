@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import requests
 
 from remediator.config import Notifications, redact_url
-from remediator.notifications import ForwardFailed
+from remediator.report.notifications import ForwardFailed
 
 
 class WebhookSink:

@@ -1,8 +1,8 @@
-"""Ollama as the :class:`~remediator.server.ModelServer`: list, pull, create, unload, /api/ps,
+"""Ollama as the :class:`~remediator.ports.model_server.ModelServer`: list, pull, create, unload, /api/ps,
 generate.
 
 The only module of the remediator that talks to Ollama (``fleets.*.server.kind: ollama``).
-Every failure is an :class:`OllamaError` (a :class:`~remediator.server.ModelServerError`) that
+Every failure is an :class:`OllamaError` (a :class:`~remediator.ports.model_server.ModelServerError`) that
 names the step (``list_models``, ``pull``, ``create``, ``unload``, ``loaded``, ``generate``)
 and the cause, so a switch can report it and count it.
 """
@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import requests
 
-from remediator.server import (
+from remediator.ports.model_server import (
     CreateResult,
     CreateSpec,
     Generation,

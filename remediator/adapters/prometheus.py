@@ -9,22 +9,13 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from typing import Any, Final
 
+from remediator.ports.prometheus import PrometheusError, Sample
+
+__all__ = ["DEFAULT_URL", "PrometheusAPI", "PrometheusError", "Sample"]
+
 DEFAULT_URL: Final = "http://127.0.0.1:9090"
-
-
-class PrometheusError(RuntimeError):
-    """Prometheus did not answer, or its answer was not an instant vector; says which."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One series of an instant vector: its labels and its value."""
-
-    labels: dict[str, str]
-    value: float
 
 
 class PrometheusAPI:

@@ -1,4 +1,4 @@
-"""systemd as the :class:`~remediator.runtime.Runtime`: a unit plays the part of a container.
+"""systemd as the :class:`~remediator.ports.runtime.Runtime`: a unit plays the part of a container.
 
 The only module of the remediator that talks to systemd, through ``systemctl``: a subprocess
 per call, each with a timeout, each with ``--no-ask-password`` (a missing permission then fails
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from fleet_contract import systemd
-from remediator.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
+from remediator.ports.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 
 ``placement: stay`` (the default, the original system) keeps the model server on ``gpu``;
 ``move_first`` lets a VRAM alert first move it to another of ``gpus`` where the current model
-fits (:mod:`remediator.moves`). A move recreates the model server's Docker container with
+fits (:mod:`remediator.domain.moves`). A move recreates the model server's Docker container with
 another device request, so a model server that is a systemd unit cannot move: the parsing
 refuses ``move_first`` there rather than accept a setting that would never act.
 """

@@ -17,10 +17,10 @@ from fleet_contract.env import STATE_FILE as STATE_FILE_ENV
 from fleet_contract.hosts import default_host
 from fleet_contract.labels import DEFAULT_FLEET
 from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
-from remediator.adapters.appconfig import FORMATS as APP_CONFIG_FORMATS
-from remediator.adapters.appconfig import AppConfigTarget
-from remediator.server import DEFAULT_KIND, CreateSpec
-from remediator.windows import Window
+from remediator.appconfig import FORMATS as APP_CONFIG_FORMATS
+from remediator.appconfig import AppConfigTarget
+from remediator.config.windows import Window
+from remediator.ports.model_server import DEFAULT_KIND, CreateSpec
 
 __all__ = [
     "APP_CONFIG_FORMATS",
@@ -70,7 +70,7 @@ COUNTINGS: Final[tuple[str, ...]] = ("consecutive", "since_start")
 RuntimeKind = Literal["docker", "systemd"]
 RUNTIMES: Final[tuple[str, ...]] = ("docker", "systemd")
 # Where a VRAM alert looks first: stay on the fleet's gpu (step down), or move_first to another
-# of its gpus where the current model fits (remediator.moves).
+# of its gpus where the current model fits (remediator.domain.moves).
 GpuPlacement = Literal["stay", "move_first"]
 GPU_PLACEMENTS: Final[tuple[str, ...]] = ("stay", "move_first")
 NotifyFormat = Literal["generic", "slack"]
@@ -129,7 +129,7 @@ class Ladder:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The fleet's model server: its kind (remediator.server.SERVER_KINDS), its API's URL and
+    """The fleet's model server: its kind (remediator.ports.model_server.SERVER_KINDS), its API's URL and
     where it runs: a Docker container, or the systemd ``unit`` (``runtime: systemd``)."""
 
     kind: str = DEFAULT_KIND
@@ -166,7 +166,7 @@ class Units:
 class AutoUpgrade:
     """The automatic step back up: off by default.
 
-    ``windows`` (remediator.windows): when set, the step up happens only inside one of them,
+    ``windows`` (remediator.config.windows): when set, the step up happens only inside one of them,
     and there it may climb several rungs at once; ``timezone`` (IANA) is their zone, None the
     host's local time.
     """

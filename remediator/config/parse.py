@@ -16,7 +16,7 @@ from fleet_contract.env import HOST as HOST_ENV
 from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
 from fleet_contract.hosts import resolve_host
 from fleet_contract.yamlfile import config_path, load_yaml
-from remediator.adapters.appconfig import AppConfigError
+from remediator.appconfig import AppConfigError
 from remediator.config.gpus import parse_gpus
 from remediator.config.limits import HTTP_KEYS, parse_http
 from remediator.config.model import (
@@ -47,7 +47,7 @@ from remediator.config.placement import (
 )
 from remediator.config.reader import _join, _kind, _Reader
 from remediator.config.rungs import CREATE_KEYS, parse_create
-from remediator.windows import Window, parse_window, zone_of
+from remediator.config.windows import Window, parse_window, zone_of
 
 __all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
 

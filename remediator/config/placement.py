@@ -23,7 +23,7 @@ from remediator.config.model import (
     Units,
 )
 from remediator.config.reader import _join, _Reader
-from remediator.server import SERVER_KINDS
+from remediator.ports.model_server import SERVER_KINDS
 
 __all__ = ["UNIT_SUFFIX", "Placement", "placement_of", "service_problem"]
 

@@ -7,8 +7,8 @@ from typing import Any
 from fleet_contract.labels import ROLE_APP, ROLE_SERVER
 from remediator.config.model import SHIPPED_ALERT_THRESHOLD, Config, FleetConfig
 from remediator.config.placement import placement_of
-from remediator.server import CreateSpec
-from remediator.windows import describe, window_state
+from remediator.config.windows import describe, window_state
+from remediator.ports.model_server import CreateSpec
 
 __all__ = ["config_warnings", "effective_config", "redact_url", "strip_credentials", "window_notes"]
 

@@ -2,7 +2,7 @@
 
 Read at start-up, Modelfile included, so check-config and the service's start refuse a rung
 that could never be made, long before a switch needs it. The result is a
-:class:`~remediator.server.CreateSpec`: the fields of Ollama's ``/api/create``, merged from the
+:class:`~remediator.ports.model_server.CreateSpec`: the fields of Ollama's ``/api/create``, merged from the
 mapping and the Modelfile, each field given by one of them only (``from`` may be in both when
 they agree).
 """
@@ -12,15 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final
 
-from remediator.config.reader import _join, _kind, _Reader
-from remediator.modelfile import (
+from remediator.config.modelfile import (
     LIST_PARAMETERS,
     Modelfile,
     ModelfileError,
     looks_like_file,
     parse_modelfile,
 )
-from remediator.server import CreateSpec, CreateValue
+from remediator.config.reader import _join, _kind, _Reader
+from remediator.ports.model_server import CreateSpec, CreateValue
 
 __all__ = ["CREATE_KEYS", "PARAMETERS", "QUANTIZE_TYPES", "parse_create"]
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from remediator.config import FleetConfig
-from remediator.intake import PendingWork
-from remediator.switching import SwitchPlan
+from remediator.switch.engine import SwitchPlan
+from remediator.switch.intake import PendingWork
 
 T0 = 1_800_000_000  # the fake clock's start (2027), whole seconds
 
@@ -150,7 +150,7 @@ def body_of(alerts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def parse(text: str) -> float:
-    """startsAt -> epoch seconds, to microseconds, independently of remediator.alerts."""
+    """startsAt -> epoch seconds, to microseconds, independently of remediator.domain.alerts."""
     main, _, zone = text.replace("Z", "+00:00").rpartition("+")
     if "." in main:
         head, frac = main.split(".")

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from remediator.alerts import WebhookAlert, parse_webhook
 from remediator.config import Config, FleetConfig, parse_config
-from remediator.state import StateStore
-from remediator.switching import Remediator, SwitchPlan
+from remediator.domain.alerts import WebhookAlert, parse_webhook
+from remediator.store.state import StateStore
+from remediator.switch.engine import Remediator, SwitchPlan
 from simulator.prom_env import MetricsEndpoint, Prometheus, start_prometheus, wait_for
 
 MIB = 1024 * 1024

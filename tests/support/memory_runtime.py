@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from remediator.runtime import (
+from remediator.ports.runtime import (
     ASIDE_SUFFIX,
     ContainerError,
     ContainerRef,

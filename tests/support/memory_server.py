@@ -6,7 +6,7 @@ and change; every call is recorded, and any step can be made to fail.
 
 from __future__ import annotations
 
-from remediator.server import (
+from remediator.ports.model_server import (
     CreateResult,
     CreateSpec,
     Generation,

@@ -20,8 +20,14 @@ from typing import Any
 
 from remediator.adapters.ollama import OllamaServer
 from remediator.adapters.systemd_units import SystemdRuntime
-from remediator.runtime import ROLE_SERVER, ContainerError, ContainerRef, ContainerState, Probe
-from remediator.server import ModelServerError
+from remediator.ports.model_server import ModelServerError
+from remediator.ports.runtime import (
+    ROLE_SERVER,
+    ContainerError,
+    ContainerRef,
+    ContainerState,
+    Probe,
+)
 
 FLEET = "bed"
 

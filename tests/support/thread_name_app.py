@@ -1,5 +1,5 @@
 """A WSGI app that answers with the name of the thread serving the request: run under
-``remediator.gunicorn_worker.ReadTimeoutWorker`` it shows which requests the worker's loop
+``remediator.http.worker.ReadTimeoutWorker`` it shows which requests the worker's loop
 serves itself and which a pool thread serves (tests/test_gunicorn_worker.py)."""
 
 from __future__ import annotations

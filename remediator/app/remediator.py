@@ -1,0 +1,55 @@
+"""The remediator as the service and the CLI run it: the switch engine with the live figures of
+the configured Prometheus (through the Prometheus adapter) unless it is given others.
+
+The engine (:class:`remediator.switch.engine.Remediator`) knows Prometheus only by its port;
+this is where the configured one is built.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from remediator.adapters.prometheus import PrometheusAPI
+from remediator.config import Config, FleetConfig
+from remediator.store.state import StateStore
+from remediator.switch import engine
+from remediator.switch.engine import Actions, SwitchObserver
+from remediator.switch.live import LiveReader
+
+__all__ = ["Remediator", "live_reader"]
+
+
+def live_reader(config: Config, clock: Callable[[], float] = time.time) -> LiveReader:
+    """The reader ``config`` asks for: its ``prometheus.url`` with its short timeout, or none;
+    only the series of the config's host."""
+    settings = config.prometheus
+    if settings.url is None:
+        return LiveReader(None, clock, config.host)
+    api = PrometheusAPI(settings.url, settings.timeout_seconds)
+    return LiveReader(api, clock, config.host)
+
+
+class Remediator(engine.Remediator):
+    """The switch engine reading the configured Prometheus (``live``: another reader)."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        actions_for: Callable[[FleetConfig], Actions],
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: SwitchObserver | None = None,
+        live: LiveReader | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(
+            config,
+            store,
+            actions_for,
+            clock=clock,
+            observer=observer,
+            live=live or live_reader(config),
+            on_step=on_step,
+        )

@@ -1,0 +1,336 @@
+"""``model-fleet``: status, history, manual switches, a live view, config check, the service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from fleet_contract import completion, logformat
+from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
+from fleet_contract.env import URL as URL_ENV
+from fleet_contract.version import describe
+from fleet_contract.yamlfile import config_options
+from remediator.adapters.prometheus import DEFAULT_URL as PROMETHEUS_URL
+from remediator.cli import tables
+from remediator.config import (
+    Config,
+    ConfigError,
+    FleetConfig,
+    config_warnings,
+    effective_config,
+    load_config,
+    window_notes,
+)
+from remediator.report import queries
+from remediator.report.queries import (
+    CODES,
+    ExitCode,
+    TokenError,
+    error_kind,
+    load_token,
+    outcome_kind,
+)
+from remediator.store.state import StateError, StateStore
+from remediator.app.remediator import Remediator, live_reader
+from remediator.switch.engine import Actions
+
+log = logging.getLogger("model-fleet")
+
+
+# The original system's flags, kept working as aliases of the subcommands.
+LEGACY_FLAGS: Final = {
+    "--status": "status",
+    "--reset": "reset",
+    "--downgrade": "downgrade",
+    "--upgrade": "upgrade",
+    "--monitor": "watch",
+}
+
+
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS lets the same options appear before or after the subcommand.
+    p = config_options()
+    p.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"act through a running remediator at this URL (default: ${URL_ENV})",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument(
+        "--log-format",
+        default=argparse.SUPPRESS,
+        choices=logformat.FORMATS,
+        help="text, or json: one object a line, `serve`'s gunicorn included "
+        "(default: $MODEL_FLEET_LOG_FORMAT, else text)",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="model-fleet",
+        description="Step a local LLM fleet down (or up) a ladder of models when VRAM runs short.",
+        parents=[common],
+        epilog="exit codes:\n"
+        + "\n".join(f"  {int(code)}  {what}" for code, what in queries.EXIT_MEANINGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=describe("model-fleet"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "status", parents=[common], help="the status: a table on a terminal, else its JSON"
+    )
+    p.add_argument("--fleet", help="only this fleet")
+    p.add_argument("--json", action="store_true", help="the status JSON even on a terminal")
+    for name, what in (
+        ("downgrade", "step one fleet down its ladder"),
+        ("upgrade", "step one fleet up one rung"),
+        ("reset", "go back to the top of the ladder"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=what)
+        p.add_argument("--fleet", help="the fleet (default: the only one)")
+        p.add_argument("--reason", default="", help="recorded in the history")
+        p.add_argument(
+            "--dry-run", action="store_true", help="say what would happen, change nothing"
+        )
+    p = sub.add_parser(
+        "history", parents=[common], help="the switch history: a table on a terminal, else JSON"
+    )
+    p.add_argument("--json", action="store_true", help="the history JSON even on a terminal")
+    p.add_argument("--fleet", help="only this fleet")
+    p.add_argument("--limit", type=int, default=20, help="newest N entries (default 20)")
+    p = sub.add_parser("watch", parents=[common], help="a live view: model, errors, VRAM, alerts")
+    p.add_argument("--fleet", help="only this fleet (default: all)")
+    p.add_argument(
+        "--prometheus",
+        default=None,
+        help=f"live figures from here (default: ${PROMETHEUS_URL_ENV}, else prometheus.url "
+        f"of the config, else {PROMETHEUS_URL})",
+    )
+    p.add_argument(
+        "--interval", type=_seconds, default=2.0, help="seconds between frames (default 2)"
+    )
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p = sub.add_parser(
+        "check-config", parents=[common], help="validate and print the configuration"
+    )
+    p.add_argument(
+        "--inventory",
+        help="validate this inventory instead (with --config: that the config's fleets are "
+        "those the inventory lists for its host)",
+    )
+    p = sub.add_parser(
+        "render-monitoring",
+        parents=[common],
+        help="write Prometheus' targets and config and Alertmanager's config for an inventory",
+    )
+    p.add_argument("--inventory", required=True, help="the inventory YAML (docs/multi-host.md)")
+    p.add_argument("--out", required=True, help="the directory to write into")
+    p = sub.add_parser(
+        "completion", help="print the shell completion script (bash: source <(model-fleet ...))"
+    )
+    p.add_argument("shell", choices=completion.SHELLS)
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP service under gunicorn")
+    p.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--workers", type=int, default=None, help="gunicorn workers (default 3)")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without a bearer token (only on a trusted network)",
+    )
+    return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _translate_legacy(argv: list[str]) -> list[str]:
+    for i, arg in enumerate(argv):
+        if arg in LEGACY_FLAGS:
+            # The original --status printed its JSON, on a terminal too: scripts read it.
+            extra = ["--json"] if arg == "--status" else []
+            return [*argv[:i], LEGACY_FLAGS[arg], *extra, *argv[i + 1 :]]
+    return argv
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _show(args: argparse.Namespace, obj: Any) -> None:
+    """``status`` or ``history``: a table for a person at a terminal, else JSON."""
+    if args.json or not sys.stdout.isatty():
+        _print(obj)
+    elif args.command == "status":
+        print(tables.status_table(obj))
+    else:
+        print(tables.history_table(obj))
+
+
+def _err(message: str) -> None:
+    print(f"model-fleet: {message}", file=sys.stderr)
+
+
+def _local_actions(config: Config) -> Callable[[FleetConfig], Actions]:
+    """The real actions (Ollama, Docker or systemd, app-config files) performed by this process."""
+    from remediator.app.wiring import fleet_actions  # Docker's SDK: only when switching here
+
+    return fleet_actions
+
+
+def _report_switch(result: dict[str, Any], code: ExitCode) -> ExitCode:
+    """Print a switch's outcome JSON (and, when it did nothing or failed, why); return ``code``."""
+    _print(result)
+    if code == ExitCode.NOTHING_TO_DO:
+        _err(f"nothing to do: {result.get('detail')}")
+    elif code == ExitCode.FAILED:
+        _err(str(result.get("error")))
+    return code
+
+
+def _run_local(args: argparse.Namespace, config: Config) -> int:
+    store = StateStore(config)
+    if args.command == "status":
+        _show(args, queries.status(config, store, args.fleet, live=live_reader(config)))
+        return ExitCode.OK
+    if args.command == "history":
+        _show(args, queries.history(config, store, args.fleet, args.limit))
+        return ExitCode.OK
+    direction = {"downgrade": "down", "upgrade": "up", "reset": "reset"}[args.command]
+    remediator = Remediator(config, store, _local_actions(config))
+    outcome = remediator.request(
+        args.fleet, direction, trigger="manual", reason=args.reason, dry_run=args.dry_run
+    )
+    return _report_switch(outcome.to_dict(), CODES[outcome_kind(outcome)].exit)
+
+
+def _run_remote(args: argparse.Namespace, url: str) -> int:
+    from remediator.adapters.remote import RemediatorClient, RemoteError
+
+    client = RemediatorClient(url, token=load_token())
+    try:
+        if args.command == "status":
+            _show(args, client.status(args.fleet))
+            return ExitCode.OK
+        if args.command == "history":
+            _show(args, client.history(args.fleet, args.limit))
+            return ExitCode.OK
+        result, code = client.switch(args.command, args.fleet, args.reason, args.dry_run)
+    except RemoteError as exc:
+        _err(str(exc))
+        return exc.exit_code
+    return _report_switch(result, code)
+
+
+def _run_watch(args: argparse.Namespace, url: str | None, config: Config | None) -> int:
+    from remediator.adapters.prometheus import PrometheusAPI
+    from remediator.cli.watch import StatusUnavailable, Watch, run
+
+    read_status: Callable[[], Any]
+    if url:
+        from remediator.adapters.remote import RemediatorClient, RemoteError
+
+        client = RemediatorClient(url, token=load_token(), timeout=5.0)
+        where = f"remediator at {client.url}"
+
+        def read_status() -> Any:
+            try:
+                return client.status(args.fleet)
+            except RemoteError as exc:
+                raise StatusUnavailable(str(exc), exc.exit_code) from exc
+
+    else:
+        assert config is not None
+        if args.fleet:
+            config.fleet(args.fleet)  # an unknown fleet ends the command here (exit 3)
+        store = StateStore(config)
+        where = f"state file {store.path}"
+
+        def read_status() -> Any:
+            try:
+                return queries.status(config, store, args.fleet, live=live_reader(config))
+            except StateError as exc:
+                raise StatusUnavailable(str(exc), CODES[str(error_kind(exc))].exit) from exc
+
+    prometheus = (
+        args.prometheus
+        or os.environ.get(PROMETHEUS_URL_ENV)
+        or (config.prometheus.url if config is not None else None)
+        or PROMETHEUS_URL
+    )
+    # Local: only this host's figures. Through --url the remediator's host is not known here.
+    host = config.host if config is not None else None
+    watch = Watch(read_status, where, PrometheusAPI(prometheus), args.interval, host)
+    return run(watch, sys.stdout, once=args.once)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``model-fleet``."""
+    raw = _translate_legacy(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(raw)
+    for name, default in (("config", None), ("url", None), ("verbose", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    try:
+        args.log_format = logformat.chosen(getattr(args, "log_format", None))
+    except ValueError as exc:
+        print(f"model-fleet: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    logformat.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
+    if args.command == "completion":
+        print(completion.script(parser, args.shell), end="")
+        return ExitCode.OK
+    if args.command == "render-monitoring" or getattr(args, "inventory", None):
+        from remediator.cli.hosts import run_inventory_command
+
+        return run_inventory_command(args)
+    url = args.url or os.environ.get(URL_ENV)
+    config: Config | None = None
+    if not url or args.command in ("check-config", "serve"):
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            _err(f"invalid configuration: {exc}")
+            return ExitCode.USAGE
+        if args.command == "check-config":
+            _print(effective_config(config))
+            for warning in config_warnings(config):
+                print(f"warning: {warning}", file=sys.stderr)
+            for note in window_notes(config, time.time()):
+                print(f"note: {note}", file=sys.stderr)
+            return ExitCode.OK
+        if args.command == "serve":
+            from remediator.cli.serve import serve
+
+            return serve(config, args)
+    try:
+        if args.command == "watch":
+            return _run_watch(args, url, config)
+        if url:
+            return _run_remote(args, url)
+        assert config is not None
+        return _run_local(args, config)
+    except (KeyError, StateError, TokenError) as exc:
+        _err(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+        kind = error_kind(exc)
+        return CODES[kind].exit if kind else ExitCode.USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

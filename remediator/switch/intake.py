@@ -1,0 +1,383 @@
+"""An Alertmanager delivery -> at most one switch per fleet, decided once, under the fleet's lock.
+
+:func:`accept` is the whole path of the webhook (reached as ``Remediator.accept_alerts``). For
+each fleet the delivery asks something of, it takes the fleet's switch lock without waiting
+and, holding it, judges the fleet's alerts in one state transaction: it records the VRAM error
+count they carry, then dedupes (fingerprint@startsAt), refuses stale alerts, the cooldown and
+the hourly cap, and picks at most one switch. The lock then passes to a :class:`HeldSwitch`,
+which carries that switch out after the HTTP answer (a pull and the restarts take minutes) and
+lets go when the switch is committed or rolled back. No switch of the fleet, from any thread,
+gunicorn worker or the CLI, can come between the decision and its commit: nothing is decided
+twice.
+
+A fleet whose lock is held is switching right now. Alerts that the running switch acts on (its
+lock file names them) are duplicates; the others wait in a :class:`QueuedAlerts`, which takes
+the lock when the running switch lets go and judges them then, the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from remediator.config import FleetConfig
+from remediator.config.windows import iso
+from remediator.domain import moves
+from remediator.domain.alerts import AlertRequest, WebhookAlert, resolutions, triage
+from remediator.domain.state import DeferredAlert, FleetState
+from remediator.store.state import LockTimeout
+from remediator.switch.live import note_live_errors
+from remediator.switch.redelivery import answer_handled, log_not_acted_on
+
+if TYPE_CHECKING:
+    from remediator.domain.decisions import Decision
+    from remediator.switch.engine import Remediator, SwitchPlan
+
+log = logging.getLogger(__name__)
+
+
+class PendingWork(Protocol):
+    """What a delivery leaves to do after its answer."""
+
+    waits: bool  # True: it may wait for a fleet's lock before it can start
+
+    def run(self) -> None:
+        """Do it; log what fails (no caller is left to tell)."""
+
+    def release(self) -> None:
+        """It will never run: let go of what it holds."""
+
+
+@dataclass
+class Acceptance:
+    """What became of a delivery: the alerts accepted and those ignored (with the reason), for
+    the answer, and the work that runs after it."""
+
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[dict[str, Any]] = field(default_factory=list)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[PendingWork] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        """``accepted``, ``deferred`` (kept to be judged again), ``duplicate`` (every alert
+        was handled already) or ``ignored``."""
+        if self.accepted:
+            return "accepted"
+        if self.deferred:
+            return "deferred"
+        if self.ignored and all(i["reason"] == "duplicate" for i in self.ignored):
+            return "duplicate"
+        return "ignored"
+
+    def release(self) -> None:
+        """Let go of the locks held for work that will not run."""
+        for work in self.pending:
+            work.release()
+        self.pending.clear()
+
+
+@dataclass
+class Verdict:
+    """One fleet's alerts judged under its lock: the switch chosen, if any, and the answers."""
+
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[dict[str, Any]] = field(default_factory=list)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    decision: Decision | None = None
+    plan: SwitchPlan | None = None
+
+
+def accept(remediator: Remediator, alerts: Sequence[WebhookAlert]) -> Acceptance:
+    """Judge a delivery fleet by fleet; the chosen switches wait in ``pending`` for their start.
+
+    Raises LockTimeout or StateError when the state cannot be read or written; nothing is then
+    left pending.
+    """
+    requests, ignored = triage(remediator.config, list(alerts))
+    acceptance = Acceptance(ignored=ignored)
+    forget_resolved(remediator, resolutions(remediator.config, list(alerts)))
+    try:
+        for name, asks in requests.items():
+            _accept_fleet(remediator, remediator.config.fleets[name], asks, acceptance)
+    except BaseException:
+        acceptance.release()
+        raise
+    return acceptance
+
+
+def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertRequest]) -> Verdict:
+    """Judge one fleet's alerts in one state transaction; the caller holds the fleet's lock.
+
+    An interrupted switch of the fleet (its journal entry open) is resolved first.
+
+    A step down is judged before a step up (VRAM errors outweigh headroom), and once one alert
+    is chosen the others of the delivery are ``superseded``: one switch per fleet. An alert
+    refused for a reason that passes by itself (the decision's ``retry_at``: cooldown, the
+    hourly cap, ...) is deferred: kept in the fleet's state and judged again when the reason
+    has passed (:mod:`remediator.switch.deferrals`), whether or not Alertmanager delivers it again.
+    Any other refusal, or the switch, ends its deferral.
+    """
+    verdict = Verdict()
+    # A switch of this fleet that died half-way is resolved before anything is decided.
+    remediator.resolve_open(fleet)
+    # Read before the transaction (Prometheus may take its timeout); one read serves all asks.
+    live = None
+    for ask in asks:
+        live = remediator.read_live(fleet, ask.direction, ask.trigger)
+        if live is not None:
+            break
+    with remediator.store.transaction() as state:
+        fs = state.fleets[fleet.name]
+        for ask in asks:
+            if ask.error_count is not None:
+                fs.vram_error_count = ask.error_count
+        note_live_errors(fs, live)
+        for ask in sorted(asks, key=lambda a: a.direction != "down"):
+            if verdict.plan is not None:
+                detail = (
+                    f"alert {verdict.plan.alert_key} switches the fleet: one switch per delivery"
+                )
+                verdict.ignored.append({**ask.item, "reason": "superseded", "detail": detail})
+                continue
+            near = moves.neighbours(fleet, remediator.config.fleets, state.fleets)
+            decision = remediator.decide(
+                fleet, fs, ask.direction, ask.trigger, ask.ref, live, neighbours=near
+            )
+            if decision.retry_at is not None:
+                _defer(remediator, fleet, fs, ask, decision, verdict)
+                continue
+            fs.deferred.pop(ask.ref.key, None)
+            if not decision.switch:
+                log_not_acted_on(fleet.name, ask, decision)
+                verdict.ignored.append(
+                    {**ask.item, "reason": decision.reason, "detail": decision.detail}
+                )
+                continue
+            verdict.decision = decision
+            verdict.plan = remediator.plan(
+                fleet, fs, decision, ask.direction, ask.trigger, f"alert {ask.ref.key}", ask.ref.key
+            )
+            verdict.accepted.append({**ask.item, "detail": decision.detail})
+    return verdict
+
+
+def _defer(
+    remediator: Remediator,
+    fleet: FleetConfig,
+    fs: FleetState,
+    ask: AlertRequest,
+    decision: Decision,
+    verdict: Verdict,
+) -> None:
+    """Keep ``ask`` in the fleet's state, to be judged again at ``decision.retry_at``."""
+    assert decision.retry_at is not None
+    now = remediator.now()
+    new = fs.defer(
+        DeferredAlert(
+            key=ask.ref.key,
+            direction=ask.direction,
+            trigger=ask.trigger,
+            reason=decision.reason,
+            detail=decision.detail,
+            started_at=ask.ref.started_at,
+            deferred_at=now,
+            acts_at=decision.retry_at,
+            labels=ask.labels,
+            error_count=ask.error_count,
+            from_prometheus=ask.from_prometheus,
+        )
+    )
+    if new:
+        remediator.observer.deferred(fleet.name, decision.reason)
+    acts_at = iso(decision.retry_at, "UTC")
+    log.info(
+        "fleet %s: alert %s deferred (%s): %s; judged again at %s (in %.0f s) if it still fires",
+        fleet.name,
+        ask.ref.key,
+        decision.reason,
+        decision.detail,
+        acts_at,
+        max(0.0, decision.retry_at - now),
+        extra={
+            "fleet": fleet.name,
+            "alert_key": ask.ref.key,
+            "reason": decision.reason,
+            "acts_at": acts_at,
+        },
+    )
+    verdict.deferred.append(
+        {**ask.item, "reason": decision.reason, "detail": decision.detail, "acts_at": acts_at}
+    )
+
+
+def forget_resolved(remediator: Remediator, resolved: dict[str, list[str]]) -> None:
+    """End the deferral of each resolved alert (read first: most deliveries touch none)."""
+    if not resolved:
+        return
+    snapshot = remediator.store.snapshot()
+    if not any(
+        key in snapshot.fleets[name].deferred for name, keys in resolved.items() for key in keys
+    ):
+        return
+    with remediator.store.transaction() as state:
+        for name, keys in resolved.items():
+            for key in keys:
+                if state.fleets[name].deferred.pop(key, None) is not None:
+                    log.info("fleet %s: deferred alert %s resolved: dropped", name, key)
+
+
+def _accept_fleet(
+    remediator: Remediator,
+    fleet: FleetConfig,
+    asks: list[AlertRequest],
+    acceptance: Acceptance,
+) -> None:
+    handled = answer_handled(remediator, fleet, asks)  # a redelivery: no lock, no state write
+    if handled is not None:
+        acceptance.ignored += handled
+        return
+    keys = [ask.ref.key for ask in asks]
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(remediator.store.switch_lock(fleet.name, 0, handling=keys))
+    except LockTimeout:
+        _queue(remediator, fleet, asks, acceptance)
+        return
+    started = time.monotonic()
+    with held:
+        verdict = judge(remediator, fleet, asks)
+        acceptance.accepted += verdict.accepted
+        acceptance.ignored += verdict.ignored
+        acceptance.deferred += verdict.deferred
+        if verdict.plan is not None:
+            acceptance.pending.append(HeldSwitch(remediator, verdict, held.pop_all(), started))
+
+
+def _queue(
+    remediator: Remediator,
+    fleet: FleetConfig,
+    asks: list[AlertRequest],
+    acceptance: Acceptance,
+) -> None:
+    """The fleet is switching: its alerts are duplicates of the running switch, or wait for it."""
+    running = remediator.store.keys_in_switch(fleet.name)
+    waiting = []
+    for ask in asks:
+        if ask.ref.key in running:
+            acceptance.ignored.append(
+                {**ask.item, "reason": "duplicate", "detail": "being handled"}
+            )
+        else:
+            waiting.append(ask)
+            detail = f"queued: fleet {fleet.name} is switching; judged when that switch ends"
+            acceptance.accepted.append({**ask.item, "detail": detail})
+    if waiting:
+        acceptance.pending.append(QueuedAlerts(remediator, fleet, waiting))
+
+
+def switch_wait(fleet: FleetConfig) -> float:
+    """How long a queued alert waits for the fleet's lock: as long as a switch may take."""
+    return fleet.pull_timeout_seconds + 2 * fleet.containers.ready_timeout_seconds + 60
+
+
+class HeldSwitch:
+    """A switch decided under the fleet's lock, carried out while that lock is still held."""
+
+    waits = False
+
+    def __init__(
+        self, remediator: Remediator, verdict: Verdict, lock: contextlib.ExitStack, started: float
+    ) -> None:
+        assert verdict.plan is not None and verdict.decision is not None
+        self._remediator = remediator
+        self._plan = verdict.plan
+        self._decision = verdict.decision
+        self._lock = lock
+        self._started = started
+
+    def run(self) -> None:
+        """Switch, commit or roll back, then let go of the lock."""
+        plan = self._plan
+        try:
+            with self._lock:
+                self._remediator.carry_out(
+                    plan.fleet, plan.direction, self._decision, plan, False, self._started
+                )
+        except Exception:  # a background thread has no caller to tell: log it whole
+            log.exception("fleet %s: switch for alert %s crashed", plan.fleet.name, plan.alert_key)
+
+    def release(self) -> None:
+        """Let go of the lock without switching."""
+        self._lock.close()
+
+
+class QueuedAlerts:
+    """Alerts that came while their fleet was switching: judged once its lock is free."""
+
+    waits = True
+
+    def __init__(self, remediator: Remediator, fleet: FleetConfig, asks: list[AlertRequest]):
+        self._remediator = remediator
+        self._fleet = fleet
+        self._asks = asks
+
+    def run(self) -> None:
+        """Wait for the fleet's lock, then judge and switch as :func:`accept` does."""
+        fleet, remediator = self._fleet, self._remediator
+        keys = [ask.ref.key for ask in self._asks]
+        try:
+            with remediator.store.switch_lock(fleet.name, switch_wait(fleet), handling=keys):
+                started = time.monotonic()
+                verdict = judge(remediator, fleet, self._asks)
+                if verdict.plan is not None and verdict.decision is not None:
+                    remediator.carry_out(
+                        fleet,
+                        verdict.plan.direction,
+                        verdict.decision,
+                        verdict.plan,
+                        False,
+                        started,
+                    )
+        except Exception:  # a background thread has no caller to tell: log it whole
+            log.exception("fleet %s: queued alerts %s crashed", fleet.name, ", ".join(keys))
+
+    def release(self) -> None:
+        """Nothing is held."""
+
+
+class Background:
+    """Runs the work deliveries leave behind, after their answers.
+
+    Two pools, because a queued delivery may wait for a lock that a held switch, started a
+    moment later, must release: had they shared threads, waiters could take them all.
+    """
+
+    def __init__(self, fleets: int) -> None:
+        size = max(2, fleets)  # one switch per fleet runs at a time anyway
+        self._switches = ThreadPoolExecutor(max_workers=size, thread_name_prefix="switch")
+        self._waiting = ThreadPoolExecutor(max_workers=size, thread_name_prefix="queued")
+
+    def start(self, works: Sequence[PendingWork]) -> None:
+        """Run each work on its pool; what cannot be started lets go of what it holds."""
+        for i, work in enumerate(works):
+            try:
+                (self._waiting if work.waits else self._switches).submit(work.run)
+            except BaseException:
+                for left in works[i:]:
+                    left.release()
+                raise
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the switches' pool (tests use it to wait for the pool)."""
+        return self._switches.submit(fn)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking work; with ``wait``, finish what was started."""
+        self._waiting.shutdown(wait=wait)
+        self._switches.shutdown(wait=wait)
