@@ -23,8 +23,9 @@ from remediator.domain.decisions import HOUR
 from remediator.domain.state import MAX_DEFERRED, DeferredAlert, FleetState, SwitchRecord
 from remediator.store.state import StateStore
 from remediator.switch.deferrals import DeferralClock, Pass, judge_due, next_due
-from remediator.switch.engine import Remediator, SwitchPlan
+from remediator.switch.engine import Remediator
 from remediator.switch.live import LiveReader
+from remediator.switch.plan import SwitchPlan
 
 T0 = 1_800_000_000.0  # the tests' clock starts here
 

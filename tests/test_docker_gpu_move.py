@@ -14,7 +14,8 @@ from typing import Any
 import docker
 import pytest
 
-from remediator.adapters.docker_engine import DockerError, DockerRuntime
+from remediator.adapters.docker_engine import DockerRuntime
+from remediator.adapters.docker_errors import DockerError
 from remediator.adapters.docker_gpu import (
     ASIDE_SUFFIX,
     copy_on_gpu,

@@ -24,9 +24,10 @@ from remediator.domain.decisions import AlertRef, Decision
 from remediator.domain.moves import Neighbour
 from remediator.domain.state import FleetState, SwitchJournal
 from remediator.store.state import LockTimeout, StateStore, file_lock
-from remediator.switch.engine import Remediator, SwitchPlan
+from remediator.switch.engine import Remediator
 from remediator.switch.intake import Background
 from remediator.switch.live import LiveFigures
+from remediator.switch.plan import SwitchPlan
 from remediator.switch.redelivery import handled_redelivery
 from simulator.prom_env import RULES_FILE
 

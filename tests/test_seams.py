@@ -1,8 +1,8 @@
 """The seams hold: a whole switch through FleetActions on an in-memory model server and runtime.
 
 No Docker and no HTTP: the server and the runtime are tests/support's second implementations of
-remediator.ports.model_server.ModelServer and remediator.ports.runtime.Runtime. The app-config file is a real
-file, and the "app" reads it each time it starts, as the real one does.
+remediator.ports.model_server.ModelServer and remediator.ports.runtime.Runtime. The app-config file
+is a real file, and the "app" reads it each time it starts, as the real one does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from remediator.ports.model_server import SERVER_KINDS, ModelServer
 from remediator.ports.runtime import ROLE_APP, ROLE_SERVER, Runtime
 from remediator.store.state import StateStore
 from remediator.switch.actions import FleetActions
-from remediator.switch.engine import Outcome, Remediator
+from remediator.switch.engine import Remediator
+from remediator.switch.plan import Outcome
 from tests.support.memory_runtime import MemoryRuntime
 from tests.support.memory_server import MemoryServer
 

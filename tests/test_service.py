@@ -29,7 +29,7 @@ from remediator.domain.alerts import parse_time
 from remediator.http.common import EXTENSION
 from remediator.store.state import StateStore
 from remediator.switch.deferrals import Pass, judge_due
-from remediator.switch.engine import SwitchFailed, SwitchPlan
+from remediator.switch.plan import SwitchFailed, SwitchPlan
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "s3cret-token"

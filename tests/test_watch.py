@@ -144,7 +144,8 @@ def block(frame: str, fleet: str) -> str:
 
 
 def command_env(**extra: str) -> dict[str, str]:
-    """The environment for ``python -m remediator.cli.main``: this checkout first, no MODEL_FLEET_*."""
+    """The environment for ``python -m remediator.cli.main``: this checkout first, no
+    MODEL_FLEET_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return {**env, **extra}

@@ -19,26 +19,20 @@ from typing import Any
 
 import docker.client
 import docker.errors
-import requests
 
 from fleet_contract.labels import DEFAULT_FLEET as DEFAULT_FLEET
 from fleet_contract.labels import FLEET_LABEL as FLEET_LABEL
 from fleet_contract.labels import ROLE_LABEL as ROLE_LABEL
-from remediator.ports.runtime import ContainerError, ContainerRef, ContainerState, Probe, describe
+from remediator.adapters import docker_gpu
+from remediator.adapters.docker_errors import ENGINE_ERRORS as _ENGINE_ERRORS
+from remediator.adapters.docker_errors import DockerError
+from remediator.adapters.docker_errors import cause_of as _cause
+from remediator.ports.runtime import ContainerRef, ContainerState, Probe, describe
 
 log = logging.getLogger(__name__)
 
+
 # What the engine may raise at us: its own errors, and the HTTP layer's when the socket is gone.
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
-
-
-class DockerError(ContainerError):
-    """A Docker operation failed (the message starts "docker <step>")."""
-
-    def __init__(self, step: str, cause: str, *, container: str | None = None) -> None:
-        super().__init__(step, cause, container=container, runtime="docker")
-
-
 class DockerRuntime:
     """Finds, restarts and watches containers through the Docker engine API."""
 
@@ -136,8 +130,6 @@ class DockerRuntime:
     def move(self, ref: ContainerRef, gpu: str, stop_timeout: int = 10) -> ContainerRef:
         """Recreate the container on ``gpu`` (:mod:`remediator.adapters.docker_gpu`): the copy,
         started, under the same name; the old one stays aside until :meth:`finish_move`."""
-        from remediator.adapters import docker_gpu  # it builds on this module's errors
-
         new_id = docker_gpu.recreate_on_gpu(self._engine("move", ref), ref.id, gpu, stop_timeout)
         return ContainerRef(new_id, ref.name, ref.fleet, ref.role)
 
@@ -145,8 +137,6 @@ class DockerRuntime:
         """Remove the old container of a move (``keep``: the copy is ready), or take the move
         back: the copy (if any: a crash may come before it exists) removed, the old container
         renamed back and started."""
-        from remediator.adapters import docker_gpu
-
         client = self._engine("move", old)
         if not keep:
             docker_gpu.take_back(client, old.id, None if new is None else new.id)
@@ -226,12 +216,6 @@ class DockerRuntime:
                     cause = f"cannot reach the Docker engine: {_cause(exc)}"
                     raise DockerError(step, cause, container=ref.name if ref else None) from exc
             return self._client
-
-
-def _cause(exc: BaseException) -> str:
-    if isinstance(exc, requests.exceptions.RequestException):
-        return f"Docker engine unreachable: {type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _parse_time(value: object) -> datetime | None:

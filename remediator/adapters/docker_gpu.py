@@ -17,7 +17,9 @@ from typing import Any, Final
 
 import docker.errors
 
-from remediator.adapters.docker_engine import _ENGINE_ERRORS, DockerError, _cause
+from remediator.adapters.docker_errors import ENGINE_ERRORS as _ENGINE_ERRORS
+from remediator.adapters.docker_errors import DockerError
+from remediator.adapters.docker_errors import cause_of as _cause
 from remediator.ports.runtime import ASIDE_SUFFIX
 
 __all__ = [

@@ -1,10 +1,11 @@
-"""Ollama as the :class:`~remediator.ports.model_server.ModelServer`: list, pull, create, unload, /api/ps,
-generate.
+"""Ollama as the :class:`~remediator.ports.model_server.ModelServer`: list, pull, create, unload,
+/api/ps, generate.
 
 The only module of the remediator that talks to Ollama (``fleets.*.server.kind: ollama``).
-Every failure is an :class:`OllamaError` (a :class:`~remediator.ports.model_server.ModelServerError`) that
-names the step (``list_models``, ``pull``, ``create``, ``unload``, ``loaded``, ``generate``)
-and the cause, so a switch can report it and count it.
+Every failure is an :class:`OllamaError` (a
+:class:`~remediator.ports.model_server.ModelServerError`) that names the step (``list_models``,
+``pull``, ``create``, ``unload``, ``loaded``, ``generate``) and the cause, so a switch can report
+it and count it.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from remediator.adapters.prometheus import PrometheusAPI
 from remediator.config import Config, FleetConfig
 from remediator.store.state import StateStore
 from remediator.switch import engine
-from remediator.switch.engine import Actions, SwitchObserver
 from remediator.switch.live import LiveReader
+from remediator.switch.plan import Actions, SwitchObserver
 
 __all__ = ["Remediator", "live_reader"]
 

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from fleet_contract import env as contract_env
 from fleet_contract import logformat
+from remediator.app.remediator import Remediator
 from remediator.config import Config, FleetConfig, load_config
 from remediator.http.body import refuse_large, too_large
 from remediator.http.common import EXTENSION, Service
@@ -33,9 +34,8 @@ from remediator.report.queries import NO_AUTH_ENV, TOKEN_ENV, TOKEN_FILE_ENV, lo
 from remediator.store.state import StateStore
 from remediator.switch import recovery
 from remediator.switch.deferrals import DeferralClock
-from remediator.app.remediator import Remediator
-from remediator.switch.engine import Actions
 from remediator.switch.intake import Background
+from remediator.switch.plan import Actions
 
 
 class _Unset:
@@ -127,7 +127,7 @@ def create_app(
         app.register_blueprint(blueprint)
     # A switch that died with the last run (its journal entry open) is resolved now, under
     # the fleet's switch lock: in one gunicorn worker; the others find nothing open.
-    recovery.resolve_in_background(remediator)
+    recovery.resolve_in_background(remediator.tools)
     if judge_deferred:
         DeferralClock(remediator).start()
     return app

@@ -17,16 +17,19 @@ from fleet_contract.env import URL as URL_ENV
 from fleet_contract.version import describe
 from fleet_contract.yamlfile import config_options
 from remediator.adapters.prometheus import DEFAULT_URL as PROMETHEUS_URL
+from remediator.app.remediator import Remediator, live_reader
 from remediator.cli import tables
 from remediator.config import (
     Config,
     ConfigError,
     FleetConfig,
+    UnknownFleet,
     config_warnings,
     effective_config,
     load_config,
     window_notes,
 )
+from remediator.domain.kinds import Direction, Trigger
 from remediator.report import queries
 from remediator.report.queries import (
     CODES,
@@ -37,8 +40,7 @@ from remediator.report.queries import (
     outcome_kind,
 )
 from remediator.store.state import StateError, StateStore
-from remediator.app.remediator import Remediator, live_reader
-from remediator.switch.engine import Actions
+from remediator.switch.plan import Actions
 
 log = logging.getLogger("model-fleet")
 
@@ -208,10 +210,14 @@ def _run_local(args: argparse.Namespace, config: Config) -> int:
     if args.command == "history":
         _show(args, queries.history(config, store, args.fleet, args.limit))
         return ExitCode.OK
-    direction = {"downgrade": "down", "upgrade": "up", "reset": "reset"}[args.command]
+    direction = {
+        "downgrade": Direction.DOWN,
+        "upgrade": Direction.UP,
+        "reset": Direction.RESET,
+    }[args.command]
     remediator = Remediator(config, store, _local_actions(config))
     outcome = remediator.request(
-        args.fleet, direction, trigger="manual", reason=args.reason, dry_run=args.dry_run
+        args.fleet, direction, trigger=Trigger.MANUAL, reason=args.reason, dry_run=args.dry_run
     )
     return _report_switch(outcome.to_dict(), CODES[outcome_kind(outcome)].exit)
 
@@ -326,8 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_remote(args, url)
         assert config is not None
         return _run_local(args, config)
-    except (KeyError, StateError, TokenError) as exc:
-        _err(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+    except (UnknownFleet, StateError, TokenError) as exc:
+        _err(exc.message if isinstance(exc, UnknownFleet) else str(exc))
         kind = error_kind(exc)
         return CODES[kind].exit if kind else ExitCode.USAGE
 

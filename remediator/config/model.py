@@ -55,6 +55,7 @@ __all__ = [
     "RuntimeKind",
     "ServerSettings",
     "Units",
+    "UnknownFleet",
     "default_config",
 ]
 
@@ -129,8 +130,8 @@ class Ladder:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The fleet's model server: its kind (remediator.ports.model_server.SERVER_KINDS), its API's URL and
-    where it runs: a Docker container, or the systemd ``unit`` (``runtime: systemd``)."""
+    """The fleet's model server: its kind (remediator.ports.model_server.SERVER_KINDS), its API's
+    URL and where it runs: a Docker container, or the systemd ``unit`` (``runtime: systemd``)."""
 
     kind: str = DEFAULT_KIND
     url: str = "http://127.0.0.1:11434"
@@ -257,6 +258,16 @@ class FleetConfig:
         return self.gpus or (self.gpu,)
 
 
+class UnknownFleet(KeyError):
+    """No fleet of that name is configured, or several are and none was named. A KeyError, as
+    a lookup by name is; ``message`` is what to tell the caller."""
+
+    @property
+    def message(self) -> str:
+        """The reason, without KeyError's quotes."""
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole effective configuration."""
@@ -280,13 +291,15 @@ class Config:
     deprecated_keys: tuple[tuple[str, str], ...] = ()
 
     def fleet(self, name: str | None) -> FleetConfig:
-        """The fleet called ``name``; None means the only fleet. Raises KeyError if unknown."""
+        """The fleet called ``name``; None means the only fleet. Raises UnknownFleet."""
         if name is None:
             if len(self.fleets) == 1:
                 return next(iter(self.fleets.values()))
-            raise KeyError(f"several fleets are configured ({', '.join(self.fleets)}): name one")
+            raise UnknownFleet(
+                f"several fleets are configured ({', '.join(self.fleets)}): name one"
+            )
         if name not in self.fleets:
-            raise KeyError(f"unknown fleet {name!r} (configured: {', '.join(self.fleets)})")
+            raise UnknownFleet(f"unknown fleet {name!r} (configured: {', '.join(self.fleets)})")
         return self.fleets[name]
 
 

@@ -2,9 +2,9 @@
 
 Read at start-up, Modelfile included, so check-config and the service's start refuse a rung
 that could never be made, long before a switch needs it. The result is a
-:class:`~remediator.ports.model_server.CreateSpec`: the fields of Ollama's ``/api/create``, merged from the
-mapping and the Modelfile, each field given by one of them only (``from`` may be in both when
-they agree).
+:class:`~remediator.ports.model_server.CreateSpec`: the fields of Ollama's ``/api/create``, merged
+from the mapping and the Modelfile, each field given by one of them only (``from`` may be in both
+when they agree).
 """
 
 from __future__ import annotations

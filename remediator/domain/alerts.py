@@ -15,11 +15,15 @@ from typing import Any, Final
 from fleet_contract.labels import HOST_LABEL
 from remediator.config import Config
 from remediator.domain.decisions import AlertRef
+from remediator.domain.kinds import Direction, Trigger
 
 log = logging.getLogger(__name__)
 
 # The ``remediation`` label -> (direction, trigger) of the switch it asks for.
-REMEDIATIONS: Final = {"downgrade": ("down", "alert"), "upgrade": ("up", "auto")}
+REMEDIATIONS: Final = {
+    "downgrade": (Direction.DOWN, Trigger.ALERT),
+    "upgrade": (Direction.UP, Trigger.AUTO),
+}
 
 
 class InvalidPayload(ValueError):

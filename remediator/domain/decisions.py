@@ -11,13 +11,14 @@ from typing import Final
 
 from remediator.config import MIB, FleetConfig
 from remediator.config.windows import describe, window_state
+from remediator.domain.kinds import Trigger
 from remediator.domain.state import FleetState
 
 HOUR: Final = 3600.0
 
 # Triggers: "alert" and "auto" come from the monitoring loop and are held back by cooldown and
 # the hourly cap; "manual" is a person who asked on purpose, so only the ladder's ends limit it.
-AUTOMATIC_TRIGGERS: Final = frozenset({"alert", "auto"})
+AUTOMATIC_TRIGGERS: Final = frozenset({Trigger.ALERT, Trigger.AUTO})
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def choose_downgrade(
     state: FleetState | None,
     now: float,
     *,
-    trigger: str = "manual",
+    trigger: str = Trigger.MANUAL,
     alert: AlertRef | None = None,
     free_vram_bytes: int | None = None,
     vram_source: str | None = None,
@@ -197,7 +198,11 @@ def choose_downgrade(
 
 
 def choose_upgrade(
-    fleet: FleetConfig | None, state: FleetState | None, now: float, *, trigger: str = "manual"
+    fleet: FleetConfig | None,
+    state: FleetState | None,
+    now: float,
+    *,
+    trigger: str = Trigger.MANUAL,
 ) -> Decision:
     """One rung up, or why not."""
     if fleet is None or state is None:
@@ -253,7 +258,7 @@ def choose_auto_upgrade(
         return _no("auto_upgrade_disabled", f"auto_upgrade is off for fleet {fleet.name}")
     if state.index == 0:
         return _no("at_largest", f"{fleet.ladder[0].name} is the largest model of the ladder")
-    gate = _gates(fleet, state, now, "auto", alert)
+    gate = _gates(fleet, state, now, Trigger.AUTO, alert)
     if gate is not None:
         return gate
     if au.windows:

@@ -3,8 +3,8 @@
 With ``placement: move_first`` a VRAM alert first looks for another of the fleet's ``gpus``
 where the current model fits with the fleet's ``headroom_mb`` to spare, and moves there
 (the same rung on another GPU) instead of stepping down; only when none fits does it step down
-(:func:`remediator.domain.decisions.choose_downgrade`). The figures are Prometheus' free VRAM per GPU,
-read by the caller; without them there is no move, since a move onto a GPU of unknown room
+(:func:`remediator.domain.decisions.choose_downgrade`). The figures are Prometheus' free VRAM per
+GPU, read by the caller; without them there is no move, since a move onto a GPU of unknown room
 could fail in the very way the alert reports.
 
 Other fleets of the host count by the GPU they run on now and their own headroom: their models
@@ -21,6 +21,7 @@ from typing import Final
 
 from remediator.config import MIB, FleetConfig
 from remediator.domain.decisions import AlertRef, Decision, refusal
+from remediator.domain.kinds import Trigger
 from remediator.domain.state import FleetState
 
 __all__ = ["STEP_DOWN_INSTEAD", "Neighbour", "choose_move", "neighbours"]
@@ -74,7 +75,7 @@ def choose_move(
     *,
     free_by_gpu: Mapping[str, int | None] | None,
     neighbours: Sequence[Neighbour] = (),
-    trigger: str = "alert",
+    trigger: str = Trigger.ALERT,
     alert: AlertRef | None = None,
     vram_source: str | None = None,
 ) -> Decision:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from remediator.config import FleetConfig
+from remediator.domain.kinds import Direction
 
 SCHEMA_VERSION: Final = 1
 MAX_NOTICES: Final = 20
@@ -221,6 +222,28 @@ class DeferredAlert:
         )
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a fleet's last switch failed, or its recovery rolled it back: the state's
+    ``last_failure`` (its JSON form, :meth:`to_dict`, is what status shows)."""
+
+    time: float
+    step: str
+    message: str
+    from_model: str
+    to_model: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``time``, ``step``, ``message``, ``from``, ``to``."""
+        return {
+            "time": self.time,
+            "step": self.step,
+            "message": self.message,
+            "from": self.from_model,
+            "to": self.to_model,
+        }
+
+
 @dataclass
 class FleetState:
     """Where one fleet stands."""
@@ -258,6 +281,13 @@ class FleetState:
         """A fleet at the top of its ladder with no history."""
         return cls(current_model=fleet.ladder[0].name, index=0)
 
+    def fail(self, failure: Failure, alert_key: str | None = None) -> None:
+        """Record ``failure`` as the fleet's last; the alert that asked for the switch (if
+        any) is handled: a failed switch is not tried again for a redelivery of it."""
+        self.last_failure = failure.to_dict()
+        if alert_key is not None:
+            self.processed_alerts[alert_key] = failure.time
+
     def apply_switch(
         self,
         fleet: FleetConfig,
@@ -289,9 +319,9 @@ class FleetState:
         self.index = target
         self.vram_error_count = 0
         self.last_switch_at = now
-        if direction == "up":
+        if direction == Direction.UP:
             self.last_upgrade_at = now
-        elif direction == "reset":
+        elif direction == Direction.RESET:
             # A person chose the top again: forget earlier failed step ups.
             self.last_upgrade_at = None
             self.last_upgrade_failed_at = None
@@ -325,7 +355,7 @@ class FleetState:
             fleet=fleet.name,
             from_model=self.current_model,
             to_model=self.current_model,
-            direction="down",
+            direction=Direction.DOWN,
             trigger=trigger,
             reason=reason,
             alert_key=alert_key,

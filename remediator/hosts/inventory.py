@@ -6,9 +6,9 @@ One small YAML file is the control plane's whole knowledge of the hosts (docs/mu
       gpu-a: {exporter: "gpu-a.lan:9842", remediator: "http://gpu-a.lan:8080", fleets: [a0, a1]}
       gpu-b: {exporter: "gpu-b.lan:9842", remediator: "http://gpu-b.lan:8080", fleets: [b0]}
 
-``model-fleet render-monitoring`` (remediator/hosts/render.py) turns it into Prometheus' scrape targets
-and Alertmanager's routes; ``model-fleet check-config --inventory`` validates it. Parsing only:
-no file is written here, and nothing is reached over the network. Every error names the file
+``model-fleet render-monitoring`` (remediator/hosts/render.py) turns it into Prometheus' scrape
+targets and Alertmanager's routes; ``model-fleet check-config --inventory`` validates it. Parsing
+only: no file is written here, and nothing is reached over the network. Every error names the file
 and the key, like model-fleet.yaml's.
 """
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from remediator.config import UnknownFleet
 from remediator.http.common import error, read_token_required, service
 from remediator.report import metrics, queries
 from remediator.store.state import StateError
@@ -36,8 +37,8 @@ def status() -> Any:
         fleet, now = request.args.get("fleet"), svc.remediator.now()
         live = svc.remediator.live
         return jsonify(queries.status(svc.config, svc.store, fleet, now, live))
-    except KeyError as exc:
-        return error("unknown_fleet", str(exc.args[0]))
+    except UnknownFleet as exc:
+        return error("unknown_fleet", exc.message)
 
 
 @reads.get("/history")
@@ -51,8 +52,8 @@ def history() -> Any:
         return error("invalid", "limit must be an integer")
     try:
         records = queries.history(svc.config, svc.store, request.args.get("fleet"), limit)
-    except KeyError as exc:
-        return error("unknown_fleet", str(exc.args[0]))
+    except UnknownFleet as exc:
+        return error("unknown_fleet", exc.message)
     return jsonify(records)
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from remediator.config import UnknownFleet
+from remediator.domain.kinds import Direction, Trigger
 from remediator.http.body import BadBody, json_body, read_body
 from remediator.http.common import error, service, token_required
 from remediator.report import queries
@@ -34,12 +36,16 @@ def _switch(direction: str) -> Any:
         return error("invalid", "reason must be a string and dry_run a boolean")
     try:
         outcome = service().remediator.request(
-            fleet, direction, trigger="manual", reason=reason or "manual request", dry_run=dry_run
+            fleet,
+            direction,
+            trigger=Trigger.MANUAL,
+            reason=reason or "manual request",
+            dry_run=dry_run,
         )
-    except (KeyError, StateError) as exc:
+    except (UnknownFleet, StateError) as exc:
         kind = queries.error_kind(exc)
         assert kind is not None
-        return error(kind, str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+        return error(kind, exc.message if isinstance(exc, UnknownFleet) else str(exc))
     return jsonify(outcome.to_dict()), queries.CODES[queries.outcome_kind(outcome)].http
 
 
@@ -47,18 +53,18 @@ def _switch(direction: str) -> Any:
 @token_required
 def downgrade() -> Any:
     """One step down the fleet's ladder."""
-    return _switch("down")
+    return _switch(Direction.DOWN)
 
 
 @switches.post("/upgrade")
 @token_required
 def upgrade() -> Any:
     """One step up."""
-    return _switch("up")
+    return _switch(Direction.UP)
 
 
 @switches.post("/reset")
 @token_required
 def reset() -> Any:
     """Back to the top of the ladder."""
-    return _switch("reset")
+    return _switch(Direction.RESET)

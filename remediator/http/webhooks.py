@@ -14,6 +14,7 @@ from typing import Any, cast
 from flask import Blueprint, jsonify
 
 from remediator.domain.alerts import InvalidPayload, parse_webhook
+from remediator.domain.kinds import DeliveryOutcome
 from remediator.http.body import BadBody, alerts_within, json_body
 from remediator.http.common import authorized, deny, error, service, token_required
 from remediator.store.state import StateError
@@ -29,14 +30,14 @@ def alertmanager() -> Any:
     svc = service()
     counter = svc.counters.webhooks
     if not authorized():
-        counter.labels("unauthorized").inc()
+        counter.labels(DeliveryOutcome.UNAUTHORIZED).inc()
         return deny()
     limits = svc.config.http
     try:
         body = alerts_within(json_body(limits.max_json_depth), limits.max_alerts)
         alerts = parse_webhook(body)
     except (BadBody, InvalidPayload) as exc:
-        counter.labels("invalid").inc()
+        counter.labels(DeliveryOutcome.INVALID).inc()
         log.warning("webhook: invalid payload: %s", exc)
         return error("invalid", f"invalid Alertmanager payload: {exc}")
     try:
@@ -48,7 +49,7 @@ def alertmanager() -> Any:
     counter.labels(acceptance.outcome).inc()
     log.log(
         # a delivery of handled alerts only: counted above, logged quietly (as each alert is)
-        logging.DEBUG if acceptance.outcome == "duplicate" else logging.INFO,
+        logging.DEBUG if acceptance.outcome == DeliveryOutcome.DUPLICATE else logging.INFO,
         "webhook: %d alert(s): %d accepted, %d deferred, %d ignored (%s)",
         len(alerts),
         len(acceptance.accepted),

@@ -23,12 +23,13 @@ from fleet_contract.env import PROMETHEUS_MULTIPROC_DIR
 from fleet_exposition import BuildInfoCollector, HostRegistry
 from remediator.config import Config
 from remediator.config.windows import window_state
+from remediator.domain.kinds import DeliveryOutcome, Direction, RecoveryOutcome, Trigger
 from remediator.store.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("down", "up", "reset")
-TRIGGERS = ("alert", "manual", "auto")
+DIRECTIONS = tuple(Direction)
+TRIGGERS = tuple(Trigger)
 STEPS = (
     "pull",
     "create",
@@ -40,13 +41,13 @@ STEPS = (
     "state",
     "move",
 )
-WEBHOOK_OUTCOMES = ("accepted", "deferred", "duplicate", "ignored", "unauthorized", "invalid")
+WEBHOOK_OUTCOMES = tuple(DeliveryOutcome)
 # Why an alert was deferred: the refusals that pass by themselves (remediator/domain/decisions.py).
 DEFERRAL_REASONS = ("cooldown", "rate_limited", "quiet_period", "outside_window")
 # What became of an Alertmanager delivery to /webhook/notify (remediator/report/notifications.py).
 NOTIFICATION_OUTCOMES = ("forwarded", "failed", "logged")
 # How an interrupted switch found in the journal ended (remediator/switch/recovery.py).
-RECOVERY_OUTCOMES = ("rolled_forward", "rolled_back", "failed")
+RECOVERY_OUTCOMES = tuple(RecoveryOutcome)
 
 
 def _counter(name: str, registry: CollectorRegistry) -> Counter:
@@ -126,14 +127,14 @@ class RemediatorMetrics:
                     self.switches.labels(fleet, direction, trigger)
             for step in STEPS:
                 self.failures.labels(fleet, step)
-            for outcome in RECOVERY_OUTCOMES:
-                self.recoveries.labels(fleet, outcome)
+            for recovery in RECOVERY_OUTCOMES:
+                self.recoveries.labels(fleet, recovery)
             for reason in DEFERRAL_REASONS:
                 self.deferrals.labels(fleet, reason)
-        for outcome in WEBHOOK_OUTCOMES:
-            self.webhooks.labels(outcome)
-        for outcome in NOTIFICATION_OUTCOMES:
-            self.notifications.labels(outcome)
+        for delivery in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(delivery)
+        for notification in NOTIFICATION_OUTCOMES:
+            self.notifications.labels(notification)
 
     def switched(self, fleet: str, direction: str, trigger: str) -> None:
         """Count a committed switch."""

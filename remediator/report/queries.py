@@ -14,13 +14,13 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Final
 
 from fleet_contract import env
-from remediator.config import Config
+from remediator.config import Config, UnknownFleet
 from remediator.report.status import build_status
 from remediator.store.state import LockTimeout, StateError, StateStore
 from remediator.switch.live import LiveReader
 
 if TYPE_CHECKING:
-    from remediator.switch.engine import Outcome
+    from remediator.switch.plan import Outcome
 
 TOKEN_ENV: Final = env.TOKEN
 TOKEN_FILE_ENV: Final = env.TOKEN_FILE
@@ -85,7 +85,7 @@ def outcome_kind(outcome: Outcome) -> str:
 
 def error_kind(exc: BaseException) -> str | None:
     """The row of :data:`CODES` for an error a query or a switch raises; None if not ours."""
-    if isinstance(exc, KeyError):  # Config.fleet: unknown fleet, or several and none named
+    if isinstance(exc, UnknownFleet):  # unknown fleet, or several and none named
         return "unknown_fleet"
     if isinstance(exc, LockTimeout):
         return "locked"
@@ -126,7 +126,7 @@ def status(
     live: LiveReader | None = None,
 ) -> dict[str, Any]:
     """The status JSON (all fleets, or ``fleet``) at ``now`` (default: the time), with the live
-    figures ``live`` reads now (default: none); KeyError for an unknown fleet."""
+    figures ``live`` reads now (default: none); UnknownFleet for an unknown fleet."""
     shown = [config.fleet(fleet)] if fleet is not None else list(config.fleets.values())
     state = store.snapshot()
     here = {f.name: state.fleets[f.name].current_gpu(f) for f in shown}  # after any move
@@ -138,7 +138,7 @@ def history(
     config: Config, store: StateStore, fleet: str | None = None, limit: int = 0
 ) -> list[dict[str, Any]]:
     """The switch history, oldest first: the newest ``limit`` entries (all when ``limit`` <= 0),
-    of every fleet or of ``fleet``; KeyError for an unknown fleet."""
+    of every fleet or of ``fleet``; UnknownFleet for an unknown fleet."""
     if fleet is not None:
         config.fleet(fleet)
     state = store.snapshot()

@@ -28,8 +28,8 @@ from remediator.ports.runtime import (
     Runtime,
 )
 from remediator.switch import moving
-from remediator.switch.engine import StepRecorder, SwitchFailed, SwitchPlan
 from remediator.switch.journal import crash_point
+from remediator.switch.plan import StepRecorder, SwitchFailed, SwitchPlan
 from remediator.switch.provision import make_present, would_make_present
 
 # The application's own readiness: (health URL, model) -> None when it answers on the model,
@@ -156,8 +156,9 @@ class FleetActions:
         return moving.move_servers(self.fleet, self.runtime, plan, servers, probe, note)
 
     def resolve_move(self, model: str, gpu: str, *, forward: bool) -> list[str]:
-        """Finish an interrupted move or take it back (:func:`remediator.switch.moving.resolve_move`),
-        then make the fleet's GPU config name ``gpu``, where the model server runs now."""
+        """Finish an interrupted move or take it back
+        (:func:`remediator.switch.moving.resolve_move`), then make the fleet's GPU config name
+        ``gpu``, where the model server runs now."""
         try:
             found = self._find_role(ROLE_SERVER)
         except ContainerError as exc:

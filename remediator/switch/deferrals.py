@@ -123,7 +123,7 @@ def _judge_fleet(remediator: Remediator, name: str, done: Pass) -> None:
     now = remediator.now()
     what = ", ".join(f"{a.key} ({a.reason}, due {now - a.acts_at:.1f} s ago)" for a in left)
     log.info("fleet %s: judging deferred alert(s) again: %s", name, what)
-    verdict = judge(remediator, fleet, [request_of(name, a) for a in left])
+    verdict = judge(remediator.tools, remediator, fleet, [request_of(name, a) for a in left])
     done.judged += len(left)
     if verdict.plan is not None and verdict.decision is not None:
         remediator.carry_out(

@@ -23,20 +23,22 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from remediator.config import FleetConfig
 from remediator.config.windows import iso
 from remediator.domain import moves
 from remediator.domain.alerts import AlertRequest, WebhookAlert, resolutions, triage
+from remediator.domain.decisions import Decision
+from remediator.domain.kinds import DeliveryOutcome, Direction
 from remediator.domain.state import DeferredAlert, FleetState
 from remediator.store.state import LockTimeout
+from remediator.switch import recovery, transaction
+from remediator.switch.deciding import Decider
 from remediator.switch.live import note_live_errors
+from remediator.switch.plan import SwitchPlan, switch_wait
 from remediator.switch.redelivery import answer_handled, log_not_acted_on
-
-if TYPE_CHECKING:
-    from remediator.domain.decisions import Decision
-    from remediator.switch.engine import Remediator, SwitchPlan
+from remediator.switch.tools import SwitchTools
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +66,16 @@ class Acceptance:
     pending: list[PendingWork] = field(default_factory=list)
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> DeliveryOutcome:
         """``accepted``, ``deferred`` (kept to be judged again), ``duplicate`` (every alert
         was handled already) or ``ignored``."""
         if self.accepted:
-            return "accepted"
+            return DeliveryOutcome.ACCEPTED
         if self.deferred:
-            return "deferred"
+            return DeliveryOutcome.DEFERRED
         if self.ignored and all(i["reason"] == "duplicate" for i in self.ignored):
-            return "duplicate"
-        return "ignored"
+            return DeliveryOutcome.DUPLICATE
+        return DeliveryOutcome.IGNORED
 
     def release(self) -> None:
         """Let go of the locks held for work that will not run."""
@@ -93,25 +95,27 @@ class Verdict:
     plan: SwitchPlan | None = None
 
 
-def accept(remediator: Remediator, alerts: Sequence[WebhookAlert]) -> Acceptance:
+def accept(tools: SwitchTools, decider: Decider, alerts: Sequence[WebhookAlert]) -> Acceptance:
     """Judge a delivery fleet by fleet; the chosen switches wait in ``pending`` for their start.
 
     Raises LockTimeout or StateError when the state cannot be read or written; nothing is then
     left pending.
     """
-    requests, ignored = triage(remediator.config, list(alerts))
+    requests, ignored = triage(tools.config, list(alerts))
     acceptance = Acceptance(ignored=ignored)
-    forget_resolved(remediator, resolutions(remediator.config, list(alerts)))
+    forget_resolved(tools, resolutions(tools.config, list(alerts)))
     try:
         for name, asks in requests.items():
-            _accept_fleet(remediator, remediator.config.fleets[name], asks, acceptance)
+            _accept_fleet(tools, decider, tools.config.fleets[name], asks, acceptance)
     except BaseException:
         acceptance.release()
         raise
     return acceptance
 
 
-def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertRequest]) -> Verdict:
+def judge(
+    tools: SwitchTools, decider: Decider, fleet: FleetConfig, asks: Sequence[AlertRequest]
+) -> Verdict:
     """Judge one fleet's alerts in one state transaction; the caller holds the fleet's lock.
 
     An interrupted switch of the fleet (its journal entry open) is resolved first.
@@ -125,32 +129,32 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
     """
     verdict = Verdict()
     # A switch of this fleet that died half-way is resolved before anything is decided.
-    remediator.resolve_open(fleet)
+    recovery.resolve(tools, fleet)
     # Read before the transaction (Prometheus may take its timeout); one read serves all asks.
     live = None
     for ask in asks:
-        live = remediator.read_live(fleet, ask.direction, ask.trigger)
+        live = decider.read_live(fleet, ask.direction, ask.trigger)
         if live is not None:
             break
-    with remediator.store.transaction() as state:
+    with tools.store.transaction() as state:
         fs = state.fleets[fleet.name]
         for ask in asks:
             if ask.error_count is not None:
                 fs.vram_error_count = ask.error_count
         note_live_errors(fs, live)
-        for ask in sorted(asks, key=lambda a: a.direction != "down"):
+        for ask in sorted(asks, key=lambda a: a.direction != Direction.DOWN):
             if verdict.plan is not None:
                 detail = (
                     f"alert {verdict.plan.alert_key} switches the fleet: one switch per delivery"
                 )
                 verdict.ignored.append({**ask.item, "reason": "superseded", "detail": detail})
                 continue
-            near = moves.neighbours(fleet, remediator.config.fleets, state.fleets)
-            decision = remediator.decide(
+            near = moves.neighbours(fleet, tools.config.fleets, state.fleets)
+            decision = decider.decide(
                 fleet, fs, ask.direction, ask.trigger, ask.ref, live, neighbours=near
             )
             if decision.retry_at is not None:
-                _defer(remediator, fleet, fs, ask, decision, verdict)
+                _defer(tools, fleet, fs, ask, decision, verdict)
                 continue
             fs.deferred.pop(ask.ref.key, None)
             if not decision.switch:
@@ -160,7 +164,7 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
                 )
                 continue
             verdict.decision = decision
-            verdict.plan = remediator.plan(
+            verdict.plan = decider.plan(
                 fleet, fs, decision, ask.direction, ask.trigger, f"alert {ask.ref.key}", ask.ref.key
             )
             verdict.accepted.append({**ask.item, "detail": decision.detail})
@@ -168,7 +172,7 @@ def judge(remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertReques
 
 
 def _defer(
-    remediator: Remediator,
+    tools: SwitchTools,
     fleet: FleetConfig,
     fs: FleetState,
     ask: AlertRequest,
@@ -177,7 +181,7 @@ def _defer(
 ) -> None:
     """Keep ``ask`` in the fleet's state, to be judged again at ``decision.retry_at``."""
     assert decision.retry_at is not None
-    now = remediator.now()
+    now = tools.now()
     new = fs.defer(
         DeferredAlert(
             key=ask.ref.key,
@@ -194,7 +198,7 @@ def _defer(
         )
     )
     if new:
-        remediator.observer.deferred(fleet.name, decision.reason)
+        tools.observer.deferred(fleet.name, decision.reason)
     acts_at = iso(decision.retry_at, "UTC")
     log.info(
         "fleet %s: alert %s deferred (%s): %s; judged again at %s (in %.0f s) if it still fires",
@@ -216,16 +220,16 @@ def _defer(
     )
 
 
-def forget_resolved(remediator: Remediator, resolved: dict[str, list[str]]) -> None:
+def forget_resolved(tools: SwitchTools, resolved: dict[str, list[str]]) -> None:
     """End the deferral of each resolved alert (read first: most deliveries touch none)."""
     if not resolved:
         return
-    snapshot = remediator.store.snapshot()
+    snapshot = tools.store.snapshot()
     if not any(
         key in snapshot.fleets[name].deferred for name, keys in resolved.items() for key in keys
     ):
         return
-    with remediator.store.transaction() as state:
+    with tools.store.transaction() as state:
         for name, keys in resolved.items():
             for key in keys:
                 if state.fleets[name].deferred.pop(key, None) is not None:
@@ -233,40 +237,44 @@ def forget_resolved(remediator: Remediator, resolved: dict[str, list[str]]) -> N
 
 
 def _accept_fleet(
-    remediator: Remediator,
+    tools: SwitchTools,
+    decider: Decider,
     fleet: FleetConfig,
     asks: list[AlertRequest],
     acceptance: Acceptance,
 ) -> None:
-    handled = answer_handled(remediator, fleet, asks)  # a redelivery: no lock, no state write
+    # A redelivery: no lock, no state write.
+    reads_live = decider.live.prometheus is not None
+    handled = answer_handled(tools.store, fleet, asks, reads_live=reads_live)
     if handled is not None:
         acceptance.ignored += handled
         return
     keys = [ask.ref.key for ask in asks]
     held = contextlib.ExitStack()
     try:
-        held.enter_context(remediator.store.switch_lock(fleet.name, 0, handling=keys))
+        held.enter_context(tools.store.switch_lock(fleet.name, 0, handling=keys))
     except LockTimeout:
-        _queue(remediator, fleet, asks, acceptance)
+        _queue(tools, decider, fleet, asks, acceptance)
         return
     started = time.monotonic()
     with held:
-        verdict = judge(remediator, fleet, asks)
+        verdict = judge(tools, decider, fleet, asks)
         acceptance.accepted += verdict.accepted
         acceptance.ignored += verdict.ignored
         acceptance.deferred += verdict.deferred
         if verdict.plan is not None:
-            acceptance.pending.append(HeldSwitch(remediator, verdict, held.pop_all(), started))
+            acceptance.pending.append(HeldSwitch(tools, verdict, held.pop_all(), started))
 
 
 def _queue(
-    remediator: Remediator,
+    tools: SwitchTools,
+    decider: Decider,
     fleet: FleetConfig,
     asks: list[AlertRequest],
     acceptance: Acceptance,
 ) -> None:
     """The fleet is switching: its alerts are duplicates of the running switch, or wait for it."""
-    running = remediator.store.keys_in_switch(fleet.name)
+    running = tools.store.keys_in_switch(fleet.name)
     waiting = []
     for ask in asks:
         if ask.ref.key in running:
@@ -278,12 +286,7 @@ def _queue(
             detail = f"queued: fleet {fleet.name} is switching; judged when that switch ends"
             acceptance.accepted.append({**ask.item, "detail": detail})
     if waiting:
-        acceptance.pending.append(QueuedAlerts(remediator, fleet, waiting))
-
-
-def switch_wait(fleet: FleetConfig) -> float:
-    """How long a queued alert waits for the fleet's lock: as long as a switch may take."""
-    return fleet.pull_timeout_seconds + 2 * fleet.containers.ready_timeout_seconds + 60
+        acceptance.pending.append(QueuedAlerts(tools, decider, fleet, waiting))
 
 
 class HeldSwitch:
@@ -292,10 +295,10 @@ class HeldSwitch:
     waits = False
 
     def __init__(
-        self, remediator: Remediator, verdict: Verdict, lock: contextlib.ExitStack, started: float
+        self, tools: SwitchTools, verdict: Verdict, lock: contextlib.ExitStack, started: float
     ) -> None:
         assert verdict.plan is not None and verdict.decision is not None
-        self._remediator = remediator
+        self._tools = tools
         self._plan = verdict.plan
         self._decision = verdict.decision
         self._lock = lock
@@ -306,8 +309,14 @@ class HeldSwitch:
         plan = self._plan
         try:
             with self._lock:
-                self._remediator.carry_out(
-                    plan.fleet, plan.direction, self._decision, plan, False, self._started
+                transaction.carry_out(
+                    self._tools,
+                    plan.fleet,
+                    plan.direction,
+                    self._decision,
+                    plan,
+                    False,
+                    self._started,
                 )
         except Exception:  # a background thread has no caller to tell: log it whole
             log.exception("fleet %s: switch for alert %s crashed", plan.fleet.name, plan.alert_key)
@@ -322,21 +331,25 @@ class QueuedAlerts:
 
     waits = True
 
-    def __init__(self, remediator: Remediator, fleet: FleetConfig, asks: list[AlertRequest]):
-        self._remediator = remediator
+    def __init__(
+        self, tools: SwitchTools, decider: Decider, fleet: FleetConfig, asks: list[AlertRequest]
+    ) -> None:
+        self._tools = tools
+        self._decider = decider
         self._fleet = fleet
         self._asks = asks
 
     def run(self) -> None:
         """Wait for the fleet's lock, then judge and switch as :func:`accept` does."""
-        fleet, remediator = self._fleet, self._remediator
+        fleet, tools = self._fleet, self._tools
         keys = [ask.ref.key for ask in self._asks]
         try:
-            with remediator.store.switch_lock(fleet.name, switch_wait(fleet), handling=keys):
+            with tools.store.switch_lock(fleet.name, switch_wait(fleet), handling=keys):
                 started = time.monotonic()
-                verdict = judge(remediator, fleet, self._asks)
+                verdict = judge(tools, self._decider, fleet, self._asks)
                 if verdict.plan is not None and verdict.decision is not None:
-                    remediator.carry_out(
+                    transaction.carry_out(
+                        tools,
                         fleet,
                         verdict.plan.direction,
                         verdict.decision,

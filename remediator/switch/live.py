@@ -18,13 +18,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from fleet_contract import metrics
 from fleet_contract.labels import HOST_LABEL
-from remediator.ports.prometheus import PrometheusError, Querier, Sample
-from remediator.config import Config, FleetConfig, strip_credentials
+from remediator.config import FleetConfig, strip_credentials
 from remediator.domain.state import FleetState
+from remediator.ports.prometheus import PrometheusError, Querier, Sample
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -1,12 +1,13 @@
 """Carrying out a move: the model server's containers recreated on another GPU, same model.
 
-:mod:`remediator.domain.moves` decides; this module acts, as :class:`~remediator.switch.actions.FleetActions`
-does for a switch, and through the same transaction (:meth:`Remediator.carry_out`): the journal
-records each step (:data:`remediator.switch.journal.MOVE_PLANNED`), the model server's own probe says
-when the copy is ready on the model it ran, and a failure puts the old container back under its
-name, running, before :class:`~remediator.switch.engine.SwitchFailed` is raised. Nothing else is
-touched: the model and the app configs stay, and the applications reach the copy by the same
-name and network aliases, so they are not restarted.
+:mod:`remediator.domain.moves` decides; this module acts, as
+:class:`~remediator.switch.actions.FleetActions` does for a switch, and through the same
+transaction (:meth:`Remediator.carry_out`): the journal records each step
+(:data:`remediator.switch.journal.MOVE_PLANNED`), the model server's own probe says when the copy
+is ready on the model it ran, and a failure puts the old container back under its name, running,
+before :class:`~remediator.switch.engine.SwitchFailed` is raised. Nothing else is touched: the
+model and the app configs stay, and the applications reach the copy by the same name and network
+aliases, so they are not restarted.
 
 The runtime moves a container by recreating it (``DockerRuntime.move``); the old one stays
 aside, stopped and renamed ``<name>.moving`` (:data:`ASIDE_SUFFIX`), until the copy is ready.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from remediator import appconfig
 from remediator.appconfig import AppConfigError, ConfigSnapshot
@@ -33,9 +34,7 @@ from remediator.ports.runtime import (
     Runtime,
     RuntimeByRole,
 )
-
-if TYPE_CHECKING:
-    from remediator.switch.engine import StepRecorder, SwitchPlan
+from remediator.switch.plan import StepRecorder, SwitchFailed, SwitchPlan
 
 __all__ = ["Mover", "aside", "move_servers", "resolve_move", "write_gpu_config"]
 
@@ -78,8 +77,6 @@ def move_servers(
 ) -> list[str]:
     """Move each model server container to ``plan.to_gpu`` and find it ready on the same model;
     the steps taken. Raises SwitchFailed once everything is back where it ran."""
-    from remediator.switch.engine import SwitchFailed  # switching imports the actions' callers
-
     gpu, model = plan.to_gpu, plan.from_rung.name
     assert gpu is not None
     servers, _ = aside(servers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from remediator.config import Rung
 from remediator.ports.model_server import ModelServer, ModelServerError
-from remediator.switch.engine import StepRecorder, SwitchFailed
+from remediator.switch.plan import StepRecorder, SwitchFailed
 
 
 def make_present(server: ModelServer, rung: Rung, timeout: float, note: StepRecorder) -> list[str]:

@@ -27,22 +27,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Final, NoReturn, Protocol, runtime_checkable
+from typing import Final, NoReturn, Protocol, runtime_checkable
 
 from remediator.config import FleetConfig
 from remediator.domain import decisions
-from remediator.domain.state import FleetState, Notice, SwitchJournal, SwitchRecord
+from remediator.domain.kinds import Direction, RecoveryOutcome
+from remediator.domain.state import Failure, FleetState, Notice, SwitchJournal, SwitchRecord
 from remediator.store.state import StateError
 from remediator.switch.journal import COMMIT_RETRY_PAUSES, crash_point
-
-if TYPE_CHECKING:
-    from remediator.switch.engine import Actions, Remediator, SwitchPlan
+from remediator.switch.plan import Actions, SwitchPlan, switch_wait
+from remediator.switch.tools import SwitchTools
 
 log = logging.getLogger(__name__)
 
-ROLLED_FORWARD: Final = "rolled_forward"
-ROLLED_BACK: Final = "rolled_back"
-FAILED: Final = "failed"
+ROLLED_FORWARD: Final = RecoveryOutcome.ROLLED_FORWARD
+ROLLED_BACK: Final = RecoveryOutcome.ROLLED_BACK
+FAILED: Final = RecoveryOutcome.FAILED
 
 
 class RecoveryFailed(StateError):
@@ -63,7 +63,7 @@ class Resolver(Protocol):
 
 
 def _apply(
-    remediator: Remediator,
+    tools: SwitchTools,
     fleet: FleetConfig,
     fs: FleetState,
     entry: SwitchJournal | SwitchPlan,
@@ -72,8 +72,8 @@ def _apply(
     reason: str,
     recovery: str | None = None,
 ) -> SwitchRecord:
-    now = remediator.now()
-    failed_up = entry.direction == "down" and decisions.upgrade_failed(fleet, fs, now)
+    now = tools.now()
+    failed_up = entry.direction == Direction.DOWN and decisions.upgrade_failed(fleet, fs, now)
     return fs.apply_switch(
         fleet,
         target,
@@ -88,7 +88,7 @@ def _apply(
 
 
 def _apply_move(
-    remediator: Remediator,
+    tools: SwitchTools,
     fleet: FleetConfig,
     fs: FleetState,
     entry: SwitchJournal | SwitchPlan,
@@ -100,23 +100,21 @@ def _apply_move(
         gpu,
         trigger=entry.trigger,
         reason=reason,
-        now=remediator.now(),
+        now=tools.now(),
         alert_key=entry.alert_key,
     )
 
 
-def commit(
-    remediator: Remediator, fleet: FleetConfig, plan: SwitchPlan, target: int
-) -> SwitchRecord:
+def commit(tools: SwitchTools, fleet: FleetConfig, plan: SwitchPlan, target: int) -> SwitchRecord:
     """Commit a finished switch (closing its journal entry); a failed write is tried again
     after each of COMMIT_RETRY_PAUSES, then its StateError raised."""
     for pause in (*COMMIT_RETRY_PAUSES, None):
         try:
-            with remediator.store.transaction() as state:
+            with tools.store.transaction() as state:
                 fs = state.fleets[fleet.name]
                 if plan.to_gpu is not None:
-                    return _apply_move(remediator, fleet, fs, plan, plan.to_gpu, plan.reason)
-                return _apply(remediator, fleet, fs, plan, target, reason=plan.reason)
+                    return _apply_move(tools, fleet, fs, plan, plan.to_gpu, plan.reason)
+                return _apply(tools, fleet, fs, plan, target, reason=plan.reason)
         except StateError as exc:
             if pause is None:
                 raise
@@ -128,7 +126,7 @@ def commit(
 
 
 def undo_uncommitted(
-    remediator: Remediator,
+    tools: SwitchTools,
     fleet: FleetConfig,
     plan: SwitchPlan,
     actions: Actions,
@@ -157,19 +155,12 @@ def undo_uncommitted(
         )
         return problems
     try:
-        with remediator.store.transaction() as state:
+        with tools.store.transaction() as state:
             fs = state.fleets[fleet.name]
-            now = remediator.now()
+            now = tools.now()
             fs.journal = None
-            fs.last_failure = {
-                "time": now,
-                "step": "state",
-                "message": f"the state could not be saved ({cause}); rolled back to {old}",
-                "from": old,
-                "to": new,
-            }
-            if plan.alert_key is not None:
-                fs.processed_alerts[plan.alert_key] = now
+            message = f"the state could not be saved ({cause}); rolled back to {old}"
+            fs.fail(Failure(now, "state", message, old, new), plan.alert_key)
     except StateError as exc:
         log.error(
             "fleet %s: rolled back to %s, but the journal entry could not be closed (%s): the "
@@ -181,13 +172,13 @@ def undo_uncommitted(
     return []
 
 
-def resolve(remediator: Remediator, fleet: FleetConfig) -> str | None:
+def resolve(tools: SwitchTools, fleet: FleetConfig) -> str | None:
     """Resolve ``fleet``'s open journal entry, if any; the caller holds its switch lock.
 
     Returns ``rolled_forward``, ``rolled_back`` or None (nothing open); raises RecoveryFailed
     (the entry stays open) or StateError (the state could not be read or written).
     """
-    store = remediator.store
+    store = tools.store
     if store.snapshot().fleets[fleet.name].journal is None:  # the common case, read lock-free
         return None
     with store.transaction() as state:
@@ -207,11 +198,11 @@ def resolve(remediator: Remediator, fleet: FleetConfig) -> str | None:
         entry.recovery_attempts,
     )
     crash_point("recovery_started")
-    actions = remediator.actions(fleet)
+    actions = tools.actions(fleet)
     if not isinstance(actions, Resolver):
-        _fail(remediator, fleet, entry, [f"{type(actions).__name__} cannot check or restore"])
+        _fail(tools, fleet, entry, [f"{type(actions).__name__} cannot check or restore"])
     if entry.to_gpu is not None:
-        return _resolve_move(remediator, fleet, entry, actions, started)
+        return _resolve_move(tools, fleet, entry, actions, started)
     if entry.has("verified_app"):
         why_not = actions.inspect(entry.to_model)
     else:
@@ -221,12 +212,10 @@ def resolve(remediator: Remediator, fleet: FleetConfig) -> str | None:
         with store.transaction() as state:
             fs = state.fleets[fleet.name]
             reason = f"recovery: rolled forward ({entry.reason})"
-            _apply(
-                remediator, fleet, fs, entry, entry.target, reason=reason, recovery=ROLLED_FORWARD
-            )
+            _apply(tools, fleet, fs, entry, entry.target, reason=reason, recovery=ROLLED_FORWARD)
             message = f"fleet {fleet.name}: {what}; rolled forward: the fleet runs {entry.to_model}"
-            state.notices.append(Notice(remediator.now(), message))
-        remediator.observer.switched(fleet.name, entry.direction, entry.trigger)
+            state.notices.append(Notice(tools.now(), message))
+        tools.observer.switched(fleet.name, entry.direction, entry.trigger)
         outcome = ROLLED_FORWARD
     else:
         log.info("fleet %s: rolling back: %s", fleet.name, "; ".join(why_not))
@@ -234,15 +223,15 @@ def resolve(remediator: Remediator, fleet: FleetConfig) -> str | None:
             entry.from_model, entry.to_model, restart=entry.has("config_written")
         )
         if problems:
-            _fail(remediator, fleet, entry, problems)
+            _fail(tools, fleet, entry, problems)
         crash_point("recovery_restored")
         with store.transaction() as state:
             fs = state.fleets[fleet.name]
-            _close_rolled_back(remediator, fleet, fs, entry, what)
+            _close_rolled_back(tools, fleet, fs, entry, what)
             message = f"fleet {fleet.name}: {what}; rolled back: the fleet runs {entry.from_model}"
-            state.notices.append(Notice(remediator.now(), message))
+            state.notices.append(Notice(tools.now(), message))
         outcome = ROLLED_BACK
-    remediator.observer.recovered(fleet.name, outcome)
+    tools.observer.recovered(fleet.name, outcome)
     log.warning(
         "fleet %s: interrupted switch %s -> %s %s in %.2f s",
         fleet.name,
@@ -255,9 +244,9 @@ def resolve(remediator: Remediator, fleet: FleetConfig) -> str | None:
 
 
 def _close_rolled_back(
-    remediator: Remediator, fleet: FleetConfig, fs: FleetState, entry: SwitchJournal, what: str
+    tools: SwitchTools, fleet: FleetConfig, fs: FleetState, entry: SwitchJournal, what: str
 ) -> None:
-    now = remediator.now()
+    now = tools.now()
     fs.journal = None
     fs.history.append(
         SwitchRecord(
@@ -272,19 +261,12 @@ def _close_rolled_back(
             recovery=ROLLED_BACK,
         )
     )
-    fs.last_failure = {
-        "time": now,
-        "step": "recovery",
-        "message": f"{what}; rolled back to {entry.from_model}",
-        "from": entry.from_model,
-        "to": entry.to_model,
-    }
-    if entry.alert_key is not None:
-        fs.processed_alerts[entry.alert_key] = now
+    message = f"{what}; rolled back to {entry.from_model}"
+    fs.fail(Failure(now, "recovery", message, entry.from_model, entry.to_model), entry.alert_key)
 
 
 def _fail(
-    remediator: Remediator, fleet: FleetConfig, entry: SwitchJournal, problems: list[str]
+    tools: SwitchTools, fleet: FleetConfig, entry: SwitchJournal, problems: list[str]
 ) -> NoReturn:
     message = (
         f"fleet {fleet.name}: could not resolve the interrupted switch {entry.from_model} -> "
@@ -293,36 +275,34 @@ def _fail(
     )
     log.error("%s", message)
     try:
-        with remediator.store.transaction() as state:
-            state.notices.append(Notice(remediator.now(), message))
+        with tools.store.transaction() as state:
+            state.notices.append(Notice(tools.now(), message))
     except StateError as exc:
         log.error("fleet %s: could not add the notice: %s", fleet.name, exc)
-    remediator.observer.recovered(fleet.name, FAILED)
+    tools.observer.recovered(fleet.name, FAILED)
     raise RecoveryFailed(message)
 
 
-def resolve_all(remediator: Remediator) -> dict[str, str | None]:
+def resolve_all(tools: SwitchTools) -> dict[str, str | None]:
     """Start-up: resolve every fleet's open entry under its switch lock. Under gunicorn each
     worker calls this; the first to take a fleet's lock resolves it, the others find nothing
     open. Errors are logged, not raised (a later switch of the fleet tries again)."""
-    from remediator.switch.intake import switch_wait
-
     outcomes: dict[str, str | None] = {}
-    for name, fleet in remediator.config.fleets.items():
+    for name, fleet in tools.config.fleets.items():
         try:
-            if remediator.store.snapshot().fleets[name].journal is None:
+            if tools.store.snapshot().fleets[name].journal is None:
                 continue
-            with remediator.store.switch_lock(name, switch_wait(fleet)):
-                outcomes[name] = resolve(remediator, fleet)
+            with tools.store.switch_lock(name, switch_wait(fleet)):
+                outcomes[name] = resolve(tools, fleet)
         except Exception:  # a start-up thread has no caller to tell: log it whole
             log.exception("fleet %s: could not resolve the interrupted switch at start-up", name)
     return outcomes
 
 
-def resolve_in_background(remediator: Remediator) -> threading.Thread:
+def resolve_in_background(tools: SwitchTools) -> threading.Thread:
     """Run :func:`resolve_all` on a daemon thread: the service answers /healthz meanwhile."""
     thread = threading.Thread(
-        target=resolve_all, args=(remediator,), name="switch-recovery", daemon=True
+        target=resolve_all, args=(tools,), name="switch-recovery", daemon=True
     )
     thread.start()
     return thread
@@ -339,7 +319,7 @@ class MoveResolver(Protocol):
 
 
 def _resolve_move(
-    remediator: Remediator,
+    tools: SwitchTools,
     fleet: FleetConfig,
     entry: SwitchJournal,
     actions: object,
@@ -351,31 +331,31 @@ def _resolve_move(
     """
     assert entry.to_gpu is not None
     if not isinstance(actions, MoveResolver):
-        _fail(remediator, fleet, entry, [f"{type(actions).__name__} cannot resolve a move"])
+        _fail(tools, fleet, entry, [f"{type(actions).__name__} cannot resolve a move"])
     forward = entry.has("verified_ollama")
     gpu = entry.to_gpu if forward else (entry.from_gpu or fleet.gpu)
     problems = actions.resolve_move(entry.from_model, gpu, forward=forward)
     if problems:
-        _fail(remediator, fleet, entry, problems)
+        _fail(tools, fleet, entry, problems)
     last = entry.done[-1] if entry.done else "intent"
     what = f"the move to GPU {entry.to_gpu} was interrupted after '{last}'"
-    with remediator.store.transaction() as state:
+    with tools.store.transaction() as state:
         fs = state.fleets[fleet.name]
         if forward:
             reason = f"recovery: rolled forward ({entry.reason})"
-            record = _apply_move(remediator, fleet, fs, entry, entry.to_gpu, reason)
+            record = _apply_move(tools, fleet, fs, entry, entry.to_gpu, reason)
             record.recovery = ROLLED_FORWARD
             message = f"fleet {fleet.name}: {what}; rolled forward: it runs on GPU {entry.to_gpu}"
         else:
-            _close_rolled_back(remediator, fleet, fs, entry, what)
+            _close_rolled_back(tools, fleet, fs, entry, what)
             fs.history[-1].action = "move"
             fs.history[-1].from_gpu, fs.history[-1].to_gpu = entry.from_gpu, entry.to_gpu
             message = f"fleet {fleet.name}: {what}; rolled back: it runs on GPU {entry.from_gpu}"
-        state.notices.append(Notice(remediator.now(), message))
+        state.notices.append(Notice(tools.now(), message))
     if forward:
-        remediator.observer.switched(fleet.name, entry.direction, entry.trigger)
+        tools.observer.switched(fleet.name, entry.direction, entry.trigger)
     outcome = ROLLED_FORWARD if forward else ROLLED_BACK
-    remediator.observer.recovered(fleet.name, outcome)
+    tools.observer.recovered(fleet.name, outcome)
     log.warning(
         "fleet %s: interrupted move to GPU %s %s in %.2f s",
         fleet.name,

@@ -15,27 +15,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from remediator.config import FleetConfig
 from remediator.domain.alerts import AlertRequest
 from remediator.domain.decisions import Decision, already_handled
+from remediator.domain.kinds import Direction
 from remediator.domain.state import FleetState
-
-if TYPE_CHECKING:
-    from remediator.switch.engine import Remediator
+from remediator.store.state import StateStore
 
 log = logging.getLogger(__name__)
 
 
 def answer_handled(
-    remediator: Remediator, fleet: FleetConfig, asks: Sequence[AlertRequest]
+    store: StateStore, fleet: FleetConfig, asks: Sequence[AlertRequest], *, reads_live: bool
 ) -> list[dict[str, Any]] | None:
-    """Answer a redelivery of handled alerts from the lock-free snapshot (logged as the locked
-    judgement logs them); None when the delivery must be judged under the fleet's locks."""
-    state = remediator.store.peek()
+    """Answer a redelivery of handled alerts from the lock-free snapshot of ``store`` (logged
+    as the locked judgement logs them); None when the delivery must be judged under the
+    fleet's locks. ``reads_live``: a judgement would read live figures from Prometheus."""
+    state = store.peek()
     fs = state.fleets.get(fleet.name) if state is not None else None
-    judged = handled_redelivery(fs, asks, reads_live=remediator.live.prometheus is not None)
+    judged = handled_redelivery(fs, asks, reads_live=reads_live)
     if judged is None:
         return None
     answers = []
@@ -74,7 +74,7 @@ def handled_redelivery(
     if fs is None or fs.journal is not None or reads_live:
         return None
     judged = []
-    for ask in sorted(asks, key=lambda a: a.direction != "down"):  # as judge() orders them
+    for ask in sorted(asks, key=lambda a: a.direction != Direction.DOWN):  # as judge() orders them
         if ask.error_count is not None and ask.error_count != fs.vram_error_count:
             return None
         decision = already_handled(fs, ask.ref)

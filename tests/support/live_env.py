@@ -18,7 +18,8 @@ from typing import Any
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import WebhookAlert, parse_webhook
 from remediator.store.state import StateStore
-from remediator.switch.engine import Remediator, SwitchPlan
+from remediator.switch.engine import Remediator
+from remediator.switch.plan import SwitchPlan
 from simulator.prom_env import MetricsEndpoint, Prometheus, start_prometheus, wait_for
 
 MIB = 1024 * 1024

@@ -1,0 +1,150 @@
+"""Carrying out a decided switch as one transaction: its journal entry, the actions, then the
+commit, or the failure recorded (and the rollback the actions did).
+
+The caller holds the fleet's switch lock from the decision on (:mod:`remediator.switch.engine`
+for a person's request, :mod:`remediator.switch.intake` for an alert).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from remediator.config import FleetConfig
+from remediator.domain.decisions import Decision
+from remediator.domain.state import Failure, SwitchJournal
+from remediator.store.state import StateError
+from remediator.switch import recovery
+from remediator.switch.journal import MOVE_PLANNED, Journal, crash_point, planned_steps
+from remediator.switch.plan import Outcome, StepRecorder, SwitchFailed, SwitchPlan
+from remediator.switch.tools import SwitchTools
+
+__all__ = ["carry_out", "intent"]
+
+log = logging.getLogger(__name__)
+
+
+def carry_out(
+    tools: SwitchTools,
+    fleet: FleetConfig,
+    direction: str,
+    decision: Decision,
+    plan: SwitchPlan | None,
+    dry_run: bool,
+    started: float,
+) -> Outcome:
+    """Perform a decided switch and commit it, or record its failure.
+
+    The caller holds the fleet's switch lock from the decision on: nothing can have
+    changed the fleet since. ``started`` is the decision's ``time.monotonic()``.
+    """
+    dry_run = dry_run or fleet.dry_run
+    outcome = Outcome(fleet.name, direction, decision, dry_run=dry_run)
+    if plan is None:
+        log.info(
+            "fleet %s: no %s switch (%s): %s",
+            fleet.name,
+            direction,
+            decision.reason,
+            decision.detail,
+        )
+        return outcome
+    assert decision.target is not None  # a plan comes from a decision to switch
+    log.info(
+        "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
+        fleet.name,
+        plan.from_rung.name,
+        plan.to_rung.name,
+        direction,
+        plan.trigger,
+        decision.reason,
+        ", dry run" if dry_run else "",
+        extra={
+            "fleet": fleet.name,
+            "from_model": plan.from_rung.name,
+            "to_model": plan.to_rung.name,
+            "direction": direction,
+            "trigger": plan.trigger,
+            "reason": decision.reason,
+        },
+    )
+    actions = tools.actions(fleet)
+    record: StepRecorder | None = None
+    if not dry_run:
+        # The intent first: a StateError here means nothing was done (the caller's error).
+        journal = Journal(tools.store, fleet.name, clock=tools.clock, on_step=tools.on_step)
+        journal.open(intent(tools, plan, decision.target))
+        record = journal.record
+    try:
+        outcome.steps = actions.execute(plan, dry_run, record)
+    except SwitchFailed as exc:
+        outcome.failure = exc
+        outcome.duration_seconds = time.monotonic() - started
+        log.error("fleet %s: %s", fleet.name, exc, extra={"fleet": fleet.name, "step": exc.step})
+        tools.observer.failed(fleet.name, exc.step)
+        if not dry_run:
+            _record_failure(tools, fleet, plan, exc)
+        return outcome
+    if dry_run:
+        outcome.duration_seconds = time.monotonic() - started
+        log.info("fleet %s: dry run, nothing changed: %s", fleet.name, "; ".join(outcome.steps))
+        return outcome
+    try:
+        outcome.record = recovery.commit(tools, fleet, plan, decision.target)
+    except StateError as exc:
+        problems = recovery.undo_uncommitted(tools, fleet, plan, actions, exc)
+        cause = f"switched, but the state could not be saved ({exc}); " + (
+            "rolled back" if not problems else "the rollback left the journal entry open"
+        )
+        outcome.failure = SwitchFailed("state", cause, problems)
+        log.error("fleet %s: %s", fleet.name, outcome.failure)
+        outcome.duration_seconds = time.monotonic() - started
+        tools.observer.failed(fleet.name, "state")
+        return outcome
+    crash_point("committed")
+    outcome.switched = True
+    outcome.duration_seconds = time.monotonic() - started
+    tools.observer.switched(fleet.name, direction, plan.trigger)
+    log.info(
+        "fleet %s: now on %s (%.2f s)",
+        fleet.name,
+        plan.to_rung.name,
+        outcome.duration_seconds,
+        extra={"fleet": fleet.name, "model": plan.to_rung.name, "direction": direction},
+    )
+    return outcome
+
+
+def intent(tools: SwitchTools, plan: SwitchPlan, target: int) -> SwitchJournal:
+    """The journal entry of a switch about to start."""
+    return SwitchJournal(
+        started_at=tools.now(),
+        from_model=plan.from_rung.name,
+        to_model=plan.to_rung.name,
+        target=target,
+        direction=plan.direction,
+        trigger=plan.trigger,
+        reason=plan.reason,
+        alert_key=plan.alert_key,
+        planned=(
+            planned_steps(plan.to_rung.create is not None)
+            if plan.to_gpu is None
+            else list(MOVE_PLANNED)
+        ),
+        from_gpu=plan.from_gpu,
+        to_gpu=plan.to_gpu,
+    )
+
+
+def _record_failure(
+    tools: SwitchTools, fleet: FleetConfig, plan: SwitchPlan, exc: SwitchFailed
+) -> None:
+    """Record a failed switch; its journal entry closes unless the rollback left something
+    undone, which the next start or switch then resolves."""
+    with tools.store.transaction() as state:
+        fs = state.fleets[fleet.name]
+        now = tools.now()
+        if not exc.rollback_errors:
+            fs.journal = None
+        failure = Failure(now, exc.step, str(exc), plan.from_rung.name, plan.to_rung.name)
+        fs.fail(failure, plan.alert_key)
