@@ -26,7 +26,7 @@ import docker
 
 from bench.common import Row, percentile, table
 from remediator.config import load_config
-from remediator.domain.state import SwitchJournal
+from remediator.domain.records import SwitchJournal
 from remediator.store.state import StateStore
 from remediator.switch.journal import Journal
 from simulator.crash import LADDER, CrashRig

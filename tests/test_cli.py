@@ -18,7 +18,8 @@ from remediator.cli import main as cli
 from remediator.cli import tables
 from remediator.config import parse_config
 from remediator.report.queries import ExitCode
-from remediator.store.state import StateStore, file_lock
+from remediator.store.locks import file_lock
+from remediator.store.state import StateStore
 from simulator.fake_ollama import FakeOllama
 
 

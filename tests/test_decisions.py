@@ -7,13 +7,14 @@ from remediator.domain.decisions import (
     HOUR,
     AlertRef,
     cap_clears_at,
-    choose_auto_upgrade,
     choose_downgrade,
     choose_reset,
     choose_upgrade,
     upgrade_failed,
 )
-from remediator.domain.state import FleetState, SwitchRecord
+from remediator.domain.records import SwitchRecord
+from remediator.domain.state import FleetState
+from remediator.domain.stepup import choose_auto_upgrade
 
 NOW = 1_000_000.0
 

@@ -20,7 +20,8 @@ from remediator.adapters.prometheus import PrometheusError, Sample
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import WebhookAlert, parse_webhook
 from remediator.domain.decisions import HOUR
-from remediator.domain.state import MAX_DEFERRED, DeferredAlert, FleetState, SwitchRecord
+from remediator.domain.records import DeferredAlert, SwitchRecord
+from remediator.domain.state import MAX_DEFERRED, FleetState
 from remediator.store.state import StateStore
 from remediator.switch.deferrals import DeferralClock, Pass, judge_due, next_due
 from remediator.switch.engine import Remediator

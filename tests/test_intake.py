@@ -22,8 +22,10 @@ from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import WebhookAlert, parse_time, parse_webhook, triage
 from remediator.domain.decisions import AlertRef, Decision
 from remediator.domain.moves import Neighbour
-from remediator.domain.state import FleetState, SwitchJournal
-from remediator.store.state import LockTimeout, StateStore, file_lock
+from remediator.domain.records import SwitchJournal
+from remediator.domain.state import FleetState
+from remediator.store.locks import LockTimeout, file_lock
+from remediator.store.state import StateStore
 from remediator.switch.engine import Remediator
 from remediator.switch.intake import Background
 from remediator.switch.live import LiveFigures

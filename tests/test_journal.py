@@ -21,7 +21,8 @@ from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import parse_webhook
 from remediator.domain.state import State
 from remediator.ports.runtime import ROLE_APP, ROLE_SERVER
-from remediator.store.state import StateError, StateStore
+from remediator.store.locks import StateError
+from remediator.store.state import StateStore
 from remediator.switch import recovery
 from remediator.switch.actions import FleetActions
 from remediator.switch.engine import Remediator

@@ -16,7 +16,8 @@ from flask import Flask
 from remediator.app.service import create_app
 from remediator.config import ConfigError, Notifications, effective_config, parse_config
 from remediator.domain.alerts import parse_webhook
-from remediator.domain.state import MAX_NOTIFICATIONS, Notification
+from remediator.domain.notices import Notification
+from remediator.domain.state import MAX_NOTIFICATIONS
 from remediator.report.notifications import notification_text, sink_body
 from remediator.store.state import StateStore
 from simulator.prom_env import free_port

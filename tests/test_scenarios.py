@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from remediator.domain.state import FleetState, SwitchRecord
+from remediator.domain.records import SwitchRecord
+from remediator.domain.state import FleetState
 from simulator.local_http import http_get, wait_until
 from simulator.loop import sample_values
 from simulator.loop_setup import LOAD_FAILED_LINE, LOOP_LABEL, OOM_LINE

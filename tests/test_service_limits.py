@@ -27,7 +27,8 @@ from remediator.app.service import create_app
 from remediator.config import HttpLimits, parse_config
 from remediator.http.body import BadBody, json_body, json_depth
 from remediator.http.worker import READ_TIMEOUT_SECONDS, request_is_whole
-from remediator.store.state import StateStore, file_lock
+from remediator.store.locks import file_lock
+from remediator.store.state import StateStore
 from simulator.fake_ollama import FakeOllama
 from simulator.services import start_remediator
 from tests.test_service import AUTH, TOKEN, RecordingActions, drain, payload, wait_for

@@ -15,7 +15,8 @@ import pytest
 from remediator.config import Config, parse_config
 from remediator.domain.state import SCHEMA_VERSION
 from remediator.report.status import build_status
-from remediator.store.state import LockTimeout, StateStore, file_lock
+from remediator.store.locks import LockTimeout, file_lock
+from remediator.store.state import StateStore
 
 # Figures quoted in the closing note: keep them in sync with the tests below.
 CONCURRENT_PROCESSES = 8

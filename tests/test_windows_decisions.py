@@ -15,8 +15,9 @@ from remediator.app.service import create_app
 from remediator.cli import main as cli
 from remediator.config import MIB, AutoUpgrade, FleetConfig, parse_config, window_notes
 from remediator.config.windows import parse_window
-from remediator.domain.decisions import AlertRef, choose_auto_upgrade, choose_upgrade
+from remediator.domain.decisions import AlertRef, choose_upgrade
 from remediator.domain.state import FleetState
+from remediator.domain.stepup import choose_auto_upgrade
 from remediator.report.queries import ExitCode
 from remediator.store.state import StateStore
 from simulator.fake_ollama import FakeOllama

@@ -39,7 +39,8 @@ from remediator.report.queries import (
     load_token,
     outcome_kind,
 )
-from remediator.store.state import StateError, StateStore
+from remediator.store.locks import StateError
+from remediator.store.state import StateStore
 from remediator.switch.plan import Actions
 
 log = logging.getLogger("model-fleet")

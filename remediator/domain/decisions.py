@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from remediator.config import MIB, FleetConfig
-from remediator.config.windows import describe, window_state
 from remediator.domain.kinds import Trigger
 from remediator.domain.state import FleetState
 
@@ -51,7 +50,8 @@ class AlertRef:
     started_at: float
 
 
-def _no(reason: str, detail: str, retry_at: float | None = None) -> Decision:
+def refuse(reason: str, detail: str, retry_at: float | None = None) -> Decision:
+    """No switch, for ``reason``; ``retry_at``: when that reason passes by itself."""
     return Decision(None, reason, detail, retry_at)
 
 
@@ -73,7 +73,7 @@ def cap_clears_at(fleet: FleetConfig, state: FleetState, at: float) -> float:
 def already_handled(state: FleetState, alert: AlertRef) -> Decision | None:
     """``duplicate`` when the fleet has handled ``alert`` (its key is recorded), else None."""
     if alert.key in state.processed_alerts:
-        return _no("duplicate", f"alert {alert.key} was already handled")
+        return refuse("duplicate", f"alert {alert.key} was already handled")
     return None
 
 
@@ -86,7 +86,7 @@ def _gates(
         if handled is not None:
             return handled
         if state.last_switch_at is not None and alert.started_at < state.last_switch_at:
-            return _no(
+            return refuse(
                 "stale_alert",
                 f"the alert started {state.last_switch_at - alert.started_at:.0f} s before the "
                 "fleet's last switch: it is about the previous model",
@@ -96,7 +96,7 @@ def _gates(
     if state.last_switch_at is not None and now - state.last_switch_at < fleet.cooldown_seconds:
         left = fleet.cooldown_seconds - (now - state.last_switch_at)
         ends = state.last_switch_at + fleet.cooldown_seconds
-        return _no(
+        return refuse(
             "cooldown",
             f"last switch {now - state.last_switch_at:.0f} s ago; {left:.0f} s left",
             cap_clears_at(fleet, state, ends),
@@ -104,7 +104,7 @@ def _gates(
     recent = state.switches_since(now - HOUR)
     if recent >= fleet.max_switches_per_hour:
         clears = cap_clears_at(fleet, state, now)
-        return _no(
+        return refuse(
             "rate_limited",
             f"{recent} switches in the last hour "
             f"(max_switches_per_hour={fleet.max_switches_per_hour}); the next is allowed in "
@@ -138,38 +138,51 @@ def choose_downgrade(
     where it came from or, when it is None, why there is none (for the detail).
     """
     if fleet is None or state is None:
-        return _no("unknown_fleet", "no such fleet is configured")
+        return refuse("unknown_fleet", "no such fleet is configured")
     gate = _gates(fleet, state, now, trigger, alert)
     if gate is not None:
         return gate
     ladder, current = fleet.ladder, state.index
     if current >= len(ladder) - 1:
-        return _no("at_smallest", f"{ladder[current].name} is the smallest model of the ladder")
-    lower = range(current + 1, len(ladder))
+        return refuse("at_smallest", f"{ladder[current].name} is the smallest model of the ladder")
     here = ladder[current]
-
     if fleet.policy == "next":
         target = current + 1
         return Decision(target, "next", f"{here.name} -> {ladder[target].name} (next rung)")
 
-    smaller = [i for i in lower if ladder[i].size_mb < here.size_mb]
     if fleet.policy == "next-smaller" or free_vram_bytes is None:
-        if not smaller:
-            return _no("no_smaller_rung", f"no lower rung is smaller than {here.name}")
-        target = smaller[0]
-        skipped = target - current - 1
-        note = f", skipping {skipped} rung(s) that free no VRAM" if skipped else ""
-        if fleet.policy == "fits":
-            why = f" ({vram_source})" if vram_source else ""
-            return Decision(
-                target,
-                "no_vram_measurement",
-                f"{here.name} -> {ladder[target].name}: free VRAM unknown{why}, took the next "
-                f"smaller rung{note}",
-            )
-        return Decision(target, "next_smaller", f"{here.name} -> {ladder[target].name}{note}")
+        return _next_smaller(fleet, current, vram_source)
+    return _largest_fitting(fleet, current, free_vram_bytes, vram_source)
 
-    # fits: the current model's memory comes back when it is unloaded.
+
+def _next_smaller(fleet: FleetConfig, current: int, vram_source: str | None) -> Decision:
+    """The first lower rung that is smaller than the current one (policy ``next-smaller``, or
+    ``fits`` without a measurement of the free VRAM)."""
+    ladder, here = fleet.ladder, fleet.ladder[current]
+    smaller = [i for i in range(current + 1, len(ladder)) if ladder[i].size_mb < here.size_mb]
+    if not smaller:
+        return refuse("no_smaller_rung", f"no lower rung is smaller than {here.name}")
+    target = smaller[0]
+    skipped = target - current - 1
+    note = f", skipping {skipped} rung(s) that free no VRAM" if skipped else ""
+    if fleet.policy == "fits":
+        why = f" ({vram_source})" if vram_source else ""
+        return Decision(
+            target,
+            "no_vram_measurement",
+            f"{here.name} -> {ladder[target].name}: free VRAM unknown{why}, took the next "
+            f"smaller rung{note}",
+        )
+    return Decision(target, "next_smaller", f"{here.name} -> {ladder[target].name}{note}")
+
+
+def _largest_fitting(
+    fleet: FleetConfig, current: int, free_vram_bytes: int, vram_source: str | None
+) -> Decision:
+    """Policy ``fits``: the largest lower rung the free VRAM holds with the headroom, else the
+    smallest. The current model's memory comes back when it is unloaded."""
+    ladder, here = fleet.ladder, fleet.ladder[current]
+    lower = range(current + 1, len(ladder))
     available = free_vram_bytes + here.size_bytes
     need = fleet.headroom_mb * MIB
     fitting = [i for i in lower if ladder[i].size_bytes + need <= available]
@@ -206,9 +219,9 @@ def choose_upgrade(
 ) -> Decision:
     """One rung up, or why not."""
     if fleet is None or state is None:
-        return _no("unknown_fleet", "no such fleet is configured")
+        return refuse("unknown_fleet", "no such fleet is configured")
     if state.index == 0:
-        return _no("at_largest", f"{fleet.ladder[0].name} is the largest model of the ladder")
+        return refuse("at_largest", f"{fleet.ladder[0].name} is the largest model of the ladder")
     gate = _gates(fleet, state, now, trigger, None)
     if gate is not None:
         return gate
@@ -219,9 +232,9 @@ def choose_upgrade(
 def choose_reset(fleet: FleetConfig | None, state: FleetState | None) -> Decision:
     """Back to the top of the ladder, or why not."""
     if fleet is None or state is None:
-        return _no("unknown_fleet", "no such fleet is configured")
+        return refuse("unknown_fleet", "no such fleet is configured")
     if state.index == 0:
-        return _no("at_largest", f"already at {fleet.ladder[0].name}, the top of the ladder")
+        return refuse("at_largest", f"already at {fleet.ladder[0].name}, the top of the ladder")
     return Decision(0, "reset", f"{state.current_model} -> {fleet.ladder[0].name}")
 
 
@@ -229,90 +242,3 @@ def upgrade_failed(fleet: FleetConfig, state: FleetState, now: float) -> bool:
     """True when a step down now would undo a step up inside its quiet period (a failed step up)."""
     last_up = state.last_upgrade_at
     return last_up is not None and now - last_up < fleet.auto_upgrade.quiet_seconds
-
-
-def choose_auto_upgrade(
-    fleet: FleetConfig | None,
-    state: FleetState | None,
-    now: float,
-    *,
-    last_error_at: float | None = None,
-    free_vram_bytes: int | None = None,
-    alert: AlertRef | None = None,
-    vram_source: str | None = None,
-) -> Decision:
-    """The automatic step up: after a quiet period, with VRAM headroom (hysteresis).
-
-    Without ``auto_upgrade.windows``, one rung. With them, only while ``now`` is inside one,
-    and then to the highest rung that the free VRAM holds with headroom (the top, when it
-    fits); without a measurement, one rung.
-    ``last_error_at`` is the time of the last VRAM error seen (None: none known).
-    ``free_vram_bytes`` None means the caller could not measure; the alert rule that asked
-    for the step up has then checked the headroom in Prometheus. ``vram_source`` says where
-    the figure came from or why there is none (for the detail).
-    """
-    if fleet is None or state is None:
-        return _no("unknown_fleet", "no such fleet is configured")
-    au = fleet.auto_upgrade
-    if not au.enabled:
-        return _no("auto_upgrade_disabled", f"auto_upgrade is off for fleet {fleet.name}")
-    if state.index == 0:
-        return _no("at_largest", f"{fleet.ladder[0].name} is the largest model of the ladder")
-    gate = _gates(fleet, state, now, Trigger.AUTO, alert)
-    if gate is not None:
-        return gate
-    if au.windows:
-        window = window_state(au.windows, au.timezone, now)
-        if not window.open:
-            nxt = describe(window.opens_at, au.timezone) if window.opens_at else "never"
-            return _no(
-                "outside_window",
-                f"outside the step-up windows ({'; '.join(w.text for w in au.windows)}); "
-                f"the next opens {nxt}",
-                window.opens_at,
-            )
-    failed_recently = (
-        state.last_upgrade_failed_at is not None
-        and now - state.last_upgrade_failed_at < au.failed_quiet_seconds
-    )
-    quiet = au.failed_quiet_seconds if failed_recently else au.quiet_seconds
-    calm_since = max(t for t in (state.last_switch_at, last_error_at, 0.0) if t is not None)
-    if now - calm_since < quiet:
-        why = " (a step up failed recently)" if failed_recently else ""
-        return _no(
-            "quiet_period",
-            f"quiet for {now - calm_since:.0f} s of the {quiet:.0f} s required{why}",
-            calm_since + quiet,
-        )
-    ladder, current = fleet.ladder, state.index
-    target = current - 1
-    larger, here = ladder[target], ladder[current]
-    why = f" ({vram_source})" if vram_source else ""
-    room = f"; free VRAM unknown{why}: the step-up alert checked the headroom"
-    if free_vram_bytes is not None:
-        available = free_vram_bytes + here.size_bytes
-        headroom = au.headroom_mb * MIB
-        source = f"; free VRAM from {vram_source}" if vram_source else ""
-        fitting = [i for i in range(current) if ladder[i].size_bytes + headroom <= available]
-        if au.windows and fitting and min(fitting) < target:
-            top = min(fitting)
-            return Decision(
-                top,
-                "step_up_fits",
-                f"{state.current_model} -> {ladder[top].name} ({current - top} rungs) inside a "
-                f"step-up window: {ladder[top].size_mb} MB + {au.headroom_mb} MB headroom fits "
-                f"in {available // MIB} MB{source}",
-            )
-        need = larger.size_bytes + headroom
-        room = (
-            f"; {larger.name} needs {need // MIB} MiB ({larger.size_mb} MiB + {au.headroom_mb} "
-            f"MiB headroom), {available // MIB} MiB would be free ({free_vram_bytes // MIB} MiB "
-            f"free + {here.size_mb} MiB of {here.name} once unloaded){source}"
-        )
-        if target not in fitting:
-            return _no("no_headroom", room[2:])
-    return Decision(
-        target,
-        "step_up",
-        f"{state.current_model} -> {larger.name} after {quiet:.0f} s quiet{room}",
-    )

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 from remediator.config import UnknownFleet
 from remediator.http.common import error, read_token_required, service
 from remediator.report import metrics, queries
-from remediator.store.state import StateError
+from remediator.store.locks import StateError
 
 reads = Blueprint("reads", __name__)
 

@@ -15,7 +15,7 @@ from remediator.domain.kinds import Direction, Trigger
 from remediator.http.body import BadBody, json_body, read_body
 from remediator.http.common import error, service, token_required
 from remediator.report import queries
-from remediator.store.state import StateError
+from remediator.store.locks import StateError
 
 switches = Blueprint("switches", __name__)
 

@@ -17,7 +17,7 @@ from remediator.domain.alerts import InvalidPayload, parse_webhook
 from remediator.domain.kinds import DeliveryOutcome
 from remediator.http.body import BadBody, alerts_within, json_body
 from remediator.http.common import authorized, deny, error, service, token_required
-from remediator.store.state import StateError
+from remediator.store.locks import StateError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from fleet_exposition import BuildInfoCollector, HostRegistry
 from remediator.config import Config
 from remediator.config.windows import window_state
 from remediator.domain.kinds import DeliveryOutcome, Direction, RecoveryOutcome, Trigger
-from remediator.store.state import StateError, StateStore
+from remediator.store.locks import StateError
+from remediator.store.state import StateStore
 
 log = logging.getLogger(__name__)
 

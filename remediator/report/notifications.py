@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from remediator.config import Notifications
-from remediator.domain.state import Notification
+from remediator.domain.notices import Notification
 from remediator.report.metrics import RemediatorMetrics
-from remediator.store.state import StateError, StateStore
+from remediator.store.locks import StateError
+from remediator.store.state import StateStore
 
 if TYPE_CHECKING:
     from remediator.domain.alerts import WebhookAlert

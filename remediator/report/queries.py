@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Final
 from fleet_contract import env
 from remediator.config import Config, UnknownFleet
 from remediator.report.status import build_status
-from remediator.store.state import LockTimeout, StateError, StateStore
+from remediator.store.locks import LockTimeout, StateError
+from remediator.store.state import StateStore
 from remediator.switch.live import LiveReader
 
 if TYPE_CHECKING:

@@ -12,7 +12,8 @@ from typing import Any, Final
 
 from remediator.config import AutoUpgrade, Config, FleetConfig
 from remediator.config.windows import iso, window_state
-from remediator.domain.state import DeferredAlert, FleetState, State
+from remediator.domain.records import DeferredAlert
+from remediator.domain.state import FleetState, State
 from remediator.switch.live import NOT_CONFIGURED, SOURCE, Figure, LiveFigures, unavailable
 
 # Where vram_error_count comes from when Prometheus has no live count.

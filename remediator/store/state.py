@@ -10,8 +10,6 @@ What the file holds is :mod:`remediator.domain.state`.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -19,30 +17,22 @@ import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from remediator.config import Config
+from remediator.domain.notices import Notice
 from remediator.domain.state import (
     MAX_NOTICES,
     MAX_NOTIFICATIONS,
-    SCHEMA_VERSION,
     FleetState,
-    Notice,
-    Notification,
     State,
 )
+from remediator.store.codec import fsync_dir, parse_state, write_state
+from remediator.store.locks import StateError, file_lock
 
 log = logging.getLogger(__name__)
 
 _TMP_MARK: Final = ".tmp-"
-
-
-class StateError(RuntimeError):
-    """The state could not be read or written."""
-
-
-class LockTimeout(StateError):
-    """Another process held the lock for longer than the configured timeout."""
 
 
 def _stamp(now: float) -> str:
@@ -52,50 +42,6 @@ def _stamp(now: float) -> str:
 def _stamp_of(st: os.stat_result) -> tuple[int, int, int, int]:
     """What changes when a commit replaces the state file: its inode, size and times."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-@contextlib.contextmanager
-def file_lock(
-    path: Path, timeout: float, what: str = "state", note: str | None = None
-) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created if needed), or raise LockTimeout.
-
-    With ``note``, the lock file says what its holder is doing while it holds the lock (and
-    is emptied when it lets go), for waiting processes to read.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"could not lock the {what} ({path}) within {timeout:g} s: "
-                        "another model-fleet process holds it"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        if note is not None:
-            # Advisory (keys_in_switch): a full disk must not fail the lock that was obtained.
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, note.encode(), 0)
-            except OSError as exc:
-                log.warning("could not note the holder's work in %s: %s", path, exc)
-        try:
-            yield
-        finally:
-            if note is not None:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 class StateStore:
@@ -242,7 +188,7 @@ class StateStore:
             shutil.copy2(self.path, target)
         else:
             os.replace(self.path, target)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return target.name
 
     def _read_raw(self) -> bytes | None:
@@ -255,46 +201,7 @@ class StateStore:
 
     def _parse(self, raw: bytes) -> tuple[State | None, str, str]:
         """The state in ``raw``, or None with the problem and the tag to keep the file under."""
-        problem: str | None = None
-        tag = "corrupt"
-        data: Any = None
-        try:
-            data = json.loads(raw.decode("utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("the top level is not an object")
-        except (UnicodeDecodeError, ValueError) as exc:
-            problem = f"the state file is not valid JSON ({exc})"
-        if problem is None:
-            version = data.get("schema_version")
-            if version != SCHEMA_VERSION:
-                problem = (
-                    f"unknown schema_version {version!r} (this version reads {SCHEMA_VERSION})"
-                )
-                tag = "unknown-version"
-        parsed: dict[str, FleetState] = {}
-        unconfigured: dict[str, Any] = {}
-        notices: list[Notice] = []
-        notifications: list[Notification] = []
-        if problem is None:
-            try:
-                fleets = data.get("fleets")
-                if not isinstance(fleets, dict):
-                    raise TypeError("'fleets' is not an object")
-                for name, entry in fleets.items():
-                    if name in self.config.fleets:
-                        parsed[name] = FleetState.from_dict(entry)
-                    else:
-                        unconfigured[name] = entry
-                notices = [Notice.from_dict(n) for n in data.get("notices", [])]
-                notifications = [Notification.from_dict(n) for n in data.get("notifications", [])]
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                problem = f"the state file has a malformed entry ({type(exc).__name__}: {exc})"
-        if problem is not None:
-            return None, problem, tag
-        state = State(
-            fleets=parsed, notices=notices, unconfigured=unconfigured, notifications=notifications
-        )
-        return state, "", tag
+        return parse_state(raw, self.config.fleets)
 
     def _load_locked(self) -> tuple[State, bool]:
         """Load under the lock. Returns the state and whether it must be written back."""
@@ -368,33 +275,4 @@ class StateStore:
 
     def _write_locked(self, state: State) -> None:
         """Write atomically: temp file, fsync, rename over the old file, fsync the directory."""
-        directory = self.path.parent
-        for leftover in directory.glob(f".{self.path.name}{_TMP_MARK}*"):
-            # A writer killed mid-write leaves its temp file; we hold the lock, so it is dead.
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        tmp = directory / f".{self.path.name}{_TMP_MARK}{os.getpid()}"
-        payload = (json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n").encode()
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_state(self.path, state)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from remediator.config import Config, FleetConfig
-from remediator.domain import decisions, moves
+from remediator.domain import decisions, moves, stepup
 from remediator.domain.decisions import AlertRef, Decision
 from remediator.domain.kinds import Direction, Trigger
 from remediator.domain.state import FleetState
@@ -90,7 +90,7 @@ class Decider:
                 fleet, fs, now, trigger=trigger, alert=alert, free_vram_bytes=free, vram_source=note
             )
         if direction == Direction.UP and trigger == Trigger.AUTO:
-            return decisions.choose_auto_upgrade(
+            return stepup.choose_auto_upgrade(
                 fleet, fs, now, alert=alert, free_vram_bytes=free, vram_source=note
             )
         if direction == Direction.UP:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 from remediator.domain.alerts import AlertRequest
 from remediator.domain.decisions import AlertRef
-from remediator.domain.state import DeferredAlert, State
-from remediator.store.state import LockTimeout
+from remediator.domain.records import DeferredAlert
+from remediator.domain.state import State
+from remediator.store.locks import LockTimeout
 from remediator.switch.engine import Remediator
 from remediator.switch.intake import judge
 

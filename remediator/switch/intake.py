@@ -31,8 +31,9 @@ from remediator.domain import moves
 from remediator.domain.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.domain.decisions import Decision
 from remediator.domain.kinds import DeliveryOutcome, Direction
-from remediator.domain.state import DeferredAlert, FleetState
-from remediator.store.state import LockTimeout
+from remediator.domain.records import DeferredAlert
+from remediator.domain.state import FleetState
+from remediator.store.locks import LockTimeout
 from remediator.switch import recovery, transaction
 from remediator.switch.deciding import Decider
 from remediator.switch.live import note_live_errors

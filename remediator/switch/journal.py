@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable
 
 from fleet_contract.env import TEST_CRASH_AFTER
-from remediator.domain.state import SwitchJournal
-from remediator.store.state import StateError, StateStore
+from remediator.domain.records import SwitchJournal
+from remediator.store.locks import StateError
+from remediator.store.state import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Protocol
 from remediator.config import FleetConfig, Rung
 from remediator.domain.decisions import Decision
 from remediator.domain.kinds import Direction, Trigger
-from remediator.domain.state import SwitchRecord
+from remediator.domain.records import SwitchRecord
 
 __all__ = [
     "DIRECTIONS",

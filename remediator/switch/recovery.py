@@ -32,8 +32,10 @@ from typing import Final, NoReturn, Protocol, runtime_checkable
 from remediator.config import FleetConfig
 from remediator.domain import decisions
 from remediator.domain.kinds import Direction, RecoveryOutcome
-from remediator.domain.state import Failure, FleetState, Notice, SwitchJournal, SwitchRecord
-from remediator.store.state import StateError
+from remediator.domain.notices import Notice
+from remediator.domain.records import Failure, SwitchJournal, SwitchRecord
+from remediator.domain.state import FleetState
+from remediator.store.locks import StateError
 from remediator.switch.journal import COMMIT_RETRY_PAUSES, crash_point
 from remediator.switch.plan import Actions, SwitchPlan, switch_wait
 from remediator.switch.tools import SwitchTools

@@ -12,8 +12,8 @@ import time
 
 from remediator.config import FleetConfig
 from remediator.domain.decisions import Decision
-from remediator.domain.state import Failure, SwitchJournal
-from remediator.store.state import StateError
+from remediator.domain.records import Failure, SwitchJournal
+from remediator.store.locks import StateError
 from remediator.switch import recovery
 from remediator.switch.journal import MOVE_PLANNED, Journal, crash_point, planned_steps
 from remediator.switch.plan import Outcome, StepRecorder, SwitchFailed, SwitchPlan
