@@ -26,8 +26,8 @@ from remediator.domain.records import SwitchJournal
 from remediator.domain.state import FleetState
 from remediator.store.locks import LockTimeout, file_lock
 from remediator.store.state import StateStore
+from remediator.switch.background import Background
 from remediator.switch.engine import Remediator
-from remediator.switch.intake import Background
 from remediator.switch.live import LiveFigures
 from remediator.switch.plan import SwitchPlan
 from remediator.switch.redelivery import handled_redelivery

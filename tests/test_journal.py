@@ -27,7 +27,7 @@ from remediator.switch import recovery
 from remediator.switch.actions import FleetActions
 from remediator.switch.engine import Remediator
 from remediator.switch.journal import PLANNED
-from remediator.switch.recovery import RecoveryFailed
+from remediator.switch.resolution import RecoveryFailed
 from tests.support.memory_runtime import MemoryRuntime
 from tests.support.memory_server import MemoryServer
 

@@ -33,8 +33,8 @@ from remediator.report.notifications import Notifier, Sink
 from remediator.report.queries import NO_AUTH_ENV, TOKEN_ENV, TOKEN_FILE_ENV, load_token
 from remediator.store.state import StateStore
 from remediator.switch import recovery
+from remediator.switch.background import Background
 from remediator.switch.deferrals import DeferralClock
-from remediator.switch.intake import Background
 from remediator.switch.plan import Actions
 
 

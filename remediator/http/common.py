@@ -16,8 +16,8 @@ from remediator.report.metrics import RemediatorMetrics
 from remediator.report.notifications import Notifier
 from remediator.report.queries import CODES
 from remediator.store.state import StateStore
+from remediator.switch.background import Background
 from remediator.switch.engine import Remediator
-from remediator.switch.intake import Background
 
 EXTENSION = "model_fleet"
 

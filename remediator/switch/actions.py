@@ -10,9 +10,6 @@ restarts the containers already touched, which then read the old model again.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from typing import NamedTuple
 
 from remediator import appconfig
 from remediator.appconfig import AppConfigError, ConfigSnapshot
@@ -23,7 +20,6 @@ from remediator.ports.runtime import (
     ROLE_SERVER,
     ContainerError,
     ContainerRef,
-    ContainerState,
     Probe,
     Runtime,
 )
@@ -31,31 +27,20 @@ from remediator.switch import moving
 from remediator.switch.journal import crash_point
 from remediator.switch.plan import StepRecorder, SwitchFailed, SwitchPlan
 from remediator.switch.provision import make_present, would_make_present
-
-# The application's own readiness: (health URL, model) -> None when it answers on the model,
-# else why not (remediator.adapters.probes.app_reports_model for an HTTP health endpoint).
-AppProbe = Callable[[str, str], str | None]
+from remediator.switch.readiness import (
+    AppProbe,
+    Ready,
+    configs_and_server_on,
+    readiness_probe,
+    settle,
+    wait_ready,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _ignore(step: str, detail: str = "") -> None:
     pass
-
-
-def _read_model(target: appconfig.AppConfigTarget) -> str | None:
-    try:
-        return target.read_model()
-    except AppConfigError as exc:
-        return f"unreadable: {exc}"
-
-
-class Ready(NamedTuple):
-    """A restarted container found ready, and whether the service's own probe said so."""
-
-    ref: ContainerRef
-    state: ContainerState
-    probed: bool
 
 
 class FleetActions:
@@ -75,6 +60,10 @@ class FleetActions:
         self.runtime = runtime
         self.app_probe = app_probe
         self.targets = list(fleet.app_config)
+
+    def _readiness(self, role: str, model: str) -> Probe | None:
+        """The service's own readiness check for ``role`` on ``model``, if it has one."""
+        return readiness_probe(self.fleet, self.server, self.app_probe, role, model)
 
     # -- the transaction -----------------------------------------------------------------
 
@@ -122,22 +111,35 @@ class FleetActions:
         steps += [f"wrote {t.describe()}" for t in self.targets]
         note("config_written", new)
 
+        return steps + self._restart(servers, apps, plan, snap, note)
+
+    def _restart(
+        self,
+        servers: list[ContainerRef],
+        apps: list[ContainerRef],
+        plan: SwitchPlan,
+        snap: ConfigSnapshot,
+        note: StepRecorder,
+    ) -> list[str]:
+        """Restart the model server, then the applications that call it, each found ready on
+        the new model; on a failure, roll back and raise SwitchFailed naming the step."""
+        new, old = plan.to_rung.name, plan.from_rung.name
         touched: list[ContainerRef] = []
         ready: list[Ready] = []
+        steps: list[str] = []
         step = "restart"
         try:
-            # The model server first, then the applications that call it.
             for group, role in ((servers, ROLE_SERVER), (apps, ROLE_APP)):
                 step = "restart"
                 for ref in group:
                     touched.append(ref)
-                    self.runtime.restart(ref, fleet.containers.stop_timeout_seconds)
+                    self.runtime.restart(ref, self.fleet.containers.stop_timeout_seconds)
                     note(f"restarted_{role}", ref.name)
                 step = "verify"
-                ready += self._wait_ready(group, self._probe(role, new))
+                ready += wait_ready(self.fleet, self.runtime, group, self._readiness(role, new))
                 steps += [f"restarted {ref.name}" for ref in group]
                 note(f"verified_{role}", new)
-            self._settle(ready)
+            settle(self.fleet, self.runtime, ready)
             note("settled")
         except ContainerError as exc:
             problems = self._roll_back(snap, touched, old)
@@ -152,7 +154,7 @@ class FleetActions:
             raise SwitchFailed("find_containers", str(exc)) from exc
         if dry_run:
             return [f"would move {ref.name} to GPU {plan.to_gpu}" for ref in servers]
-        probe = self._probe(ROLE_SERVER, plan.from_rung.name)
+        probe = self._readiness(ROLE_SERVER, plan.from_rung.name)
         return moving.move_servers(self.fleet, self.runtime, plan, servers, probe, note)
 
     def resolve_move(self, model: str, gpu: str, *, forward: bool) -> list[str]:
@@ -163,48 +165,9 @@ class FleetActions:
             found = self._find_role(ROLE_SERVER)
         except ContainerError as exc:
             return [str(exc)]
-        probe = self._probe(ROLE_SERVER, model)
+        probe = self._readiness(ROLE_SERVER, model)
         problems = moving.resolve_move(self.fleet, self.runtime, found, probe, forward=forward)
         return problems or moving.write_gpu_config(self.fleet, gpu)
-
-    def _probe(self, role: str, model: str) -> Probe | None:
-        """The service's own readiness check for ``role`` on ``model``, if it has one.
-
-        The model server is ready when its API answers and lists the model; the application
-        when its health endpoint (``containers.app_health_url``) names the model. Without
-        one, the runtime's health status (or, lacking a health check, settle_seconds) decides.
-        """
-        if role == ROLE_SERVER:
-
-            def server_has_model() -> str | None:
-                try:
-                    found = self.server.has_model(model)
-                except ModelServerError as exc:
-                    return f"model server not answering: {exc}"
-                return None if found else f"model server does not list {model}"
-
-            return server_has_model
-        url, app_probe = self.fleet.containers.app_health_url, self.app_probe
-        if url is None or app_probe is None:
-            return None
-        return lambda: app_probe(url, model)
-
-    def _wait_ready(self, group: list[ContainerRef], probe: Probe | None) -> list[Ready]:
-        """Every container of the group ready within the fleet's deadline."""
-        deadline = time.monotonic() + self.fleet.containers.ready_timeout_seconds
-        return [
-            Ready(ref, self.runtime.wait_ready(ref, deadline, probe), probe is not None)
-            for ref in group
-        ]
-
-    def _settle(self, ready: list[Ready]) -> None:
-        """Containers that nothing vouched for (no probe, no health check) must still be up
-        after settle_seconds (one wait for all)."""
-        unchecked = [r for r in ready if not r.probed and r.state.health is None]
-        if unchecked and self.fleet.containers.settle_seconds > 0:
-            time.sleep(self.fleet.containers.settle_seconds)
-            for r in unchecked:
-                self.runtime.still_up(r.ref, r.state)
 
     def _find(self) -> tuple[list[ContainerRef], list[ContainerRef]]:
         """The containers a switch restarts: never one a move put aside (``<name>.moving``,
@@ -243,7 +206,11 @@ class FleetActions:
         try:
             for role in (ROLE_SERVER, ROLE_APP):
                 group = [ref for ref in touched if ref.role == role]
-                self._settle(self._wait_ready(group, self._probe(role, old)))
+                settle(
+                    self.fleet,
+                    self.runtime,
+                    wait_ready(self.fleet, self.runtime, group, self._readiness(role, old)),
+                )
         except ContainerError as exc:
             problems.append(str(exc))
         log.warning(
@@ -261,16 +228,7 @@ class FleetActions:
         """Why the fleet does not run ``model`` now: the app configs name it, the model server
         lists it, every container of the fleet runs and the app's health probe names it.
         Empty when it does."""
-        problems = [
-            f"{t.describe()} names {found!r}"
-            for t in self.targets
-            if (found := _read_model(t)) != model
-        ]
-        try:
-            if not self.server.has_model(model):
-                problems.append(f"the model server does not list {model}")
-        except ModelServerError as exc:
-            problems.append(f"model server not answering: {exc}")
+        problems = configs_and_server_on(self.targets, self.server, model)
         try:
             servers, apps = self._find()
             for ref in servers + apps:
@@ -279,7 +237,7 @@ class FleetActions:
                     problems.append(f"{ref.name} is {state.status}")
         except ContainerError as exc:
             problems.append(str(exc))
-        app = self._probe(ROLE_APP, model)
+        app = self._readiness(ROLE_APP, model)
         if app is not None and (why := app()) is not None:
             problems.append(why)
         return problems
@@ -305,12 +263,12 @@ class FleetActions:
             servers, apps = self._find()
         except ContainerError as exc:
             return [*problems, str(exc)]
-        c = self.fleet.containers
         try:
             for group, role in ((servers, ROLE_SERVER), (apps, ROLE_APP)):
                 for ref in group:
-                    self.runtime.restart(ref, c.stop_timeout_seconds)
-                self._settle(self._wait_ready(group, self._probe(role, old)))
+                    self.runtime.restart(ref, self.fleet.containers.stop_timeout_seconds)
+                ready = wait_ready(self.fleet, self.runtime, group, self._readiness(role, old))
+                settle(self.fleet, self.runtime, ready)
         except ContainerError as exc:
             problems.append(str(exc))
         return problems

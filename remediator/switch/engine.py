@@ -28,8 +28,8 @@ from remediator.domain.decisions import Decision
 from remediator.domain.kinds import Trigger
 from remediator.store.state import StateStore
 from remediator.switch import intake, recovery, transaction
+from remediator.switch.background import Acceptance
 from remediator.switch.deciding import Decider
-from remediator.switch.intake import Acceptance
 from remediator.switch.live import LiveReader, note_live_errors
 from remediator.switch.plan import DIRECTIONS, Actions, Outcome, SwitchObserver, SwitchPlan
 from remediator.switch.tools import SwitchTools

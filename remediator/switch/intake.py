@@ -20,69 +20,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from remediator.config import FleetConfig
-from remediator.config.windows import iso
 from remediator.domain import moves
 from remediator.domain.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.domain.decisions import Decision
-from remediator.domain.kinds import DeliveryOutcome, Direction
-from remediator.domain.records import DeferredAlert
-from remediator.domain.state import FleetState
+from remediator.domain.kinds import Direction
 from remediator.store.locks import LockTimeout
 from remediator.switch import recovery, transaction
+from remediator.switch.background import Acceptance
 from remediator.switch.deciding import Decider
+from remediator.switch.keeping import defer, forget_resolved
 from remediator.switch.live import note_live_errors
 from remediator.switch.plan import SwitchPlan, switch_wait
 from remediator.switch.redelivery import answer_handled, log_not_acted_on
 from remediator.switch.tools import SwitchTools
 
 log = logging.getLogger(__name__)
-
-
-class PendingWork(Protocol):
-    """What a delivery leaves to do after its answer."""
-
-    waits: bool  # True: it may wait for a fleet's lock before it can start
-
-    def run(self) -> None:
-        """Do it; log what fails (no caller is left to tell)."""
-
-    def release(self) -> None:
-        """It will never run: let go of what it holds."""
-
-
-@dataclass
-class Acceptance:
-    """What became of a delivery: the alerts accepted and those ignored (with the reason), for
-    the answer, and the work that runs after it."""
-
-    accepted: list[dict[str, Any]] = field(default_factory=list)
-    ignored: list[dict[str, Any]] = field(default_factory=list)
-    deferred: list[dict[str, Any]] = field(default_factory=list)
-    pending: list[PendingWork] = field(default_factory=list)
-
-    @property
-    def outcome(self) -> DeliveryOutcome:
-        """``accepted``, ``deferred`` (kept to be judged again), ``duplicate`` (every alert
-        was handled already) or ``ignored``."""
-        if self.accepted:
-            return DeliveryOutcome.ACCEPTED
-        if self.deferred:
-            return DeliveryOutcome.DEFERRED
-        if self.ignored and all(i["reason"] == "duplicate" for i in self.ignored):
-            return DeliveryOutcome.DUPLICATE
-        return DeliveryOutcome.IGNORED
-
-    def release(self) -> None:
-        """Let go of the locks held for work that will not run."""
-        for work in self.pending:
-            work.release()
-        self.pending.clear()
 
 
 @dataclass
@@ -104,7 +61,7 @@ def accept(tools: SwitchTools, decider: Decider, alerts: Sequence[WebhookAlert])
     """
     requests, ignored = triage(tools.config, list(alerts))
     acceptance = Acceptance(ignored=ignored)
-    forget_resolved(tools, resolutions(tools.config, list(alerts)))
+    forget_resolved(tools.store, resolutions(tools.config, list(alerts)))
     try:
         for name, asks in requests.items():
             _accept_fleet(tools, decider, tools.config.fleets[name], asks, acceptance)
@@ -155,7 +112,7 @@ def judge(
                 fleet, fs, ask.direction, ask.trigger, ask.ref, live, neighbours=near
             )
             if decision.retry_at is not None:
-                _defer(tools, fleet, fs, ask, decision, verdict)
+                verdict.deferred.append(defer(tools, fleet, fs, ask, decision))
                 continue
             fs.deferred.pop(ask.ref.key, None)
             if not decision.switch:
@@ -170,71 +127,6 @@ def judge(
             )
             verdict.accepted.append({**ask.item, "detail": decision.detail})
     return verdict
-
-
-def _defer(
-    tools: SwitchTools,
-    fleet: FleetConfig,
-    fs: FleetState,
-    ask: AlertRequest,
-    decision: Decision,
-    verdict: Verdict,
-) -> None:
-    """Keep ``ask`` in the fleet's state, to be judged again at ``decision.retry_at``."""
-    assert decision.retry_at is not None
-    now = tools.now()
-    new = fs.defer(
-        DeferredAlert(
-            key=ask.ref.key,
-            direction=ask.direction,
-            trigger=ask.trigger,
-            reason=decision.reason,
-            detail=decision.detail,
-            started_at=ask.ref.started_at,
-            deferred_at=now,
-            acts_at=decision.retry_at,
-            labels=ask.labels,
-            error_count=ask.error_count,
-            from_prometheus=ask.from_prometheus,
-        )
-    )
-    if new:
-        tools.observer.deferred(fleet.name, decision.reason)
-    acts_at = iso(decision.retry_at, "UTC")
-    log.info(
-        "fleet %s: alert %s deferred (%s): %s; judged again at %s (in %.0f s) if it still fires",
-        fleet.name,
-        ask.ref.key,
-        decision.reason,
-        decision.detail,
-        acts_at,
-        max(0.0, decision.retry_at - now),
-        extra={
-            "fleet": fleet.name,
-            "alert_key": ask.ref.key,
-            "reason": decision.reason,
-            "acts_at": acts_at,
-        },
-    )
-    verdict.deferred.append(
-        {**ask.item, "reason": decision.reason, "detail": decision.detail, "acts_at": acts_at}
-    )
-
-
-def forget_resolved(tools: SwitchTools, resolved: dict[str, list[str]]) -> None:
-    """End the deferral of each resolved alert (read first: most deliveries touch none)."""
-    if not resolved:
-        return
-    snapshot = tools.store.snapshot()
-    if not any(
-        key in snapshot.fleets[name].deferred for name, keys in resolved.items() for key in keys
-    ):
-        return
-    with tools.store.transaction() as state:
-        for name, keys in resolved.items():
-            for key in keys:
-                if state.fleets[name].deferred.pop(key, None) is not None:
-                    log.info("fleet %s: deferred alert %s resolved: dropped", name, key)
 
 
 def _accept_fleet(
@@ -363,35 +255,3 @@ class QueuedAlerts:
 
     def release(self) -> None:
         """Nothing is held."""
-
-
-class Background:
-    """Runs the work deliveries leave behind, after their answers.
-
-    Two pools, because a queued delivery may wait for a lock that a held switch, started a
-    moment later, must release: had they shared threads, waiters could take them all.
-    """
-
-    def __init__(self, fleets: int) -> None:
-        size = max(2, fleets)  # one switch per fleet runs at a time anyway
-        self._switches = ThreadPoolExecutor(max_workers=size, thread_name_prefix="switch")
-        self._waiting = ThreadPoolExecutor(max_workers=size, thread_name_prefix="queued")
-
-    def start(self, works: Sequence[PendingWork]) -> None:
-        """Run each work on its pool; what cannot be started lets go of what it holds."""
-        for i, work in enumerate(works):
-            try:
-                (self._waiting if work.waits else self._switches).submit(work.run)
-            except BaseException:
-                for left in works[i:]:
-                    left.release()
-                raise
-
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
-        """Run ``fn`` on the switches' pool (tests use it to wait for the pool)."""
-        return self._switches.submit(fn)
-
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop taking work; with ``wait``, finish what was started."""
-        self._waiting.shutdown(wait=wait)
-        self._switches.shutdown(wait=wait)

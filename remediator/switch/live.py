@@ -21,72 +21,29 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from fleet_contract import metrics
-from fleet_contract.labels import HOST_LABEL
 from remediator.config import FleetConfig, strip_credentials
 from remediator.domain.state import FleetState
 from remediator.ports.prometheus import PrometheusError, Querier, Sample
+from remediator.switch.promql import (
+    ERRORS_AGGREGATION,
+    ERRORS_METRIC,
+    FREE_VRAM_AGGREGATION,
+    MODEL_MEMORY,
+    MODELS_AGGREGATION,
+    errors_selector,
+    free_vram_by_gpu_selector,
+    free_vram_selector,
+    label_value,
+    models_selector,
+    sampled_at_query,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SOURCE: Final = "prometheus"
-# The exporter's offload detection (/api/ps): bytes of each loaded model per location.
-MODEL_MEMORY: Final = metrics.MODEL_MEMORY
 LOCATIONS: Final = ("vram", "system")
 NOT_CONFIGURED: Final = "no Prometheus configured (prometheus.url)"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _on(host: str | None) -> str:
-    """The host matcher: one Prometheus may scrape many GPU hosts, and a remediator reads only
-    its own host's series (a GPU "0" or a fleet name may exist on every host)."""
-    return f'{HOST_LABEL}="{_label(host)}", ' if host is not None else ""
-
-
-def free_vram_selector(gpu: str, host: str | None = None) -> str:
-    """The series of the GPU's free VRAM (NVML index ``gpu``) on ``host``."""
-    return f'{metrics.GPU_MEMORY_FREE}{{{_on(host)}gpu="{_label(gpu)}"}}'
-
-
-# The exporter's count behind each fleets.*.counting: the one ModelFleetVRAMErrors compares.
-ERRORS_METRIC: Final[Mapping[str, str]] = {
-    "consecutive": metrics.VRAM_ERRORS_CONSECUTIVE,
-    "since_start": metrics.VRAM_ERRORS_SINCE_START,
-}
-
-
-def free_vram_by_gpu_selector(gpus: Iterable[str], host: str | None = None) -> str:
-    """The series of the free VRAM of each of ``gpus`` on ``host`` (a fleet's listed GPUs)."""
-    alternatives = "|".join(_label(g) for g in gpus)
-    return f'{metrics.GPU_MEMORY_FREE}{{{_on(host)}gpu=~"{alternatives}"}}'
-
-
-def errors_selector(fleet: str, host: str | None = None, counting: str = "consecutive") -> str:
-    """The series of the fleet's VRAM errors as ``counting`` counts them, per container."""
-    return f'{ERRORS_METRIC[counting]}{{{_on(host)}fleet="{_label(fleet)}"}}'
-
-
-def models_selector(fleet: str, host: str | None = None) -> str:
-    """The series of the bytes of each model the fleet's server has loaded, by location."""
-    return f'{MODEL_MEMORY}{{{_on(host)}fleet="{_label(fleet)}"}}'
-
-
-# How each figure folds its series: two exporters scraping one GPU give the smaller free
-# figure; the fleet's errors are its worst container's, as the downgrade alert reads them.
-FREE_VRAM_AGGREGATION: Final = "min by (gpu)"
-ERRORS_AGGREGATION: Final = "max by (fleet)"
-MODELS_AGGREGATION: Final = "max by (model, location)"
-
-
-def sampled_at_query(selector: str) -> str:
-    """When the oldest sample of ``selector`` was scraped (epoch seconds).
-
-    ``timestamp()`` of a selector is the sample's own time, not the query's: the figure's age.
-    """
-    return f"min(timestamp({selector}))"
 
 
 @dataclass(frozen=True)
@@ -287,7 +244,7 @@ class LiveReader:
             return None
         try:
             series = self.prometheus.query(
-                f'ALERTS{{alertname="{_label(name)}",alertstate="firing"}}'
+                f'ALERTS{{alertname="{label_value(name)}",alertstate="firing"}}'
             )
         except PrometheusError as exc:
             log.warning("cannot ask Prometheus whether %s still fires: %s", name, exc)

@@ -27,84 +27,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Final, NoReturn, Protocol, runtime_checkable
 
 from remediator.config import FleetConfig
-from remediator.domain import decisions
-from remediator.domain.kinds import Direction, RecoveryOutcome
 from remediator.domain.notices import Notice
 from remediator.domain.records import Failure, SwitchJournal, SwitchRecord
-from remediator.domain.state import FleetState
 from remediator.store.locks import StateError
 from remediator.switch.journal import COMMIT_RETRY_PAUSES, crash_point
 from remediator.switch.plan import Actions, SwitchPlan, switch_wait
+from remediator.switch.recovery_moves import resolve_move
+from remediator.switch.resolution import (
+    ROLLED_BACK,
+    ROLLED_FORWARD,
+    Resolver,
+    apply_move,
+    apply_switch,
+    close_rolled_back,
+    fail,
+)
 from remediator.switch.tools import SwitchTools
 
 log = logging.getLogger(__name__)
-
-ROLLED_FORWARD: Final = RecoveryOutcome.ROLLED_FORWARD
-ROLLED_BACK: Final = RecoveryOutcome.ROLLED_BACK
-FAILED: Final = RecoveryOutcome.FAILED
-
-
-class RecoveryFailed(StateError):
-    """An interrupted switch could not be resolved; its journal entry stays open."""
-
-
-@runtime_checkable
-class Resolver(Protocol):
-    """What recovery asks of a fleet's actions (FleetActions has both)."""
-
-    def inspect(self, model: str) -> list[str]:
-        """Why the fleet does not run ``model`` now; empty when it does."""
-        ...
-
-    def restore(self, old: str, new: str, *, restart: bool) -> list[str]:
-        """Put the fleet back on ``old``; return what could not be done."""
-        ...
-
-
-def _apply(
-    tools: SwitchTools,
-    fleet: FleetConfig,
-    fs: FleetState,
-    entry: SwitchJournal | SwitchPlan,
-    target: int,
-    *,
-    reason: str,
-    recovery: str | None = None,
-) -> SwitchRecord:
-    now = tools.now()
-    failed_up = entry.direction == Direction.DOWN and decisions.upgrade_failed(fleet, fs, now)
-    return fs.apply_switch(
-        fleet,
-        target,
-        direction=entry.direction,
-        trigger=entry.trigger,
-        reason=reason,
-        now=now,
-        alert_key=entry.alert_key,
-        upgrade_failed=failed_up,
-        recovery=recovery,
-    )
-
-
-def _apply_move(
-    tools: SwitchTools,
-    fleet: FleetConfig,
-    fs: FleetState,
-    entry: SwitchJournal | SwitchPlan,
-    gpu: str,
-    reason: str,
-) -> SwitchRecord:
-    return fs.apply_move(
-        fleet,
-        gpu,
-        trigger=entry.trigger,
-        reason=reason,
-        now=tools.now(),
-        alert_key=entry.alert_key,
-    )
 
 
 def commit(tools: SwitchTools, fleet: FleetConfig, plan: SwitchPlan, target: int) -> SwitchRecord:
@@ -115,8 +57,8 @@ def commit(tools: SwitchTools, fleet: FleetConfig, plan: SwitchPlan, target: int
             with tools.store.transaction() as state:
                 fs = state.fleets[fleet.name]
                 if plan.to_gpu is not None:
-                    return _apply_move(tools, fleet, fs, plan, plan.to_gpu, plan.reason)
-                return _apply(tools, fleet, fs, plan, target, reason=plan.reason)
+                    return apply_move(tools, fleet, fs, plan, plan.to_gpu, plan.reason)
+                return apply_switch(tools, fleet, fs, plan, target, reason=plan.reason)
         except StateError as exc:
             if pause is None:
                 raise
@@ -180,59 +122,27 @@ def resolve(tools: SwitchTools, fleet: FleetConfig) -> str | None:
     Returns ``rolled_forward``, ``rolled_back`` or None (nothing open); raises RecoveryFailed
     (the entry stays open) or StateError (the state could not be read or written).
     """
-    store = tools.store
-    if store.snapshot().fleets[fleet.name].journal is None:  # the common case, read lock-free
+    entry = _open_entry(tools, fleet)
+    if entry is None:
         return None
-    with store.transaction() as state:
-        found = state.fleets[fleet.name].journal
-        if found is None:
-            return None
-        found.recovery_attempts += 1
-        entry = SwitchJournal.from_dict(found.to_dict())
     started = time.monotonic()
-    last = entry.done[-1] if entry.done else "intent"
-    log.warning(
-        "fleet %s: found an interrupted switch %s -> %s (last step recorded: %s; attempt %d)",
-        fleet.name,
-        entry.from_model,
-        entry.to_model,
-        last,
-        entry.recovery_attempts,
-    )
     crash_point("recovery_started")
     actions = tools.actions(fleet)
     if not isinstance(actions, Resolver):
-        _fail(tools, fleet, entry, [f"{type(actions).__name__} cannot check or restore"])
+        fail(tools, fleet, entry, [f"{type(actions).__name__} cannot check or restore"])
     if entry.to_gpu is not None:
-        return _resolve_move(tools, fleet, entry, actions, started)
+        return resolve_move(tools, fleet, entry, actions, started)
+    last = entry.done[-1] if entry.done else "intent"
     if entry.has("verified_app"):
         why_not = actions.inspect(entry.to_model)
     else:
         why_not = [f"the switch stopped after '{last}', before its containers were verified"]
     what = f"the switch {entry.from_model} -> {entry.to_model} was interrupted after '{last}'"
     if not why_not:
-        with store.transaction() as state:
-            fs = state.fleets[fleet.name]
-            reason = f"recovery: rolled forward ({entry.reason})"
-            _apply(tools, fleet, fs, entry, entry.target, reason=reason, recovery=ROLLED_FORWARD)
-            message = f"fleet {fleet.name}: {what}; rolled forward: the fleet runs {entry.to_model}"
-            state.notices.append(Notice(tools.now(), message))
-        tools.observer.switched(fleet.name, entry.direction, entry.trigger)
-        outcome = ROLLED_FORWARD
+        outcome = _roll_forward(tools, fleet, entry, what)
     else:
         log.info("fleet %s: rolling back: %s", fleet.name, "; ".join(why_not))
-        problems = actions.restore(
-            entry.from_model, entry.to_model, restart=entry.has("config_written")
-        )
-        if problems:
-            _fail(tools, fleet, entry, problems)
-        crash_point("recovery_restored")
-        with store.transaction() as state:
-            fs = state.fleets[fleet.name]
-            _close_rolled_back(tools, fleet, fs, entry, what)
-            message = f"fleet {fleet.name}: {what}; rolled back: the fleet runs {entry.from_model}"
-            state.notices.append(Notice(tools.now(), message))
-        outcome = ROLLED_BACK
+        outcome = _roll_back(tools, fleet, entry, actions, what)
     tools.observer.recovered(fleet.name, outcome)
     log.warning(
         "fleet %s: interrupted switch %s -> %s %s in %.2f s",
@@ -245,44 +155,57 @@ def resolve(tools: SwitchTools, fleet: FleetConfig) -> str | None:
     return outcome
 
 
-def _close_rolled_back(
-    tools: SwitchTools, fleet: FleetConfig, fs: FleetState, entry: SwitchJournal, what: str
-) -> None:
-    now = tools.now()
-    fs.journal = None
-    fs.history.append(
-        SwitchRecord(
-            time=now,
-            fleet=fleet.name,
-            from_model=entry.from_model,
-            to_model=entry.to_model,
-            direction=entry.direction,
-            trigger=entry.trigger,
-            reason=f"recovery: rolled back ({entry.reason})",
-            alert_key=entry.alert_key,
-            recovery=ROLLED_BACK,
-        )
+def _open_entry(tools: SwitchTools, fleet: FleetConfig) -> SwitchJournal | None:
+    """The fleet's open journal entry, its recovery attempt counted; None when none is open."""
+    store = tools.store
+    if store.snapshot().fleets[fleet.name].journal is None:  # the common case, read lock-free
+        return None
+    with store.transaction() as state:
+        found = state.fleets[fleet.name].journal
+        if found is None:
+            return None
+        found.recovery_attempts += 1
+        entry = SwitchJournal.from_dict(found.to_dict())
+    log.warning(
+        "fleet %s: found an interrupted switch %s -> %s (last step recorded: %s; attempt %d)",
+        fleet.name,
+        entry.from_model,
+        entry.to_model,
+        entry.done[-1] if entry.done else "intent",
+        entry.recovery_attempts,
     )
-    message = f"{what}; rolled back to {entry.from_model}"
-    fs.fail(Failure(now, "recovery", message, entry.from_model, entry.to_model), entry.alert_key)
+    return entry
 
 
-def _fail(
-    tools: SwitchTools, fleet: FleetConfig, entry: SwitchJournal, problems: list[str]
-) -> NoReturn:
-    message = (
-        f"fleet {fleet.name}: could not resolve the interrupted switch {entry.from_model} -> "
-        f"{entry.to_model} ({'; '.join(problems)}); its journal entry stays open and is tried "
-        "again at the next start or switch"
+def _roll_forward(tools: SwitchTools, fleet: FleetConfig, entry: SwitchJournal, what: str) -> str:
+    """The fleet runs the new model: record the switch as its commit would have."""
+    with tools.store.transaction() as state:
+        fs = state.fleets[fleet.name]
+        reason = f"recovery: rolled forward ({entry.reason})"
+        apply_switch(tools, fleet, fs, entry, entry.target, reason=reason, recovery=ROLLED_FORWARD)
+        message = f"fleet {fleet.name}: {what}; rolled forward: the fleet runs {entry.to_model}"
+        state.notices.append(Notice(tools.now(), message))
+    tools.observer.switched(fleet.name, entry.direction, entry.trigger)
+    return ROLLED_FORWARD
+
+
+def _roll_back(
+    tools: SwitchTools, fleet: FleetConfig, entry: SwitchJournal, actions: Resolver, what: str
+) -> str:
+    """Put the fleet back on the old model, then close the entry; RecoveryFailed when the fleet
+    could not be put back."""
+    problems = actions.restore(
+        entry.from_model, entry.to_model, restart=entry.has("config_written")
     )
-    log.error("%s", message)
-    try:
-        with tools.store.transaction() as state:
-            state.notices.append(Notice(tools.now(), message))
-    except StateError as exc:
-        log.error("fleet %s: could not add the notice: %s", fleet.name, exc)
-    tools.observer.recovered(fleet.name, FAILED)
-    raise RecoveryFailed(message)
+    if problems:
+        fail(tools, fleet, entry, problems)
+    crash_point("recovery_restored")
+    with tools.store.transaction() as state:
+        fs = state.fleets[fleet.name]
+        close_rolled_back(tools, fleet, fs, entry, what)
+        message = f"fleet {fleet.name}: {what}; rolled back: the fleet runs {entry.from_model}"
+        state.notices.append(Notice(tools.now(), message))
+    return ROLLED_BACK
 
 
 def resolve_all(tools: SwitchTools) -> dict[str, str | None]:
@@ -308,61 +231,3 @@ def resolve_in_background(tools: SwitchTools) -> threading.Thread:
     )
     thread.start()
     return thread
-
-
-@runtime_checkable
-class MoveResolver(Protocol):
-    """What recovery asks of a fleet's actions for an interrupted move (FleetActions has it)."""
-
-    def resolve_move(self, model: str, gpu: str, *, forward: bool) -> list[str]:
-        """Finish the move (``forward``) or take it back, the fleet's GPU config naming
-        ``gpu``; return what could not be done."""
-        ...
-
-
-def _resolve_move(
-    tools: SwitchTools,
-    fleet: FleetConfig,
-    entry: SwitchJournal,
-    actions: object,
-    started: float,
-) -> str:
-    """An interrupted move: forward when its copy was found ready on the model (the container
-    put aside is removed and the fleet recorded on the new GPU), else back to the container put
-    aside. Raises RecoveryFailed (the entry stays open) when the containers cannot be put right.
-    """
-    assert entry.to_gpu is not None
-    if not isinstance(actions, MoveResolver):
-        _fail(tools, fleet, entry, [f"{type(actions).__name__} cannot resolve a move"])
-    forward = entry.has("verified_ollama")
-    gpu = entry.to_gpu if forward else (entry.from_gpu or fleet.gpu)
-    problems = actions.resolve_move(entry.from_model, gpu, forward=forward)
-    if problems:
-        _fail(tools, fleet, entry, problems)
-    last = entry.done[-1] if entry.done else "intent"
-    what = f"the move to GPU {entry.to_gpu} was interrupted after '{last}'"
-    with tools.store.transaction() as state:
-        fs = state.fleets[fleet.name]
-        if forward:
-            reason = f"recovery: rolled forward ({entry.reason})"
-            record = _apply_move(tools, fleet, fs, entry, entry.to_gpu, reason)
-            record.recovery = ROLLED_FORWARD
-            message = f"fleet {fleet.name}: {what}; rolled forward: it runs on GPU {entry.to_gpu}"
-        else:
-            _close_rolled_back(tools, fleet, fs, entry, what)
-            fs.history[-1].action = "move"
-            fs.history[-1].from_gpu, fs.history[-1].to_gpu = entry.from_gpu, entry.to_gpu
-            message = f"fleet {fleet.name}: {what}; rolled back: it runs on GPU {entry.from_gpu}"
-        state.notices.append(Notice(tools.now(), message))
-    if forward:
-        tools.observer.switched(fleet.name, entry.direction, entry.trigger)
-    outcome = ROLLED_FORWARD if forward else ROLLED_BACK
-    tools.observer.recovered(fleet.name, outcome)
-    log.warning(
-        "fleet %s: interrupted move to GPU %s %s in %.2f s",
-        fleet.name,
-        entry.to_gpu,
-        outcome.replace("_", " "),
-        time.monotonic() - started,
-    )
-    return outcome

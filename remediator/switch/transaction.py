@@ -16,7 +16,7 @@ from remediator.domain.records import Failure, SwitchJournal
 from remediator.store.locks import StateError
 from remediator.switch import recovery
 from remediator.switch.journal import MOVE_PLANNED, Journal, crash_point, planned_steps
-from remediator.switch.plan import Outcome, StepRecorder, SwitchFailed, SwitchPlan
+from remediator.switch.plan import Actions, Outcome, StepRecorder, SwitchFailed, SwitchPlan
 from remediator.switch.tools import SwitchTools
 
 __all__ = ["carry_out", "intent"]
@@ -50,24 +50,7 @@ def carry_out(
         )
         return outcome
     assert decision.target is not None  # a plan comes from a decision to switch
-    log.info(
-        "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
-        fleet.name,
-        plan.from_rung.name,
-        plan.to_rung.name,
-        direction,
-        plan.trigger,
-        decision.reason,
-        ", dry run" if dry_run else "",
-        extra={
-            "fleet": fleet.name,
-            "from_model": plan.from_rung.name,
-            "to_model": plan.to_rung.name,
-            "direction": direction,
-            "trigger": plan.trigger,
-            "reason": decision.reason,
-        },
-    )
+    _announce(plan, decision, dry_run)
     actions = tools.actions(fleet)
     record: StepRecorder | None = None
     if not dry_run:
@@ -89,8 +72,44 @@ def carry_out(
         outcome.duration_seconds = time.monotonic() - started
         log.info("fleet %s: dry run, nothing changed: %s", fleet.name, "; ".join(outcome.steps))
         return outcome
+    return _commit(tools, plan, decision.target, actions, outcome, started)
+
+
+def _announce(plan: SwitchPlan, decision: Decision, dry_run: bool) -> None:
+    """Log the switch about to start, with its fields for a JSON log."""
+    fleet, direction = plan.fleet, plan.direction
+    log.info(
+        "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
+        fleet.name,
+        plan.from_rung.name,
+        plan.to_rung.name,
+        direction,
+        plan.trigger,
+        decision.reason,
+        ", dry run" if dry_run else "",
+        extra={
+            "fleet": fleet.name,
+            "from_model": plan.from_rung.name,
+            "to_model": plan.to_rung.name,
+            "direction": direction,
+            "trigger": plan.trigger,
+            "reason": decision.reason,
+        },
+    )
+
+
+def _commit(
+    tools: SwitchTools,
+    plan: SwitchPlan,
+    target: int,
+    actions: Actions,
+    outcome: Outcome,
+    started: float,
+) -> Outcome:
+    """Commit the switch carried out, or roll it back when its state cannot be saved."""
+    fleet, direction = plan.fleet, plan.direction
     try:
-        outcome.record = recovery.commit(tools, fleet, plan, decision.target)
+        outcome.record = recovery.commit(tools, fleet, plan, target)
     except StateError as exc:
         problems = recovery.undo_uncommitted(tools, fleet, plan, actions, exc)
         cause = f"switched, but the state could not be saved ({exc}); " + (

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from remediator.config import FleetConfig
-from remediator.switch.intake import PendingWork
+from remediator.switch.background import PendingWork
 from remediator.switch.plan import SwitchPlan
 
 T0 = 1_800_000_000  # the fake clock's start (2027), whole seconds
