@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from remediator.adapters.ollama import OllamaServer
+from remediator.app.remediator import Remediator
 from remediator.app.wiring import fleet_actions
 from remediator.cli import main as cli
 from remediator.config import ConfigError, FleetConfig, load_config, parse_config
@@ -19,7 +20,6 @@ from remediator.ports.model_server import CreateSpec
 from remediator.report.queries import ExitCode
 from remediator.store.state import StateStore
 from remediator.switch.actions import FleetActions
-from remediator.switch.engine import Remediator
 from remediator.switch.journal import PLANNED
 from simulator.fake_ollama import FakeOllama
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from remediator.adapters.prometheus import PrometheusError, Sample
+from remediator.app.remediator import Remediator
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import WebhookAlert, parse_webhook
 from remediator.domain.decisions import HOUR
@@ -24,7 +25,6 @@ from remediator.domain.records import DeferredAlert, SwitchRecord
 from remediator.domain.state import MAX_DEFERRED, FleetState
 from remediator.store.state import StateStore
 from remediator.switch.deferrals import DeferralClock, Pass, judge_due, next_due
-from remediator.switch.engine import Remediator
 from remediator.switch.live import LiveReader
 from remediator.switch.plan import SwitchPlan
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from remediator.app.remediator import Remediator
 from remediator.app.service import create_app
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import WebhookAlert, parse_time, parse_webhook, triage
@@ -27,7 +28,6 @@ from remediator.domain.state import FleetState
 from remediator.store.locks import LockTimeout, file_lock
 from remediator.store.state import StateStore
 from remediator.switch.background import Background
-from remediator.switch.engine import Remediator
 from remediator.switch.live import LiveFigures
 from remediator.switch.plan import SwitchPlan
 from remediator.switch.redelivery import handled_redelivery

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from remediator.app.remediator import Remediator
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import parse_webhook
 from remediator.domain.state import State
@@ -25,7 +26,6 @@ from remediator.store.locks import StateError
 from remediator.store.state import StateStore
 from remediator.switch import recovery
 from remediator.switch.actions import FleetActions
-from remediator.switch.engine import Remediator
 from remediator.switch.journal import PLANNED
 from remediator.switch.resolution import RecoveryFailed
 from tests.support.memory_runtime import MemoryRuntime

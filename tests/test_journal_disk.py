@@ -17,12 +17,12 @@ from pathlib import Path
 import docker
 import pytest
 
+from remediator.app.remediator import Remediator
 from remediator.app.wiring import fleet_actions
 from remediator.cli import main as cli
 from remediator.config import load_config
 from remediator.report.queries import ExitCode
 from remediator.store.state import StateStore
-from remediator.switch.engine import Remediator
 from simulator.crash import LADDER, CrashRig
 from tests.support import docker_env
 

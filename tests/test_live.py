@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from remediator.adapters.prometheus import PrometheusAPI
+from remediator.app.remediator import Remediator
 from remediator.config import CONFIG_KEYS, ConfigError, effective_config, parse_config
 from remediator.store.state import StateStore
-from remediator.switch.engine import Remediator
 from remediator.switch.live import LiveReader
 from simulator.prom_env import Prometheus, free_port
 from tests.support.live_env import (

@@ -19,6 +19,7 @@ from fleet_contract.systemd import unit_problem
 from remediator.adapters.docker_engine import DockerRuntime
 from remediator.adapters.systemd_units import SystemdRuntime
 from remediator.app import wiring
+from remediator.app.remediator import Remediator
 from remediator.cli import main as cli
 from remediator.config import (
     RUNTIMES,
@@ -36,7 +37,6 @@ from remediator.ports.runtime import ROLE_APP, ROLE_SERVER, Runtime, RuntimeByRo
 from remediator.report.queries import ExitCode
 from remediator.store.state import StateStore
 from remediator.switch.actions import FleetActions
-from remediator.switch.engine import Remediator
 from tests.support.memory_runtime import MemoryRuntime
 from tests.support.memory_server import MemoryServer
 

@@ -22,13 +22,13 @@ from prometheus_client import CollectorRegistry
 from fleet_contract import metrics as m
 from remediator.adapters.docker_engine import DockerRuntime
 from remediator.adapters.prometheus import Sample
+from remediator.app.remediator import Remediator
 from remediator.config import MIB, Config, parse_config
 from remediator.ports.runtime import ASIDE_SUFFIX, ROLE_APP, ROLE_SERVER
 from remediator.report.metrics import FleetStateCollector
 from remediator.report.queries import status
 from remediator.store.state import StateStore
 from remediator.switch.actions import FleetActions
-from remediator.switch.engine import Remediator
 from remediator.switch.journal import MOVE_PLANNED
 from remediator.switch.live import LiveReader
 from tests.support.docker_env import run_busybox

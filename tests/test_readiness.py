@@ -21,10 +21,10 @@ import docker.errors
 import pytest
 
 from remediator.adapters.probes import app_reports_model
+from remediator.app.remediator import Remediator
 from remediator.app.wiring import fleet_actions
 from remediator.config import Config, FleetConfig, ServerSettings, parse_config
 from remediator.store.state import StateStore
-from remediator.switch.engine import Remediator
 from simulator.fake_ollama import FakeOllama
 from tests.support import docker_env
 

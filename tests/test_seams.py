@@ -17,12 +17,12 @@ import pytest
 from remediator.adapters.docker_engine import DockerRuntime
 from remediator.adapters.ollama import OllamaServer
 from remediator.app import wiring
+from remediator.app.remediator import Remediator
 from remediator.config import Config, ConfigError, FleetConfig, ServerSettings, parse_config
 from remediator.ports.model_server import SERVER_KINDS, ModelServer
 from remediator.ports.runtime import ROLE_APP, ROLE_SERVER, Runtime
 from remediator.store.state import StateStore
 from remediator.switch.actions import FleetActions
-from remediator.switch.engine import Remediator
 from remediator.switch.plan import Outcome
 from tests.support.memory_runtime import MemoryRuntime
 from tests.support.memory_server import MemoryServer
@@ -229,7 +229,6 @@ def test_the_wiring_builds_the_kind_the_config_names() -> None:
     assert isinstance(actions.server, OllamaServer)
     assert isinstance(actions.runtime, DockerRuntime)
     assert actions.app_probe is not None
-    assert isinstance(FleetActions.for_fleet(fleet).server, OllamaServer)
     odd = FleetConfig(name="a", server=ServerSettings(kind="llamacpp"))
     with pytest.raises(ConfigError, match=r"^fleets\.a\.server\.kind: unknown server kind"):
         wiring.model_server(odd)

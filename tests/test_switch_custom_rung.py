@@ -15,11 +15,11 @@ import docker.errors
 import pytest
 
 from remediator.adapters.ollama import OllamaServer
+from remediator.app.remediator import Remediator
 from remediator.app.wiring import fleet_actions
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.store.state import StateStore
 from remediator.switch.actions import FleetActions
-from remediator.switch.engine import Remediator
 from simulator.fake_ollama import FakeOllama
 from tests.support import docker_env
 from tests.test_switch_real import APP_SCRIPT, SERVER_SCRIPT, wait_log

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from remediator.app.remediator import Remediator
 from remediator.config import Config, FleetConfig, parse_config
 from remediator.domain.alerts import WebhookAlert, parse_webhook
 from remediator.store.state import StateStore
-from remediator.switch.engine import Remediator
 from remediator.switch.plan import SwitchPlan
 from simulator.prom_env import MetricsEndpoint, Prometheus, start_prometheus, wait_for
 
