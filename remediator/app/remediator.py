@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from remediator.adapters.prometheus import PrometheusAPI
 from remediator.config import Config, FleetConfig
 from remediator.store.state import StateStore
 from remediator.switch import engine
 from remediator.switch.live import LiveReader
-from remediator.switch.plan import Actions, SwitchObserver
+from remediator.switch.plan import Actions
 
 __all__ = ["Remediator", "live_reader"]
 
@@ -31,25 +32,16 @@ def live_reader(config: Config, clock: Callable[[], float] = time.time) -> LiveR
 
 
 class Remediator(engine.Remediator):
-    """The switch engine reading the configured Prometheus (``live``: another reader)."""
+    """The switch engine reading the configured Prometheus (``live``: another reader); the
+    engine's own arguments otherwise (:class:`remediator.switch.engine.Remediator`)."""
 
     def __init__(
         self,
         config: Config,
         store: StateStore,
         actions_for: Callable[[FleetConfig], Actions],
-        *,
-        clock: Callable[[], float] = time.time,
-        observer: SwitchObserver | None = None,
-        live: LiveReader | None = None,
-        on_step: Callable[[str], None] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            config,
-            store,
-            actions_for,
-            clock=clock,
-            observer=observer,
-            live=live or live_reader(config),
-            on_step=on_step,
-        )
+        if options.get("live") is None:
+            options["live"] = live_reader(config, options.get("clock", time.time))
+        super().__init__(config, store, actions_for, **options)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Final
 
-from remediator.config import Config
+from remediator.config import Config, FleetConfig
 from remediator.domain.notices import Notice
 from remediator.domain.state import (
     MAX_NOTICES,
@@ -131,16 +131,21 @@ class StateStore:
     def _settle(self, state: State) -> bool:
         """Give each configured fleet its entry and rung; False when a fleet's model is off its
         ladder (a locked read recovers that)."""
+        for _, _, fs, index in self._entries(state):
+            if index is None:
+                return False
+            fs.index = index
+        return True
+
+    def _entries(self, state: State) -> Iterator[tuple[str, FleetConfig, FleetState, int | None]]:
+        """Each configured fleet that has an entry, with the rung its model has on the ladder
+        now (None: off the ladder); a fleet without one gets a fresh entry instead."""
         for name, fleet in self.config.fleets.items():
             fs = state.fleets.get(name)
             if fs is None:
                 state.fleets[name] = FleetState.initial(fleet)
                 continue
-            index = fleet.ladder.index_of(fs.current_model)
-            if index is None:
-                return False
-            fs.index = index
-        return True
+            yield name, fleet, fs, fleet.ladder.index_of(fs.current_model)
 
     @contextlib.contextmanager
     def switch_lock(
@@ -223,12 +228,7 @@ class StateStore:
         state = parsed_state
         must_write = False
         kept_copy: str | None = None
-        for name, fleet in self.config.fleets.items():
-            fs = state.fleets.get(name)
-            if fs is None:
-                state.fleets[name] = FleetState.initial(fleet)
-                continue
-            index = fleet.ladder.index_of(fs.current_model)
+        for name, fleet, fs, index in self._entries(state):
             if index is None:
                 if kept_copy is None:
                     kept_copy = self._keep_aside("invalid-model", copy=True)

@@ -29,6 +29,7 @@ from remediator.domain.decisions import AlertRef
 from remediator.domain.records import DeferredAlert
 from remediator.domain.state import State
 from remediator.store.locks import LockTimeout
+from remediator.switch import transaction
 from remediator.switch.engine import Remediator
 from remediator.switch.intake import judge
 
@@ -127,8 +128,9 @@ def _judge_fleet(remediator: Remediator, name: str, done: Pass) -> None:
     verdict = judge(remediator.tools, remediator, fleet, [request_of(name, a) for a in left])
     done.judged += len(left)
     if verdict.plan is not None and verdict.decision is not None:
-        remediator.carry_out(
-            fleet, verdict.plan.direction, verdict.decision, verdict.plan, False, started
+        plan = verdict.plan
+        transaction.carry_out(
+            remediator.tools, fleet, plan.direction, verdict.decision, plan, False, started
         )
         done.switched += 1
 

@@ -24,14 +24,13 @@ from collections.abc import Callable, Sequence
 from remediator.config import Config, FleetConfig
 from remediator.domain import moves
 from remediator.domain.alerts import WebhookAlert
-from remediator.domain.decisions import Decision
 from remediator.domain.kinds import Trigger
 from remediator.store.state import StateStore
 from remediator.switch import intake, recovery, transaction
 from remediator.switch.background import Acceptance
 from remediator.switch.deciding import Decider
 from remediator.switch.live import LiveReader, note_live_errors
-from remediator.switch.plan import DIRECTIONS, Actions, Outcome, SwitchObserver, SwitchPlan
+from remediator.switch.plan import DIRECTIONS, Actions, Outcome, SwitchObserver
 from remediator.switch.tools import SwitchTools
 
 __all__ = ["Remediator"]
@@ -102,20 +101,9 @@ class Remediator(Decider):
                 near = moves.neighbours(fleet, self.config.fleets, state.fleets)
                 decision = self.decide(fleet, fs, direction, trigger, live=live, neighbours=near)
                 plan = self.plan(fleet, fs, decision, direction, trigger, reason)
-            return self.carry_out(fleet, direction, decision, plan, dry_run, started)
-
-    def carry_out(
-        self,
-        fleet: FleetConfig,
-        direction: str,
-        decision: Decision,
-        plan: SwitchPlan | None,
-        dry_run: bool,
-        started: float,
-    ) -> Outcome:
-        """Perform a decided switch and commit it, or record its failure (the caller holds the
-        fleet's switch lock): :func:`remediator.switch.transaction.carry_out`."""
-        return transaction.carry_out(self.tools, fleet, direction, decision, plan, dry_run, started)
+            return transaction.carry_out(
+                self.tools, fleet, direction, decision, plan, dry_run, started
+            )
 
     def resolve_open(self, fleet: FleetConfig) -> str | None:
         """Resolve ``fleet``'s interrupted switch, if its journal holds one (the caller holds

@@ -152,12 +152,7 @@ def _take_back(
             mover.finish_move(old, new, keep=False)
         except ContainerError as exc:
             problems.append(str(exc))
-    deadline = time.monotonic() + fleet.containers.ready_timeout_seconds
-    for ref in servers:
-        try:
-            runtime.wait_ready(ref, deadline, probe)
-        except ContainerError as exc:
-            problems.append(str(exc))
+    problems += _wait_all(fleet, runtime, servers, probe)
     log.warning(
         "fleet %s: move taken back (%d container(s) on their old GPU)%s",
         fleet.name,
@@ -197,10 +192,19 @@ def resolve_move(
         except ContainerError as exc:
             problems.append(str(exc))
     if not forward and not problems:
-        deadline = time.monotonic() + fleet.containers.ready_timeout_seconds
-        for ref in restored:
-            try:
-                runtime.wait_ready(ref, deadline, probe)
-            except ContainerError as exc:
-                problems.append(str(exc))
+        problems += _wait_all(fleet, runtime, restored, probe)
+    return problems
+
+
+def _wait_all(
+    fleet: FleetConfig, runtime: Runtime, refs: list[ContainerRef], probe: Probe | None
+) -> list[str]:
+    """Wait until each container is ready, within the fleet's one deadline; what was not."""
+    problems: list[str] = []
+    deadline = time.monotonic() + fleet.containers.ready_timeout_seconds
+    for ref in refs:
+        try:
+            runtime.wait_ready(ref, deadline, probe)
+        except ContainerError as exc:
+            problems.append(str(exc))
     return problems
