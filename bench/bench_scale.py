@@ -40,7 +40,7 @@ import docker.errors
 import yaml
 
 from bench.common import Row, free_port, median, percentile, solve_least_squares, table
-from remediator.config.model import DEFAULT_LADDER
+from remediator.config.ladder import DEFAULT_LADDER
 from simulator import fake_nvml
 from simulator.fake_ollama import FakeOllama
 from simulator.images import BUSYBOX_IMAGE, build_busybox_image

@@ -1,44 +1,44 @@
 """Ollama as the :class:`~remediator.ports.model_server.ModelServer`: list, pull, create, unload,
 /api/ps, generate.
 
-The only module of the remediator that talks to Ollama (``fleets.*.server.kind: ollama``).
-Every failure is an :class:`OllamaError` (a
-:class:`~remediator.ports.model_server.ModelServerError`) that names the step (``list_models``,
-``pull``, ``create``, ``unload``, ``loaded``, ``generate``) and the cause, so a switch can report
-it and count it.
+The only module of the remediator that talks to Ollama (``fleets.*.server.kind: ollama``); its
+answers are read in :mod:`remediator.adapters.ollama_answers`. Every failure is an
+:class:`OllamaError` (a :class:`~remediator.ports.model_server.ModelServerError`) that names the
+step (``list_models``, ``pull``, ``create``, ``unload``, ``loaded``, ``generate``) and the cause,
+so a switch can report it and count it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Final
 
 import requests
 
+from remediator.adapters.ollama_answers import (
+    OllamaError,
+    decode,
+    follow,
+    http_cause,
+    int_field,
+    shorten,
+    unreachable,
+)
 from remediator.ports.model_server import (
     CreateResult,
     CreateSpec,
     Generation,
     LoadedModel,
     LocalModel,
-    ModelServerError,
     PullResult,
 )
+
+__all__ = ["DEFAULT_URL", "OllamaError", "OllamaServer", "canonical_name", "same_model"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL: Final = "http://127.0.0.1:11434"
-# The past tense of a streamed step, for the log line that closes it.
-_DONE: Final = {"pull": "pulled", "create": "created"}
-
-
-class OllamaError(ModelServerError):
-    """An Ollama request failed (the message starts "ollama <step>")."""
-
-    def __init__(self, step: str, cause: str, *, model: str | None = None) -> None:
-        super().__init__(step, cause, model=model, server="ollama")
 
 
 def canonical_name(name: str) -> str:
@@ -75,12 +75,12 @@ class OllamaServer:
         body = self._get_json("list_models", "/api/tags")
         models = body.get("models")
         if not isinstance(models, list):
-            raise OllamaError("list_models", f"unexpected /api/tags answer: {_short(body)}")
+            raise OllamaError("list_models", f"unexpected /api/tags answer: {shorten(body)}")
         out = []
         for item in models:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise OllamaError("list_models", f"unexpected model entry: {_short(item)}")
-            out.append(LocalModel(name=item["name"], size=_int(item.get("size"))))
+                raise OllamaError("list_models", f"unexpected model entry: {shorten(item)}")
+            out.append(LocalModel(name=item["name"], size=int_field(item.get("size"))))
         return out
 
     def has_model(self, model: str) -> bool:
@@ -92,16 +92,16 @@ class OllamaServer:
         body = self._get_json("loaded", "/api/ps")
         models = body.get("models")
         if not isinstance(models, list):
-            raise OllamaError("loaded", f"unexpected /api/ps answer: {_short(body)}")
+            raise OllamaError("loaded", f"unexpected /api/ps answer: {shorten(body)}")
         out = []
         for item in models:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise OllamaError("loaded", f"unexpected model entry: {_short(item)}")
+                raise OllamaError("loaded", f"unexpected model entry: {shorten(item)}")
             out.append(
                 LoadedModel(
                     name=item["name"],
-                    size=_int(item.get("size")),
-                    size_vram=_int(item.get("size_vram")),
+                    size=int_field(item.get("size")),
+                    size_vram=int_field(item.get("size_vram")),
                 )
             )
         return out
@@ -114,14 +114,14 @@ class OllamaServer:
                 url, json={"model": model, "keep_alive": 0, "stream": False}, timeout=self.timeout
             )
         except requests.RequestException as exc:
-            raise OllamaError("unload", _unreachable(self.base_url, exc), model=model) from exc
+            raise OllamaError("unload", unreachable(self.base_url, exc), model=model) from exc
         if resp.status_code == 404:
             # Not in the local store, hence not loaded either: nothing to free.
             log.info("ollama unload of %r: not known to Ollama, nothing to unload", model)
             return False
-        body = self._decode(resp, "unload", model)
+        body = decode(resp, "unload", model)
         if body.get("done") is not True:
-            raise OllamaError("unload", f"unexpected answer: {_short(body)}", model=model)
+            raise OllamaError("unload", f"unexpected answer: {shorten(body)}", model=model)
         log.info("ollama: unloaded %s (done_reason=%s)", model, body.get("done_reason"))
         return True
 
@@ -140,19 +140,19 @@ class OllamaServer:
                 f"{self.base_url}/api/generate", json=payload, timeout=timeout
             )
         except requests.RequestException as exc:
-            raise OllamaError("generate", _unreachable(self.base_url, exc), model=model) from exc
-        body = self._decode(resp, "generate", model)
+            raise OllamaError("generate", unreachable(self.base_url, exc), model=model) from exc
+        body = decode(resp, "generate", model)
         text = body.get("response")
         if body.get("done") is not True or not isinstance(text, str):
-            raise OllamaError("generate", f"unexpected answer: {_short(body)}", model=model)
+            raise OllamaError("generate", f"unexpected answer: {shorten(body)}", model=model)
         return Generation(
             model=model,
             text=text,
-            tokens=_int(body.get("eval_count")),
-            eval_seconds=_int(body.get("eval_duration")) / 1e9,
-            prompt_tokens=_int(body.get("prompt_eval_count")),
-            total_seconds=_int(body.get("total_duration")) / 1e9,
-            load_seconds=_int(body.get("load_duration")) / 1e9,
+            tokens=int_field(body.get("eval_count")),
+            eval_seconds=int_field(body.get("eval_duration")) / 1e9,
+            prompt_tokens=int_field(body.get("prompt_eval_count")),
+            total_seconds=int_field(body.get("total_duration")) / 1e9,
+            load_seconds=int_field(body.get("load_duration")) / 1e9,
         )
 
     def pull(
@@ -175,7 +175,7 @@ class OllamaServer:
         log.info("ollama: pulling %s (timeout %.0f s)", model, timeout)
         body = {"model": model, "stream": True}
         with self._open_stream("/api/pull", body, "pull", model, timeout, read_timeout) as resp:
-            lines, layers = self._follow(
+            lines, layers = follow(
                 resp, "pull", model, started, deadline, read_timeout, progress_interval
             )
         done = sum(c for c, _ in layers.values())
@@ -201,10 +201,10 @@ class OllamaServer:
                 timeout=(min(self.timeout, timeout), read_timeout),
             )
         except requests.RequestException as exc:
-            raise OllamaError(step, _unreachable(self.base_url, exc), model=model) from exc
+            raise OllamaError(step, unreachable(self.base_url, exc), model=model) from exc
         if resp.status_code >= 400:
             with resp:
-                raise OllamaError(step, _http_cause(resp), model=model)
+                raise OllamaError(step, http_cause(resp), model=model)
         return resp
 
     def create(
@@ -224,7 +224,7 @@ class OllamaServer:
         log.info("ollama: creating %s from %s (timeout %.0f s)", model, spec.from_model, timeout)
         body = {"model": model, **spec.request_fields(), "stream": True}
         with self._open_stream("/api/create", body, "create", model, timeout, read_timeout) as resp:
-            lines, _ = self._follow(
+            lines, _ = follow(
                 resp, "create", model, started, started + timeout, read_timeout, progress_interval
             )
         return CreateResult(model, time.monotonic() - started, lines)
@@ -237,125 +237,9 @@ class OllamaServer:
         self.pull(model, timeout=timeout)
         return True
 
-    def _follow(
-        self,
-        resp: requests.Response,
-        step: str,
-        model: str,
-        started: float,
-        deadline: float,
-        stall_timeout: float,
-        progress_interval: float,
-    ) -> tuple[int, dict[str, tuple[int, int]]]:
-        """Read a streamed answer (pull, create) to its ``success``: the number of status
-        lines and each layer's (completed, total) bytes; an ``error`` line, a timeout, a
-        stall or a broken stream raise OllamaError naming ``step``."""
-        last_log = last_line = time.monotonic()
-        last_status = ""
-        layers: dict[str, tuple[int, int]] = {}
-        completed = total = lines = 0
-        try:
-            for raw in resp.iter_lines():
-                if time.monotonic() > deadline:
-                    raise OllamaError(
-                        step,
-                        f"timed out after {deadline - started:.1f} s (last status {last_status!r})",
-                        model=model,
-                    )
-                last_line = time.monotonic()
-                if not raw:
-                    continue
-                lines += 1
-                try:
-                    event = json.loads(raw)
-                except ValueError as exc:
-                    raise OllamaError(
-                        step, f"invalid progress line {_short(raw)}", model=model
-                    ) from exc
-                if not isinstance(event, dict):
-                    raise OllamaError(step, f"invalid progress line {_short(raw)}", model=model)
-                if "error" in event:
-                    raise OllamaError(step, f"Ollama reported: {event['error']}", model=model)
-                status = str(event.get("status", ""))
-                if "total" in event:
-                    total = _int(event.get("total"))
-                    completed = _int(event.get("completed"))
-                    layers[str(event.get("digest", status))] = (completed, total)
-                now = time.monotonic()
-                if status != last_status or now - last_log >= progress_interval:
-                    log.info("ollama %s %s: %s", step, model, _progress(status, completed, total))
-                    last_log = now
-                last_status = status
-                # A create that pulls its base streams the pull's own "success" first: only
-                # the stream's end tells which one was the last.
-                if status == "success" and step != "create":
-                    break
-        except requests.RequestException as exc:
-            cause = _broken(exc, time.monotonic() - last_line, stall_timeout, last_status)
-            raise OllamaError(step, cause, model=model) from exc
-        if last_status != "success":
-            raise OllamaError(
-                step, f"stream ended before success (last status {last_status!r})", model=model
-            )
-        log.info("ollama: %s %s in %.1f s", _DONE[step], model, time.monotonic() - started)
-        return lines, layers
-
     def _get_json(self, step: str, path: str) -> dict[str, Any]:
         try:
             resp = self._session.get(f"{self.base_url}{path}", timeout=self.timeout)
         except requests.RequestException as exc:
-            raise OllamaError(step, _unreachable(self.base_url, exc)) from exc
-        return self._decode(resp, step, None)
-
-    def _decode(self, resp: requests.Response, step: str, model: str | None) -> dict[str, Any]:
-        if resp.status_code >= 400:
-            raise OllamaError(step, _http_cause(resp), model=model)
-        try:
-            body = resp.json()
-        except ValueError as exc:
-            raise OllamaError(step, f"invalid JSON: {_short(resp.text)}", model=model) from exc
-        if not isinstance(body, dict):
-            raise OllamaError(step, f"expected a JSON object, got {_short(body)}", model=model)
-        return body
-
-
-def _unreachable(base_url: str, exc: Exception) -> str:
-    return f"Ollama unreachable at {base_url}: {type(exc).__name__}: {exc}"
-
-
-def _broken(exc: Exception, silent: float, stall_timeout: float, last_status: str) -> str:
-    """Why a stream broke: silent for about its stall bound, or cut off."""
-    if silent >= stall_timeout * 0.9:
-        return f"stalled: no progress for {silent:.1f} s (last status {last_status!r})"
-    return f"stream broke after status {last_status!r}: {exc}"
-
-
-def _http_cause(resp: requests.Response) -> str:
-    try:
-        body = resp.json()
-        message = body.get("error") if isinstance(body, dict) else None
-    except ValueError:
-        message = None
-    return f"HTTP {resp.status_code}: {message or _short(resp.text)}"
-
-
-def _progress(status: str, completed: int, total: int) -> str:
-    if status.startswith("pulling ") and total > 0:
-        mib = 1024 * 1024
-        pct = 100.0 * completed / total
-        return f"{status} {pct:.0f}% ({completed / mib:.1f}/{total / mib:.1f} MiB)"
-    return status
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _short(value: object, limit: int = 200) -> str:
-    if isinstance(value, bytes):
-        text = value.decode(errors="replace")
-    elif isinstance(value, str):
-        text = value
-    else:
-        text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+            raise OllamaError(step, unreachable(self.base_url, exc)) from exc
+        return decode(resp, step, None)

@@ -77,14 +77,7 @@ def create_app(
     if not logging.getLogger().handlers:  # under gunicorn: MODEL_FLEET_LOG_FORMAT from serve
         logformat.configure(log_level(), logformat.chosen())
     config = config or load_config()
-    secret = load_token() if isinstance(token, _Unset) else token
-    if allow_no_auth is None:
-        allow_no_auth = os.environ.get(NO_AUTH_ENV) == "1"
-    if secret is None and not allow_no_auth:
-        raise RuntimeError(
-            f"no bearer token configured: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}), "
-            "or start with --no-auth on a trusted network"
-        )
+    secret = _bearer_token(token, allow_no_auth)
     if actions_for is None:
         # The adapters (the Docker SDK and requests with them: about 190 modules) are imported
         # here, as each worker starts, not by its first switch: an import holds the GIL for
@@ -102,16 +95,7 @@ def create_app(
         from remediator.adapters.notify import WebhookSink
 
         sink = WebhookSink(config.notifications)
-    app = Flask("model-fleet-remediator")
-    app.config["JSON_SORT_KEYS"] = False
-    limit = config.http.max_body_bytes
-    app.config["MAX_CONTENT_LENGTH"] = limit  # werkzeug cuts a chunked body off at the limit
-    app.before_request(lambda: refuse_large(limit))  # a declared length: 413, nothing read
-
-    @app.errorhandler(413)
-    def _too_large(_: Exception) -> tuple[Response, int]:
-        return too_large(limit)
-
+    app = _flask_app(config.http.max_body_bytes)
     remediator = Remediator(config, store, actions_for, clock=clock, observer=counters)
     app.extensions[EXTENSION] = Service(
         config=config,
@@ -130,4 +114,31 @@ def create_app(
     recovery.resolve_in_background(remediator.tools)
     if judge_deferred:
         DeferralClock(remediator).start()
+    return app
+
+
+def _bearer_token(token: str | _Unset | None, allow_no_auth: bool | None) -> str | None:
+    """The token every request must carry (None: no auth, allowed only when asked for)."""
+    secret = load_token() if isinstance(token, _Unset) else token
+    if allow_no_auth is None:
+        allow_no_auth = os.environ.get(NO_AUTH_ENV) == "1"
+    if secret is None and not allow_no_auth:
+        raise RuntimeError(
+            f"no bearer token configured: set {TOKEN_FILE_ENV} (or {TOKEN_ENV}), "
+            "or start with --no-auth on a trusted network"
+        )
+    return secret
+
+
+def _flask_app(limit: int) -> Flask:
+    """The Flask app, refusing a body over ``limit`` bytes (413) before any route reads it."""
+    app = Flask("model-fleet-remediator")
+    app.config["JSON_SORT_KEYS"] = False
+    app.config["MAX_CONTENT_LENGTH"] = limit  # werkzeug cuts a chunked body off at the limit
+    app.before_request(lambda: refuse_large(limit))  # a declared length: 413, nothing read
+
+    @app.errorhandler(413)
+    def _too_large(_: Exception) -> tuple[Response, int]:
+        return too_large(limit)
+
     return app

@@ -1,7 +1,8 @@
 """The configuration's types and defaults; the defaults are the original system.
 
-Parsing and validation live in :mod:`remediator.config.parse`, checks and the effective
-configuration in :mod:`remediator.config.report`; import all of them from ``remediator.config``.
+A fleet's ladder is in :mod:`remediator.config.ladder`, parsing and validation in
+:mod:`remediator.config.parse`, checks and the effective configuration in
+:mod:`remediator.config.report`; import all of them from ``remediator.config``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from fleet_contract.labels import DEFAULT_FLEET
 from fleet_contract.yamlfile import DEFAULT_CONFIG_NAME, ConfigError
 from remediator.appconfig import FORMATS as APP_CONFIG_FORMATS
 from remediator.appconfig import AppConfigTarget
+from remediator.config.ladder import DEFAULT_LADDER, Ladder
 from remediator.config.windows import Window
-from remediator.ports.model_server import DEFAULT_KIND, CreateSpec
+from remediator.ports.model_server import DEFAULT_KIND
 
 __all__ = [
     "APP_CONFIG_FORMATS",
@@ -28,9 +30,7 @@ __all__ = [
     "COUNTINGS",
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_FLEET",
-    "DEFAULT_LADDER",
     "GPU_PLACEMENTS",
-    "MIB",
     "NOTIFY_FORMATS",
     "NOTIFY_URL_ENV",
     "POLICIES",
@@ -46,20 +46,16 @@ __all__ = [
     "FleetConfig",
     "GpuPlacement",
     "HttpLimits",
-    "Ladder",
     "Notifications",
     "NotifyFormat",
     "Policy",
     "PrometheusSettings",
-    "Rung",
     "RuntimeKind",
     "ServerSettings",
     "Units",
     "UnknownFleet",
     "default_config",
 ]
-
-MIB: Final = 1024 * 1024
 
 Policy = Literal["next", "next-smaller", "fits"]
 POLICIES: Final[tuple[str, ...]] = ("next", "next-smaller", "fits")
@@ -78,54 +74,6 @@ NotifyFormat = Literal["generic", "slack"]
 NOTIFY_FORMATS: Final[tuple[str, ...]] = ("generic", "slack")
 # The alert rule shipped in alert_rules/ fires at this many errors since start.
 SHIPPED_ALERT_THRESHOLD: Final = 3
-
-
-@dataclass(frozen=True)
-class Rung:
-    """One model of a ladder; ``create`` says how it is made when missing (else it is pulled)."""
-
-    name: str
-    size_mb: int
-    description: str = ""
-    create: CreateSpec | None = None
-
-    @property
-    def size_bytes(self) -> int:
-        """Size in bytes (size_mb is MiB, as Ollama reports model sizes)."""
-        return self.size_mb * MIB
-
-
-DEFAULT_LADDER: Final[tuple[Rung, ...]] = (
-    Rung("llama3.2:3b", 2048, "Large model - 3B parameters"),
-    Rung("phi3:mini", 2200, "Medium model - Phi3 mini"),
-    Rung("tinyllama:1.1b", 637, "Small model - 1.1B parameters"),
-    Rung("qwen2.5:0.5b", 397, "Tiny model - 0.5B parameters"),
-)
-
-
-@dataclass(frozen=True)
-class Ladder:
-    """Models from largest (index 0, preferred) to smallest."""
-
-    rungs: tuple[Rung, ...]
-
-    def __len__(self) -> int:
-        return len(self.rungs)
-
-    def __getitem__(self, index: int) -> Rung:
-        return self.rungs[index]
-
-    @property
-    def names(self) -> list[str]:
-        """Model names in ladder order."""
-        return [r.name for r in self.rungs]
-
-    def index_of(self, name: str) -> int | None:
-        """Position of the model named ``name``, or None when it is not on the ladder."""
-        for i, rung in enumerate(self.rungs):
-            if rung.name == name:
-                return i
-        return None
 
 
 @dataclass(frozen=True)

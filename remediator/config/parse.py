@@ -14,28 +14,27 @@ from typing import Any, Final
 
 from fleet_contract import env as contract_env
 from fleet_contract.env import HOST as HOST_ENV
-from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
 from fleet_contract.hosts import resolve_host
 from fleet_contract.yamlfile import config_path, load_yaml
 from remediator.appconfig import AppConfigError
+from remediator.config.auto_upgrade import AUTO_UPGRADE_KEYS, parse_auto_upgrade
+from remediator.config.endpoints import (
+    NOTIFICATION_KEYS,
+    PROMETHEUS_KEYS,
+    parse_notifications,
+    parse_prometheus,
+)
 from remediator.config.gpus import parse_gpus
+from remediator.config.ladder import DEFAULT_LADDER, Ladder, Rung
 from remediator.config.limits import HTTP_KEYS, parse_http
 from remediator.config.model import (
     APP_CONFIG_FORMATS,
     COUNTINGS,
-    DEFAULT_LADDER,
-    NOTIFY_FORMATS,
-    NOTIFY_URL_ENV,
     POLICIES,
     STATE_FILE_ENV,
     AppConfigTarget,
-    AutoUpgrade,
     Config,
     FleetConfig,
-    Ladder,
-    Notifications,
-    PrometheusSettings,
-    Rung,
     default_config,
 )
 from remediator.config.placement import (
@@ -48,7 +47,6 @@ from remediator.config.placement import (
 )
 from remediator.config.reader import _join, _kind, _Reader
 from remediator.config.rungs import CREATE_KEYS, parse_create
-from remediator.config.windows import Window, parse_window, zone_of
 
 __all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
 
@@ -68,10 +66,6 @@ _TOP_KEYS: Final = frozenset(
     }
 )
 _ALERT_KEYS: Final = frozenset({"max", "ttl_seconds"})
-_NOTIFICATION_KEYS: Final = frozenset({"webhook_url", "format", "timeout_seconds"})
-_PROMETHEUS_KEYS: Final = frozenset({"url", "timeout_seconds"})
-# A decision waits for Prometheus under the fleet's lock: the timeout must stay short.
-PROMETHEUS_MAX_TIMEOUT: Final = 10.0
 _FLEET_KEYS: Final = frozenset(
     {
         "ladder",
@@ -101,16 +95,13 @@ _LADDER_KEYS: Final = frozenset({"name", "size_mb", "description", "create"})
 _APP_CONFIG_KEYS: Final = frozenset({"path", "format", "key"})
 # The variable compose's .env names the model server's GPU in (docker-compose.gpu.yml).
 GPU_ENV_KEY: Final = contract_env.GPU
-_AUTO_UPGRADE_KEYS: Final = frozenset(
-    {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb", "windows", "timezone"}
-)
 
 # Each mapping the parser reads, by its dotted path, and the keys it accepts there.
 _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "": _TOP_KEYS,
     "alert_keys": _ALERT_KEYS,
-    "notifications": _NOTIFICATION_KEYS,
-    "prometheus": _PROMETHEUS_KEYS,
+    "notifications": NOTIFICATION_KEYS,
+    "prometheus": PROMETHEUS_KEYS,
     "http": HTTP_KEYS,
     "fleets.*": _FLEET_KEYS,
     "fleets.*.server": SERVER_KEYS,
@@ -120,7 +111,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "fleets.*.units": UNIT_KEYS,
     "fleets.*.app_config[]": _APP_CONFIG_KEYS,
     "fleets.*.gpu_config[]": _APP_CONFIG_KEYS,
-    "fleets.*.auto_upgrade": _AUTO_UPGRADE_KEYS,
+    "fleets.*.auto_upgrade": AUTO_UPGRADE_KEYS,
 }
 
 #: Every dotted key path the parser accepts: ``*`` stands for a fleet's name, ``[]`` for the
@@ -202,99 +193,6 @@ def _parse_gpu_config(
     return targets
 
 
-def _parse_windows(r: _Reader, m: dict[str, Any], where: str) -> tuple[Window, ...]:
-    here = _join(where, "windows")
-    value = m.get("windows")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise r.fail(here, f"must be a list of windows, got {_kind(value)}")
-    windows = []
-    for i, item in enumerate(value):
-        try:
-            windows.append(parse_window(item))
-        except ValueError as exc:
-            raise r.fail(f"{here}[{i}]", f"{item!r}: {exc}") from None
-    return tuple(windows)
-
-
-def _parse_timezone(r: _Reader, m: dict[str, Any], where: str) -> str | None:
-    if m.get("timezone") is None:
-        return None
-    name = r.string(m, "timezone", where, None)
-    try:
-        zone_of(name)
-    except ValueError as exc:
-        raise r.fail(_join(where, "timezone"), str(exc)) from None
-    return name
-
-
-def _parse_auto_upgrade(r: _Reader, value: Any, where: str) -> AutoUpgrade:
-    m = r.mapping(value, where, _AUTO_UPGRADE_KEYS)
-    d = AutoUpgrade()
-    au = AutoUpgrade(
-        enabled=r.boolean(m, "enabled", where, d.enabled),
-        quiet_seconds=r.number(m, "quiet_seconds", where, d.quiet_seconds),
-        failed_quiet_seconds=r.number(m, "failed_quiet_seconds", where, d.failed_quiet_seconds),
-        headroom_mb=r.integer(m, "headroom_mb", where, d.headroom_mb),
-        windows=_parse_windows(r, m, where),
-        timezone=_parse_timezone(r, m, where),
-    )
-    if au.failed_quiet_seconds < au.quiet_seconds:
-        raise r.fail(
-            _join(where, "failed_quiet_seconds"),
-            f"must be at least quiet_seconds ({au.quiet_seconds:g}): after a step up failed "
-            "the fleet waits longer, not shorter",
-        )
-    return au
-
-
-def _parse_notifications(r: _Reader, value: Any, where: str) -> Notifications:
-    m = r.mapping(value, where, _NOTIFICATION_KEYS)
-    d = Notifications()
-    url: str | None = None
-    key = _join(where, "webhook_url")
-    if os.environ.get(NOTIFY_URL_ENV):
-        url, key = os.environ[NOTIFY_URL_ENV], f"{key} (from ${NOTIFY_URL_ENV})"
-    elif m.get("webhook_url") is not None:
-        url = r.string(m, "webhook_url", where, None)
-    if url is not None and not url.startswith(("http://", "https://")):
-        # The URL is a secret (Slack's carries the token): name the key, never the value.
-        raise r.fail(key, "must be an http(s) URL")
-    fmt = r.string(m, "format", where, d.format)
-    if fmt not in NOTIFY_FORMATS:
-        raise r.fail(
-            _join(where, "format"), f"must be one of {', '.join(NOTIFY_FORMATS)}, got {fmt!r}"
-        )
-    timeout = r.number(m, "timeout_seconds", where, d.timeout_seconds)
-    if timeout <= 0:
-        raise r.fail(_join(where, "timeout_seconds"), "must be more than 0")
-    return Notifications(webhook_url=url, format=fmt, timeout_seconds=timeout)  # type: ignore[arg-type]
-
-
-def _parse_prometheus(r: _Reader, value: Any, where: str) -> PrometheusSettings:
-    m = r.mapping(value, where, _PROMETHEUS_KEYS)
-    d = PrometheusSettings()
-    raw, key = m.get("url"), _join(where, "url")
-    if os.environ.get(PROMETHEUS_URL_ENV):
-        raw, key = os.environ[PROMETHEUS_URL_ENV], f"{key} (from ${PROMETHEUS_URL_ENV})"
-    if raw is not None and (
-        not isinstance(raw, str) or not raw.startswith(("http://", "https://"))
-    ):
-        raise r.fail(key, f"must be an http(s) URL, got {raw!r}")
-    url = raw.rstrip("/") if raw is not None else None
-    timeout = r.number(m, "timeout_seconds", where, d.timeout_seconds)
-    if not 0 < timeout <= PROMETHEUS_MAX_TIMEOUT:
-        raise r.fail(
-            _join(where, "timeout_seconds"),
-            f"must be more than 0 and at most {PROMETHEUS_MAX_TIMEOUT:g} seconds (a decision "
-            f"waits for Prometheus), got {timeout:g}",
-        )
-    return PrometheusSettings(url=url, timeout_seconds=timeout)
-
-
 def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
     where = f"fleets.{name}"
     m = r.mapping(value, where, _FLEET_KEYS)
@@ -342,7 +240,7 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
         units=parse_units(r, m.get("units"), _join(where, "units"), server, containers),
         app_config=_parse_app_config(r, m.get("app_config"), _join(where, "app_config")),
         gpu_config=_parse_gpu_config(r, m, where, placement),
-        auto_upgrade=_parse_auto_upgrade(r, m.get("auto_upgrade"), _join(where, "auto_upgrade")),
+        auto_upgrade=parse_auto_upgrade(r, m.get("auto_upgrade"), _join(where, "auto_upgrade")),
         offload_tolerance=tolerance,
     )
 
@@ -379,8 +277,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             alert_keys, "ttl_seconds", "alert_keys", d.alert_key_ttl_seconds, lo=1
         ),
         protect_reads=r.boolean(top, "protect_reads", "", d.protect_reads),
-        notifications=_parse_notifications(r, top.get("notifications"), "notifications"),
-        prometheus=_parse_prometheus(r, top.get("prometheus"), "prometheus"),
+        notifications=parse_notifications(r, top.get("notifications"), "notifications"),
+        prometheus=parse_prometheus(r, top.get("prometheus"), "prometheus"),
         http=parse_http(r, top.get("http")),
         source=source,
         deprecated_keys=tuple(r.deprecated),

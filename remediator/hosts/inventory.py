@@ -150,6 +150,28 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
     if not isinstance(raw_hosts, dict) or not raw_hosts:
         raise fail("hosts", "must be a non-empty mapping of host name to its settings")
     credentials = _string(top, "credentials_file", "", DEFAULT_CREDENTIALS_FILE, fail)
+    hosts, fleet_hosts = _hosts(raw_hosts, credentials, fail)
+    alertmanagers = _alertmanagers(top, fail)
+    notify_url = _url(top, "notify_url", "", fail, full=True) if "notify_url" in top else None
+    return Inventory(
+        hosts=hosts,
+        credentials_file=credentials,
+        alertmanagers=alertmanagers,
+        rules=_string(top, "rules", "", DEFAULT_RULES, fail),
+        notify_url=notify_url,
+        runbook_base_url=_url(top, "runbook_base_url", "", fail, full=True)
+        if "runbook_base_url" in top
+        else DEFAULT_RUNBOOK_BASE_URL,
+        source=source,
+        fleet_hosts=fleet_hosts,
+    )
+
+
+def _hosts(
+    raw_hosts: dict[Any, Any], credentials: str, fail: Any
+) -> tuple[dict[str, HostEntry], dict[str, str]]:
+    """The hosts by name (sorted) and each fleet's host: no exporter, remediator or fleet is
+    any other host's too."""
     hosts: dict[str, HostEntry] = {}
     fleet_hosts: dict[str, str] = {}
     addresses: dict[tuple[str, str], str] = {}  # (exporter | remediator, address) -> host
@@ -189,6 +211,10 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
             fleets=fleets,
             credentials_file=_string(entry, "credentials_file", where, credentials, fail),
         )
+    return hosts, fleet_hosts
+
+
+def _alertmanagers(top: dict[str, Any], fail: Any) -> tuple[str, ...]:
     alertmanagers = top.get("alertmanagers", list(DEFAULT_ALERTMANAGERS))
     if (
         not isinstance(alertmanagers, list)
@@ -198,19 +224,7 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
         raise fail("alertmanagers", f"must be a non-empty list of HOST:PORT, got {alertmanagers!r}")
     if len(set(alertmanagers)) != len(alertmanagers):
         raise fail("alertmanagers", "lists an address twice")
-    notify_url = _url(top, "notify_url", "", fail, full=True) if "notify_url" in top else None
-    return Inventory(
-        hosts=hosts,
-        credentials_file=credentials,
-        alertmanagers=tuple(alertmanagers),
-        rules=_string(top, "rules", "", DEFAULT_RULES, fail),
-        notify_url=notify_url,
-        runbook_base_url=_url(top, "runbook_base_url", "", fail, full=True)
-        if "runbook_base_url" in top
-        else DEFAULT_RUNBOOK_BASE_URL,
-        source=source,
-        fleet_hosts=fleet_hosts,
-    )
+    return tuple(alertmanagers)
 
 
 def _mapping(value: Any, where: str, allowed: frozenset[str], fail: Any) -> dict[str, Any]:

@@ -122,30 +122,7 @@ def _receiver_name(host: HostEntry) -> str:
 
 def _alertmanager(inventory: Inventory) -> dict[str, Any]:
     """monitoring/alertmanager.yml with the remediator's route and receiver made per host."""
-    remediator_routes = [
-        {
-            "receiver": _receiver_name(host),
-            "matchers": [
-                'remediation=~"downgrade|upgrade"',
-                f'{HOST_LABEL}="{host.name}"',
-                f'fleet=~"^({"|".join(host.fleets)})$"',
-            ],
-            # As the shipped file: no wait, flush every second, repeat far inside the key TTL.
-            "group_wait": "1s",
-            "group_interval": "1s",
-            "repeat_interval": "24h",
-        }
-        for host in inventory.hosts.values()
-    ]
-    receivers = [
-        {
-            "name": _receiver_name(host),
-            "webhook_configs": [
-                _webhook(f"{host.remediator}/webhook/alertmanager", host.credentials_file)
-            ],
-        }
-        for host in inventory.hosts.values()
-    ]
+    hosts = inventory.hosts.values()
     return {
         "global": {"resolve_timeout": "5m"},
         "route": {
@@ -155,35 +132,65 @@ def _alertmanager(inventory: Inventory) -> dict[str, Any]:
             "group_interval": "5m",
             "repeat_interval": "4h",
             "routes": [
-                *remediator_routes,
+                *(_remediator_route(host) for host in hosts),
                 # A remediation alert no host claims (a fleet missing from the inventory) must
                 # not switch anything: people hear of it instead.
                 {"receiver": "pager", "matchers": ['severity="critical"']},
             ],
         },
         "receivers": [
-            *receivers,
+            *(_remediator_receiver(host) for host in hosts),
             {"name": "humans", "webhook_configs": _people(inventory)},
             {"name": "pager", "webhook_configs": _people(inventory)},
         ],
-        "inhibit_rules": [
-            {
-                "source_matchers": ['alertname="ModelFleetAtSmallestModel"'],
-                "target_matchers": ['remediation="downgrade"'],
-                "equal": [HOST_LABEL, "fleet"],
-            },
-            {
-                "source_matchers": ['alertname="ModelFleetSwitchFlapping"'],
-                "target_matchers": ['remediation="upgrade"'],
-                "equal": [HOST_LABEL, "fleet"],
-            },
-            {
-                "source_matchers": ['alertname="GPUVRAMNearlyFull"'],
-                "target_matchers": ['alertname="GPUVRAMFillingUp"'],
-                "equal": [HOST_LABEL, "gpu", "uuid"],
-            },
+        "inhibit_rules": _inhibit_rules(),
+    }
+
+
+def _remediator_route(host: HostEntry) -> dict[str, Any]:
+    """The route of ``host``'s remediation alerts to its own remediator."""
+    return {
+        "receiver": _receiver_name(host),
+        "matchers": [
+            'remediation=~"downgrade|upgrade"',
+            f'{HOST_LABEL}="{host.name}"',
+            f'fleet=~"^({"|".join(host.fleets)})$"',
+        ],
+        # As the shipped file: no wait, flush every second, repeat far inside the key TTL.
+        "group_wait": "1s",
+        "group_interval": "1s",
+        "repeat_interval": "24h",
+    }
+
+
+def _remediator_receiver(host: HostEntry) -> dict[str, Any]:
+    return {
+        "name": _receiver_name(host),
+        "webhook_configs": [
+            _webhook(f"{host.remediator}/webhook/alertmanager", host.credentials_file)
         ],
     }
+
+
+def _inhibit_rules() -> list[dict[str, Any]]:
+    """monitoring/alertmanager.yml's inhibitions, each within one host's fleet or GPU."""
+    return [
+        {
+            "source_matchers": ['alertname="ModelFleetAtSmallestModel"'],
+            "target_matchers": ['remediation="downgrade"'],
+            "equal": [HOST_LABEL, "fleet"],
+        },
+        {
+            "source_matchers": ['alertname="ModelFleetSwitchFlapping"'],
+            "target_matchers": ['remediation="upgrade"'],
+            "equal": [HOST_LABEL, "fleet"],
+        },
+        {
+            "source_matchers": ['alertname="GPUVRAMNearlyFull"'],
+            "target_matchers": ['alertname="GPUVRAMFillingUp"'],
+            "equal": [HOST_LABEL, "gpu", "uuid"],
+        },
+    ]
 
 
 def _yaml(data: Any) -> str:
