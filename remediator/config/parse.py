@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from fleet_contract import env as contract_env
 from fleet_contract.env import HOST as HOST_ENV
 from fleet_contract.env import PROMETHEUS_URL as PROMETHEUS_URL_ENV
 from fleet_contract.hosts import resolve_host
@@ -99,7 +100,7 @@ _FLEET_KEYS: Final = frozenset(
 _LADDER_KEYS: Final = frozenset({"name", "size_mb", "description", "create"})
 _APP_CONFIG_KEYS: Final = frozenset({"path", "format", "key"})
 # The variable compose's .env names the model server's GPU in (docker-compose.gpu.yml).
-GPU_ENV_KEY: Final = "MODEL_FLEET_GPU"
+GPU_ENV_KEY: Final = contract_env.GPU
 _AUTO_UPGRADE_KEYS: Final = frozenset(
     {"enabled", "quiet_seconds", "failed_quiet_seconds", "headroom_mb", "windows", "timezone"}
 )
