@@ -327,8 +327,10 @@ class Remediator:
             )
             return outcome
         assert decision.target is not None  # a plan comes from a decision to switch
+        # With the detail: an alert's decision (why it moved, or why it did not) is shown
+        # nowhere else but in the webhook's answer to Alertmanager.
         log.info(
-            "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
+            "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s): %s",
             fleet.name,
             plan.from_rung.name,
             plan.to_rung.name,
@@ -336,6 +338,7 @@ class Remediator:
             plan.trigger,
             decision.reason,
             ", dry run" if dry_run else "",
+            decision.detail,
             extra={
                 "fleet": fleet.name,
                 "from_model": plan.from_rung.name,
@@ -343,6 +346,7 @@ class Remediator:
                 "direction": direction,
                 "trigger": plan.trigger,
                 "reason": decision.reason,
+                "detail": decision.detail,
             },
         )
         actions = self._actions_for(fleet)
