@@ -17,6 +17,11 @@ grace period), then whatever it left behind is cleaned up: processes still namin
 directory (its containerd, container shims), mounts under it, the bridge, the directory.
 ``leftovers()`` lists what would remain, for the tests to assert nothing does.
 
+With ``gpu_hook=True`` its dockerd finds a stand-in for the NVIDIA Container Toolkit's hook
+first on its PATH (simulator.nvidia_hook): it registers its ``nvidia`` device driver, so a
+container with an NVIDIA device request (``--gpus device=1``, a fleet's move) starts here
+without a GPU, and ``hook_starts()`` says which GPUs each start was given.
+
 Needs root, dockerd and ip; ``why_not_available()`` says which is missing.
 """
 
@@ -40,6 +45,8 @@ from typing import Any
 
 import docker
 import docker.errors
+
+from simulator import nvidia_hook
 
 # Where the bridges' subnets are taken from: private, and far from Docker's default pools
 # (172.17.0.0/16 and up, 192.168.0.0/16).
@@ -124,6 +131,8 @@ class SecondEngine:
     subnet: ipaddress.IPv4Network
     proc: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0  # seconds from the start of dockerd until it answered
+    # The stand-in NVIDIA hook on dockerd's PATH (simulator.nvidia_hook): GPU requests start.
+    gpu_hook: bool = False
     _clients: list[docker.DockerClient] = field(default_factory=list)
 
     @property
@@ -145,6 +154,15 @@ class SecondEngine:
     def log(self) -> Path:
         """dockerd's log (its containerd logs here too)."""
         return self.root / "dockerd.log"
+
+    @property
+    def hook_log(self) -> Path:
+        """Where the stand-in NVIDIA hook records each start (with ``gpu_hook``)."""
+        return self.root / "nvidia-hook.log"
+
+    def hook_starts(self) -> list[nvidia_hook.HookStart]:
+        """The container starts the stand-in NVIDIA hook saw, oldest first."""
+        return nvidia_hook.read_log(self.hook_log)
 
     def client(self, timeout: int = 60) -> docker.DockerClient:
         """A Docker SDK client for this engine (closed when the engine stops)."""
@@ -184,10 +202,16 @@ class SecondEngine:
         ]
         if storage_driver:
             argv.append(f"--storage-driver={storage_driver}")
+        env = None
+        if self.gpu_hook:
+            # On PATH when dockerd starts: it looks for the hook once, as it starts.
+            hook_dir = self.root / "hook-bin"
+            nvidia_hook.write_hook(hook_dir)
+            env = nvidia_hook.dockerd_env(hook_dir, self.hook_log)
         began = time.monotonic()
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         while not self._answers():
             if self.proc.poll() is not None:
@@ -279,15 +303,21 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def second_engine(storage_driver: str | None = None) -> Iterator[SecondEngine]:
-    """A second dockerd with its own bridge, stopped and removed on exit."""
+def second_engine(
+    storage_driver: str | None = None, *, gpu_hook: bool = False
+) -> Iterator[SecondEngine]:
+    """A second dockerd with its own bridge (and, with ``gpu_hook``, the stand-in NVIDIA hook on
+    its PATH), stopped and removed on exit."""
     reason = why_not_available()
     if reason:
         raise EngineError(reason)
     # /tmp keeps the socket's path short (a unix socket's path has at most 107 bytes).
     root = Path(tempfile.mkdtemp(prefix="mf-engine-", dir="/tmp"))
     engine = SecondEngine(
-        root=root, bridge=f"{BRIDGE_PREFIX}{uuid.uuid4().hex[:8]}", subnet=free_subnet()
+        root=root,
+        bridge=f"{BRIDGE_PREFIX}{uuid.uuid4().hex[:8]}",
+        subnet=free_subnet(),
+        gpu_hook=gpu_hook,
     )
     try:
         engine.start(storage_driver)

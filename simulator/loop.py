@@ -6,6 +6,12 @@ real NVML code path against the fake libnvidia-ml.so), Prometheus with the shipp
 rules, Alertmanager with the shipped config (one replica or a cluster), and the remediator
 under gunicorn with a bearer token. Only Ollama's HTTP API is a stand-in. Everything listens
 on 127.0.0.1. Used by the end-to-end tests, the live demo and the benchmarks.
+
+With ``LoopOptions.move_first`` the fake NVML shows several GPUs and the fleet may move its model
+server between them (``placement: move_first``, live figures from the loop's Prometheus): the
+model server's container carries an NVIDIA device request, so the loop's engine must be one that
+starts such a container without a GPU (simulator.engines, ``gpu_hook=True``). A move recreates
+the container under the same name: ``Loop.server`` finds it by that name.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from simulator.loop_setup import (
     OWNER_LABEL,
     LoopOptions,
     base_env,
+    container_gpu,
     engine_client,
+    gpu_request,
     model_server_script,
     process_owner,
     remediator_config,
-    simulated_gpu,
+    simulated_gpus,
     stop_group,
 )
 from simulator.stop_signals import held_back
@@ -84,8 +92,12 @@ class Loop:
         self.sim = workdir / "sim"
         self.nvml_state = workdir / "nvml.state"
         self.ollama = FakeOllama(models={"llama3.2:3b": 2048 * MIB}, line_delay=0.02)
-        self.server: Any = None
+        self.server_name = f"{self.fleet}-ollama"
+        self._server: Any = None  # the model server's container as last found (Loop.server)
         self.app: Any = None
+        self._others_mib = self.options.others_mib()  # VRAM used by others, by GPU
+        # Prometheus' address, fixed before the remediator starts when its config names it.
+        self._prometheus_listen: str | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.prometheus: prom_env.Prometheus | None = None
         self.alertmanagers: list[prom_env.Alertmanager] = []
@@ -126,6 +138,8 @@ class Loop:
         self.ollama.load(self.options.initial_model)
         self._start_containers()
         self._start_nvml()
+        if self.options.move_first:
+            self._prometheus_listen = f"127.0.0.1:{prom_env.free_port()}"
         self._start_remediator()
         self._start_exporter()
 
@@ -152,12 +166,24 @@ class Loop:
         with held_back():
             self._create_containers()
 
+    @property
+    def server(self) -> Any:
+        """The model server's container, found by its name: a move replaces it with a new
+        container of the same name (None before the loop made it)."""
+        if self._server is not None:
+            # Mid-move the name is free for a moment: the container last found, then.
+            with contextlib.suppress(docker.errors.NotFound):
+                self._server = self.docker.containers.get(self.server_name)
+        return self._server
+
     def _create_containers(self) -> None:
         config = {str(self.app_env.parent): {"bind": "/config", "mode": "ro"}}
-        self.server = self.docker.containers.run(
+        # On GPU 0 as the fleet's config says; the engine must accept the request (the hook).
+        gpu = {"device_requests": [gpu_request(0)]} if self.options.move_first else {}
+        self._server = self.docker.containers.run(
             BUSYBOX_IMAGE,
             ["sh", "-c", model_server_script()],
-            name=f"{self.fleet}-ollama",
+            name=self.server_name,
             labels=self._labels("ollama"),
             log_config=MODEL_SERVER_LOG_CONFIG,
             volumes={
@@ -166,6 +192,7 @@ class Loop:
                 str(self.sim): {"bind": "/sim", "mode": "ro"},
             },
             detach=True,
+            **gpu,
         )
         app: dict[str, Any] = {}
         if self.options.app_health:
@@ -192,19 +219,24 @@ class Loop:
 
     def _start_nvml(self) -> None:
         self.nvml_lib = fake_nvml.build(self.workdir / "nvml")
-        self.set_vram(self.options.other_used_mib)
+        self.set_vram()
 
-    def set_vram(self, other_used_mib: int) -> None:
-        """Simulate VRAM used by others; the model server's process holds its model's size."""
+    def set_vram(self, other_used_mib: int | None = None, gpu: int = 0) -> None:
+        """Simulate VRAM used by others on ``gpu`` (None: as before, e.g. after a switch or a
+        move); the model server's process holds its model's size on the GPU its container was
+        given, if the model fits there."""
+        if other_used_mib is not None:
+            self._others_mib[gpu] = other_used_mib
         total = self.options.gpu_total_mib
         model = self.current_model_in_config()
         model_mib = MODEL_MIB.get(model, 1000)
-        free_for_model = total - other_used_mib
-        pid = 0
-        if self.server is not None:
-            self.server.reload()
-            pid = int(self.server.attrs["State"].get("Pid") or 0)
-        simulated_gpu(total, other_used_mib, model_mib, pid).write(self.nvml_state)
+        pid, on = 0, 0
+        server = self.server
+        if server is not None:
+            pid = int(server.attrs["State"].get("Pid") or 0)
+            on = container_gpu(server.attrs)
+        free_for_model = total - self._others_mib[on]
+        simulated_gpus(total, self._others_mib, model_mib, pid, on).write(self.nvml_state)
         if self.options.simulate_vram:
             tmp = self.sim / ".free_mib"
             tmp.write_text(f"{free_for_model}\n")
@@ -229,7 +261,13 @@ class Loop:
         cfg = self.workdir / "model-fleet.yaml"
         cfg.write_text(
             yaml.safe_dump(
-                remediator_config(self.options, self.workdir, self.app_env, self.ollama.url),
+                remediator_config(
+                    self.options,
+                    self.workdir,
+                    self.app_env,
+                    self.ollama.url,
+                    f"http://{self._prometheus_listen}" if self._prometheus_listen else None,
+                ),
                 sort_keys=False,
             )
         )
@@ -290,7 +328,9 @@ class Loop:
         )
         targets = [am.url.removeprefix("http://") for am in self.alertmanagers]
         config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": targets}]
-        self.prometheus = self._stack.enter_context(prom_env.start_prometheus(config))
+        self.prometheus = self._stack.enter_context(
+            prom_env.start_prometheus(config, listen=self._prometheus_listen)
+        )
         self.prometheus.wait_targets_up(60)
 
     def _wait_http(self, url: str, proc: subprocess.Popen[bytes], what: str) -> None:

@@ -1,7 +1,9 @@
 """What a loop is made of: its options, its containers' scripts, its configs, its processes.
 
 The model server is an Ollama-like busybox script whose log lines the tests choose; the
-application reads its model from a mounted file; the fake NVML state is one simulated GPU;
+application reads its model from a mounted file; the fake NVML state is one simulated GPU, or
+several for a fleet that may move between them, with the model server's process on the GPU its
+container was given;
 the loop's processes run in their own sessions and stop as groups; its containers name the
 process that made them, so that a later run removes them only once that one has ended. Used by
 simulator.loop.
@@ -15,12 +17,14 @@ import signal
 import socket
 import subprocess
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 
 from exporter.incidents import DEFAULT_WINDOW_SECONDS
 from simulator import fake_nvml, ollama_corpus
@@ -145,6 +149,19 @@ class LoopOptions:
     # The fleet's ladder (rungs as model-fleet.yaml writes them, custom ones included); None:
     # the default ladder.
     ladder: list[dict[str, Any]] | None = None
+    # The simulated GPUs, each of gpu_total_mib, by the VRAM used by others on each (GPU 0
+    # first); empty: one GPU with other_used_mib.
+    gpus_other_used_mib: tuple[int, ...] = ()
+    # The fleet may move between the simulated GPUs (`gpus` lists them all, `placement:
+    # move_first`) and reads live figures from the loop's Prometheus (`prometheus.url`: without
+    # each GPU's free VRAM there is no move). Its model server starts with an NVIDIA device
+    # request for GPU 0, which only an engine with the stand-in NVIDIA hook starts
+    # (simulator.engines, gpu_hook=True).
+    move_first: bool = False
+
+    def others_mib(self) -> list[int]:
+        """The VRAM used by others on each simulated GPU, GPU 0 first."""
+        return list(self.gpus_other_used_mib or (self.other_used_mib,))
 
 
 def engine_client(options: LoopOptions) -> docker.DockerClient:
@@ -163,12 +180,23 @@ def base_env(options: LoopOptions) -> dict[str, str]:
 
 
 def remediator_config(
-    options: LoopOptions, workdir: Path, app_env: Path, ollama_url: str
+    options: LoopOptions,
+    workdir: Path,
+    app_env: Path,
+    ollama_url: str,
+    prometheus_url: str | None = None,
 ) -> dict[str, Any]:
-    """The remediator's config for a loop: one fleet, its model server, its app's config."""
+    """The remediator's config for a loop: one fleet, its model server, its app's config (and,
+    with ``prometheus_url``, the Prometheus its live figures come from)."""
     host = {"host": options.host} if options.host else {}
+    live = {"prometheus": {"url": prometheus_url}} if prometheus_url else {}
+    placement: dict[str, Any] = {}
+    if options.move_first:
+        gpus = [str(i) for i in range(len(options.others_mib()))]
+        placement = {"gpus": gpus, "placement": "move_first"}
     return {
         **host,
+        **live,
         "state_file": str(workdir / "model_fleet_state.json"),
         # The exporter watches only this loop's model server, not every
         # container labelled as one on this machine.
@@ -187,26 +215,48 @@ def remediator_config(
                 "containers": {"stop_timeout_seconds": 2, "ready_timeout_seconds": 30},
                 "app_config": [{"path": str(app_env), "format": "env", "key": "OLLAMA_MODEL"}],
                 **({"ladder": options.ladder} if options.ladder is not None else {}),
+                **placement,
             }
         },
     }
 
 
-def simulated_gpu(
-    total_mib: int, other_used_mib: int, model_mib: int, pid: int
+def simulated_gpus(
+    total_mib: int, others_mib: Sequence[int], model_mib: int, pid: int, server_gpu: int
 ) -> fake_nvml.FakeNvmlState:
-    """One GPU, ``other_used_mib`` of it used by others; ``pid`` holds the model if it fits."""
-    fits = model_mib <= total_mib - other_used_mib
-    used = other_used_mib + (model_mib if fits else 0)
-    gpu = fake_nvml.FakeGpu(
-        name="Simulated GPU (model-fleet demo)",
-        uuid="GPU-00000000-0000-4000-8000-00000000d3m0",
-        total=total_mib * MIB,
-        used=used * MIB,
-        reserved=0,
-        processes={pid: model_mib * MIB} if (fits and pid) else {},
+    """GPUs of ``total_mib`` each, ``others_mib[i]`` of GPU i used by others; ``pid`` holds the
+    model on ``server_gpu`` if it fits there."""
+    gpus = []
+    for i, other in enumerate(others_mib):
+        fits = i == server_gpu and model_mib <= total_mib - other
+        used = other + (model_mib if fits else 0)
+        gpus.append(
+            fake_nvml.FakeGpu(
+                name="Simulated GPU (model-fleet demo)",
+                uuid=f"GPU-00000000-0000-4000-8000-{i:08d}d3m0",
+                total=total_mib * MIB,
+                used=used * MIB,
+                reserved=0,
+                processes={pid: model_mib * MIB} if (fits and pid) else {},
+            )
+        )
+    return fake_nvml.FakeNvmlState(gpus=tuple(gpus))
+
+
+def gpu_request(gpu: int) -> docker.types.DeviceRequest:
+    """The NVIDIA device request of ``docker run --gpus device=<gpu>``."""
+    return docker.types.DeviceRequest(
+        driver="nvidia", device_ids=[str(gpu)], capabilities=[["gpu"]]
     )
-    return fake_nvml.FakeNvmlState(gpus=(gpu,))
+
+
+def container_gpu(attrs: dict[str, Any]) -> int:
+    """The GPU an inspected container was given: the first device its NVIDIA device requests
+    name (as the NVIDIA runtime reads them), GPU 0 without one."""
+    for request in (attrs.get("HostConfig") or {}).get("DeviceRequests") or []:
+        if request.get("Driver") == "nvidia" and request.get("DeviceIDs"):
+            return int(request["DeviceIDs"][0])
+    return 0
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -76,10 +76,12 @@ def carry_out(
 
 
 def _announce(plan: SwitchPlan, decision: Decision, dry_run: bool) -> None:
-    """Log the switch about to start, with its fields for a JSON log."""
+    """Log the switch about to start, with its fields for a JSON log, and the decision's
+    detail: an alert's decision (why it moved, or why it did not) is shown nowhere else but in
+    the webhook's answer to Alertmanager."""
     fleet, direction = plan.fleet, plan.direction
     log.info(
-        "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s)",
+        "fleet %s: switching %s -> %s (direction=%s trigger=%s reason=%s%s): %s",
         fleet.name,
         plan.from_rung.name,
         plan.to_rung.name,
@@ -87,6 +89,7 @@ def _announce(plan: SwitchPlan, decision: Decision, dry_run: bool) -> None:
         plan.trigger,
         decision.reason,
         ", dry run" if dry_run else "",
+        decision.detail,
         extra={
             "fleet": fleet.name,
             "from_model": plan.from_rung.name,
@@ -94,6 +97,7 @@ def _announce(plan: SwitchPlan, decision: Decision, dry_run: bool) -> None:
             "direction": direction,
             "trigger": plan.trigger,
             "reason": decision.reason,
+            "detail": decision.detail,
         },
     )
 
