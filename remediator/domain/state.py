@@ -114,11 +114,7 @@ class FleetState:
             self.last_upgrade_failed_at = None
         if upgrade_failed:
             self.last_upgrade_failed_at = now
-        self.last_failure = None
-        self.history.append(record)
-        if alert_key is not None:
-            self.processed_alerts[alert_key] = now
-        return record
+        return self._recorded(record, alert_key)
 
     def current_gpu(self, fleet: FleetConfig) -> str:
         """Where the fleet's model server runs now: the last move's GPU, else ``fleet.gpu``."""
@@ -154,10 +150,15 @@ class FleetState:
         self.gpu = gpu
         self.vram_error_count = 0
         self.last_switch_at = now
+        return self._recorded(record, alert_key)
+
+    def _recorded(self, record: SwitchRecord, alert_key: str | None) -> SwitchRecord:
+        """Add ``record`` to the history: no failure stands now, and the alert that asked
+        for it (if any) is handled."""
         self.last_failure = None
         self.history.append(record)
         if alert_key is not None:
-            self.processed_alerts[alert_key] = now
+            self.processed_alerts[alert_key] = record.time
         return record
 
     def switches_since(self, since: float) -> int:

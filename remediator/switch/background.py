@@ -48,6 +48,13 @@ class Acceptance:
             return DeliveryOutcome.DUPLICATE
         return DeliveryOutcome.IGNORED
 
+    def absorb(self, other: Acceptance) -> None:
+        """Add ``other``'s answers and pending work to this delivery's."""
+        self.accepted += other.accepted
+        self.ignored += other.ignored
+        self.deferred += other.deferred
+        self.pending += other.pending
+
     def release(self) -> None:
         """Let go of the locks held for work that will not run."""
         for work in self.pending:

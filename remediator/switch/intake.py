@@ -147,7 +147,7 @@ def _accept_fleet(
     try:
         held.enter_context(tools.store.switch_lock(fleet.name, 0, handling=keys))
     except LockTimeout:
-        _queue(tools, decider, fleet, asks, acceptance)
+        acceptance.absorb(_queue(tools, decider, fleet, asks))
         return
     started = time.monotonic()
     with held:
@@ -160,14 +160,11 @@ def _accept_fleet(
 
 
 def _queue(
-    tools: SwitchTools,
-    decider: Decider,
-    fleet: FleetConfig,
-    asks: list[AlertRequest],
-    acceptance: Acceptance,
-) -> None:
+    tools: SwitchTools, decider: Decider, fleet: FleetConfig, asks: list[AlertRequest]
+) -> Acceptance:
     """The fleet is switching: its alerts are duplicates of the running switch, or wait for it."""
     running = tools.store.keys_in_switch(fleet.name)
+    acceptance = Acceptance()
     waiting = []
     for ask in asks:
         if ask.ref.key in running:
@@ -180,6 +177,7 @@ def _queue(
             acceptance.accepted.append({**ask.item, "detail": detail})
     if waiting:
         acceptance.pending.append(QueuedAlerts(tools, decider, fleet, waiting))
+    return acceptance
 
 
 class HeldSwitch:
