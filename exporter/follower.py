@@ -3,7 +3,7 @@
 A follower owns one container ID and its own thread: it asks the source for the container's
 state, follows its log from the cursor, counts what arrives, and after the stream ends asks
 again to tell a stopped or restarted container from a broken stream. The arithmetic (cursor,
-runs, boundaries) is exporter.logstream's; the watcher (exporter.watcher) starts followers.
+runs, boundaries) is exporter.containerlog's; the watcher (exporter.watcher) starts followers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
+from exporter.containerlog import ContainerLog, RunState, RunTracker, Tally
 from exporter.logsource import ContainerGone, ContainerInfo, LogStream, SourceError
-from exporter.logstream import ContainerLog, RunState, RunTracker, Tally
 from exporter.timestamps import is_zero_time, parse_timestamp
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Follower:
             return False
         if outcome == "jumped":
             # Docker's follow sent old lines again at a rotation, and may have skipped some:
-            # read again from the verified point at once (exporter.logseen).
+            # read again from the verified point at once (exporter.ledger).
             store.add(self.fleet, self.name, self._log.end_stream(run_over=False))
             log.debug("%s: the log stream jumped at a rotation; reading it again", self.name)
             return False

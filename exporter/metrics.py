@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.logstream import Tally
+from exporter.containerlog import Tally
 from exporter.timestamps import NS
 from fleet_contract import metrics as m
 

@@ -16,7 +16,7 @@ import pytest
 from exporter.adapters.journald import JournalStream, message_bytes, run_state, since_arg
 from exporter.classifier import LogClassifier
 from exporter.config import ConfigError, parse_config
-from exporter.logstream import ContainerLog, RunTracker
+from exporter.containerlog import ContainerLog, RunTracker
 from exporter.timestamps import parse_timestamp
 from fleet_contract.systemd import parse_show, rfc3339, timestamp_ns, unit_problem
 from tests.support.list_source import START_NS

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from exporter.classifier import LogClassifier
-from exporter.logstream import (
+from exporter.containerlog import (
     RUN_START_SLACK_NS,
     ContainerLog,
     RunState,

@@ -28,6 +28,7 @@ from exporter.adapters.chunked import (
     body_reader,
     open_get,
 )
+from exporter.containerlog import RunState
 from exporter.logsource import (
     ContainerEvent,
     ContainerGone,
@@ -35,7 +36,6 @@ from exporter.logsource import (
     ContainerRef,
     SourceError,
 )
-from exporter.logstream import RunState
 from exporter.timestamps import format_since
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, Final
 
+from exporter.containerlog import RunState
 from exporter.logsource import (
     ContainerEvent,
     ContainerGone,
@@ -39,7 +40,6 @@ from exporter.logsource import (
     ContainerRef,
     SourceError,
 )
-from exporter.logstream import RunState
 from fleet_contract.systemd import SHOW_TIMESTAMPS, parse_show, rfc3339, timestamp_ns
 
 NS: Final = 1_000_000_000

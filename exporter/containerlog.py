@@ -11,7 +11,7 @@ Exactness rests on these rules:
 * A cursor (timestamp of the newest consumed frame, how many consumed frames carry exactly
   that timestamp) survives reconnects. A source's ``since`` is inclusive, so a new stream
   starts at the cursor's timestamp (to the nanosecond).
-* Every frame is checked against the frames already consumed (exporter.logseen: same timestamp
+* Every frame is checked against the frames already consumed (exporter.ledger: same timestamp
   and same content): a re-sent frame is dropped wherever it comes, after a reconnect or when
   Docker's follow sends part of a rotated file again; a frame never consumed counts, even when
   older than the cursor. When the follow jumped at a rotation the follower reads again from
@@ -35,7 +35,7 @@ from typing import Final
 
 from exporter.classifier import LogClassifier
 from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents, served_matcher
-from exporter.logseen import NEW, RECOVERED, RESENT, Cursor, Ledger, newer
+from exporter.ledger import NEW, RECOVERED, RESENT, Cursor, Ledger, newer
 from exporter.runs import (
     RUN_START_SLACK_NS,
     History,
