@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -58,6 +58,8 @@ __all__ = [
 
 _HEADER = struct.Struct(">BxxxL")
 _HEADER_SIZE: Final = 8
+# Batches handed to the classifier stay cache-sized even when the reader ran ahead.
+FEED_SIZE: Final = 64 * 1024
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ContainerLog:
         self._rest = b""
         self._pending: list[tuple[bytes, bytes, int]] = []  # (timestamp, message, key)
         self._tty = False
+        self._checked_end: tuple[str, str] | None = None  # the run end last read again
 
     @property
     def since_start(self) -> int:
@@ -139,6 +142,13 @@ class ContainerLog:
         end): lines the follow skipped are counted, a log that lost them is a gap."""
         self.ledger.verify()
 
+    def check_run_end(self, started_at: str, finished_at: str) -> None:
+        """A run ended: a rotation can skip lines silently, so when live lines came since the
+        verified point, read the run's end again once (``verify``)."""
+        if self.ledger.unverified and (started_at, finished_at) != self._checked_end:
+            self._checked_end = (started_at, finished_at)
+            self.verify()
+
     def end_stream(self, *, run_over: bool) -> Tally:
         """The stream ended. If the run is over too, a last line without newline is complete."""
         tally = self._tally()
@@ -161,6 +171,11 @@ class ContainerLog:
     def _tally(self) -> Tally:
         kinds = self._classifier.kinds
         return Tally(errors=dict.fromkeys(kinds, 0), error_lines=dict.fromkeys(kinds, 0))
+
+    def feed_all(self, data: bytes) -> Iterator[Tally]:
+        """``feed`` in batches of at most FEED_SIZE, each one's tally as it is counted."""
+        for start in range(0, len(data), FEED_SIZE):
+            yield self.feed(data[start : start + FEED_SIZE])
 
     def feed(self, data: bytes) -> Tally:
         """Decode and count a piece of the stream (any split); return what it adds."""
