@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from exporter.containerlog import RunState
+from exporter.runs import RunState
 
 # The events that can change what a follower reads: a run starts or ends, a name changes.
 EVENT_ACTIONS: Final = frozenset({"start", "restart", "die", "stop", "destroy", "rename"})

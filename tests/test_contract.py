@@ -21,7 +21,8 @@ from exporter.config import CONFIG_KEYS, ConfigError, ExporterConfig, parse_conf
 from exporter.containerlog import Tally
 from exporter.main import build_exporter
 from exporter.server import make_server
-from exporter.serverpoll import LoadedModel, ProbeResult
+from exporter.serverapi import LoadedModel
+from exporter.serverpoll import ProbeResult
 from fleet_contract import env, errors, labels, metrics
 from remediator import metrics as remediator_metrics
 from remediator.config import CONFIG_KEYS as RemediatorConfigKeys

@@ -10,7 +10,8 @@ import pytest
 
 from exporter.classifier import LogClassifier
 from exporter.containerlog import ContainerLog, Tally
-from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents, scan, window_ns
+from exporter.filescan import scan
+from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents, window_ns
 from tests.support.exporter_env import DATA
 from tests.test_exporter_logstream import BASE_NS, NORMAL, OOM, TIMEOUT, frame, stamp
 

@@ -28,7 +28,6 @@ from exporter.adapters.chunked import (
     body_reader,
     open_get,
 )
-from exporter.containerlog import RunState
 from exporter.logsource import (
     ContainerEvent,
     ContainerGone,
@@ -36,6 +35,7 @@ from exporter.logsource import (
     ContainerRef,
     SourceError,
 )
+from exporter.runs import RunState
 from exporter.timestamps import format_since
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from exporter.containerlog import RunState
 from exporter.logsource import (
     ContainerEvent,
     ContainerGone,
@@ -23,6 +22,7 @@ from exporter.logsource import (
     ContainerRef,
     SourceError,
 )
+from exporter.runs import RunState
 
 NEVER = "0001-01-01T00:00:00Z"
 START_NS = calendar.timegm((2026, 3, 2, 14, 20, 0)) * 1_000_000_000
