@@ -17,8 +17,7 @@ import time
 from collections.abc import Sequence
 
 from exporter.classifier import LogClassifier
-from exporter.follower import FEED_SIZE
-from exporter.logstream import ContainerLog
+from exporter.containerlog import FEED_SIZE, ContainerLog
 from exporter.timestamps import format_since
 
 BASE_NS = 1_772_461_211_000_000_000

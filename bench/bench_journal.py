@@ -43,7 +43,7 @@ def _format(ns: int, message: bytes) -> bytes:
 def read_journalctl(unit: str, follow_seconds: float = 0.0) -> tuple[int, list[float]]:
     """All of ``unit``'s lines through journalctl, converted as the exporter's source does;
     with ``follow_seconds``, follow that long and return each line's delay too."""
-    from exporter.adapters.journald import JournalStream
+    from exporter.adapters.journalctl import JournalStream
 
     argv = ["journalctl", "--no-pager", "-q", "-o", "json", "--all"]
     argv += ["--output-fields=MESSAGE,_PID,UNIT", f"_SYSTEMD_UNIT={unit}"]

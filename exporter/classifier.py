@@ -93,13 +93,11 @@ def required_literal(pattern: str) -> str | None:
 
 
 def _skip_group(pattern: str, i: int) -> int:
+    """Where the group that opens at ``i`` ends (past its closing parenthesis)."""
     depth = 0
     n = len(pattern)
     while i < n:
         c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
         if c == "[":
             i = _skip_class(pattern, i)
             continue
@@ -109,26 +107,21 @@ def _skip_group(pattern: str, i: int) -> int:
             depth -= 1
             if depth == 0:
                 return i + 1
-        i += 1
+        i += 2 if c == "\\" else 1  # an escaped character goes with its backslash
     return n
 
 
 def _skip_class(pattern: str, i: int) -> int:
+    """Where the character class that opens at ``i`` ends (past its closing bracket)."""
     n = len(pattern)
     i += 1
     if i < n and pattern[i] == "^":
         i += 1
     if i < n and pattern[i] == "]":
         i += 1  # a leading ']' is a literal member
-    while i < n:
-        c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "]":
-            return i + 1
-        i += 1
-    return n
+    while i < n and pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return min(i + 1, n)
 
 
 @dataclass(frozen=True)

@@ -1,48 +1,65 @@
-"""One container's log follower: reads its streams across runs into the watcher's LogStore.
+"""One container's log follower: reads its streams across runs into a LogStore.
 
-A follower owns one container ID and its own thread: it asks the source for the container's
-state, follows its log from the cursor, counts what arrives, and after the stream ends asks
-again to tell a stopped or restarted container from a broken stream. The arithmetic (cursor,
-runs, boundaries) is exporter.logstream's; the watcher (exporter.watcher) starts followers.
+A follower owns one container ID: it asks the source for the container's state, follows its
+log from the cursor, counts what arrives (exporter.containerlog, exporter.runs), and after the
+stream ends asks again to tell a stopped or restarted container from a broken stream. It is
+handed all it uses; the watcher (exporter.watcher) runs each on a thread until ``run`` returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from exporter.logsource import ContainerGone, ContainerInfo, LogStream, SourceError
-from exporter.logstream import ContainerLog, RunState, RunTracker, Tally
+from exporter.config import ContainerSelection
+from exporter.containerlog import ContainerLog, Tally
+from exporter.logsource import ContainerGone, ContainerInfo, LogSource, LogStream, SourceError
+from exporter.metrics import LogStore
+from exporter.runs import RunState, RunTracker
 from exporter.timestamps import is_zero_time, parse_timestamp
-
-if TYPE_CHECKING:
-    from exporter.watcher import LogWatcher
 
 log = logging.getLogger(__name__)
 
-# Batches handed to the classifier stay cache-sized even when the reader ran ahead.
-FEED_SIZE: Final = 64 * 1024
 STOP_GRACE: Final = 0.5
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 
 
+class StreamEnd(enum.Enum):
+    """How one read of a container's log stream ended."""
+
+    DATA = "data"  # lines came, then the stream ended (or broke)
+    EMPTY = "empty"  # it ended without a line
+    ERROR = "error"  # it failed to open, or broke before its first line
+    GONE = "gone"  # the container is gone
+    JUMPED = "jumped"  # Docker's follow went back at a rotation: read again (exporter.ledger)
+    RESTARTED = "restarted"  # the container began another run before the stream was read
+
+
 class Follower:
     """Follows one container (one ID) across streams and runs."""
 
-    def __init__(self, watcher: LogWatcher, container_id: str, fleet: str, name: str) -> None:
-        self.id = container_id
-        self.fleet = fleet
-        self.name = name
-        self._watcher = watcher
-        self._source = watcher.source
-        self._log = ContainerLog(
-            watcher.classifier, watcher.live_since_ns, watcher.incident_window_ns
-        )
-        self._runs = RunTracker(self._log)
+    def __init__(
+        self,
+        source: LogSource,
+        store: LogStore,
+        selection: ContainerSelection,
+        container_log: ContainerLog,
+        *,
+        container_id: str,
+        fleet: str,
+        name: str,
+    ) -> None:
+        self.id, self.fleet, self.name = container_id, fleet, name  # fleet, name: until renamed
+        self._source = source
+        self._store = store
+        self._selection = selection  # the fleet of a container renamed
+        self._log = container_log
+        self._runs = RunTracker(container_log)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._stream: LogStream | None = None
@@ -50,8 +67,6 @@ class Follower:
         self._framed = True
         self._broken = False  # the last stream ended while the container kept running
         self._failures = 0
-        self._checked_end: tuple[str, str] | None = None  # the run end last read again
-        self.thread = threading.Thread(target=self._main, name=f"logs-{name}", daemon=True)
 
     # --- control from other threads ------------------------------------------------------------
 
@@ -75,7 +90,8 @@ class Follower:
 
     # --- the follower's thread -----------------------------------------------------------------
 
-    def _main(self) -> None:
+    def run(self) -> None:
+        """Follow until the container is gone or ``stop()``; its name is then released."""
         errors = 0
         while not self._stop.is_set():
             try:
@@ -86,12 +102,10 @@ class Follower:
                 errors += 1
                 log.exception("%s: unexpected error while following the log; retrying", self.name)
                 self._wake.wait(_backoff(errors))
-        self._watcher.store.release(self.fleet, self.name, self.id)
-        self._watcher.forget(self)
+        self._store.release(self.fleet, self.name, self.id)
 
     def _step(self) -> bool:
         """Look at the container and read its log once; True when it is gone."""
-        store = self._watcher.store
         self._wake.clear()
         try:
             info = self._source.inspect(self.id)
@@ -112,50 +126,48 @@ class Follower:
                 self._log.boundary_ns,
             )
         if self._runs.idle(info.state) and not self._log.ledger.check_due:
-            self._report(up=False)
+            self._publish(Tally(), up=False)
             self._wake.wait()
             return False
         if self._broken:
-            store.reconnected(self.fleet, self.name)
-        outcome = self._read(info.state.running)
-        if self._stop.is_set() or outcome == "gone":
+            self._store.reconnected(self.fleet, self.name)
+        end = self._read(info.state.running)
+        if self._stop.is_set() or end is StreamEnd.GONE:
             return True
-        if outcome == "restarted":
+        if end is StreamEnd.RESTARTED:
             log.debug("%s: another run began before its stream was read; looking again", self.name)
             self._broken = False  # the run ended: a broken stream of it is no reconnect now
             return False
-        if outcome == "jumped":
+        if end is StreamEnd.JUMPED:
             # Docker's follow sent old lines again at a rotation, and may have skipped some:
-            # read again from the verified point at once (exporter.logseen).
-            store.add(self.fleet, self.name, self._log.end_stream(run_over=False))
+            # read again from the verified point at once (exporter.ledger).
+            self._store.add(self.fleet, self.name, self._log.end_stream(run_over=False))
             log.debug("%s: the log stream jumped at a rotation; reading it again", self.name)
             return False
-        # Why did the stream end? Ask the source before deciding what the tail means.
+        return self._ended(end)
+
+    def _ended(self, end: StreamEnd) -> bool:
+        """Ask the source why the stream ended, then settle its tail; True when it is gone."""
         try:
             after: RunState | None = self._why_ended()
         except ContainerGone:
-            store.add(self.fleet, self.name, self._log.end_stream(run_over=True))
-            self._report(up=False)
+            self._store.add(self.fleet, self.name, self._log.end_stream(run_over=True))
+            self._publish(Tally(), up=False)
             return True
         except SourceError:
             after = None
         run_over = self._runs.stream_ended(after)
-        store.add(self.fleet, self.name, self._log.end_stream(run_over=run_over))
-        if run_over and after is not None and self._log.ledger.unverified:
-            # A rotation can skip lines silently: read the run's end again once, from the
-            # verified point (lines found are counted, a log that lost them is a gap).
-            end = (after.started_at, after.finished_at)
-            if end != self._checked_end:
-                self._checked_end = end
-                self._log.verify()
+        self._store.add(self.fleet, self.name, self._log.end_stream(run_over=run_over))
+        if run_over and after is not None:
+            self._log.check_run_end(after.started_at, after.finished_at)
         if run_over:
             self._broken = False
             self._failures = 0
         else:
             self._broken = True
-            self._failures = 0 if outcome == "data" else self._failures + 1
+            self._failures = 0 if end is StreamEnd.DATA else self._failures + 1
             self._wake.wait(_backoff(self._failures))
-        self._report(up=False)
+        self._publish(Tally(), up=False)
         return False
 
     def _why_ended(self) -> RunState:
@@ -182,18 +194,20 @@ class Follower:
 
     def _rename(self, name: str) -> None:
         if name and name != self.name:
-            fleet = self._watcher.selection.fleet_of(name, {}) or self.fleet
-            self._watcher.store.release(self.fleet, self.name, self.id)
+            fleet = self._selection.fleet_of(name, {}) or self.fleet
+            self._store.release(self.fleet, self.name, self.id)
             log.info("container %s renamed to %s", self.name, name)
             self.fleet, self.name = fleet, name
-            self._watcher.store.register(self.fleet, self.name)
+            self._store.register(self.fleet, self.name)
 
-    def _report(self, *, up: bool) -> None:
-        self._watcher.store.report_run(
+    def _publish(self, tally: Tally, *, up: bool) -> None:
+        """Add ``tally`` and report the run's count and state in one step of the store."""
+        self._store.update(
             self.fleet,
             self.name,
             self.id,
             self._runs.started_ns,
+            tally,
             since_start=self._log.since_start,
             up=up,
             started_at=self._runs.started_at or "",
@@ -212,16 +226,15 @@ class Follower:
             return False
         return state.ever_started and state.started_at != self._runs.started_at
 
-    def _read(self, running: bool) -> str:
-        """Read one log stream to its end: 'data', 'empty', 'error', 'gone', 'jumped', or
-        'restarted' (the container began another run before the stream was read)."""
+    def _read(self, running: bool) -> StreamEnd:
+        """Read one log stream to its end."""
         try:
             stream = self._source.follow(self.id, self._log.resume_ns())
         except ContainerGone:
-            return "gone"
+            return StreamEnd.GONE
         except SourceError as exc:
             log.debug("%s: log stream failed to open: %s", self.name, exc)
-            return "error"
+            return StreamEnd.ERROR
         with self._stream_lock:
             self._stream = stream
         if self._stop.is_set():
@@ -230,52 +243,44 @@ class Follower:
             # A stream opened in a newer run reads the older run's tail and the new run's
             # lines as one, and ends only when the new run does: counted as the old run, the
             # errors since start would never go back to 0. Look at the container again first.
-            with self._stream_lock:
-                self._stream = None
-            with contextlib.suppress(Exception):  # nothing was read from it
-                stream.close()
-            return "restarted"
+            self._close(stream)
+            return StreamEnd.RESTARTED
         self._log.begin_stream(tty=not self._framed)
-        self._report(up=running)
-        store = self._watcher.store
+        self._publish(Tally(), up=running)
         if self._log.cursor is None and stream.lost():
             # From the run's start, where the ledger has no line to miss: the source says.
-            store.add(self.fleet, self.name, Tally(gaps=1))
+            self._store.add(self.fleet, self.name, Tally(gaps=1))
             _warn_gap(self.name, self._source.name)
+        got_data, error = self._drain(stream, running)
+        self._close(stream)
+        if error is not None and not self._stop.is_set():
+            log.debug("%s: log stream broke: %s", self.name, error)
+            return StreamEnd.DATA if got_data else StreamEnd.ERROR
+        if self._log.jumped and not self._stop.is_set():
+            return StreamEnd.JUMPED
+        return StreamEnd.DATA if got_data else StreamEnd.EMPTY
+
+    def _drain(self, stream: LogStream, running: bool) -> tuple[bool, Exception | None]:
+        """Count the stream until it ends or jumps: whether anything came, and why it broke."""
         got_data = False
-        error: BaseException | None = None
         try:
             while payload := stream.read():
                 got_data = True
-                for start in range(0, len(payload), FEED_SIZE):
-                    tally = self._log.feed(payload[start : start + FEED_SIZE])
+                for tally in self._log.feed_all(payload):
                     if tally.gaps:
                         _warn_gap(self.name, self._source.name)
-                    store.update(
-                        self.fleet,
-                        self.name,
-                        self.id,
-                        self._runs.started_ns,
-                        tally,
-                        since_start=self._log.since_start,
-                        up=running,
-                        started_at=self._runs.started_at or "",
-                        consecutive=self._log.consecutive,
-                    )
+                    self._publish(tally, up=running)
                 if self._log.jumped:
                     break
         except Exception as exc:  # any failure ends this stream; the caller decides what next
-            error = exc
+            return got_data, exc
+        return got_data, None
+
+    def _close(self, stream: LogStream) -> None:
         with self._stream_lock:
             self._stream = None
-        with contextlib.suppress(Exception):  # already broken: nothing left to release
+        with contextlib.suppress(Exception):  # broken, or nothing read: nothing to release
             stream.close()
-        if error is not None and not self._stop.is_set():
-            log.debug("%s: log stream broke: %s", self.name, error)
-            return "data" if got_data else "error"
-        if self._log.jumped and not self._stop.is_set():
-            return "jumped"
-        return "data" if got_data else "empty"
 
 
 def _warn_gap(name: str, source: str) -> None:

@@ -4,7 +4,7 @@ The watcher (exporter.watcher) follows containers through this protocol only; th
 engine implements it in exporter.adapters.docker_logs. A source lists the containers, streams
 their lifecycle events, tells a container's state, and follows its log with timestamps from a
 point in time. Its ``since`` is inclusive, to the nanosecond: the log's cursor rests on that
-(exporter.logstream).
+(exporter.containerlog).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from exporter.logstream import RunState
+from exporter.runs import RunState
 
 # The events that can change what a follower reads: a run starts or ends, a name changes.
 EVENT_ACTIONS: Final = frozenset({"start", "restart", "die", "stop", "destroy", "rename"})

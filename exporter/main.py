@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter import incidents
+from exporter import filescan
 from exporter.adapters.docker_logs import DockerLogSource
 from exporter.adapters.journald import JournaldLogSource
 from exporter.adapters.model_server import OllamaApi
@@ -23,7 +23,8 @@ from exporter.config import ExporterConfig, effective_config, parse_bind
 from exporter.logsource import LogSource
 from exporter.metrics import LogCollector, LogStore, gauge
 from exporter.server import make_server
-from exporter.serverpoll import ApiFactory, ServerCollector, ServerStore, ServerWatch
+from exporter.serverapi import ApiFactory
+from exporter.serverpoll import ServerCollector, ServerStore, ServerWatch
 from exporter.watcher import LogWatcher
 from fleet_contract.metrics import EXPORTER_DOCKER_UP, EXPORTER_JOURNAL_UP
 from fleet_exposition import BuildInfoCollector, HostRegistry
@@ -166,6 +167,6 @@ def serve(config: ExporterConfig, *, ready: Callable[[str, int], None] | None = 
     return 0
 
 
-def scan(config: ExporterConfig, stream: IO[bytes]) -> incidents.Scan:
+def scan(config: ExporterConfig, stream: IO[bytes]) -> filescan.Scan:
     """Count the incidents and lines of each kind in a log file (or stdin)."""
-    return incidents.scan(config.classifier(), stream.read, config.incident_window_seconds)
+    return filescan.scan(config.classifier(), stream.read, config.incident_window_seconds)

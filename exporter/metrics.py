@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.logstream import Tally
+from exporter.containerlog import Tally
 from exporter.timestamps import NS
 from fleet_contract import metrics as m
 
@@ -114,28 +114,12 @@ class LogStore:
         started_at: str = "",
         consecutive: int | None = None,
     ) -> None:
-        """``add`` and ``report_run`` at once, so a scrape never sees one without the other."""
+        """Add a batch and report the run of ``container_id`` that started at ``started_ns``
+        (its count and state; ``consecutive`` None: every error of the run, none served) at
+        once, so a scrape never sees one without the other."""
         with self._lock:
             series = self._get(fleet, container)
             self._count(series, tally)
-            self._report(series, container_id, started_ns, since_start, up, started_at, consecutive)
-
-    def report_run(
-        self,
-        fleet: str,
-        container: str,
-        container_id: str,
-        started_ns: int,
-        *,
-        since_start: int,
-        up: bool,
-        started_at: str = "",
-        consecutive: int | None = None,
-    ) -> None:
-        """The run of ``container_id`` that started at ``started_ns`` has this count and state
-        (``consecutive`` None: every error of the run, none served)."""
-        with self._lock:
-            series = self._get(fleet, container)
             self._report(series, container_id, started_ns, since_start, up, started_at, consecutive)
 
     @staticmethod

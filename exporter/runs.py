@@ -1,7 +1,7 @@
 """Which run of a container its log is in, and where that run's lines begin: pure logic.
 
 RunTracker is fed the container's states (exporter.logsource) and tells the log
-(exporter.logstream.ContainerLog) when a new run starts and after which instant its lines
+(exporter.containerlog.ContainerLog) when a new run starts and after which instant its lines
 belong to it.
 """
 
@@ -15,7 +15,7 @@ from exporter.timestamps import is_zero_time, parse_timestamp
 
 
 class RunLog(Protocol):
-    """The log a RunTracker starts runs of (exporter.logstream.ContainerLog)."""
+    """The log a RunTracker starts runs of (exporter.containerlog.ContainerLog)."""
 
     def start_run(self, boundary_ns: int | None) -> None:
         """A run begins after ``boundary_ns`` (None: the log holds only this run)."""

@@ -13,8 +13,9 @@ delays another fleet or a scrape:
   else the model the server lists as most recently used (latest ``expires_at``); when none is
   loaded and none is configured, the round is skipped and the fleet has no probe series.
 
-The HTTP side is a :class:`ModelServerApi` (exporter.adapters.model_server); this module holds
-the scheduling, the state and the collector, and talks to nothing itself.
+The HTTP side is a :class:`ModelServerApi` (exporter.serverapi; Ollama's in
+exporter.adapters.model_server); this module holds the scheduling, the state and the
+collector, and talks to nothing itself.
 """
 
 from __future__ import annotations
@@ -25,69 +26,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter.config import ProbeSettings, ServerTarget
 from exporter.metrics import gauge
+from exporter.serverapi import ApiFactory, LoadedModel, ModelServerApi, ServerError
 from fleet_contract import metrics as m
 
 log = logging.getLogger(__name__)
 
 _PS_TIMEOUT_MAX: Final = 10.0  # one /api/ps request, at most
 _JOIN_SECONDS: Final = 1.0  # stop() waits this long for a loop (they are daemon threads)
-
-
-class ServerError(Exception):
-    """The model server did not answer, or answered with an error."""
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """One model the server lists as loaded: its total size and the part of it in VRAM."""
-
-    name: str
-    size: int
-    size_vram: int
-    expires_at: datetime | None = None
-
-    @property
-    def system_bytes(self) -> int:
-        """Bytes outside VRAM (offloaded to system memory)."""
-        return max(self.size - self.size_vram, 0)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """What a generate request reports of itself (Ollama's ``eval_count``, ``eval_duration``)."""
-
-    eval_count: int | None = None
-    eval_duration_ns: int | None = None
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        """Generated tokens per second of generation, as the server measured it."""
-        if not self.eval_count or not self.eval_duration_ns or self.eval_duration_ns <= 0:
-            return None
-        return self.eval_count / (self.eval_duration_ns / 1e9)
-
-
-class ModelServerApi(Protocol):
-    """The two calls the exporter makes to a fleet's model server; both raise ServerError."""
-
-    def loaded(self, timeout: float) -> list[LoadedModel]:
-        """The models loaded now."""
-        ...
-
-    def generate(self, model: str, prompt: str, num_predict: int, timeout: float) -> Generation:
-        """Ask ``model`` for at most ``num_predict`` tokens, leaving its keep-alive alone."""
-        ...
-
-
-ApiFactory = Callable[[str], ModelServerApi]  # server URL -> its API
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Final
+from typing import Final, NamedTuple
 
 from exporter.classifier import LogClassifier
 from exporter.config import ContainerSelection
+from exporter.containerlog import ContainerLog
 from exporter.follower import Follower
 from exporter.incidents import DEFAULT_WINDOW_SECONDS, window_ns
 from exporter.logsource import (
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 EVENTS_BACKOFF_MAX: Final = 30.0
 
 
+class _Followed(NamedTuple):
+    follower: Follower
+    thread: threading.Thread  # runs ``follower.run``, then forgets it
+
+
 class LogWatcher:
     """Watches the selected containers' logs from ``source`` into a LogStore, until stopped."""
 
@@ -47,14 +53,14 @@ class LogWatcher:
         incident_window_seconds: float = DEFAULT_WINDOW_SECONDS,
     ) -> None:
         self.ready = threading.Event()  # set once the first container listing was handled
-        self.selection = selection
-        self.classifier = classifier
-        self.store = store
-        self.source = source
-        self.live_since_ns = time.time_ns() if live_since_ns is None else live_since_ns
+        self._selection = selection
+        self._classifier = classifier
+        self._store = store
+        self._source = source
+        self._live_since_ns = time.time_ns() if live_since_ns is None else live_since_ns
         # matching lines this close to an incident's first line are part of it
-        self.incident_window_ns = window_ns(incident_window_seconds)
-        self._followers: dict[str, Follower] = {}
+        self._window_ns = window_ns(incident_window_seconds)
+        self._followers: dict[str, _Followed] = {}
         self._followers_lock = threading.Lock()
         self._stopping = threading.Event()
         self._events: EventStream | None = None
@@ -83,24 +89,24 @@ class LogWatcher:
                 events.close()
         with self._followers_lock:
             followers = list(self._followers.values())
-        for f in followers:
+        for f, _ in followers:
             f.stop()
         deadline = time.monotonic() + timeout
-        for f in followers:
-            f.thread.join(max(0.0, deadline - time.monotonic()))
+        for _, thread in followers:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._thread.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):  # best effort at shutdown
-            self.source.close()
+            self._source.close()
 
     def watched(self) -> dict[str, tuple[str, str]]:
         """Container ID -> (fleet, name) of every container being followed."""
         with self._followers_lock:
-            return {cid: (f.fleet, f.name) for cid, f in self._followers.items()}
+            return {cid: (f.fleet, f.name) for cid, (f, _) in self._followers.items()}
 
     def interrupt(self, name: str) -> bool:
         """Break the log stream of the container called ``name`` (it reattaches by itself)."""
         with self._followers_lock:
-            followers = [f for f in self._followers.values() if f.name == name]
+            followers = [f for f, _ in self._followers.values() if f.name == name]
         for f in followers:
             f.interrupt()
         return bool(followers)
@@ -108,15 +114,15 @@ class LogWatcher:
     def container_name(self, container_id: str) -> str | None:
         """The name of a container (for GPU processes); None when the source cannot say."""
         with self._followers_lock:
-            f = self._followers.get(container_id)
-        if f is not None:
-            return f.name
+            followed = self._followers.get(container_id)
+        if followed is not None:
+            return followed.follower.name
         if container_id in self._names:
             return self._names[container_id]
         if not self._source_up:
             return None
         try:
-            name: str | None = self.source.inspect(container_id).name or None
+            name: str | None = self._source.inspect(container_id).name or None
         except ContainerGone:
             name = None
         except SourceError:
@@ -126,10 +132,12 @@ class LogWatcher:
         self._names[container_id] = name
         return name
 
-    def forget(self, follower: Follower) -> None:
-        """A follower ended (its container is gone, or the watcher stops)."""
+    def _run(self, follower: Follower) -> None:
+        """A follower's thread: it runs until its container is gone or the watcher stops."""
+        follower.run()
         with self._followers_lock:
-            if self._followers.get(follower.id) is follower:
+            followed = self._followers.get(follower.id)
+            if followed is not None and followed.follower is follower:
                 del self._followers[follower.id]
 
     # --- the events thread ---------------------------------------------------------------------
@@ -139,7 +147,7 @@ class LogWatcher:
         while not self._stopping.is_set():
             try:
                 # Subscribe first, then list: whatever changes after the listing is an event.
-                events = self.source.events()
+                events = self._source.events()
                 self._events = events
                 if self._stopping.is_set():
                     events.close()
@@ -150,7 +158,7 @@ class LogWatcher:
                 for event in events:
                     self._on_event(event)
                 if not self._stopping.is_set():
-                    raise ConnectionError(f"the {self.source.name} events stream ended")
+                    raise ConnectionError(f"the {self._source.name} events stream ended")
             except Exception as exc:  # whatever broke the events stream: connect again
                 if self._stopping.is_set():
                     break
@@ -158,7 +166,7 @@ class LogWatcher:
                     log.debug("events stream failed", exc_info=True)
                 self._set_up(False, f"{type(exc).__name__}: {exc}")
                 with contextlib.suppress(Exception):  # a fresh connection after it comes back
-                    self.source.reset()
+                    self._source.reset()
                 failures += 1
                 self._stopping.wait(min(EVENTS_BACKOFF_MAX, 2.0 ** (failures - 1)))
         self._set_up(False)
@@ -166,12 +174,12 @@ class LogWatcher:
     def _set_up(self, up: bool, reason: str | None = None) -> None:
         if up and not self._source_up:
             if self._down_reason is not None:
-                log.info("%s is reachable again", self.source.name)
+                log.info("%s is reachable again", self._source.name)
             self._down_reason = None
         elif not up and reason is not None and reason != self._down_reason:
             # logged once per cause, not at every retry
             log.warning(
-                "%s is not reachable (%s); log metrics pause until it is", self.source.name, reason
+                "%s is not reachable (%s); log metrics pause until it is", self._source.name, reason
             )
             self._down_reason = reason
         self._source_up = up
@@ -179,12 +187,12 @@ class LogWatcher:
             self.ready.set()
 
     def _sync(self) -> None:
-        for c in self.source.containers():
-            fleet = self.selection.fleet_of(c.name, c.labels)
+        for c in self._source.containers():
+            fleet = self._selection.fleet_of(c.name, c.labels)
             if fleet is not None:
                 self._follow(c.id, fleet, c.name)
         with self._followers_lock:
-            followers = list(self._followers.values())
+            followers = [f for f, _ in self._followers.values()]
         for f in followers:
             f.wake()  # events may have been missed while disconnected
 
@@ -193,25 +201,37 @@ class LogWatcher:
             return
         c = event.container
         with self._followers_lock:
-            follower = self._followers.get(c.id)
-        if follower is not None:
-            follower.wake()
+            followed = self._followers.get(c.id)
+        if followed is not None:
+            followed.follower.wake()
             return
         if event.action in ("start", "restart", "rename"):
-            fleet = self.selection.fleet_of(c.name, c.labels)
+            fleet = self._selection.fleet_of(c.name, c.labels)
             if fleet is not None:
                 self._follow(c.id, fleet, c.name)
 
     def _follow(self, cid: str, fleet: str, name: str) -> None:
         with self._followers_lock:
-            follower = self._followers.get(cid)
-            if follower is None:
+            followed = self._followers.get(cid)
+            if followed is None:
                 if self._stopping.is_set():
                     return
-                follower = Follower(self, cid, fleet, name)
-                self._followers[cid] = follower
-                self.store.register(fleet, name)
+                counted = ContainerLog(self._classifier, self._live_since_ns, self._window_ns)
+                follower = Follower(
+                    self._source,
+                    self._store,
+                    self._selection,
+                    counted,
+                    container_id=cid,
+                    fleet=fleet,
+                    name=name,
+                )
+                thread = threading.Thread(
+                    target=self._run, args=(follower,), name=f"logs-{name}", daemon=True
+                )
+                self._followers[cid] = _Followed(follower, thread)
+                self._store.register(fleet, name)
                 log.info("following the log of %s (fleet %s)", name, fleet)
-                follower.thread.start()
+                thread.start()
                 return
-        follower.wake()
+        followed.follower.wake()

@@ -18,10 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.classifier import DEFAULT_PATTERNS, LogClassifier
 from exporter.config import CONFIG_KEYS, ConfigError, ExporterConfig, parse_config
-from exporter.logstream import Tally
+from exporter.containerlog import Tally
 from exporter.main import build_exporter
 from exporter.server import make_server
-from exporter.serverpoll import LoadedModel, ProbeResult
+from exporter.serverapi import LoadedModel
+from exporter.serverpoll import ProbeResult
 from fleet_contract import env, errors, labels, metrics
 from remediator.config import CONFIG_KEYS as RemediatorConfigKeys
 from remediator.config import ConfigError as RemediatorConfigError

@@ -9,8 +9,9 @@ import random
 import pytest
 
 from exporter.classifier import LogClassifier
-from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents, scan, window_ns
-from exporter.logstream import ContainerLog, Tally
+from exporter.containerlog import ContainerLog, Tally
+from exporter.filescan import scan
+from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents, window_ns
 from tests.support.exporter_env import DATA
 from tests.test_exporter_logstream import BASE_NS, NORMAL, OOM, TIMEOUT, frame, stamp
 

@@ -13,10 +13,12 @@ from collections.abc import Callable
 
 import pytest
 
-from exporter.adapters.journald import JournalStream, message_bytes, run_state, since_arg
+from exporter.adapters.journalctl import JournalStream, message_bytes
+from exporter.adapters.journald import run_state, since_arg
 from exporter.classifier import LogClassifier
 from exporter.config import ConfigError, parse_config
-from exporter.logstream import ContainerLog, RunTracker
+from exporter.containerlog import ContainerLog
+from exporter.runs import RunTracker
 from exporter.timestamps import parse_timestamp
 from fleet_contract.systemd import parse_show, rfc3339, timestamp_ns, unit_problem
 from tests.support.list_source import START_NS

@@ -8,8 +8,8 @@ a whole file sent again from its start, files skipped when the reader is behind.
 from __future__ import annotations
 
 from exporter.classifier import LogClassifier
-from exporter.logseen import Cursor, Ledger
-from exporter.logstream import ContainerLog
+from exporter.containerlog import ContainerLog
+from exporter.ledger import Cursor, Ledger
 from exporter.timestamps import format_since
 from tests.test_exporter_logstream import BASE_NS, OOM, frame, stamp
 

@@ -14,13 +14,8 @@ import time
 import pytest
 
 from exporter.classifier import LogClassifier
-from exporter.logstream import (
-    RUN_START_SLACK_NS,
-    ContainerLog,
-    RunState,
-    RunTracker,
-    boundary_from_history,
-)
+from exporter.containerlog import ContainerLog
+from exporter.runs import RUN_START_SLACK_NS, RunState, RunTracker, boundary_from_history
 from exporter.timestamps import TimestampError, format_since, is_zero_time, parse_timestamp
 
 OOM = b"ggml_backend_cuda_buffer_type_alloc_buffer: allocating 3257.82 MiB on device 0: cudaMalloc failed: out of memory\n"  # noqa: E501

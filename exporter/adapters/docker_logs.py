@@ -35,7 +35,7 @@ from exporter.logsource import (
     ContainerRef,
     SourceError,
 )
-from exporter.logstream import RunState
+from exporter.runs import RunState
 from exporter.timestamps import format_since
 
 log = logging.getLogger(__name__)

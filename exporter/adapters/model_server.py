@@ -21,7 +21,7 @@ import urllib.request
 from datetime import datetime
 from typing import Any
 
-from exporter.serverpoll import Generation, LoadedModel, ServerError
+from exporter.serverapi import Generation, LoadedModel, ServerError
 
 log = logging.getLogger(__name__)
 

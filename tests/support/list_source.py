@@ -22,7 +22,7 @@ from exporter.logsource import (
     ContainerRef,
     SourceError,
 )
-from exporter.logstream import RunState
+from exporter.runs import RunState
 
 NEVER = "0001-01-01T00:00:00Z"
 START_NS = calendar.timegm((2026, 3, 2, 14, 20, 0)) * 1_000_000_000

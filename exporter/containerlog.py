@@ -1,17 +1,14 @@
 """One container's log, decoded and counted exactly across streams and runs: pure logic.
 
-A log source (exporter.logsource) hands over bytes. Docker's logs API (with ``timestamps=1``)
-sends one frame per log message: an 8-byte header (stream, size) and the message prefixed with
-its RFC 3339 timestamp. Unframed streams (a TTY container, a source without frames) have no
-headers: just timestamped lines. Messages longer than 16 KiB arrive as several frames, only the
-last ending in a newline; they are joined back into one line.
+A log source (exporter.logsource) hands over bytes: Docker's frames, or unframed timestamped
+lines (a TTY container, a source without frames). exporter.frames decodes them into lines.
 
 Exactness rests on these rules:
 
 * A cursor (timestamp of the newest consumed frame, how many consumed frames carry exactly
   that timestamp) survives reconnects. A source's ``since`` is inclusive, so a new stream
   starts at the cursor's timestamp (to the nanosecond).
-* Every frame is checked against the frames already consumed (exporter.logseen: same timestamp
+* Every frame is checked against the frames already consumed (exporter.ledger: same timestamp
   and same content): a re-sent frame is dropped wherever it comes, after a reconnect or when
   Docker's follow sends part of a rotated file again; a frame never consumed counts, even when
   older than the cursor. When the follow jumped at a rotation the follower reads again from
@@ -27,37 +24,19 @@ Exactness rests on these rules:
 
 from __future__ import annotations
 
-import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
 from exporter.classifier import LogClassifier
+from exporter.frames import Frame, Lines, consumed, decode_frames, decode_lines
 from exporter.incidents import DEFAULT_WINDOW_NS, Grouper, RunIncidents, served_matcher
-from exporter.logseen import NEW, RECOVERED, RESENT, Cursor, Ledger, newer
-from exporter.runs import (
-    RUN_START_SLACK_NS,
-    History,
-    RunState,
-    RunTracker,
-    boundary_from_history,
-)
+from exporter.ledger import Cursor, Ledger
 from exporter.timestamps import format_since, parse_timestamp
 
-__all__ = [
-    "RUN_START_SLACK_NS",
-    "ContainerLog",
-    "Cursor",
-    "History",
-    "RunState",
-    "RunTracker",
-    "Tally",
-    "boundary_from_history",
-]
-
-_HEADER = struct.Struct(">BxxxL")
-_HEADER_SIZE: Final = 8
+# Batches handed to the classifier stay cache-sized even when the reader ran ahead.
+FEED_SIZE: Final = 64 * 1024
 
 
 @dataclass
@@ -90,8 +69,9 @@ class ContainerLog:
         self._run = RunIncidents(window_ns)  # since_start
         self._incidents = Grouper(window_ns)  # the counters
         self._rest = b""
-        self._pending: list[tuple[bytes, bytes, int]] = []  # (timestamp, message, key)
+        self._pending: list[Frame] = []  # a message's frames until its last one
         self._tty = False
+        self._checked_end: tuple[str, str] | None = None  # the run end last read again
 
     @property
     def since_start(self) -> int:
@@ -139,6 +119,13 @@ class ContainerLog:
         end): lines the follow skipped are counted, a log that lost them is a gap."""
         self.ledger.verify()
 
+    def check_run_end(self, started_at: str, finished_at: str) -> None:
+        """A run ended: a rotation can skip lines silently, so when live lines came since the
+        verified point, read the run's end again once (``verify``)."""
+        if self.ledger.unverified and (started_at, finished_at) != self._checked_end:
+            self._checked_end = (started_at, finished_at)
+            self.verify()
+
     def end_stream(self, *, run_over: bool) -> Tally:
         """The stream ended. If the run is over too, a last line without newline is complete."""
         tally = self._tally()
@@ -151,7 +138,7 @@ class ContainerLog:
                 ts = self._pending[-1][0]
                 text = b"".join(p[1] for p in self._pending) + b"\n"
                 for frame_ts, _, key in self._pending:
-                    self._consumed(frame_ts, key)
+                    self.cursor = consumed(self.ledger, self.cursor, frame_ts, key)
                 self._pending = []
                 self._count([ts], [len(text)], text, tally, [])
         self._rest = b""
@@ -161,6 +148,11 @@ class ContainerLog:
     def _tally(self) -> Tally:
         kinds = self._classifier.kinds
         return Tally(errors=dict.fromkeys(kinds, 0), error_lines=dict.fromkeys(kinds, 0))
+
+    def feed_all(self, data: bytes) -> Iterator[Tally]:
+        """``feed`` in batches of at most FEED_SIZE, each one's tally as it is counted."""
+        for start in range(0, len(data), FEED_SIZE):
+            yield self.feed(data[start : start + FEED_SIZE])
 
     def feed(self, data: bytes) -> Tally:
         """Decode and count a piece of the stream (any split); return what it adds."""
@@ -177,138 +169,28 @@ class ContainerLog:
         tally.gaps = self.ledger.gaps - gaps
         return tally
 
-    # --- decoding ----------------------------------------------------------------------------
+    # --- decoding (exporter.frames) ---------------------------------------------------------
 
     def _consume_frames(self, data: bytes, tally: Tally) -> None:
         buf = self._rest + data if self._rest else data
-        pos = 0
-        end = len(buf)
-        unpack = _HEADER.unpack_from
-        ledger = self.ledger
-        admit = ledger.admit
-        parts: list[bytes] = []
-        line_ts: list[bytes] = []
-        line_ends: list[int] = []
-        recovered: list[int] = []
-        total = 0
-        pending = self._pending
-        cursor = self.cursor
-        cur_ts, cur_n = (cursor.timestamp, cursor.count) if cursor is not None else (b"", 0)
-        # Frames stamped later than everything the ledger remembers are new (only a re-send
-        # repeats a timestamp): collected here, handed over before any other frame is checked.
-        newest = ledger.fast_point() or b""
-        width = len(newest) if newest else -1
-        fresh_ts: list[bytes] = []
-        fresh_keys: list[int] = []
-        while end - pos >= _HEADER_SIZE:
-            _, size = unpack(buf, pos)
-            stop = pos + _HEADER_SIZE + size
-            if stop > end:
-                break
-            start = pos + _HEADER_SIZE
-            space = buf.find(b" ", start, stop)
-            pos = stop
-            if space < 0:  # no timestamp: not a frame of a timestamped stream
-                continue
-            ts = buf[start:space]
-            msg = buf[space + 1 : stop]
-            key = hash(ts) ^ hash(msg)  # the frame: its timestamp and content
-            if not pending and buf[stop - 1] == 10:  # a whole line in one frame
-                if space - start == width and ts > newest:
-                    fresh_ts.append(ts)
-                    fresh_keys.append(key)
-                    newest = ts
-                    code = NEW
-                else:
-                    if fresh_ts:
-                        ledger.add_new(fresh_ts, fresh_keys)
-                        fresh_ts, fresh_keys = [], []
-                    code = admit(ts, key)
-                    if code == RESENT:
-                        continue
-                    if code == RECOVERED:
-                        recovered.append(len(line_ts))
-                    newest = ledger.fast_point() or b""
-                    width = len(newest) if newest else -1
-                parts.append(msg)
-                total += len(msg)
-                line_ts.append(ts)
-                line_ends.append(total)
-                if ts == cur_ts:  # the cursor only moves forward: recovered frames are older
-                    cur_n += 1
-                elif code == NEW or not cur_ts or newer(ts, cur_ts):
-                    cur_ts, cur_n = ts, 1
-                continue
-            if fresh_ts:
-                ledger.add_new(fresh_ts, fresh_keys)
-                fresh_ts, fresh_keys = [], []
-            resent, found = ledger.resent_frame(ts, key)
-            if resent:
-                newest = ledger.fast_point() or b""
-                width = len(newest) if newest else -1
-                continue
-            pending.append((ts, msg, key))
-            if msg.endswith(b"\n"):
-                joined = b"".join(p[1] for p in pending)
-                for frame_ts, _, frame_key in pending:
-                    ledger.remember(frame_ts, frame_key)
-                    if frame_ts == cur_ts:
-                        cur_n += 1
-                    elif not cur_ts or newer(frame_ts, cur_ts):
-                        cur_ts, cur_n = frame_ts, 1
-                if found:
-                    recovered.append(len(line_ts))
-                parts.append(joined)
-                total += len(joined)
-                line_ts.append(ts)
-                line_ends.append(total)
-                pending.clear()
-                newest = ledger.fast_point() or b""
-                width = len(newest) if newest else -1
-        if fresh_ts:
-            ledger.add_new(fresh_ts, fresh_keys)
+        lines = Lines()
+        pos, self.cursor = decode_frames(buf, self.ledger, self.cursor, self._pending, lines)
         self._rest = buf[pos:]
-        if line_ts:
-            self.cursor = Cursor(cur_ts, cur_n)
-            self._count(line_ts, line_ends, b"".join(parts), tally, recovered)
+        self._count_lines(lines, tally)
 
     def _consume_lines(
         self, lines: list[bytes], tally: Tally, *, add_newline: bool = False
     ) -> None:
-        # TTY streams: one timestamped line per message, no frame headers.
-        parts: list[bytes] = []
-        line_ts: list[bytes] = []
-        line_ends: list[int] = []
-        recovered: list[int] = []
-        total = 0
-        for line in lines:
-            space = line.find(b" ")
-            if space < 0:
-                continue
-            ts = line[:space]
-            key = hash(line.rstrip(b"\n"))
-            resent, found = self.ledger.resent_frame(ts, key)
-            if resent:
-                continue
-            self._consumed(ts, key)
-            if found:
-                recovered.append(len(line_ts))
-            msg = line[space + 1 :] + b"\n" if add_newline else line[space + 1 :]
-            parts.append(msg)
-            total += len(msg)
-            line_ts.append(ts)
-            line_ends.append(total)
-        if line_ts:
-            self._count(line_ts, line_ends, b"".join(parts), tally, recovered)
+        decoded = Lines()
+        self.cursor = decode_lines(
+            lines, self.ledger, self.cursor, decoded, add_newline=add_newline
+        )
+        self._count_lines(decoded, tally)
 
-    def _consumed(self, ts: bytes, key: int) -> None:
-        # The cursor only moves forward: a recovered frame is older than it.
-        self.ledger.remember(ts, key)
-        cursor = self.cursor
-        if cursor is None or newer(ts, cursor.timestamp):
-            self.cursor = Cursor(ts, 1)
-        elif ts == cursor.timestamp:
-            self.cursor = Cursor(ts, cursor.count + 1)
+    def _count_lines(self, lines: Lines, tally: Tally) -> None:
+        if lines.stamps:
+            text = b"".join(lines.parts)
+            self._count(lines.stamps, lines.ends, text, tally, lines.recovered)
 
     # --- counting ----------------------------------------------------------------------------
 
