@@ -245,7 +245,7 @@ def services(host: Host, shape: Shape) -> Iterator[tuple[str, str]]:
     rport, eport = free_port(), free_port()
     serve = [sys.executable, "-m", "", "serve", "--config", str(cfg), "--bind"]
     rem_argv = [*serve, f"127.0.0.1:{rport}", "--workers", "2"]
-    rem_argv[2] = "remediator.cli.main"
+    rem_argv[2] = "remediator.cli"
     exp_argv = [*serve, f"127.0.0.1:{eport}"]
     exp_argv[2] = "exporter.cli"
     procs = [

@@ -274,7 +274,7 @@ class Loop:
         port = prom_env.free_port()
         self.remediator_url = f"http://127.0.0.1:{port}"
         env = {**base_env(self.options), "MODEL_FLEET_TOKEN_FILE": str(self.workdir / "token")}
-        exe = [sys.executable, "-m", "remediator.cli.main"]
+        exe = [sys.executable, "-m", "remediator.cli"]
         argv = [*exe, "serve", "--config", str(cfg), "--bind", f"127.0.0.1:{port}"]
         argv += ["--workers", str(self.options.remediator_workers)]
         proc = self._spawn("remediator", argv, env)

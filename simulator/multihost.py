@@ -144,7 +144,7 @@ class TwoHosts:
         """Write the inventory and run ``model-fleet render-monitoring`` on it."""
         self.write_rules()
         self.inventory.write_text(yaml.safe_dump(self.inventory_doc(alertmanagers)))
-        argv = [sys.executable, "-m", "remediator.cli.main", "render-monitoring"]
+        argv = [sys.executable, "-m", "remediator.cli", "render-monitoring"]
         argv += ["--inventory", str(self.inventory), "--out", str(self.monitoring)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         if done.returncode != 0:

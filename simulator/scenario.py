@@ -2,7 +2,7 @@
 
 A :class:`Scenario` is a :class:`simulator.loop.Loop` (real Docker containers, the real
 exporter on the fake NVML library, the Ollama stand-in) whose remediator (under gunicorn:
-``python -m remediator.cli.main serve``), Prometheus and Alertmanager run on copies of the SHIPPED
+``python -m remediator.cli serve``), Prometheus and Alertmanager run on copies of the SHIPPED
 files, in which only addresses, paths, the token and the fleet's name change:
 
 - ``config/model-fleet.yaml``: ``state_file``, the fleet ``default`` renamed to the scenario's
@@ -212,7 +212,7 @@ class Scenario(Loop):
             # As docker-compose.monitoring.yml sets it: live figures for the decisions.
             "MODEL_FLEET_PROMETHEUS_URL": self.prometheus_url,
         }
-        exe = [sys.executable, "-m", "remediator.cli.main"]
+        exe = [sys.executable, "-m", "remediator.cli"]
         argv = [*exe, "serve", "--config", str(self.config_file)]
         argv += ["--bind", self._listen[Part.REMEDIATOR]]
         proc = self._spawn("remediator", argv, env)

@@ -188,7 +188,7 @@ def test_generic_format_forwards_the_alertmanager_payload_as_it_came(
     tmp_path: Path, sink: HttpSink, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = make_app(tmp_path, webhook_url=sink.url)
-    caplog.set_level(logging.INFO, logger="remediator.report.notifications")
+    caplog.set_level(logging.INFO, logger="remediator.notifications")
     resp = app.test_client().post("/webhook/notify", json=payload(), headers=AUTH)
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json() == {"outcome": "forwarded", "alerts": 2}
@@ -233,7 +233,7 @@ def test_without_a_webhook_the_alerts_are_logged_and_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = make_app(tmp_path)
-    caplog.set_level(logging.INFO, logger="remediator.report.notifications")
+    caplog.set_level(logging.INFO, logger="remediator.notifications")
     resp = app.test_client().post("/webhook/notify", json=payload(), headers=AUTH)
     assert (resp.status_code, resp.get_json()["outcome"]) == (200, "logged")
     assert counter(app, "logged") == 1
@@ -247,7 +247,7 @@ def test_a_forwarding_failure_is_counted_logged_and_kept_and_asks_for_a_retry(
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}/hooks/{SECRET}"
     app = make_app(tmp_path, webhook_url=down, timeout_seconds=2)
-    caplog.set_level(logging.INFO, logger="remediator.report.notifications")
+    caplog.set_level(logging.INFO, logger="remediator.notifications")
     client = app.test_client()
     resp = client.post("/webhook/notify", json=payload(), headers=AUTH)
     # 502: Alertmanager retries it (see the route's comment).

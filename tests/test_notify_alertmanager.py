@@ -195,4 +195,4 @@ def test_the_remediator_logs_each_alert(stacks: dict[str, Stack]) -> None:
         {"version": "4", "alerts": [{**SWITCHED, "status": "firing", "fingerprint": "f",
                                      "startsAt": "2026-11-27T00:00:00Z"}]}
     )  # fmt: skip
-    assert f"WARNING remediator.report.notifications: notify: {alert_line(expected[0])}" in log
+    assert f"WARNING remediator.notifications: notify: {alert_line(expected[0])}" in log

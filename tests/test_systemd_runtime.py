@@ -192,7 +192,7 @@ def model_fleet(
     host: SystemdHost, *args: str, env: dict[str, str] | None = None
 ) -> tuple[int, Any]:
     """``model-fleet ARGS`` in the bed, as root: exit code and printed JSON (None: none)."""
-    argv = [PYTHON, "-m", "remediator.cli.main", "--config", CONFIG_FILE, *args]
+    argv = [PYTHON, "-m", "remediator.cli", "--config", CONFIG_FILE, *args]
     done = host.exec(*argv, check=False, timeout=120, env=env)
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
 

@@ -87,11 +87,11 @@ def test_the_remediator_exports_build_info(tmp_path: Path) -> None:
 def test_json_lines_carry_the_records_fields() -> None:
     formatter = logformat.JsonFormatter()
     record = logging.LogRecord(
-        "remediator.switch.intake", logging.INFO, "x.py", 1, "fleet %s: %s", ("a", "b"), None
+        "remediator.intake", logging.INFO, "x.py", 1, "fleet %s: %s", ("a", "b"), None
     )
     record.__dict__.update({"fleet": "a", "alert_key": "k@t", "reason": "cooldown"})
     line = json.loads(formatter.format(record))
-    assert line["level"] == "info" and line["logger"] == "remediator.switch.intake"
+    assert line["level"] == "info" and line["logger"] == "remediator.intake"
     assert line["message"] == "fleet a: b"
     assert (line["fleet"], line["alert_key"], line["reason"]) == ("a", "k@t", "cooldown")
     assert line["time"].endswith("Z") and "T" in line["time"]
@@ -169,7 +169,7 @@ def test_serve_logs_json_gunicorn_and_its_access_log_included(tmp_path: Path) ->
         proc.wait(30)
     lines = [json.loads(line) for line in out.read_text().splitlines()]  # every line is JSON
     loggers = {line["logger"] for line in lines}
-    assert {"remediator.cli.serve", "gunicorn.error", "gunicorn.access"} <= loggers
+    assert {"remediator.serve", "gunicorn.error", "gunicorn.access"} <= loggers
     [access] = [line for line in lines if line["logger"] == "gunicorn.access"]
     assert (access["status"], access["request"]) == (200, "GET /healthz HTTP/1.1")
     assert isinstance(access["duration_ms"], int)

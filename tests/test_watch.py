@@ -144,8 +144,7 @@ def block(frame: str, fleet: str) -> str:
 
 
 def command_env(**extra: str) -> dict[str, str]:
-    """The environment for ``python -m remediator.cli.main``: this checkout first, no
-    MODEL_FLEET_*."""
+    """The environment for ``python -m remediator.cli``: this checkout first, no MODEL_FLEET_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return {**env, **extra}
@@ -309,7 +308,7 @@ def test_a_bad_answer_is_shown_never_raised(
 
 def test_the_original_monitor_flag(workdir: Path, prometheus: Prometheus) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "remediator.cli.main", "--monitor", "--once"],
+        [sys.executable, "-m", "remediator.cli", "--monitor", "--once"],
         cwd=workdir,
         env=command_env(MODEL_FLEET_PROMETHEUS_URL=prometheus.url),
         capture_output=True,
@@ -341,7 +340,7 @@ def ctrl_c_reaches_it() -> None:
 def test_the_loop_refreshes_and_ctrl_c_exits_0(workdir: Path, prometheus: Prometheus) -> None:
     argv = ["watch", "--interval", "0.2", "--prometheus", prometheus.url]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "remediator.cli.main", *argv],
+        [sys.executable, "-m", "remediator.cli", *argv],
         cwd=workdir,
         env=command_env(),
         preexec_fn=ctrl_c_reaches_it,
@@ -371,16 +370,7 @@ def test_on_a_terminal_frames_redraw_in_place_and_the_cursor_comes_back(workdir:
     url = f"http://127.0.0.1:{free_port()}"
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "remediator.cli.main",
-            "watch",
-            "--interval",
-            "0.2",
-            "--prometheus",
-            url,
-        ],
+        [sys.executable, "-m", "remediator.cli", "watch", "--interval", "0.2", "--prometheus", url],
         cwd=workdir,
         env=command_env(),
         preexec_fn=ctrl_c_reaches_it,

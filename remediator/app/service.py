@@ -50,7 +50,7 @@ def log_level() -> int:
     name = os.environ.get(contract_env.LOG_LEVEL, "info").strip().upper()
     level = logging.getLevelNamesMapping().get(name)
     if level is None:
-        logging.getLogger(__name__).warning(
+        logging.getLogger("remediator.service").warning(
             "%s=%r is not a log level (debug, info, warning, error, critical): info",
             contract_env.LOG_LEVEL,
             name.lower(),

@@ -17,7 +17,8 @@ import yaml
 
 from remediator.appconfig import yaml_edit
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.adapters.appconfig.formats")
 
 DEFAULT_ENV_KEY: Final = "OLLAMA_MODEL"
 _ENV_LINE = re.compile(r"^(?P<lead>\s*(?:export\s+)?)(?P<key>[^\s=#]+)(?P<eq>\s*=\s*)(?P<rest>.*)$")

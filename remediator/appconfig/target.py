@@ -16,7 +16,8 @@ from remediator.appconfig.files import (
 )
 from remediator.appconfig.formats import FORMATS, AppConfigFormat, FormatError
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.adapters.appconfig.target")
 
 
 class AppConfigTarget:

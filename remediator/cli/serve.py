@@ -15,7 +15,8 @@ from fleet_contract import env as contract_env
 from remediator.config import Config, effective_config
 from remediator.report.queries import ExitCode, TokenError, load_token
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.serve")
 
 GUNICORN_CONF = Path(__file__).parent.parent / "http" / "gunicorn.conf.py"
 

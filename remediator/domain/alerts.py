@@ -17,7 +17,8 @@ from remediator.config import Config
 from remediator.domain.decisions import AlertRef
 from remediator.domain.kinds import Direction, Trigger
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.alerts")
 
 # The ``remediation`` label -> (direction, trigger) of the switch it asks for.
 REMEDIATIONS: Final = {

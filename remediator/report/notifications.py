@@ -23,7 +23,8 @@ from remediator.store.state import StateStore
 if TYPE_CHECKING:
     from remediator.domain.alerts import WebhookAlert
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.notifications")
 
 
 class ForwardFailed(RuntimeError):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 __all__ = ["LockTimeout", "StateError", "file_lock"]
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.state")
 
 
 class StateError(RuntimeError):

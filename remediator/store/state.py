@@ -30,7 +30,8 @@ from remediator.domain.state import (
 from remediator.store.codec import fsync_dir, parse_state, write_state
 from remediator.store.locks import StateError, file_lock
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.state")
 
 _TMP_MARK: Final = ".tmp-"
 

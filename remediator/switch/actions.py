@@ -36,7 +36,8 @@ from remediator.switch.readiness import (
     wait_ready,
 )
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.actions")
 
 
 def _ignore(step: str, detail: str = "") -> None:

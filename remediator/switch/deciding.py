@@ -23,7 +23,8 @@ from remediator.switch.plan import SwitchPlan
 
 __all__ = ["Decider", "moves_on"]
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.switching")
 
 
 class Decider:

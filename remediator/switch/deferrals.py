@@ -33,7 +33,8 @@ from remediator.switch import transaction
 from remediator.switch.engine import Remediator
 from remediator.switch.intake import judge
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.deferrals")
 
 TICK_SECONDS = 1.0  # how often a worker looks for due alerts: the bound on their extra delay
 

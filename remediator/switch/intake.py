@@ -39,7 +39,8 @@ from remediator.switch.plan import SwitchPlan, switch_wait
 from remediator.switch.redelivery import answer_handled, log_not_acted_on
 from remediator.switch.tools import SwitchTools
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.intake")
 
 
 @dataclass

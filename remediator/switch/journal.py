@@ -27,7 +27,8 @@ from remediator.domain.records import SwitchJournal
 from remediator.store.locks import StateError
 from remediator.store.state import StateStore
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.journal")
 
 # The steps of a real switch, in order, as FleetActions records them ("restarted_<role>" once
 # per container). "intent" is the entry itself; "committed" follows the closing commit.

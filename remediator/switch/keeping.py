@@ -19,7 +19,8 @@ from remediator.switch.tools import SwitchTools
 
 __all__ = ["defer", "forget_resolved"]
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.intake")
 
 
 def defer(

@@ -39,7 +39,8 @@ from remediator.switch.promql import (
 )
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.live")
 
 SOURCE: Final = "prometheus"
 LOCATIONS: Final = ("vram", "system")

@@ -38,7 +38,8 @@ from remediator.switch.plan import StepRecorder, SwitchFailed, SwitchPlan
 
 __all__ = ["Mover", "aside", "move_servers", "resolve_move", "write_gpu_config"]
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.moving")
 
 
 @runtime_checkable

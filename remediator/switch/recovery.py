@@ -46,7 +46,8 @@ from remediator.switch.resolution import (
 )
 from remediator.switch.tools import SwitchTools
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.recovery")
 
 
 def commit(tools: SwitchTools, fleet: FleetConfig, plan: SwitchPlan, target: int) -> SwitchRecord:

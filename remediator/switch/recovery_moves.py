@@ -22,7 +22,8 @@ from remediator.switch.tools import SwitchTools
 
 __all__ = ["MoveResolver", "resolve_move"]
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.recovery")
 
 
 @runtime_checkable

@@ -24,7 +24,8 @@ from remediator.domain.kinds import Direction
 from remediator.domain.state import FleetState
 from remediator.store.state import StateStore
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.redelivery")
 
 
 def answer_handled(

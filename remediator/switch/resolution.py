@@ -30,7 +30,8 @@ __all__ = [
     "fail",
 ]
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.recovery")
 
 ROLLED_FORWARD: Final = RecoveryOutcome.ROLLED_FORWARD
 ROLLED_BACK: Final = RecoveryOutcome.ROLLED_BACK

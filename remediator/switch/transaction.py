@@ -21,7 +21,8 @@ from remediator.switch.tools import SwitchTools
 
 __all__ = ["carry_out", "intent"]
 
-log = logging.getLogger(__name__)
+# Named as before the layers (issue 22): log lines and their filters use the name.
+log = logging.getLogger("remediator.switching")
 
 
 def carry_out(
