@@ -58,12 +58,47 @@ def test_move_first_over_listed_gpus() -> None:
             "another GPU; ollama.service is a systemd unit (server.runtime: systemd), which is "
             "not moved: use placement: stay",
         ),
+        (
+            {"gpu_config": [{"path": "/compose/.env"}]},
+            "fleets.a.gpu_config: only a move writes it: set placement: move_first, or remove it",
+        ),
+        (
+            {
+                "gpus": [0, 1],
+                "placement": "move_first",
+                "gpu_config": [{"path": "/c/.env", "x": 1}],
+            },
+            "fleets.a.gpu_config[0]",
+        ),
+        (
+            {"gpus": [0, 1], "placement": "move_first", "gpu_config": {"path": "/c/.env"}},
+            "fleets.a.gpu_config: must be a list of targets",
+        ),
     ],
 )
 def test_refused_placements_say_why(fleet: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config({"fleets": {"a": fleet}}, "model-fleet.yaml")
     assert f"model-fleet.yaml: {message}" in str(err.value)
+
+
+def test_gpu_config_names_the_gpu_in_compose_env_by_default() -> None:
+    fleet = {
+        "gpus": [0, 1],
+        "placement": "move_first",
+        "gpu_config": [
+            {"path": "/compose/.env"},
+            {"path": "/etc/gpu.json", "format": "json", "key": "gpu"},
+        ],
+    }
+    config = parse_config({"prometheus": PROM, "fleets": {"a": fleet}})
+    targets = [(t.path, t.format, t.key) for t in config.fleets["a"].gpu_config]
+    assert targets == [
+        ("/compose/.env", "env", "MODEL_FLEET_GPU"),
+        ("/etc/gpu.json", "json", "gpu"),
+    ]
+    shown = effective_config(config)["fleets"]["a"]["gpu_config"]
+    assert shown[0] == {"path": "/compose/.env", "format": "env", "key": "MODEL_FLEET_GPU"}
 
 
 def test_move_first_without_prometheus_is_a_warning() -> None:
