@@ -86,12 +86,16 @@ class Bench:
         return registry.get_sample_value(m.FLEET_GPU_INFO, {"fleet": FLEET, "gpu": gpu})
 
 
-def make_config(tmp_path: Path, **others: dict[str, Any]) -> Config:
+def make_config(
+    tmp_path: Path, *, extra: dict[str, Any] | None = None, **others: dict[str, Any]
+) -> Config:
+    """The move_first fleet on GPUs 0 and 1 (with ``extra`` keys), and ``others`` fleets."""
     fleets: dict[str, Any] = {
         FLEET: {
             "gpus": [0, 1],
             "placement": "move_first",
             "containers": {"ready_timeout_seconds": 1},
+            **(extra or {}),
         },
         **others,
     }
@@ -225,21 +229,7 @@ def with_gpu_env(tmp_path: Path, free: dict[str, int]) -> tuple[Bench, Path]:
     env.parent.mkdir()
     env.write_text("DOCKER_GID=999\nMODEL_FLEET_GPU=0\nOLLAMA_VERSION=0.12.6\n")
     env.chmod(0o600)
-    config = parse_config(
-        {
-            "state_file": str(tmp_path / "state.json"),
-            "prometheus": {"url": "http://prometheus.test:9090"},
-            "fleets": {
-                FLEET: {
-                    "gpus": [0, 1],
-                    "placement": "move_first",
-                    "containers": {"ready_timeout_seconds": 1},
-                    "gpu_config": [{"path": str(env)}],
-                }
-            },
-        },
-        "test",
-    )
+    config = make_config(tmp_path, extra={"gpu_config": [{"path": str(env)}]})
     return make_bench(config, free), env
 
 
