@@ -271,13 +271,9 @@ class Crash(BaseException):
     """Stands for the process dying at a journal step (past the switch thread's own catch)."""
 
 
-@pytest.mark.parametrize(
-    ("step", "outcome", "gpu"),
-    [("moved_ollama", "rolled_back", None), ("verified_ollama", "rolled_forward", "1")],
-)
-def test_an_interrupted_move_is_resolved(
-    bench: Bench, step: str, outcome: str, gpu: str | None
-) -> None:
+def move_dying_at(bench: Bench, step: str) -> None:
+    """An alert's move that dies once its journal records ``step``."""
+
     def die(done: str) -> None:
         if done == step:
             raise Crash(done)
@@ -286,6 +282,16 @@ def test_an_interrupted_move_is_resolved(
     remediator.on_step = die
     with pytest.raises(Crash):
         remediator.accept_alerts(webhook(FLEET, "downgrade", value="5")).pending[0].run()
+
+
+@pytest.mark.parametrize(
+    ("step", "outcome", "gpu"),
+    [("moved_ollama", "rolled_back", None), ("verified_ollama", "rolled_forward", "1")],
+)
+def test_an_interrupted_move_is_resolved(
+    bench: Bench, step: str, outcome: str, gpu: str | None
+) -> None:
+    move_dying_at(bench, step)
     assert "mem-server" + ASIDE_SUFFIX in bench.runtime.containers
     assert bench.remediator().resolve_open(bench.config.fleets[FLEET]) == outcome
     fs = bench.state()
@@ -304,14 +310,7 @@ def test_an_interrupted_move_leaves_the_gpu_config_naming_where_the_server_runs(
 ) -> None:
     bench, env = with_gpu_env(tmp_path, {"0": 0, "1": 8 * GIB})
 
-    def die(done: str) -> None:
-        if done == step:
-            raise Crash(done)
-
-    remediator = bench.remediator()
-    remediator.on_step = die
-    with pytest.raises(Crash):
-        remediator.accept_alerts(webhook(FLEET, "downgrade", value="5")).pending[0].run()
+    move_dying_at(bench, step)
     assert "MODEL_FLEET_GPU=1" in env.read_text()  # written before the containers moved
     bench.remediator().resolve_open(bench.config.fleets[FLEET])
     assert f"MODEL_FLEET_GPU={gpu}\n" in env.read_text()
