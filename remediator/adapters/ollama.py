@@ -72,16 +72,10 @@ class OllamaServer:
 
     def list_models(self) -> list[LocalModel]:
         """Models in Ollama's local store."""
-        body = self._get_json("list_models", "/api/tags")
-        models = body.get("models")
-        if not isinstance(models, list):
-            raise OllamaError("list_models", f"unexpected /api/tags answer: {shorten(body)}")
-        out = []
-        for item in models:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise OllamaError("list_models", f"unexpected model entry: {shorten(item)}")
-            out.append(LocalModel(name=item["name"], size=int_field(item.get("size"))))
-        return out
+        return [
+            LocalModel(name=item["name"], size=int_field(item.get("size")))
+            for item in self._model_entries("list_models", "/api/tags")
+        ]
 
     def has_model(self, model: str) -> bool:
         """True when ``model`` is in the local store (``name`` and ``name:latest`` are one)."""
@@ -89,22 +83,26 @@ class OllamaServer:
 
     def loaded(self) -> list[LoadedModel]:
         """Models loaded in memory, with their total size and the part resident in VRAM."""
-        body = self._get_json("loaded", "/api/ps")
+        return [
+            LoadedModel(
+                name=item["name"],
+                size=int_field(item.get("size")),
+                size_vram=int_field(item.get("size_vram")),
+            )
+            for item in self._model_entries("loaded", "/api/ps")
+        ]
+
+    def _model_entries(self, step: str, path: str) -> list[dict[str, Any]]:
+        """The ``models`` of a listing (``/api/tags``, ``/api/ps``), each an object with a
+        ``name``; anything else is an :class:`OllamaError` at ``step``."""
+        body = self._get_json(step, path)
         models = body.get("models")
         if not isinstance(models, list):
-            raise OllamaError("loaded", f"unexpected /api/ps answer: {shorten(body)}")
-        out = []
+            raise OllamaError(step, f"unexpected {path} answer: {shorten(body)}")
         for item in models:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise OllamaError("loaded", f"unexpected model entry: {shorten(item)}")
-            out.append(
-                LoadedModel(
-                    name=item["name"],
-                    size=int_field(item.get("size")),
-                    size_vram=int_field(item.get("size_vram")),
-                )
-            )
-        return out
+                raise OllamaError(step, f"unexpected model entry: {shorten(item)}")
+        return models
 
     def unload(self, model: str) -> bool:
         """Unload ``model`` from memory (``keep_alive: 0``); False if Ollama does not know it."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -13,10 +12,8 @@ from pathlib import Path
 
 from fleet_contract import env as contract_env
 from remediator.config import Config, effective_config
+from remediator.domain.loggers import SERVE as log
 from remediator.report.queries import ExitCode, TokenError, load_token
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.serve")
 
 GUNICORN_CONF = Path(__file__).parent.parent / "http" / "gunicorn.conf.py"
 

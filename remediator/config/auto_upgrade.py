@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from remediator.config.model import AutoUpgrade
-from remediator.config.reader import _join, _kind, _Reader
+from remediator.config.reader import Reader, key_path, type_name
 from remediator.config.windows import Window, parse_window, zone_of
 
 AUTO_UPGRADE_KEYS: Final = frozenset(
@@ -14,7 +14,7 @@ AUTO_UPGRADE_KEYS: Final = frozenset(
 )
 
 
-def parse_auto_upgrade(r: _Reader, value: Any, where: str) -> AutoUpgrade:
+def parse_auto_upgrade(r: Reader, value: Any, where: str) -> AutoUpgrade:
     """The step back up as ``where`` sets it; failed_quiet_seconds no shorter than quiet."""
     m = r.mapping(value, where, AUTO_UPGRADE_KEYS)
     d = AutoUpgrade()
@@ -28,22 +28,22 @@ def parse_auto_upgrade(r: _Reader, value: Any, where: str) -> AutoUpgrade:
     )
     if au.failed_quiet_seconds < au.quiet_seconds:
         raise r.fail(
-            _join(where, "failed_quiet_seconds"),
+            key_path(where, "failed_quiet_seconds"),
             f"must be at least quiet_seconds ({au.quiet_seconds:g}): after a step up failed "
             "the fleet waits longer, not shorter",
         )
     return au
 
 
-def _parse_windows(r: _Reader, m: dict[str, Any], where: str) -> tuple[Window, ...]:
-    here = _join(where, "windows")
+def _parse_windows(r: Reader, m: dict[str, Any], where: str) -> tuple[Window, ...]:
+    here = key_path(where, "windows")
     value = m.get("windows")
     if value is None:
         return ()
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise r.fail(here, f"must be a list of windows, got {_kind(value)}")
+        raise r.fail(here, f"must be a list of windows, got {type_name(value)}")
     windows = []
     for i, item in enumerate(value):
         try:
@@ -53,12 +53,12 @@ def _parse_windows(r: _Reader, m: dict[str, Any], where: str) -> tuple[Window, .
     return tuple(windows)
 
 
-def _parse_timezone(r: _Reader, m: dict[str, Any], where: str) -> str | None:
+def _parse_timezone(r: Reader, m: dict[str, Any], where: str) -> str | None:
     if m.get("timezone") is None:
         return None
     name = r.string(m, "timezone", where, None)
     try:
         zone_of(name)
     except ValueError as exc:
-        raise r.fail(_join(where, "timezone"), str(exc)) from None
+        raise r.fail(key_path(where, "timezone"), str(exc)) from None
     return name

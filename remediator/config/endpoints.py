@@ -14,7 +14,7 @@ from remediator.config.model import (
     Notifications,
     PrometheusSettings,
 )
-from remediator.config.reader import _join, _Reader
+from remediator.config.reader import Reader, key_path
 
 NOTIFICATION_KEYS: Final = frozenset({"webhook_url", "format", "timeout_seconds"})
 PROMETHEUS_KEYS: Final = frozenset({"url", "timeout_seconds"})
@@ -22,12 +22,12 @@ PROMETHEUS_KEYS: Final = frozenset({"url", "timeout_seconds"})
 PROMETHEUS_MAX_TIMEOUT: Final = 10.0
 
 
-def parse_notifications(r: _Reader, value: Any, where: str) -> Notifications:
+def parse_notifications(r: Reader, value: Any, where: str) -> Notifications:
     """Where alerts for people go; ``$MODEL_FLEET_NOTIFY_URL`` before the file's URL."""
     m = r.mapping(value, where, NOTIFICATION_KEYS)
     d = Notifications()
     url: str | None = None
-    key = _join(where, "webhook_url")
+    key = key_path(where, "webhook_url")
     if os.environ.get(NOTIFY_URL_ENV):
         url, key = os.environ[NOTIFY_URL_ENV], f"{key} (from ${NOTIFY_URL_ENV})"
     elif m.get("webhook_url") is not None:
@@ -38,19 +38,19 @@ def parse_notifications(r: _Reader, value: Any, where: str) -> Notifications:
     fmt = r.string(m, "format", where, d.format)
     if fmt not in NOTIFY_FORMATS:
         raise r.fail(
-            _join(where, "format"), f"must be one of {', '.join(NOTIFY_FORMATS)}, got {fmt!r}"
+            key_path(where, "format"), f"must be one of {', '.join(NOTIFY_FORMATS)}, got {fmt!r}"
         )
     timeout = r.number(m, "timeout_seconds", where, d.timeout_seconds)
     if timeout <= 0:
-        raise r.fail(_join(where, "timeout_seconds"), "must be more than 0")
+        raise r.fail(key_path(where, "timeout_seconds"), "must be more than 0")
     return Notifications(webhook_url=url, format=fmt, timeout_seconds=timeout)  # type: ignore[arg-type]
 
 
-def parse_prometheus(r: _Reader, value: Any, where: str) -> PrometheusSettings:
+def parse_prometheus(r: Reader, value: Any, where: str) -> PrometheusSettings:
     """Where live figures are read; ``$MODEL_FLEET_PROMETHEUS_URL`` before the file's URL."""
     m = r.mapping(value, where, PROMETHEUS_KEYS)
     d = PrometheusSettings()
-    raw, key = m.get("url"), _join(where, "url")
+    raw, key = m.get("url"), key_path(where, "url")
     if os.environ.get(PROMETHEUS_URL_ENV):
         raw, key = os.environ[PROMETHEUS_URL_ENV], f"{key} (from ${PROMETHEUS_URL_ENV})"
     if raw is not None and (
@@ -61,7 +61,7 @@ def parse_prometheus(r: _Reader, value: Any, where: str) -> PrometheusSettings:
     timeout = r.number(m, "timeout_seconds", where, d.timeout_seconds)
     if not 0 < timeout <= PROMETHEUS_MAX_TIMEOUT:
         raise r.fail(
-            _join(where, "timeout_seconds"),
+            key_path(where, "timeout_seconds"),
             f"must be more than 0 and at most {PROMETHEUS_MAX_TIMEOUT:g} seconds (a decision "
             f"waits for Prometheus), got {timeout:g}",
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from remediator.config.model import GPU_PLACEMENTS, ServerSettings
-from remediator.config.reader import _join, _Reader
+from remediator.config.reader import Reader, key_path
 
 __all__ = ["parse_gpus"]
 
@@ -33,7 +33,7 @@ def _gpu_index(value: Any) -> str | None:
 
 
 def parse_gpus(
-    r: _Reader, m: dict[str, Any], where: str, gpu: str, server: ServerSettings
+    r: Reader, m: dict[str, Any], where: str, gpu: str, server: ServerSettings
 ) -> tuple[tuple[str, ...], str]:
     """``(gpus, placement)`` of one fleet; ``gpus`` defaults to ``(gpu,)``."""
     raw = m.get("gpus")
@@ -42,31 +42,31 @@ def parse_gpus(
         indexes = [_gpu_index(v) for v in raw] if isinstance(raw, list) else [None]
         if not raw or None in indexes:
             raise r.fail(
-                _join(where, "gpus"),
+                key_path(where, "gpus"),
                 f"must be a list of GPU indexes (NVML: 0, 1, ...), got {raw!r}",
             )
         gpus = tuple(dict.fromkeys(str(i) for i in indexes))
         if gpu not in gpus:
             raise r.fail(
-                _join(where, "gpus"),
+                key_path(where, "gpus"),
                 f"must contain the fleet's gpu {gpu!r} (where its model server starts), "
                 f"got {list(gpus)}",
             )
     placement = r.string(m, "placement", where, "stay")
     if placement not in GPU_PLACEMENTS:
         raise r.fail(
-            _join(where, "placement"),
+            key_path(where, "placement"),
             f"must be one of {', '.join(GPU_PLACEMENTS)}, got {placement!r}",
         )
     if placement == "move_first" and len(gpus) < MOVE_MIN_GPUS:
         raise r.fail(
-            _join(where, "placement"),
+            key_path(where, "placement"),
             f"move_first needs gpus with at least {MOVE_MIN_GPUS} GPUs to move between, "
             f"got {list(gpus)}",
         )
     if placement == "move_first" and server.runtime != "docker":
         raise r.fail(
-            _join(where, "placement"),
+            key_path(where, "placement"),
             f"move_first recreates the model server's Docker container on another GPU; "
             f"{server.unit} is a systemd unit (server.runtime: systemd), which is not moved: "
             "use placement: stay",

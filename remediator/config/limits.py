@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Final
 
 from remediator.config.model import HttpLimits
-from remediator.config.reader import _Reader
+from remediator.config.reader import Reader
 
 HTTP_KEYS: Final = frozenset({"max_body_bytes", "max_alerts", "max_json_depth"})
 
 
-def parse_http(r: _Reader, value: Any, where: str = "http") -> HttpLimits:
+def parse_http(r: Reader, value: Any, where: str = "http") -> HttpLimits:
     """The limits, each at least what a real client needs (4 KiB, 1 alert, 4 levels)."""
     m = r.mapping(value, where, HTTP_KEYS)
     d = HttpLimits()

@@ -17,6 +17,7 @@ from fleet_contract.env import HOST as HOST_ENV
 from fleet_contract.hosts import resolve_host
 from fleet_contract.yamlfile import config_path, load_yaml
 from remediator.appconfig import AppConfigError
+from remediator.config import placement as services
 from remediator.config.auto_upgrade import AUTO_UPGRADE_KEYS, parse_auto_upgrade
 from remediator.config.endpoints import (
     NOTIFICATION_KEYS,
@@ -37,15 +38,7 @@ from remediator.config.model import (
     FleetConfig,
     default_config,
 )
-from remediator.config.placement import (
-    CONTAINER_KEYS,
-    SERVER_KEYS,
-    UNIT_KEYS,
-    parse_containers,
-    parse_server,
-    parse_units,
-)
-from remediator.config.reader import _join, _kind, _Reader
+from remediator.config.reader import Reader, key_path, type_name
 from remediator.config.rungs import CREATE_KEYS, parse_create
 
 __all__ = ["CONFIG_KEYS", "DEPRECATED_KEYS", "load_config", "parse_config"]
@@ -104,11 +97,11 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
     "prometheus": PROMETHEUS_KEYS,
     "http": HTTP_KEYS,
     "fleets.*": _FLEET_KEYS,
-    "fleets.*.server": SERVER_KEYS,
+    "fleets.*.server": services.SERVER_KEYS,
     "fleets.*.ladder[]": _LADDER_KEYS,
     "fleets.*.ladder[].create": CREATE_KEYS,
-    "fleets.*.containers": CONTAINER_KEYS,
-    "fleets.*.units": UNIT_KEYS,
+    "fleets.*.containers": services.CONTAINER_KEYS,
+    "fleets.*.units": services.UNIT_KEYS,
     "fleets.*.app_config[]": _APP_CONFIG_KEYS,
     "fleets.*.gpu_config[]": _APP_CONFIG_KEYS,
     "fleets.*.auto_upgrade": AUTO_UPGRADE_KEYS,
@@ -117,7 +110,7 @@ _SECTIONS: Final[Mapping[str, frozenset[str]]] = {
 #: Every dotted key path the parser accepts: ``*`` stands for a fleet's name, ``[]`` for the
 #: items of a list (``fleets.*.app_config[].path``). ``exporter`` is the exporter's section.
 CONFIG_KEYS: Final[frozenset[str]] = frozenset(
-    {"fleets.*"} | {_join(where, key) for where, keys in _SECTIONS.items() for key in keys}
+    {"fleets.*"} | {key_path(where, key) for where, keys in _SECTIONS.items() for key in keys}
 )
 
 #: Old key -> new key, for the keys renamed when the server became a seam.
@@ -128,7 +121,7 @@ DEPRECATED_KEYS: Final[Mapping[str, str]] = {
 }
 
 
-def _parse_ladder(r: _Reader, value: Any, where: str) -> Ladder:
+def _parse_ladder(r: Reader, value: Any, where: str) -> Ladder:
     if value is None:
         return Ladder(DEFAULT_LADDER)
     if not isinstance(value, list) or not value:
@@ -140,26 +133,26 @@ def _parse_ladder(r: _Reader, value: Any, where: str) -> Ladder:
         m = r.mapping(item, here, _LADDER_KEYS)
         name = r.string(m, "name", here, None)
         if name in seen:
-            raise r.fail(_join(here, "name"), f"model {name!r} appears twice in the ladder")
+            raise r.fail(key_path(here, "name"), f"model {name!r} appears twice in the ladder")
         seen.add(name)
         size = r.integer(m, "size_mb", here, -1, lo=1)
         description = m.get("description", "")
         if not isinstance(description, str):
-            raise r.fail(_join(here, "description"), f"must be a string, got {description!r}")
-        create = parse_create(r, m.get("create"), _join(here, "create"), name)
+            raise r.fail(key_path(here, "description"), f"must be a string, got {description!r}")
+        create = parse_create(r, m.get("create"), key_path(here, "create"), name)
         rungs.append(Rung(name, size, description, create))
     return Ladder(tuple(rungs))
 
 
 def _parse_app_config(
-    r: _Reader, value: Any, where: str, env_key: str | None = None
+    r: Reader, value: Any, where: str, env_key: str | None = None
 ) -> tuple[AppConfigTarget, ...]:
     """The targets of ``app_config`` (or of ``gpu_config``, whose env files default to
     ``env_key``)."""
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise r.fail(where, f"must be a list of targets, got {_kind(value)}")
+        raise r.fail(where, f"must be a list of targets, got {type_name(value)}")
     targets = []
     for i, item in enumerate(value):
         here = f"{where}[{i}]"
@@ -170,7 +163,7 @@ def _parse_app_config(
         kind = APP_CONFIG_FORMATS.get(fmt)
         if kind is None:
             raise r.fail(
-                _join(here, "format"),
+                key_path(here, "format"),
                 f"must be one of {', '.join(APP_CONFIG_FORMATS)}, got {fmt!r}",
             )
         default_key = env_key if env_key and fmt == "env" else kind.default_key
@@ -178,48 +171,50 @@ def _parse_app_config(
         try:
             targets.append(AppConfigTarget(path, fmt, key))
         except AppConfigError as exc:
-            raise r.fail(_join(here, "key"), exc.cause) from None
+            raise r.fail(key_path(here, "key"), exc.cause) from None
     return tuple(targets)
 
 
 def _parse_gpu_config(
-    r: _Reader, m: dict[str, Any], where: str, placement: str
+    r: Reader, m: dict[str, Any], where: str, placement: str
 ) -> tuple[AppConfigTarget, ...]:
     """``gpu_config``: the files a move writes the new GPU into (only a move_first fleet's)."""
-    here = _join(where, "gpu_config")
+    here = key_path(where, "gpu_config")
     targets = _parse_app_config(r, m.get("gpu_config"), here, GPU_ENV_KEY)
     if targets and placement != "move_first":
         raise r.fail(here, "only a move writes it: set placement: move_first, or remove it")
     return targets
 
 
-def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
+def _parse_fleet(r: Reader, name: str, value: Any) -> FleetConfig:
     where = f"fleets.{name}"
     m = r.mapping(value, where, _FLEET_KEYS)
     d = FleetConfig(name=name)
     policy = r.string(m, "policy", where, d.policy)
     if policy not in POLICIES:
         raise r.fail(
-            _join(where, "policy"), f"must be one of {', '.join(POLICIES)}, got {policy!r}"
+            key_path(where, "policy"), f"must be one of {', '.join(POLICIES)}, got {policy!r}"
         )
     counting = r.string(m, "counting", where, d.counting)
     if counting not in COUNTINGS:
         raise r.fail(
-            _join(where, "counting"), f"must be one of {', '.join(COUNTINGS)}, got {counting!r}"
+            key_path(where, "counting"), f"must be one of {', '.join(COUNTINGS)}, got {counting!r}"
         )
     tolerance = r.number(m, "offload_tolerance", where, d.offload_tolerance)
     if tolerance > 1:
         raise r.fail(
-            _join(where, "offload_tolerance"),
+            key_path(where, "offload_tolerance"),
             f"must be a fraction from 0 to 1 of the model's bytes, got {tolerance:g}",
         )
-    server = parse_server(r, m, where)
+    server = services.parse_server(r, m, where)
     gpu = r.string(m, "gpu", where, d.gpu)
     gpus, placement = parse_gpus(r, m, where, gpu, server)
-    containers = parse_containers(r, m.get("containers"), _join(where, "containers"), server)
+    containers = services.parse_containers(
+        r, m.get("containers"), key_path(where, "containers"), server
+    )
     return FleetConfig(
         name=name,
-        ladder=_parse_ladder(r, m.get("ladder"), _join(where, "ladder")),
+        ladder=_parse_ladder(r, m.get("ladder"), key_path(where, "ladder")),
         max_vram_errors=r.integer(m, "max_vram_errors", where, d.max_vram_errors, lo=1),
         counting=counting,  # type: ignore[arg-type]
         policy=policy,  # type: ignore[arg-type]
@@ -237,17 +232,17 @@ def _parse_fleet(r: _Reader, name: str, value: Any) -> FleetConfig:
             m, "pull_timeout_seconds", where, d.pull_timeout_seconds, lo=1
         ),
         containers=containers,
-        units=parse_units(r, m.get("units"), _join(where, "units"), server, containers),
-        app_config=_parse_app_config(r, m.get("app_config"), _join(where, "app_config")),
+        units=services.parse_units(r, m.get("units"), key_path(where, "units"), server, containers),
+        app_config=_parse_app_config(r, m.get("app_config"), key_path(where, "app_config")),
         gpu_config=_parse_gpu_config(r, m, where, placement),
-        auto_upgrade=parse_auto_upgrade(r, m.get("auto_upgrade"), _join(where, "auto_upgrade")),
+        auto_upgrade=parse_auto_upgrade(r, m.get("auto_upgrade"), key_path(where, "auto_upgrade")),
         offload_tolerance=tolerance,
     )
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
     """Build a validated Config from parsed YAML; raise ConfigError naming the key and entry."""
-    r = _Reader(source)
+    r = Reader(source)
     top = r.mapping(data, "", _TOP_KEYS)
     d = default_config()
     fleets_raw = top.get("fleets")

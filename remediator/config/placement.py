@@ -22,7 +22,7 @@ from remediator.config.model import (
     ServerSettings,
     Units,
 )
-from remediator.config.reader import _join, _Reader
+from remediator.config.reader import Reader, key_path
 from remediator.ports.model_server import SERVER_KINDS
 
 __all__ = ["UNIT_SUFFIX", "Placement", "placement_of", "service_problem"]
@@ -109,29 +109,29 @@ def service_problem(name: str) -> str | None:
     return None
 
 
-def _unit(r: _Reader, name: str, key: str) -> str:
+def _unit(r: Reader, name: str, key: str) -> str:
     problem = service_problem(name)
     if problem is not None:
         raise r.fail(key, f"{name!r} is not a systemd service's name: {problem}")
     return name
 
 
-def parse_server(r: _Reader, fleet: dict[str, Any], where: str) -> ServerSettings:
+def parse_server(r: Reader, fleet: dict[str, Any], where: str) -> ServerSettings:
     """``server``: the kind, the API's URL (or the deprecated ``ollama_url``) and the runtime."""
-    here = _join(where, "server")
+    here = key_path(where, "server")
     m = r.mapping(fleet.get("server"), here, SERVER_KEYS)
     d = ServerSettings()
     kind = r.string(m, "kind", here, d.kind)
     if kind not in SERVER_KINDS:
         raise r.fail(
-            _join(here, "kind"),
+            key_path(here, "kind"),
             f"unknown server kind {kind!r} (known kinds: {', '.join(SERVER_KINDS)})",
         )
     url_in, url_where, url_key = r.renamed((m, here, "url"), (fleet, where, "ollama_url"))
     runtime = r.string(m, "runtime", here, d.runtime)
     if runtime not in RUNTIMES:
         raise r.fail(
-            _join(here, "runtime"), f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}"
+            key_path(here, "runtime"), f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}"
         )
     return ServerSettings(
         kind=kind,
@@ -141,8 +141,8 @@ def parse_server(r: _Reader, fleet: dict[str, Any], where: str) -> ServerSetting
     )
 
 
-def _server_unit(r: _Reader, m: dict[str, Any], here: str, runtime: str) -> str | None:
-    key = _join(here, "unit")
+def _server_unit(r: Reader, m: dict[str, Any], here: str, runtime: str) -> str | None:
+    key = key_path(here, "unit")
     if m.get("unit") is None:
         if runtime == "systemd":
             raise r.fail(
@@ -161,7 +161,7 @@ def _server_unit(r: _Reader, m: dict[str, Any], here: str, runtime: str) -> str 
     return _unit(r, r.string(m, "unit", here, None), key)
 
 
-def parse_containers(r: _Reader, value: Any, where: str, server: ServerSettings) -> Containers:
+def parse_containers(r: Reader, value: Any, where: str, server: ServerSettings) -> Containers:
     """``containers``: how containers are found and restarted, and the readiness timings.
 
     Under systemd the model server is its unit: naming its containers too is refused, and
@@ -173,13 +173,15 @@ def parse_containers(r: _Reader, value: Any, where: str, server: ServerSettings)
     if health_url is not None and (
         not isinstance(health_url, str) or not health_url.startswith(("http://", "https://"))
     ):
-        raise r.fail(_join(where, "app_health_url"), f"must be an http(s) URL, got {health_url!r}")
+        raise r.fail(
+            key_path(where, "app_health_url"), f"must be an http(s) URL, got {health_url!r}"
+        )
     _, _, names_key = r.renamed((m, where, "server"), (m, where, "ollama"))
     _, _, restart_key = r.renamed((m, where, "restart_server"), (m, where, "restart_ollama"))
     server_names = r.strings(m, names_key, where)
     if server_names and server.runtime == "systemd":
         raise r.fail(
-            _join(where, names_key),
+            key_path(where, names_key),
             f"names the model server's containers, but server.runtime is systemd: the model "
             f"server is the unit {server.unit} (server.unit); remove containers.{names_key}",
         )
@@ -199,11 +201,11 @@ def parse_containers(r: _Reader, value: Any, where: str, server: ServerSettings)
 
 
 def parse_units(
-    r: _Reader, value: Any, where: str, server: ServerSettings, containers: Containers
+    r: Reader, value: Any, where: str, server: ServerSettings, containers: Containers
 ) -> Units:
     """``units``: the application's systemd units, instead of its containers."""
     m = r.mapping(value, where, UNIT_KEYS)
-    key = _join(where, "app")
+    key = key_path(where, "app")
     apps: list[str] = []
     for i, text in enumerate(r.strings(m, "app", where)):
         name = _unit(r, text, f"{key}[{i}]")

@@ -12,14 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final
 
-from remediator.config.modelfile import (
-    LIST_PARAMETERS,
-    Modelfile,
-    ModelfileError,
-    looks_like_file,
-    parse_modelfile,
-)
-from remediator.config.reader import _join, _kind, _Reader
+from remediator.config import modelfile
+from remediator.config.reader import Reader, key_path, type_name
 from remediator.ports.model_server import CreateSpec, CreateValue
 
 __all__ = ["CREATE_KEYS", "PARAMETERS", "QUANTIZE_TYPES", "parse_create"]
@@ -42,15 +36,15 @@ PARAMETERS: Final = frozenset(
 )  # fmt: skip
 
 
-def parse_create(r: _Reader, value: Any, where: str, rung: str) -> CreateSpec | None:
+def parse_create(r: Reader, value: Any, where: str, rung: str) -> CreateSpec | None:
     """The rung's create spec (None when it has no ``create``); errors name the key."""
     if value is None:
         return None
     m = r.mapping(value, where, CREATE_KEYS)
-    made = _read_modelfile(r, m, where) if "modelfile" in m else Modelfile()
+    made = _read_modelfile(r, m, where) if "modelfile" in m else modelfile.Modelfile()
     base = _base(r, m, where, made)
     if _same_name(base, rung):
-        raise r.fail(_join(where, "from"), f"is the rung itself ({rung}): name another model")
+        raise r.fail(key_path(where, "from"), f"is the rung itself ({rung}): name another model")
     params = _parameters(r, m, where)
     texts = {key: _text(r, m, key, where) for key in ("system", "template", "license")}
     for key, from_file in (
@@ -60,10 +54,10 @@ def parse_create(r: _Reader, value: Any, where: str, rung: str) -> CreateSpec | 
         ("license", texts["license"] is not None and made.license is not None),
     ):
         if from_file:
-            raise r.fail(_join(where, key), "is set in the Modelfile too: keep one of them")
+            raise r.fail(key_path(where, key), "is set in the Modelfile too: keep one of them")
     return CreateSpec(
         from_model=base,
-        parameters=params or _as_pairs(r, made.parameters, _join(where, "modelfile")),
+        parameters=params or _as_pairs(r, made.parameters, key_path(where, "modelfile")),
         system=texts["system"] if texts["system"] is not None else made.system,
         template=texts["template"] if texts["template"] is not None else made.template,
         license=texts["license"] if texts["license"] is not None else made.license,
@@ -73,9 +67,9 @@ def parse_create(r: _Reader, value: Any, where: str, rung: str) -> CreateSpec | 
     )
 
 
-def _read_modelfile(r: _Reader, m: dict[str, Any], where: str) -> Modelfile:
+def _read_modelfile(r: Reader, m: dict[str, Any], where: str) -> modelfile.Modelfile:
     """The Modelfile, relative to the config file's folder (the working one without a file)."""
-    key = _join(where, "modelfile")
+    key = key_path(where, "modelfile")
     name = r.string(m, "modelfile", where, None)
     source = Path(r.source)
     path = Path(name).expanduser()
@@ -86,20 +80,20 @@ def _read_modelfile(r: _Reader, m: dict[str, Any], where: str) -> Modelfile:
     except (OSError, UnicodeDecodeError) as exc:
         raise r.fail(key, f"cannot read the Modelfile {path}: {exc}") from None
     try:
-        return parse_modelfile(text)
-    except ModelfileError as exc:
+        return modelfile.parse_modelfile(text)
+    except modelfile.ModelfileError as exc:
         raise r.fail(key, f"{path}: {exc}") from None
 
 
-def _base(r: _Reader, m: dict[str, Any], where: str, made: Modelfile) -> str:
-    key = _join(where, "from")
+def _base(r: Reader, m: dict[str, Any], where: str, made: modelfile.Modelfile) -> str:
+    key = key_path(where, "from")
     if m.get("from") is None:
         if made.from_model is None:
             what = "the Modelfile has no FROM and " if "modelfile" in m else ""
             raise r.fail(key, f"is required: {what}a custom model is made from another model")
         return made.from_model
     base = r.string(m, "from", where, None)
-    if looks_like_file(base):
+    if modelfile.looks_like_file(base):
         raise r.fail(
             key,
             f"{base!r} names weights on disk, which need a blob upload (/api/blobs) that "
@@ -110,8 +104,8 @@ def _base(r: _Reader, m: dict[str, Any], where: str, made: Modelfile) -> str:
     return base
 
 
-def _parameters(r: _Reader, m: dict[str, Any], where: str) -> tuple[tuple[str, CreateValue], ...]:
-    key = _join(where, "parameters")
+def _parameters(r: Reader, m: dict[str, Any], where: str) -> tuple[tuple[str, CreateValue], ...]:
+    key = key_path(where, "parameters")
     value = m.get("parameters")
     if value is None:
         return ()
@@ -120,14 +114,14 @@ def _parameters(r: _Reader, m: dict[str, Any], where: str) -> tuple[tuple[str, C
     return _as_pairs(r, value, key)
 
 
-def _as_pairs(r: _Reader, params: dict[str, Any], key: str) -> tuple[tuple[str, CreateValue], ...]:
+def _as_pairs(r: Reader, params: dict[str, Any], key: str) -> tuple[tuple[str, CreateValue], ...]:
     """Parameters checked against Ollama's names, as sorted hashable pairs."""
     pairs: list[tuple[str, CreateValue]] = []
     for name, value in sorted(params.items(), key=lambda kv: str(kv[0])):
         here = f"{key}.{name}"
         if name not in PARAMETERS:
             raise r.fail(here, f"is not an Ollama parameter ({', '.join(sorted(PARAMETERS))})")
-        if name in LIST_PARAMETERS:
+        if name in modelfile.LIST_PARAMETERS:
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
                 raise r.fail(here, f"must be a string or a list of strings, got {value!r}")
@@ -135,15 +129,15 @@ def _as_pairs(r: _Reader, params: dict[str, Any], key: str) -> tuple[tuple[str, 
         elif isinstance(value, str | int | float | bool):
             pairs.append((name, value))
         else:
-            raise r.fail(here, f"must be a number, a string or true/false, got {_kind(value)}")
+            raise r.fail(here, f"must be a number, a string or true/false, got {type_name(value)}")
     return tuple(pairs)
 
 
-def _text(r: _Reader, m: dict[str, Any], key: str, where: str) -> str | None:
+def _text(r: Reader, m: dict[str, Any], key: str, where: str) -> str | None:
     return None if m.get(key) is None else r.string(m, key, where, None)
 
 
-def _quantize(r: _Reader, m: dict[str, Any], where: str) -> str | None:
+def _quantize(r: Reader, m: dict[str, Any], where: str) -> str | None:
     if m.get("quantize") is None:
         return None
     value = r.string(m, "quantize", where, None)
@@ -152,7 +146,7 @@ def _quantize(r: _Reader, m: dict[str, Any], where: str) -> str | None:
         if value.upper() == known.upper():
             return known
     raise r.fail(
-        _join(where, "quantize"),
+        key_path(where, "quantize"),
         f"{value!r} is not a type Ollama quantizes to ({', '.join(QUANTIZE_TYPES)}); other "
         "quantizations are pulled as library tags (e.g. llama3.1:8b-instruct-q2_K)",
     )

@@ -7,7 +7,6 @@ judgement (duplicate, stale, cooldown, ...) is the remediator's, under the fleet
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -16,9 +15,8 @@ from fleet_contract.labels import HOST_LABEL
 from remediator.config import Config
 from remediator.domain.decisions import AlertRef
 from remediator.domain.kinds import Direction, Trigger
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.alerts")
+from remediator.domain.loggers import ALERTS as log
+from remediator.domain.records import DeferredAlert
 
 # The ``remediation`` label -> (direction, trigger) of the switch it asks for.
 REMEDIATIONS: Final = {
@@ -72,6 +70,23 @@ class AlertRequest:
     from_prometheus: bool = (
         False  # a rule's alert (a generatorURL): Prometheus can tell if it fires
     )
+
+    def kept(self, reason: str, detail: str, now: float, acts_at: float) -> DeferredAlert:
+        """This alert kept in the state at ``now``, refused for ``reason``, to be judged
+        again at ``acts_at``."""
+        return DeferredAlert(
+            key=self.ref.key,
+            direction=self.direction,
+            trigger=self.trigger,
+            reason=reason,
+            detail=detail,
+            started_at=self.ref.started_at,
+            deferred_at=now,
+            acts_at=acts_at,
+            labels=self.labels,
+            error_count=self.error_count,
+            from_prometheus=self.from_prometheus,
+        )
 
 
 def parse_time(value: str) -> float:

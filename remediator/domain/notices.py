@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from remediator.domain.records import num, text
+from remediator.domain.records import json_form, num, text
 
 __all__ = ["Notice", "Notification"]
 
@@ -21,7 +21,7 @@ class Notice:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return {"time": self.time, "message": self.message, "kept_as": self.kept_as}
+        return json_form(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Notice:
@@ -53,16 +53,7 @@ class Notification:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return {
-            "time": self.time,
-            "key": self.key,
-            "status": self.status,
-            "alertname": self.alertname,
-            "fleet": self.fleet,
-            "severity": self.severity,
-            "summary": self.summary,
-            "outcome": self.outcome,
-        }
+        return json_form(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Notification:

@@ -7,10 +7,41 @@ TypeError on a malformed entry (:mod:`remediator.domain.state` holds what they m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
 
-__all__ = ["DeferredAlert", "Failure", "SwitchJournal", "SwitchRecord", "num", "opt_num", "text"]
+__all__ = [
+    "DeferredAlert",
+    "Failure",
+    "SwitchJournal",
+    "SwitchRecord",
+    "json_form",
+    "num",
+    "opt_num",
+    "text",
+]
+
+# Fields whose JSON name is not their own: a record's models are ``from``/``to`` everywhere
+# (the history endpoint, the journal entry, ``last_failure``).
+JSON_NAMES: Final = {"from_model": "from", "to_model": "to"}
+
+
+def json_form(record: Any) -> dict[str, Any]:
+    """A record's JSON form: each field of the dataclass ``record`` in order, under its JSON
+    name (:data:`JSON_NAMES`); a nested record by its own ``to_dict``, a list or dict copied."""
+    return {
+        JSON_NAMES.get(f.name, f.name): _json_value(getattr(record, f.name)) for f in fields(record)
+    }
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -35,21 +66,13 @@ class SwitchRecord:
     to_gpu: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``from``/``to`` as in the history endpoint)."""
-        d: dict[str, Any] = {
-            "time": self.time,
-            "fleet": self.fleet,
-            "from": self.from_model,
-            "to": self.to_model,
-            "direction": self.direction,
-            "trigger": self.trigger,
-            "reason": self.reason,
-            "alert_key": self.alert_key,
-        }
-        if self.recovery is not None:
-            d["recovery"] = self.recovery
-        if self.action != "switch":
-            d.update(action=self.action, from_gpu=self.from_gpu, to_gpu=self.to_gpu)
+        """The JSON form (``from``/``to`` as in the history endpoint): ``recovery`` only when
+        set, and a move's ``action``, ``from_gpu`` and ``to_gpu`` only on a move."""
+        d = json_form(self)
+        if self.recovery is None:
+            del d["recovery"]
+        if self.action == "switch":
+            del d["action"], d["from_gpu"], d["to_gpu"]
         return d
 
     @classmethod
@@ -102,21 +125,11 @@ class SwitchJournal:
         return any(d.split(" ", 1)[0] == step for d in self.done)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return {
-            "started_at": self.started_at,
-            "from": self.from_model,
-            "to": self.to_model,
-            "target": self.target,
-            "direction": self.direction,
-            "trigger": self.trigger,
-            "reason": self.reason,
-            "alert_key": self.alert_key,
-            "planned": list(self.planned),
-            "done": list(self.done),
-            "recovery_attempts": self.recovery_attempts,
-            **({"from_gpu": self.from_gpu, "to_gpu": self.to_gpu} if self.to_gpu else {}),
-        }
+        """The JSON form; a move's ``from_gpu`` and ``to_gpu`` only on a move."""
+        d = json_form(self)
+        if not self.to_gpu:
+            del d["from_gpu"], d["to_gpu"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SwitchJournal:
@@ -174,20 +187,8 @@ class DeferredAlert:
         return self.labels.get("alertname", "")
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return {
-            "key": self.key,
-            "direction": self.direction,
-            "trigger": self.trigger,
-            "reason": self.reason,
-            "detail": self.detail,
-            "started_at": self.started_at,
-            "deferred_at": self.deferred_at,
-            "acts_at": self.acts_at,
-            "labels": dict(sorted(self.labels.items())),
-            "error_count": self.error_count,
-            "from_prometheus": self.from_prometheus,
-        }
+        """The JSON form, its labels sorted."""
+        return {**json_form(self), "labels": dict(sorted(self.labels.items()))}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeferredAlert:
@@ -227,13 +228,7 @@ class Failure:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: ``time``, ``step``, ``message``, ``from``, ``to``."""
-        return {
-            "time": self.time,
-            "step": self.step,
-            "message": self.message,
-            "from": self.from_model,
-            "to": self.to_model,
-        }
+        return json_form(self)
 
 
 def text(v: Any) -> str:

@@ -18,6 +18,7 @@ from remediator.domain.records import (
     Failure,
     SwitchJournal,
     SwitchRecord,
+    json_form,
     num,
     opt_num,
     text,
@@ -168,18 +169,9 @@ class FleetState:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {
-            "current_model": self.current_model,
-            "index": self.index,
-            "vram_error_count": self.vram_error_count,
-            "last_switch_at": self.last_switch_at,
-            "last_upgrade_at": self.last_upgrade_at,
-            "last_upgrade_failed_at": self.last_upgrade_failed_at,
-            "last_failure": self.last_failure,
-            "history": [r.to_dict() for r in self.history],
+            **json_form(self),
             "processed_alerts": dict(sorted(self.processed_alerts.items())),
-            "journal": None if self.journal is None else self.journal.to_dict(),
             "deferred": [a.to_dict() for a in sorted(self.deferred.values(), key=_by_time)],
-            "gpu": self.gpu,
         }
 
     @classmethod

@@ -15,12 +15,10 @@ from flask import Blueprint, jsonify
 
 from remediator.domain.alerts import InvalidPayload, parse_webhook
 from remediator.domain.kinds import DeliveryOutcome
+from remediator.domain.loggers import WEBHOOKS as log
 from remediator.http.body import BadBody, alerts_within, json_body
 from remediator.http.common import authorized, deny, error, service, token_required
 from remediator.store.locks import StateError
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.routes.webhooks")
 
 webhooks = Blueprint("webhooks", __name__)
 

@@ -8,7 +8,6 @@ sets it): each worker writes its own file and ``/metrics`` sums them.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Iterable
@@ -24,11 +23,9 @@ from fleet_exposition import BuildInfoCollector, HostRegistry
 from remediator.config import Config
 from remediator.config.windows import window_state
 from remediator.domain.kinds import DeliveryOutcome, Direction, RecoveryOutcome, Trigger
+from remediator.domain.loggers import METRICS as log
 from remediator.store.locks import StateError
 from remediator.store.state import StateStore
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.metrics")
 
 DIRECTIONS = tuple(Direction)
 TRIGGERS = tuple(Trigger)

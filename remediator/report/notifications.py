@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from remediator.config import Notifications
+from remediator.domain.loggers import NOTIFICATIONS as log
 from remediator.domain.notices import Notification
 from remediator.report.metrics import RemediatorMetrics
 from remediator.store.locks import StateError
@@ -22,9 +23,6 @@ from remediator.store.state import StateStore
 
 if TYPE_CHECKING:
     from remediator.domain.alerts import WebhookAlert
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.notifications")
 
 
 class ForwardFailed(RuntimeError):

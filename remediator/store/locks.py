@@ -7,16 +7,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LockTimeout", "StateError", "file_lock"]
+from remediator.domain.loggers import STATE as log
 
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.state")
+__all__ = ["LockTimeout", "StateError", "file_lock"]
 
 
 class StateError(RuntimeError):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from remediator.config import Config, FleetConfig
+from remediator.domain.loggers import STATE as log
 from remediator.domain.notices import Notice
 from remediator.domain.state import (
     MAX_NOTICES,
@@ -29,9 +29,6 @@ from remediator.domain.state import (
 )
 from remediator.store.codec import fsync_dir, parse_state, write_state
 from remediator.store.locks import StateError, file_lock
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.state")
 
 _TMP_MARK: Final = ".tmp-"
 

@@ -9,11 +9,10 @@ restarts the containers already touched, which then read the old model again.
 
 from __future__ import annotations
 
-import logging
-
 from remediator import appconfig
 from remediator.appconfig import AppConfigError, ConfigSnapshot
 from remediator.config import FleetConfig, placement_of
+from remediator.domain.loggers import ACTIONS as log
 from remediator.ports.model_server import ModelServer, ModelServerError
 from remediator.ports.runtime import (
     ROLE_APP,
@@ -35,9 +34,6 @@ from remediator.switch.readiness import (
     settle,
     wait_ready,
 )
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.actions")
 
 
 def _ignore(step: str, detail: str = "") -> None:

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -16,15 +15,13 @@ from remediator.config import Config, FleetConfig
 from remediator.domain import decisions, moves, stepup
 from remediator.domain.decisions import AlertRef, Decision
 from remediator.domain.kinds import Direction, Trigger
+from remediator.domain.loggers import SWITCHING as log
 from remediator.domain.state import FleetState
 from remediator.store.state import StateStore
 from remediator.switch.live import LiveFigures, LiveReader
 from remediator.switch.plan import SwitchPlan
 
 __all__ = ["Decider", "moves_on"]
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.switching")
 
 
 class Decider:

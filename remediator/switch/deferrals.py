@@ -18,7 +18,6 @@ the entries live in the state file, a restarted remediator acts on them as soon 
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -26,15 +25,13 @@ from dataclasses import dataclass
 
 from remediator.domain.alerts import AlertRequest
 from remediator.domain.decisions import AlertRef
+from remediator.domain.loggers import DEFERRALS as log
 from remediator.domain.records import DeferredAlert
 from remediator.domain.state import State
 from remediator.store.locks import LockTimeout
 from remediator.switch import transaction
 from remediator.switch.engine import Remediator
 from remediator.switch.intake import judge
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.deferrals")
 
 TICK_SECONDS = 1.0  # how often a worker looks for due alerts: the bound on their extra delay
 

@@ -18,7 +18,6 @@ the lock when the running switch lets go and judges them then, the same way.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from remediator.domain import moves
 from remediator.domain.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.domain.decisions import Decision
 from remediator.domain.kinds import Direction
+from remediator.domain.loggers import INTAKE as log
 from remediator.store.locks import LockTimeout
 from remediator.switch import recovery, transaction
 from remediator.switch.background import Acceptance
@@ -38,9 +38,6 @@ from remediator.switch.live import note_live_errors
 from remediator.switch.plan import SwitchPlan, switch_wait
 from remediator.switch.redelivery import answer_handled, log_not_acted_on
 from remediator.switch.tools import SwitchTools
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.intake")
 
 
 @dataclass

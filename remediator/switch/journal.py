@@ -23,12 +23,10 @@ import time
 from collections.abc import Callable
 
 from fleet_contract.env import TEST_CRASH_AFTER
+from remediator.domain.loggers import JOURNAL as log
 from remediator.domain.records import SwitchJournal
 from remediator.store.locks import StateError
 from remediator.store.state import StateStore
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.journal")
 
 # The steps of a real switch, in order, as FleetActions records them ("restarted_<role>" once
 # per container). "intent" is the entry itself; "committed" follows the closing commit.

@@ -5,22 +5,18 @@ it resolved."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from remediator.config import FleetConfig
 from remediator.config.windows import iso
 from remediator.domain.alerts import AlertRequest
 from remediator.domain.decisions import Decision
-from remediator.domain.records import DeferredAlert
+from remediator.domain.loggers import INTAKE as log
 from remediator.domain.state import FleetState
 from remediator.store.state import StateStore
 from remediator.switch.tools import SwitchTools
 
 __all__ = ["defer", "forget_resolved"]
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.intake")
 
 
 def defer(
@@ -34,21 +30,7 @@ def defer(
     answer to the delivery."""
     assert decision.retry_at is not None
     now = tools.now()
-    new = fs.defer(
-        DeferredAlert(
-            key=ask.ref.key,
-            direction=ask.direction,
-            trigger=ask.trigger,
-            reason=decision.reason,
-            detail=decision.detail,
-            started_at=ask.ref.started_at,
-            deferred_at=now,
-            acts_at=decision.retry_at,
-            labels=ask.labels,
-            error_count=ask.error_count,
-            from_prometheus=ask.from_prometheus,
-        )
-    )
+    new = fs.defer(ask.kept(decision.reason, decision.detail, now, decision.retry_at))
     if new:
         tools.observer.deferred(fleet.name, decision.reason)
     acts_at = iso(decision.retry_at, "UTC")

@@ -14,7 +14,6 @@ This module does the I/O (through :mod:`remediator.adapters.prometheus`);
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from typing import Any, Final, Generic, TypeVar
 
 from fleet_contract import metrics
 from remediator.config import FleetConfig, strip_credentials
+from remediator.domain.loggers import LIVE as log
+from remediator.domain.records import json_form
 from remediator.domain.state import FleetState
 from remediator.ports.prometheus import PrometheusError, Querier, Sample
 from remediator.switch.promql import (
@@ -39,8 +40,6 @@ from remediator.switch.promql import (
 )
 
 T = TypeVar("T")
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.live")
 
 SOURCE: Final = "prometheus"
 LOCATIONS: Final = ("vram", "system")
@@ -76,12 +75,7 @@ class ModelMemory:
 
     def to_dict(self) -> dict[str, Any]:
         """As the status shows it."""
-        return {
-            "name": self.name,
-            "vram_bytes": self.vram_bytes,
-            "system_bytes": self.system_bytes,
-            "offloaded_fraction": self.offloaded_fraction,
-        }
+        return {**json_form(self), "offloaded_fraction": self.offloaded_fraction}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ else back to the container put aside.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -25,6 +24,7 @@ from typing import Protocol, runtime_checkable
 from remediator import appconfig
 from remediator.appconfig import AppConfigError, ConfigSnapshot
 from remediator.config import FleetConfig
+from remediator.domain.loggers import MOVING as log
 from remediator.ports.runtime import (
     ASIDE_SUFFIX,
     ROLE_SERVER,
@@ -37,9 +37,6 @@ from remediator.ports.runtime import (
 from remediator.switch.plan import StepRecorder, SwitchFailed, SwitchPlan
 
 __all__ = ["Mover", "aside", "move_servers", "resolve_move", "write_gpu_config"]
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.moving")
 
 
 @runtime_checkable

@@ -24,11 +24,11 @@ unwritable) the entry stays open, the outcome ``failed`` is counted and Recovery
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
 from remediator.config import FleetConfig
+from remediator.domain.loggers import RECOVERY as log
 from remediator.domain.notices import Notice
 from remediator.domain.records import Failure, SwitchJournal, SwitchRecord
 from remediator.store.locks import StateError
@@ -45,9 +45,6 @@ from remediator.switch.resolution import (
     fail,
 )
 from remediator.switch.tools import SwitchTools
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.recovery")
 
 
 def commit(tools: SwitchTools, fleet: FleetConfig, plan: SwitchPlan, target: int) -> SwitchRecord:

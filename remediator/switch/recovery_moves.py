@@ -4,11 +4,11 @@ GPU), else back to the container put aside."""
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Protocol, runtime_checkable
 
 from remediator.config import FleetConfig
+from remediator.domain.loggers import RECOVERY as log
 from remediator.domain.notices import Notice
 from remediator.domain.records import SwitchJournal
 from remediator.switch.resolution import (
@@ -21,9 +21,6 @@ from remediator.switch.resolution import (
 from remediator.switch.tools import SwitchTools
 
 __all__ = ["MoveResolver", "resolve_move"]
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.recovery")
 
 
 @runtime_checkable

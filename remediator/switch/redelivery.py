@@ -21,11 +21,9 @@ from remediator.config import FleetConfig
 from remediator.domain.alerts import AlertRequest
 from remediator.domain.decisions import Decision, already_handled
 from remediator.domain.kinds import Direction
+from remediator.domain.loggers import REDELIVERY as log
 from remediator.domain.state import FleetState
 from remediator.store.state import StateStore
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.redelivery")
 
 
 def answer_handled(

@@ -5,12 +5,12 @@ changes of a switch rolled forward or back."""
 
 from __future__ import annotations
 
-import logging
 from typing import Final, NoReturn, Protocol, runtime_checkable
 
 from remediator.config import FleetConfig
 from remediator.domain import decisions
 from remediator.domain.kinds import Direction, RecoveryOutcome
+from remediator.domain.loggers import RECOVERY as log
 from remediator.domain.notices import Notice
 from remediator.domain.records import Failure, SwitchJournal, SwitchRecord
 from remediator.domain.state import FleetState
@@ -30,8 +30,6 @@ __all__ = [
     "fail",
 ]
 
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.recovery")
 
 ROLLED_FORWARD: Final = RecoveryOutcome.ROLLED_FORWARD
 ROLLED_BACK: Final = RecoveryOutcome.ROLLED_BACK

@@ -7,11 +7,11 @@ for a person's request, :mod:`remediator.switch.intake` for an alert).
 
 from __future__ import annotations
 
-import logging
 import time
 
 from remediator.config import FleetConfig
 from remediator.domain.decisions import Decision
+from remediator.domain.loggers import SWITCHING as log
 from remediator.domain.records import Failure, SwitchJournal
 from remediator.store.locks import StateError
 from remediator.switch import recovery
@@ -20,9 +20,6 @@ from remediator.switch.plan import Actions, Outcome, StepRecorder, SwitchFailed,
 from remediator.switch.tools import SwitchTools
 
 __all__ = ["carry_out", "intent"]
-
-# Named as before the layers (issue 22): log lines and their filters use the name.
-log = logging.getLogger("remediator.switching")
 
 
 def carry_out(
