@@ -85,7 +85,7 @@ class AppConfigTarget:
 
 def snapshot(targets: Iterable[AppConfigTarget]) -> ConfigSnapshot:
     """Record the current bytes, mode and owner of every target's file."""
-    return snapshot_files(t.path for t in targets)
+    return snapshot_files([t.path for t in targets])
 
 
 def write_all(targets: Iterable[AppConfigTarget], model: str) -> ConfigSnapshot:

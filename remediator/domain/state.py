@@ -7,6 +7,7 @@ file aside. Reading, locking and writing the file is the store's job, not this m
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -231,6 +232,21 @@ class State:
         same = (notification.key, notification.status)
         self.notifications = [n for n in self.notifications if (n.key, n.status) != same]
         self.notifications.append(notification)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], configured: Collection[str]) -> State:
+        """Parse the whole file's JSON form: the fleets of ``configured`` parsed, the others
+        kept as they are; raise ValueError/KeyError/TypeError/AttributeError when malformed."""
+        fleets = d.get("fleets")
+        if not isinstance(fleets, dict):
+            raise TypeError("'fleets' is not an object")
+        parsed = {name: FleetState.from_dict(e) for name, e in fleets.items() if name in configured}
+        return cls(
+            fleets=parsed,
+            notices=[Notice.from_dict(n) for n in d.get("notices", [])],
+            unconfigured={name: e for name, e in fleets.items() if name not in configured},
+            notifications=[Notification.from_dict(n) for n in d.get("notifications", [])],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of the whole file."""

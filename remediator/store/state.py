@@ -27,7 +27,7 @@ from remediator.domain.state import (
     FleetState,
     State,
 )
-from remediator.store.codec import fsync_dir, parse_state, write_state
+from remediator.store.codec import decode, fsync_dir, write_atomically
 from remediator.store.locks import StateError, file_lock
 
 _TMP_MARK: Final = ".tmp-"
@@ -204,7 +204,13 @@ class StateStore:
 
     def _parse(self, raw: bytes) -> tuple[State | None, str, str]:
         """The state in ``raw``, or None with the problem and the tag to keep the file under."""
-        return parse_state(raw, self.config.fleets)
+        data, problem, tag = decode(raw)
+        if data is None:
+            return None, problem, tag
+        try:
+            return State.from_dict(data, self.config.fleets), "", tag
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return None, f"the state file has a malformed entry ({type(exc).__name__}: {exc})", tag
 
     def _load_locked(self) -> tuple[State, bool]:
         """Load under the lock. Returns the state and whether it must be written back."""
@@ -273,4 +279,4 @@ class StateStore:
 
     def _write_locked(self, state: State) -> None:
         """Write atomically: temp file, fsync, rename over the old file, fsync the directory."""
-        write_state(self.path, state)
+        write_atomically(self.path, state.to_dict())

@@ -23,7 +23,7 @@ from remediator.ports.runtime import (
     Runtime,
 )
 from remediator.switch import moving
-from remediator.switch.journal import crash_point
+from remediator.switch.journal import crash_point, journaled
 from remediator.switch.plan import StepRecorder, SwitchFailed, SwitchPlan
 from remediator.switch.provision import make_present, would_make_present
 from remediator.switch.readiness import (
@@ -79,7 +79,8 @@ class FleetActions:
         steps: list[str] = []
         fleet, new, old = self.fleet, plan.to_rung.name, plan.from_rung.name
 
-        steps += make_present(self.server, plan.to_rung, fleet.pull_timeout_seconds, note)
+        present = make_present(self.server, plan.to_rung, fleet.pull_timeout_seconds)
+        steps += journaled(present, note)
 
         try:
             servers, apps = self._find()
@@ -152,7 +153,7 @@ class FleetActions:
         if dry_run:
             return [f"would move {ref.name} to GPU {plan.to_gpu}" for ref in servers]
         probe = self._readiness(ROLE_SERVER, plan.from_rung.name)
-        return moving.move_servers(self.fleet, self.runtime, plan, servers, probe, note)
+        return journaled(moving.move_servers(self.fleet, self.runtime, plan, servers, probe), note)
 
     def resolve_move(self, model: str, gpu: str, *, forward: bool) -> list[str]:
         """Finish an interrupted move or take it back

@@ -4,20 +4,23 @@
 each fleet the delivery asks something of, it takes the fleet's switch lock without waiting
 and, holding it, judges the fleet's alerts in one state transaction: it records the VRAM error
 count they carry, then dedupes (fingerprint@startsAt), refuses stale alerts, the cooldown and
-the hourly cap, and picks at most one switch. The lock then passes to a :class:`HeldSwitch`,
+the hourly cap, and picks at most one switch. The lock then passes to a
+:class:`~remediator.switch.transaction.HeldSwitch`,
 which carries that switch out after the HTTP answer (a pull and the restarts take minutes) and
 lets go when the switch is committed or rolled back. No switch of the fleet, from any thread,
 gunicorn worker or the CLI, can come between the decision and its commit: nothing is decided
 twice.
 
 A fleet whose lock is held is switching right now. Alerts that the running switch acts on (its
-lock file names them) are duplicates; the others wait in a :class:`QueuedAlerts`, which takes
-the lock when the running switch lets go and judges them then, the same way.
+lock file names them) are duplicates; the others wait in a
+:class:`~remediator.switch.transaction.QueuedAlerts`, which takes the lock when the running
+switch lets go and has them judged then, the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,16 +31,16 @@ from remediator.domain import moves
 from remediator.domain.alerts import AlertRequest, WebhookAlert, resolutions, triage
 from remediator.domain.decisions import Decision
 from remediator.domain.kinds import Direction
-from remediator.domain.loggers import INTAKE as log
 from remediator.store.locks import LockTimeout
-from remediator.switch import recovery, transaction
+from remediator.switch import recovery
 from remediator.switch.background import Acceptance
 from remediator.switch.deciding import Decider
 from remediator.switch.keeping import defer, forget_resolved
 from remediator.switch.live import note_live_errors
-from remediator.switch.plan import SwitchPlan, switch_wait
+from remediator.switch.plan import SwitchPlan
 from remediator.switch.redelivery import answer_handled, log_not_acted_on
 from remediator.switch.tools import SwitchTools
+from remediator.switch.transaction import HeldSwitch, QueuedAlerts
 
 
 @dataclass
@@ -154,7 +157,9 @@ def _accept_fleet(
         acceptance.ignored += verdict.ignored
         acceptance.deferred += verdict.deferred
         if verdict.plan is not None:
-            acceptance.pending.append(HeldSwitch(tools, verdict, held.pop_all(), started))
+            assert verdict.decision is not None  # a plan comes from a decision to switch
+            switch = HeldSwitch(tools, verdict.plan, verdict.decision, held.pop_all(), started)
+            acceptance.pending.append(switch)
 
 
 def _queue(
@@ -174,80 +179,17 @@ def _queue(
             detail = f"queued: fleet {fleet.name} is switching; judged when that switch ends"
             acceptance.accepted.append({**ask.item, "detail": detail})
     if waiting:
-        acceptance.pending.append(QueuedAlerts(tools, decider, fleet, waiting))
+        keys = [ask.ref.key for ask in waiting]
+        chosen = functools.partial(_chosen, tools, decider, fleet, waiting)
+        acceptance.pending.append(QueuedAlerts(tools, fleet, keys, chosen))
     return acceptance
 
 
-class HeldSwitch:
-    """A switch decided under the fleet's lock, carried out while that lock is still held."""
-
-    waits = False
-
-    def __init__(
-        self, tools: SwitchTools, verdict: Verdict, lock: contextlib.ExitStack, started: float
-    ) -> None:
-        assert verdict.plan is not None and verdict.decision is not None
-        self._tools = tools
-        self._plan = verdict.plan
-        self._decision = verdict.decision
-        self._lock = lock
-        self._started = started
-
-    def run(self) -> None:
-        """Switch, commit or roll back, then let go of the lock."""
-        plan = self._plan
-        try:
-            with self._lock:
-                transaction.carry_out(
-                    self._tools,
-                    plan.fleet,
-                    plan.direction,
-                    self._decision,
-                    plan,
-                    False,
-                    self._started,
-                )
-        except Exception:  # a background thread has no caller to tell: log it whole
-            log.exception("fleet %s: switch for alert %s crashed", plan.fleet.name, plan.alert_key)
-
-    def release(self) -> None:
-        """Let go of the lock without switching."""
-        self._lock.close()
-
-
-class QueuedAlerts:
-    """Alerts that came while their fleet was switching: judged once its lock is free."""
-
-    waits = True
-
-    def __init__(
-        self, tools: SwitchTools, decider: Decider, fleet: FleetConfig, asks: list[AlertRequest]
-    ) -> None:
-        self._tools = tools
-        self._decider = decider
-        self._fleet = fleet
-        self._asks = asks
-
-    def run(self) -> None:
-        """Wait for the fleet's lock, then judge and switch as :func:`accept` does."""
-        fleet, tools = self._fleet, self._tools
-        keys = [ask.ref.key for ask in self._asks]
-        try:
-            with tools.store.switch_lock(fleet.name, switch_wait(fleet), handling=keys):
-                started = time.monotonic()
-                verdict = judge(tools, self._decider, fleet, self._asks)
-                if verdict.plan is not None and verdict.decision is not None:
-                    transaction.carry_out(
-                        tools,
-                        fleet,
-                        verdict.plan.direction,
-                        verdict.decision,
-                        verdict.plan,
-                        False,
-                        started,
-                    )
-        except Exception:  # a background thread has no caller to tell: log it whole
-            log.exception("fleet %s: queued alerts %s crashed", fleet.name, ", ".join(keys))
-
-    def release(self) -> None:
-        """Nothing is held."""
+def _chosen(
+    tools: SwitchTools, decider: Decider, fleet: FleetConfig, asks: list[AlertRequest]
+) -> tuple[SwitchPlan, Decision] | None:
+    """The switch queued alerts choose, judged once the fleet's lock is theirs."""
+    verdict = judge(tools, decider, fleet, asks)
+    if verdict.plan is None or verdict.decision is None:
+        return None
+    return verdict.plan, verdict.decision

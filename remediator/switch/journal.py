@@ -20,13 +20,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from fleet_contract.env import TEST_CRASH_AFTER
 from remediator.domain.loggers import JOURNAL as log
 from remediator.domain.records import SwitchJournal
 from remediator.store.locks import StateError
 from remediator.store.state import StateStore
+from remediator.switch.plan import Done, StepRecorder
 
 # The steps of a real switch, in order, as FleetActions records them ("restarted_<role>" once
 # per container). "intent" is the entry itself; "committed" follows the closing commit.
@@ -135,3 +136,13 @@ class Journal:
         if self._on_step is not None:
             self._on_step(step)
         crash_point(step)
+
+
+def journaled(done: Iterator[Done], note: StepRecorder) -> list[str]:
+    """Tell ``note`` (:meth:`Journal.record`) each step a step module yields, before that
+    module goes on to the next; what the steps said, for the switch's list of steps."""
+    said: list[str] = []
+    for d in done:
+        note(d.step, d.detail)
+        said += d.said
+    return said

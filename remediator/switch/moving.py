@@ -18,7 +18,7 @@ else back to the container put aside.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from remediator import appconfig
@@ -34,7 +34,7 @@ from remediator.ports.runtime import (
     Runtime,
     RuntimeByRole,
 )
-from remediator.switch.plan import StepRecorder, SwitchFailed, SwitchPlan
+from remediator.switch.plan import Done, SwitchFailed, SwitchPlan
 
 __all__ = ["Mover", "aside", "move_servers", "resolve_move", "write_gpu_config"]
 
@@ -71,10 +71,10 @@ def move_servers(
     plan: SwitchPlan,
     servers: list[ContainerRef],
     probe: Probe | None,
-    note: StepRecorder,
-) -> list[str]:
-    """Move each model server container to ``plan.to_gpu`` and find it ready on the same model;
-    the steps taken. Raises SwitchFailed once everything is back where it ran."""
+) -> Iterator[Done]:
+    """Move each model server container to ``plan.to_gpu`` and find it ready on the same model,
+    yielding each step once it is done. Raises SwitchFailed once everything is back where it
+    ran."""
     gpu, model = plan.to_gpu, plan.from_rung.name
     assert gpu is not None
     servers, _ = aside(servers)
@@ -84,24 +84,25 @@ def move_servers(
     if mover is None:
         why = f"the model server's runtime ({type(runtime).__name__}) cannot move a container"
         raise SwitchFailed("move", why)
-    note("found", " ".join(ref.name for ref in servers))
+    yield Done("found", " ".join(ref.name for ref in servers))
     try:
         snap = appconfig.write_all(fleet.gpu_config, gpu)
     except AppConfigError as exc:
         raise SwitchFailed("write_gpu_config", str(exc)) from exc
-    note("gpu_config_written", gpu)
+    wrote = tuple(f"wrote GPU {gpu} into {t.describe()}" for t in fleet.gpu_config)
+    yield Done("gpu_config_written", gpu, wrote)
     c = fleet.containers
     moved: list[tuple[ContainerRef, ContainerRef]] = []
     step = "move"
     try:
         for ref in servers:
             moved.append((ref, mover.move(ref, gpu, c.stop_timeout_seconds)))
-            note("moved_ollama", ref.name)
+            yield Done("moved_ollama", ref.name, (f"moved {ref.name} to GPU {gpu}",))
         step = "verify"
         deadline = time.monotonic() + c.ready_timeout_seconds
         for _, new in moved:
             runtime.wait_ready(new, deadline, probe)
-        note("verified_ollama", model)
+        yield Done("verified_ollama", model)
     except ContainerError as exc:
         # A copy that would not start was removed and its old container started by the move.
         problems = _restore(snap) + _take_back(fleet, runtime, mover, moved, servers, probe)
@@ -111,9 +112,7 @@ def move_servers(
             mover.finish_move(old, new, keep=True)
         except ContainerError as exc:  # the copy serves; a stopped leftover harms nothing
             log.warning("fleet %s: the moved container's old one stays: %s", fleet.name, exc)
-    note("move_finished")
-    wrote = [f"wrote GPU {gpu} into {t.describe()}" for t in fleet.gpu_config]
-    return [*wrote, *(f"moved {ref.name} to GPU {gpu}" for ref in servers)]
+    yield Done("move_finished")
 
 
 def _restore(snap: ConfigSnapshot) -> list[str]:

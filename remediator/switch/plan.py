@@ -17,6 +17,7 @@ from remediator.domain.records import SwitchRecord
 __all__ = [
     "DIRECTIONS",
     "Actions",
+    "Done",
     "NullObserver",
     "Outcome",
     "StepRecorder",
@@ -60,6 +61,17 @@ class StepRecorder(Protocol):
     """Told each completed step of a switch: ``(step, what it was done to)``."""
 
     def __call__(self, step: str, detail: str = "") -> None: ...
+
+
+@dataclass(frozen=True)
+class Done:
+    """A step of a switch just completed, as a step module yields it: the caller journals it
+    (``step`` and ``detail``, told to the :class:`StepRecorder`) before the next step begins.
+    ``said`` is what the switch's list of steps shows of it."""
+
+    step: str
+    detail: str = ""
+    said: tuple[str, ...] = ()
 
 
 class Actions(Protocol):

@@ -8,13 +8,15 @@ in the store harms nothing, and the next switch finds it there.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from remediator.config import Rung
 from remediator.ports.model_server import ModelServer, ModelServerError
-from remediator.switch.plan import StepRecorder, SwitchFailed
+from remediator.switch.plan import Done, SwitchFailed
 
 
-def make_present(server: ModelServer, rung: Rung, timeout: float, note: StepRecorder) -> list[str]:
-    """Pull or create ``rung``'s model; the steps done, each also told to ``note``.
+def make_present(server: ModelServer, rung: Rung, timeout: float) -> Iterator[Done]:
+    """Pull or create ``rung``'s model, yielding each step once it is done.
 
     Raises SwitchFailed at step ``pull`` (the model, or a custom rung's base) or ``create``,
     the cause naming the model, its base and the server's own words.
@@ -25,25 +27,24 @@ def make_present(server: ModelServer, rung: Rung, timeout: float, note: StepReco
             pulled = server.ensure_pulled(new, timeout=timeout)
         except ModelServerError as exc:
             raise SwitchFailed("pull", str(exc)) from exc
-        note("pulled", new)
-        return [f"pulled {new}" if pulled else f"{new} already pulled"]
+        yield Done("pulled", new, (f"pulled {new}" if pulled else f"{new} already pulled",))
+        return
     base = spec.from_model
     try:
         if server.has_model(new):
             # Made by an earlier switch: the journal still shows both steps as done.
-            note("pulled", new)
-            note("created", new)
-            return [f"{new} already created"]
+            yield Done("pulled", new)
+            yield Done("created", new, (f"{new} already created",))
+            return
         pulled = server.ensure_pulled(base, timeout=timeout)
     except ModelServerError as exc:
         raise SwitchFailed("pull", f"base of {new}: {exc}") from exc
-    note("pulled", base)
+    yield Done("pulled", base, (f"pulled {base}" if pulled else f"{base} already pulled",))
     try:
         server.create(new, spec, timeout=timeout)
     except ModelServerError as exc:
         raise SwitchFailed("create", f"create {new} from {base}: {exc.cause}") from exc
-    note("created", new)
-    return [f"pulled {base}" if pulled else f"{base} already pulled", f"created {new}"]
+    yield Done("created", new, (f"created {new}",))
 
 
 def would_make_present(server: ModelServer, rung: Rung) -> str:

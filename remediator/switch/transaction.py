@@ -2,24 +2,38 @@
 commit, or the failure recorded (and the rollback the actions did).
 
 The caller holds the fleet's switch lock from the decision on (:mod:`remediator.switch.engine`
-for a person's request, :mod:`remediator.switch.intake` for an alert).
+for a person's request). An alert's switch runs after the webhook's answer, as the work its
+delivery leaves (:class:`HeldSwitch`, or :class:`QueuedAlerts` when the fleet was switching):
+the background thread starts here, so that the path from the delivery to the commit enters
+each module once (docs/architecture.md, "Remediator: layers").
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from remediator.config import FleetConfig
 from remediator.domain.decisions import Decision
+from remediator.domain.loggers import INTAKE
 from remediator.domain.loggers import SWITCHING as log
 from remediator.domain.records import Failure, SwitchJournal
 from remediator.store.locks import StateError
 from remediator.switch import recovery
 from remediator.switch.journal import MOVE_PLANNED, Journal, crash_point, planned_steps
-from remediator.switch.plan import Actions, Outcome, StepRecorder, SwitchFailed, SwitchPlan
+from remediator.switch.plan import (
+    Actions,
+    Outcome,
+    StepRecorder,
+    SwitchFailed,
+    SwitchPlan,
+    switch_wait,
+)
 from remediator.switch.tools import SwitchTools
 
-__all__ = ["carry_out", "intent"]
+__all__ = ["HeldSwitch", "QueuedAlerts", "carry_out", "intent"]
 
 
 def carry_out(
@@ -169,3 +183,61 @@ def _record_failure(
             fs.journal = None
         failure = Failure(now, exc.step, str(exc), plan.from_rung.name, plan.to_rung.name)
         fs.fail(failure, plan.alert_key)
+
+
+@dataclass
+class HeldSwitch:
+    """A switch an alert chose under the fleet's lock, carried out while that lock is still
+    held, after the webhook's answer."""
+
+    tools: SwitchTools
+    plan: SwitchPlan
+    decision: Decision
+    lock: contextlib.ExitStack
+    started: float  # the decision's time.monotonic()
+    waits = False
+
+    def run(self) -> None:
+        """Switch, commit or roll back, then let go of the lock."""
+        tools, plan = self.tools, self.plan
+        try:
+            with self.lock:
+                carry_out(
+                    tools, plan.fleet, plan.direction, self.decision, plan, False, self.started
+                )
+        except Exception:  # a background thread has no caller to tell: log it whole
+            INTAKE.exception(
+                "fleet %s: switch for alert %s crashed", plan.fleet.name, plan.alert_key
+            )
+
+    def release(self) -> None:
+        """Let go of the lock without switching."""
+        self.lock.close()
+
+
+@dataclass
+class QueuedAlerts:
+    """Alerts that came while their fleet was switching: once its lock is free, ``choose``
+    judges them (:mod:`remediator.switch.intake`) and the switch chosen is carried out."""
+
+    tools: SwitchTools
+    fleet: FleetConfig
+    keys: list[str]
+    choose: Callable[[], tuple[SwitchPlan, Decision] | None]
+    waits = True
+
+    def run(self) -> None:
+        """Wait for the fleet's lock, then judge and switch as a delivery does."""
+        fleet, tools, keys = self.fleet, self.tools, self.keys
+        try:
+            with tools.store.switch_lock(fleet.name, switch_wait(fleet), handling=keys):
+                started = time.monotonic()
+                chosen = self.choose()
+                if chosen is not None:
+                    plan, decision = chosen
+                    carry_out(tools, fleet, plan.direction, decision, plan, False, started)
+        except Exception:  # a background thread has no caller to tell: log it whole
+            INTAKE.exception("fleet %s: queued alerts %s crashed", fleet.name, ", ".join(keys))
+
+    def release(self) -> None:
+        """Nothing is held."""
