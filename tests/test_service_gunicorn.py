@@ -126,6 +126,22 @@ def test_a_redelivery_after_the_switch_is_a_duplicate(
     assert len(requests.get(url + "/history", timeout=5).json()) == len(history)
 
 
+def test_the_metrics_directory_serve_made_is_removed_when_it_stops(tmp_path: Path) -> None:
+    with FakeOllama(models={"llama3.2:3b": 2048 << 20}) as ollama:
+        remediator = start_remediator(tmp_path, ollama.url, TOKEN, workers=1)
+        try:
+            environ = Path(f"/proc/{remediator.proc.pid}/environ").read_bytes().split(b"\0")
+            made = [v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+            assert len(made) == 1, environ
+            directory = Path(made[0].split(b"=", 1)[1].decode())
+            assert directory.name.startswith("model-fleet-metrics-")
+            assert list(directory.glob("*.db")), "the workers write their metrics there"
+        finally:
+            remediator.stop()
+    assert remediator.proc.returncode == 0
+    assert not directory.exists()
+
+
 def test_serve_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FLEET_")}
     exe = Path(sys.executable).with_name("model-fleet")

@@ -64,6 +64,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
             "serving WITHOUT authentication: anyone who reaches %s can switch models", args.bind
         )
     if not env.get(contract_env.PROMETHEUS_MULTIPROC_DIR):
+        # Removed when gunicorn exits (on_exit, remediator/http/gunicorn.conf.py).
         env[contract_env.PROMETHEUS_MULTIPROC_DIR] = tempfile.mkdtemp(prefix="model-fleet-metrics-")
     log.info("effective configuration: %s", json.dumps(effective_config(config), sort_keys=True))
     argv = gunicorn_argv(args.bind, args.workers)

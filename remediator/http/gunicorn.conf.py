@@ -4,6 +4,7 @@ import gc
 import logging
 import os
 import shutil
+import tempfile
 
 from prometheus_client import multiprocess
 
@@ -63,6 +64,19 @@ def on_starting(server):  # type: ignore[no-untyped-def]
     if path:
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the multiprocess directory ``model-fleet serve`` made for this run (a temporary
+    ``model-fleet-metrics-*``): each start makes a new one, and nothing else would remove it.
+    A directory named by the user stays where it is."""
+    path = os.environ.get(contract_env.PROMETHEUS_MULTIPROC_DIR)
+    if (
+        path
+        and os.path.dirname(os.path.abspath(path)) == tempfile.gettempdir()
+        and os.path.basename(path).startswith("model-fleet-metrics-")
+    ):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
