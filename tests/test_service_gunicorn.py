@@ -126,19 +126,30 @@ def test_a_redelivery_after_the_switch_is_a_duplicate(
     assert len(requests.get(url + "/history", timeout=5).json()) == len(history)
 
 
-def test_the_metrics_directory_serve_made_is_removed_when_it_stops(tmp_path: Path) -> None:
+def test_serve_leaves_nothing_behind_and_opens_no_control_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gunicorn (25.1 on) opens a control socket at one path per user ($XDG_RUNTIME_DIR, else
+    # ~/.gunicorn): a second remediator on the host would take it over, and either one
+    # stopping would remove it. model-fleet serve opens none.
+    runtime_dir = tmp_path / "xdg"
+    runtime_dir.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     with FakeOllama(models={"llama3.2:3b": 2048 << 20}) as ollama:
         remediator = start_remediator(tmp_path, ollama.url, TOKEN, workers=1)
         try:
             environ = Path(f"/proc/{remediator.proc.pid}/environ").read_bytes().split(b"\0")
+            assert f"XDG_RUNTIME_DIR={runtime_dir}".encode() in environ
             made = [v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
             assert len(made) == 1, environ
             directory = Path(made[0].split(b"=", 1)[1].decode())
             assert directory.name.startswith("model-fleet-metrics-")
             assert list(directory.glob("*.db")), "the workers write their metrics there"
+            assert list(runtime_dir.iterdir()) == []
         finally:
             remediator.stop()
     assert remediator.proc.returncode == 0
+    # The metrics directory serve made for this run is gone with it.
     assert not directory.exists()
 
 

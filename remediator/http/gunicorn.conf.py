@@ -39,6 +39,10 @@ keepalive = 2
 limit_request_line = 4094
 limit_request_fields = 50
 limit_request_field_size = 8190
+# No control socket (gunicorn 25.1 on opens one for gunicornc at one path per user:
+# $XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl). A second remediator on the host
+# would take it over and either one stopping would remove it; model-fleet does not use it.
+control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get(contract_env.LOG_LEVEL, "info")
