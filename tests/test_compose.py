@@ -149,7 +149,8 @@ def test_the_fleet_can_be_watched_from_the_remediator_container(stack: ComposeSt
         out = stack.compose(
             "exec", "-T", "remediator", "model-fleet", "watch", "--once", "--fleet", stack.fleet
         ).stdout
-        return out if "1 since the model server started" in out else None
+        # The shipped counting: errors in a row since the server last served a request.
+        return out if "1 in a row since the model server last served a request" in out else None
 
     shown = stack.wait(frame, 30, "the live error count in the watch frame", interval=1)
     assert "llama3.2:3b" in shown

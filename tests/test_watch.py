@@ -62,8 +62,9 @@ RULES = {
 
 
 def live_figures(scrape: int) -> str:
-    """Fleet "default" on GPU 0 (2 errors in its worst container), fleet "other" on GPU 1, on
-    host HOST; and OTHER_HOST's GPU 0, more free: a local watch shows only its own host's."""
+    """Fleet "default" on GPU 0 (2 errors since the start in its worst container, 1 in a row),
+    fleet "other" on GPU 1 (5 since the start, 4 in a row), on host HOST; and OTHER_HOST's GPU
+    0, more free: a local watch shows only its own host's."""
     samples: list[tuple[str, Mapping[str, str], float]] = []
     for host, gpu, used, total in (
         (HOST, "0", 6 * GIB, 16 * GIB),
@@ -73,14 +74,15 @@ def live_figures(scrape: int) -> str:
         labels = {"host": host, "gpu": gpu, "uuid": f"GPU-{host}-{gpu}", "name": "Fake T4"}
         samples.append(("model_fleet_gpu_memory_used_bytes", labels, used))
         samples.append(("model_fleet_gpu_memory_free_bytes", labels, total - used))
-    for host, fleet, container, errors in (
-        (HOST, "default", "ollama", 2),
-        (HOST, "default", "ollama-b", 1),
-        (HOST, "other", "ollama", 5),
-        (OTHER_HOST, "default", "ollama", 1),
+    for host, fleet, container, errors, in_a_row in (
+        (HOST, "default", "ollama", 2, 0),
+        (HOST, "default", "ollama-b", 1, 1),
+        (HOST, "other", "ollama", 5, 4),
+        (OTHER_HOST, "default", "ollama", 1, 0),
     ):
         labels = {"host": host, "fleet": fleet, "container": container}
         samples.append(("model_fleet_vram_errors_since_start", labels, errors))
+        samples.append(("model_fleet_vram_errors_consecutive", labels, in_a_row))
     return exposition(samples)
 
 
@@ -123,8 +125,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ollama: FakeOllama)
             "server": {"url": ollama.url},
             "containers": {"use_labels": False},
             "app_config": [{"path": str(tmp_path / f"{name}.env"), "format": "env"}],
+            "counting": counting,
         }
-        for name, gpu in (("default", 0), ("other", 1))
+        # "default" counts as shipped (consecutive), "other" since the model server started.
+        for name, gpu, counting in (("default", 0, "consecutive"), ("other", 1, "since_start"))
     }
     (tmp_path / "model-fleet.yaml").write_text(yaml.safe_dump({"host": HOST, "fleets": fleets}))
     return tmp_path
@@ -164,15 +168,18 @@ def test_local_frame_shows_live_errors_vram_alerts_and_the_last_switch(
     assert "status: state file" in out and f"Prometheus at {prometheus.url}" in out
     default = block(out, "default")
     assert "phi3:mini (rung 2 of 4, 2200 MB)" in default
-    # The worst container's count, live: the status JSON's vram_error_count still says 0.
-    assert "VRAM errors  2 since the model server started (a downgrade at 3)" in default
+    # The worst container's count, live, in the fleet's counting (the one its downgrade alert
+    # compares: 1 in a row, not the 2 since the start); the status JSON's vram_error_count
+    # still says 0.
+    in_a_row = "1 in a row since the model server last served a request (a downgrade at 3)"
+    assert f"VRAM errors  {in_a_row}" in default
     assert "GPU 0: 6.0 GiB used, 10.0 GiB free" in default
     assert "llama3.2:3b -> phi3:mini (down, manual) at " in default
     assert "s ago: watch test" in default
     assert "alerts       WatchTestVRAMErrors (severity=warning)" in default
     other = block(out, "other")
     assert "llama3.2:3b (rung 1 of 4" in other and "last switch  none yet" in other
-    assert "5 since the model server started" in other
+    assert "VRAM errors  5 since the model server started (a downgrade at 3)" in other
     assert "GPU 1: 1.0 GiB used, 23.0 GiB free" in other
     assert "alerts without a fleet\n  WatchTestNoFleet (severity=page)" in out
     _, status, _ = run(capsys, "status", "--fleet", "default")
@@ -226,7 +233,7 @@ def test_remote_frame_through_a_running_remediator(
         default = block(out, "default")
         assert "phi3:mini (rung 2 of 4" in default
         assert "(down, manual)" in default and "ago: remote" in default
-        assert "VRAM errors  2 since" in default and "GPU 0: 6.0 GiB used" in default
+        assert "VRAM errors  1 in a row" in default and "GPU 0: 6.0 GiB used" in default
         assert "WatchTestVRAMErrors" in default
         code, _, _ = run(capsys, *argv, "--fleet", "nope")
         assert code == ExitCode.UNKNOWN_FLEET
@@ -317,7 +324,7 @@ def test_the_original_monitor_flag(workdir: Path, prometheus: Prometheus) -> Non
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("model-fleet watch - ")
-    assert "VRAM errors  2 since" in block(r.stdout, "default")
+    assert "VRAM errors  1 in a row" in block(r.stdout, "default")
 
 
 def _lines(stream: IO[str]) -> queue.Queue[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from fleet_contract import metrics
 from fleet_contract.labels import HOST_LABEL
@@ -21,6 +21,7 @@ from remediator.report.queries import ExitCode
 
 __all__ = [
     "ALERTS_QUERY",
+    "COUNTED_BY",
     "ERRORS_QUERY",
     "FREE_QUERY",
     "USED_QUERY",
@@ -37,10 +38,15 @@ __all__ = [
     "status_fleets",
 ]
 
-# The exporter's gauge counts matches since the container last started, per container: the
-# fleet's figure is the worst container, as the downgrade alert reads it.
+# The exporter's two error gauges, per container: the count since the model server last served
+# a request (consecutive) and since it started. Each fleet's figure is its worst container's in
+# the count its ``counting`` names, as the downgrade alert reads it.
 # max, not sum, for the GPUs: one GPU scraped twice (two exporters, a restart) must not count
 # double.
+COUNTED_BY: Final = {
+    metrics.VRAM_ERRORS_CONSECUTIVE: "consecutive",
+    metrics.VRAM_ERRORS_SINCE_START: "since_start",
+}
 
 
 def live_queries(host: str | None = None) -> tuple[str, str, str, str]:
@@ -49,12 +55,14 @@ def live_queries(host: str | None = None) -> tuple[str, str, str, str]:
     None: every host's."""
     on = f'{HOST_LABEL}="{host}"' if host is not None else ""
     selector = f"{{{on}}}" if on else ""
+    counts = "|".join(COUNTED_BY)
+    errors = f'{{__name__=~"{counts}"{", " + on if on else ""}}}'
     # Alerts of no host too: an absent() alert (ExporterDown with no target left) has none.
     alerts = ""
     if host is not None:
         alerts = ", " + HOST_LABEL + '=~"' + host.replace(".", "\\\\.") + '|"'
     return (
-        f"max by (fleet) ({metrics.VRAM_ERRORS_SINCE_START}{selector})",
+        f"max by (__name__, fleet) ({errors})",
         f"max by (gpu) ({metrics.GPU_MEMORY_USED}{selector})",
         f"max by (gpu) ({metrics.GPU_MEMORY_FREE}{selector})",
         'ALERTS{alertstate="firing"' + alerts + "}",
@@ -86,7 +94,11 @@ def read_live(prometheus: PrometheusAPI, host: str | None = None) -> Live:
         return {s.labels[label]: s.value for s in samples if label in s.labels}
 
     errors_query, used_query, free_query, alerts_query = live_queries(host)
-    errors = by("fleet", prometheus.query(errors_query))
+    errors: dict[str, dict[str, float]] = {counting: {} for counting in COUNTED_BY.values()}
+    for sample in prometheus.query(errors_query):
+        counting = COUNTED_BY.get(sample.labels.get("__name__", ""))
+        if counting is not None and "fleet" in sample.labels:
+            errors[counting][sample.labels["fleet"]] = sample.value
     used = by("gpu", prometheus.query(used_query))
     free = by("gpu", prometheus.query(free_query))
     alerts = [s.labels for s in prometheus.query(alerts_query)]

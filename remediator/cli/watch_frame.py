@@ -29,7 +29,8 @@ class StatusUnavailable(RuntimeError):
 class Live:
     """Prometheus' figures at one moment."""
 
-    errors: dict[str, float]  # fleet -> VRAM errors since its model server started
+    # counting (consecutive, since_start) -> fleet -> VRAM errors of its worst container
+    errors: dict[str, dict[str, float]]
     used: dict[str, float]  # gpu (NVML index) -> bytes
     free: dict[str, float]
     alerts: list[dict[str, str]]  # the labels of each firing alert
@@ -100,9 +101,14 @@ def _errors(fleet: Mapping[str, Any], snap: Snapshot) -> str:
     )
     if snap.live is None:
         return "unknown: no live figures"
-    value = snap.live.errors.get(str(fleet.get("fleet")))
+    # The count the fleet's downgrade alert compares (its ``counting``; a status without it
+    # comes from a remediator older than the setting, which counted since the start).
+    counting = str(fleet.get("counting", "since_start"))
+    value = snap.live.errors.get(counting, {}).get(str(fleet.get("fleet")))
     if value is None:
         return "no data: Prometheus has no error series for this fleet"
+    if counting == "consecutive":
+        return f"{value:g} in a row since the model server last served a request{threshold}"
     return f"{value:g} since the model server started{threshold}"
 
 
