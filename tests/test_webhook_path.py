@@ -53,7 +53,6 @@ def service(tmp_path: Path, fleet: dict[str, Any], **top: Any) -> tuple[Flask, C
     env.write_text("OLLAMA_MODEL=llama3.2:3b\n")
     yml.write_text("llm:\n  model: llama3.2:3b\n")
     settings = {
-        "containers": {"ready_timeout_seconds": 5},
         "app_config": [
             {"path": str(env), "format": "env"},
             {"path": str(yml), "format": "yaml", "key": "llm.model"},
