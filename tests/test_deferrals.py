@@ -26,7 +26,7 @@ from remediator.domain.state import MAX_DEFERRED, FleetState
 from remediator.store.state import StateStore
 from remediator.switch.deferrals import DeferralClock, Pass, judge_due, next_due
 from remediator.switch.live import LiveReader
-from remediator.switch.plan import SwitchPlan
+from remediator.switch.plan import NullObserver, SwitchPlan
 
 T0 = 1_800_000_000.0  # the tests' clock starts here
 
@@ -55,20 +55,11 @@ class Recorder:
         return [f"switched to {plan.to_rung.name}"]
 
 
-class Observer:
-    """The observer: what was counted."""
+class Observer(NullObserver):
+    """The observer: the deferrals counted."""
 
     def __init__(self) -> None:
         self.deferrals: list[tuple[str, str]] = []
-
-    def switched(self, fleet: str, direction: str, trigger: str) -> None:
-        pass
-
-    def failed(self, fleet: str, step: str) -> None:
-        pass
-
-    def recovered(self, fleet: str, outcome: str) -> None:
-        pass
 
     def deferred(self, fleet: str, reason: str) -> None:
         self.deferrals.append((fleet, reason))

@@ -95,6 +95,22 @@ def wait_out_cooldown(loop: Loop) -> None:
     wait_until(lambda: time.time() > ends, loop.options.cooldown_seconds + 5, "the cooldown")
 
 
+def three_errors_until(bed: MoveBed, switches: int, what: str) -> None:
+    """Three VRAM errors, then wait until the history holds ``switches`` switches; the time
+    from the third error to the commit is kept in ``bed.timings``."""
+    loop = bed.loop
+    loop.emit_errors(3)
+    third = time.monotonic()
+    wait_until(
+        lambda: len(loop.history()) >= switches,
+        ALERT_TIMEOUT,
+        f"the {what}",
+        interval=0.2,
+        diagnose=loop.diagnostics,
+    )
+    bed.timings[f"third error -> {what} committed"] = time.monotonic() - third
+
+
 def test_three_errors_move_the_fleet_to_the_gpu_with_room_keeping_its_model(bed: MoveBed) -> None:
     loop, engine = bed.loop, bed.engine
     before = loop.server
@@ -105,16 +121,7 @@ def test_three_errors_move_the_fleet_to_the_gpu_with_room_keeping_its_model(bed:
     wait_for_free(loop, "0", GPU_MIB - FULL_MIB)
     wait_for_free(loop, "1", GPU_MIB - ROOM_MIB)
 
-    loop.emit_errors(3)
-    third = time.monotonic()
-    wait_until(
-        lambda: len(loop.history()) >= 1,
-        ALERT_TIMEOUT,
-        "the move",
-        interval=0.2,
-        diagnose=loop.diagnostics,
-    )
-    bed.timings["third error -> move committed"] = time.monotonic() - third
+    three_errors_until(bed, 1, "move")
     [record] = loop.history()
     assert (record.get("action"), record.get("from_gpu"), record.get("to_gpu")) == (
         "move",
@@ -187,16 +194,7 @@ def test_with_no_listed_gpu_that_fits_three_more_errors_step_the_fleet_down(bed:
     server = loop.server
     server_started = loop.started_at(server)
 
-    loop.emit_errors(3)
-    third = time.monotonic()
-    wait_until(
-        lambda: len(loop.history()) >= 2,
-        ALERT_TIMEOUT,
-        "the step down",
-        interval=0.2,
-        diagnose=loop.diagnostics,
-    )
-    bed.timings["third error -> step down committed"] = time.monotonic() - third
+    three_errors_until(bed, 2, "step down")
     record = loop.history()[-1]
     assert "action" not in record  # a switch of model, not a move
     assert (record["from"], record["to"], record["direction"], record["trigger"]) == (

@@ -13,7 +13,15 @@ from remediator.config import FleetConfig
 from remediator.ports.model_server import ModelServer, ModelServerError
 from remediator.ports.runtime import ROLE_SERVER, ContainerRef, ContainerState, Probe, Runtime
 
-__all__ = ["AppProbe", "Ready", "configs_and_server_on", "readiness_probe", "settle", "wait_ready"]
+__all__ = [
+    "AppProbe",
+    "Ready",
+    "configs_and_server_on",
+    "lists_model",
+    "readiness_probe",
+    "settle",
+    "wait_ready",
+]
 
 
 # The application's own readiness: (health URL, model) -> None when it answers on the model,
@@ -39,19 +47,24 @@ def readiness_probe(
     one, the runtime's health status (or, lacking a health check, settle_seconds) decides.
     """
     if role == ROLE_SERVER:
-
-        def server_has_model() -> str | None:
-            try:
-                found = server.has_model(model)
-            except ModelServerError as exc:
-                return f"model server not answering: {exc}"
-            return None if found else f"model server does not list {model}"
-
-        return server_has_model
+        return lists_model(server, model)
     url = fleet.containers.app_health_url
     if url is None or app_probe is None:
         return None
     return lambda: app_probe(url, model)
+
+
+def lists_model(server: ModelServer, model: str) -> Probe:
+    """The model server's readiness: its API answers and lists ``model``."""
+
+    def server_has_model() -> str | None:
+        try:
+            found = server.has_model(model)
+        except ModelServerError as exc:
+            return f"model server not answering: {exc}"
+        return None if found else f"model server does not list {model}"
+
+    return server_has_model
 
 
 def wait_ready(

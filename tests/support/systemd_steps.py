@@ -20,7 +20,6 @@ from typing import Any
 
 from remediator.adapters.ollama import OllamaServer
 from remediator.adapters.systemd_units import SystemdRuntime
-from remediator.ports.model_server import ModelServerError
 from remediator.ports.runtime import (
     ROLE_SERVER,
     ContainerError,
@@ -28,6 +27,7 @@ from remediator.ports.runtime import (
     ContainerState,
     Probe,
 )
+from remediator.switch.readiness import lists_model
 
 FLEET = "bed"
 
@@ -46,16 +46,7 @@ def state_from_json(data: dict[str, Any]) -> ContainerState:
 
 def server_probe(url: str, model: str) -> Probe:
     """The model server's readiness as the switch asks it: its API answers and lists ``model``."""
-    server = OllamaServer(url)
-
-    def lists_model() -> str | None:
-        try:
-            found = server.has_model(model)
-        except ModelServerError as exc:
-            return f"model server not answering: {exc}"
-        return None if found else f"model server does not list {model}"
-
-    return lists_model
+    return lists_model(OllamaServer(url), model)
 
 
 def _call(runtime: SystemdRuntime, args: argparse.Namespace) -> dict[str, Any]:
